@@ -1,0 +1,3 @@
+"""qqbot-gateway: a QQ Bot gateway adapter that never dies silently."""
+
+__version__ = "0.1.0"

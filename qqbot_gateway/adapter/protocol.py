@@ -1,0 +1,250 @@
+"""The QQ Bot gateway protocol as pure data: opcodes, intents, close codes, reasons.
+
+Nothing here does I/O. The facts and their sources are in ``shared/PROTOCOL.md``; where the
+official docs and the observed gateway disagree, the observed behaviour wins.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = [
+    "DEFAULT_API_BASE",
+    "DEFAULT_TOKEN_URL",
+    "DISCONNECT_REASONS",
+    "SANDBOX_API_BASE",
+    "CloseAction",
+    "ClosePolicy",
+    "GatewayEvent",
+    "Intents",
+    "Op",
+    "classify_close",
+    "close_reason",
+    "parse_intents",
+]
+
+DEFAULT_API_BASE: Final = "https://api.sgroup.qq.com"
+SANDBOX_API_BASE: Final = "https://sandbox.api.sgroup.qq.com"
+DEFAULT_TOKEN_URL: Final = "https://bots.qq.com/app/getAppAccessToken"
+
+
+class Op(enum.IntEnum):
+    """Gateway opcodes (``op`` field of every frame)."""
+
+    DISPATCH = 0
+    HEARTBEAT = 1
+    IDENTIFY = 2
+    RESUME = 6
+    RECONNECT = 7
+    INVALID_SESSION = 9
+    HELLO = 10
+    HEARTBEAT_ACK = 11
+    HTTP_CALLBACK_ACK = 12
+    CALLBACK_VALIDATION = 13
+
+
+class Intents(enum.IntFlag):
+    """Event subscription bits sent in Identify."""
+
+    GUILDS = 1 << 0
+    GUILD_MEMBERS = 1 << 1
+    GUILD_MESSAGES = 1 << 9
+    GUILD_MESSAGE_REACTIONS = 1 << 10
+    DIRECT_MESSAGE = 1 << 12
+    OPEN_FORUMS_EVENT = 1 << 18
+    AUDIO_OR_LIVE_CHANNEL_MEMBER = 1 << 19
+    GROUP_AND_C2C_EVENT = 1 << 25
+    INTERACTION = 1 << 26
+    MESSAGE_AUDIT = 1 << 27
+    FORUMS_EVENT = 1 << 28
+    AUDIO_ACTION = 1 << 29
+    PUBLIC_GUILD_MESSAGES = 1 << 30
+
+    @classmethod
+    def public_default(cls) -> Intents:
+        """What a public bot may subscribe to without special grants."""
+        return cls.PUBLIC_GUILD_MESSAGES | cls.GROUP_AND_C2C_EVENT | cls.DIRECT_MESSAGE | cls.GUILDS
+
+
+_ALL_INTENT_BITS: Final = sum(int(i) for i in Intents)
+
+
+def parse_intents(value: int | str | Iterable[str]) -> int:
+    """Parse intents from an int, a decimal/hex string, or names joined by ``|``, ``,`` or spaces.
+
+    Raises ``ValueError`` with a message naming the bad part.
+    """
+    if isinstance(value, bool):
+        raise ValueError("intents must be a number or intent names, not a boolean")
+    if isinstance(value, int):
+        bits = value
+    else:
+        parts: list[str]
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                raise ValueError("intents is empty")
+            try:
+                bits = int(text, 0)
+            except ValueError:
+                parts = [p for p in text.replace("|", " ").replace(",", " ").split() if p]
+            else:
+                return _check_bits(bits)
+        else:
+            parts = [str(p) for p in value]
+            if not parts:
+                raise ValueError("intents is empty")
+        bits = 0
+        for part in parts:
+            name = part.strip().upper()
+            try:
+                bits |= int(Intents[name])
+            except KeyError:
+                known = ", ".join(i.name or "" for i in Intents)
+                raise ValueError(f"unknown intent {part!r} (known: {known})") from None
+    return _check_bits(bits)
+
+
+def _check_bits(bits: int) -> int:
+    if bits <= 0:
+        raise ValueError(f"intents must be a positive bit mask, got {bits}")
+    unknown = bits & ~_ALL_INTENT_BITS
+    if unknown:
+        raise ValueError(f"intents contain unknown bits {unknown:#x}")
+    return bits
+
+
+class CloseAction(enum.Enum):
+    """What the supervisor does after the server closed the connection with a code."""
+
+    RESUME = "resume"
+    IDENTIFY = "identify"
+    REFRESH_TOKEN = "refresh_token"  # refresh the access token, then identify
+    WAIT_THEN_RESUME = "wait_then_resume"  # 4008: sending too fast
+    SLOW_IDENTIFY = "slow_identify"  # 4001/4002: our bug; identify but never quickly
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePolicy:
+    code: int | None
+    action: CloseAction
+    meaning: str
+
+
+_CLOSE_TABLE: Final[dict[int, tuple[CloseAction, str]]] = {
+    1000: (CloseAction.RESUME, "normal closure"),
+    1001: (CloseAction.RESUME, "going away"),
+    1006: (CloseAction.RESUME, "abnormal closure"),
+    1011: (CloseAction.RESUME, "server error"),
+    4001: (CloseAction.SLOW_IDENTIFY, "invalid opcode"),
+    4002: (CloseAction.SLOW_IDENTIFY, "invalid payload"),
+    4004: (CloseAction.REFRESH_TOKEN, "authentication failed"),
+    4006: (CloseAction.IDENTIFY, "invalid session id"),
+    4007: (CloseAction.IDENTIFY, "invalid seq"),
+    4008: (CloseAction.WAIT_THEN_RESUME, "sending payloads too fast"),
+    4009: (CloseAction.RESUME, "connection expired"),
+    4010: (CloseAction.FATAL, "invalid shard"),
+    4011: (CloseAction.FATAL, "too many guilds for this shard count"),
+    4012: (CloseAction.FATAL, "invalid gateway version"),
+    4013: (CloseAction.FATAL, "invalid intent"),
+    4014: (CloseAction.FATAL, "intent not permitted (disallowed intents)"),
+    4914: (CloseAction.FATAL, "bot delisted: only the sandbox may connect"),
+    4915: (CloseAction.FATAL, "bot banned"),
+    4924: (CloseAction.FATAL, "session ip forbidden"),
+}
+for _code in range(4900, 4914):
+    _CLOSE_TABLE.setdefault(_code, (CloseAction.IDENTIFY, "internal server error"))
+_CLOSE_TABLE[4902] = (CloseAction.IDENTIFY, "session reset by resume")
+_CLOSE_TABLE[4903] = (CloseAction.IDENTIFY, "create session error")
+
+#: Close codes that get their own ``server_close:<code>`` reason label.
+KNOWN_CLOSE_CODES: Final = tuple(sorted(_CLOSE_TABLE))
+
+
+def classify_close(code: int | None) -> ClosePolicy:
+    """The action for a close code. ``None`` (the link broke without a close frame) resumes."""
+    if code is None:
+        return ClosePolicy(None, CloseAction.RESUME, "connection lost without a close frame")
+    try:
+        action, meaning = _CLOSE_TABLE[code]
+    except KeyError:
+        # The official table ends with "else: identify".
+        return ClosePolicy(code, CloseAction.IDENTIFY, "unknown close code")
+    return ClosePolicy(code, action, meaning)
+
+
+# --- Disconnect reasons -------------------------------------------------------------------
+# One fixed list: every forced close and every lost connection carries exactly one of these,
+# in logs, in the ``reason`` label of ``reconnects_total`` and in the health report.
+ACK_TIMEOUT: Final = "ack_timeout"  # N consecutive heartbeats went without an op 11
+IDLE_TIMEOUT: Final = "idle_timeout"  # no frame at all for the idle deadline
+PING_TIMEOUT: Final = "ping_timeout"  # WebSocket pong missing (aiohttp heartbeat=)
+HELLO_TIMEOUT: Final = "hello_timeout"  # connected, but no op 10 in time
+HANDSHAKE_TIMEOUT: Final = "handshake_timeout"  # Identify/Resume sent, no READY/RESUMED in time
+RECONNECT_REQUESTED: Final = "reconnect_requested"  # op 7
+INVALID_SESSION: Final = "invalid_session"  # op 9
+NETWORK_ERROR: Final = "network_error"  # transport broke, EOF without close frame, send failed
+CONNECT_ERROR: Final = "connect_error"  # could not open the WebSocket (DNS, refused, TLS, 5xx)
+GATEWAY_URL_ERROR: Final = "gateway_url_error"  # GET /gateway/bot failed
+TOKEN_ERROR: Final = "token_error"  # no access token could be fetched
+PROTOCOL_ERROR: Final = "protocol_error"  # a frame we cannot accept (bad Hello, oversize)
+HANDLER_BACKPRESSURE: Final = "handler_backpressure"  # handler queue full: stop reading, resume
+SERVER_CLOSE_OTHER: Final = "server_close:other"  # a close code not in the table
+
+DISCONNECT_REASONS: Final[tuple[str, ...]] = (
+    ACK_TIMEOUT,
+    IDLE_TIMEOUT,
+    PING_TIMEOUT,
+    HELLO_TIMEOUT,
+    HANDSHAKE_TIMEOUT,
+    RECONNECT_REQUESTED,
+    INVALID_SESSION,
+    NETWORK_ERROR,
+    CONNECT_ERROR,
+    GATEWAY_URL_ERROR,
+    TOKEN_ERROR,
+    PROTOCOL_ERROR,
+    HANDLER_BACKPRESSURE,
+    *(f"server_close:{code}" for code in KNOWN_CLOSE_CODES),
+    SERVER_CLOSE_OTHER,
+)
+
+#: The reasons that mean "the link was a zombie": detected by our own liveness layers.
+ZOMBIE_REASONS: Final = frozenset({ACK_TIMEOUT, IDLE_TIMEOUT, PING_TIMEOUT})
+
+
+def close_reason(code: int | None) -> str:
+    """The reason label for a close received from the server."""
+    if code is None:
+        return NETWORK_ERROR
+    if code in _CLOSE_TABLE:
+        return f"server_close:{code}"
+    return SERVER_CLOSE_OTHER
+
+
+def frame(op: Op | int, d: Any = None, **extra: Any) -> dict[str, Any]:
+    """Build an outgoing payload."""
+    payload: dict[str, Any] = {"op": int(op), "d": d}
+    payload.update(extra)
+    return payload
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayEvent:
+    """A dispatch (op 0) as handed to user handlers.
+
+    ``data`` is the frame's ``d`` as the server sent it (unknown event types pass through
+    untouched); ``event_id`` is the frame's ``id``, used as ``event_id`` in some passive replies.
+    """
+
+    type: str
+    data: Any
+    seq: int | None
+    event_id: str | None
+    shard: int
+    session_id: str | None
+    replayed: bool = False
