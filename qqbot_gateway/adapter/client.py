@@ -1,0 +1,318 @@
+"""The library entry point: a client you create with settings, register handlers on, and run.
+
+::
+
+    from qqbot_gateway import ClientConfig, QQBotClient, Secret
+
+    client = QQBotClient(ClientConfig(app_id="102000000", client_secret=Secret("...")))
+
+    @client.on("C2C_MESSAGE_CREATE")
+    async def echo(event):
+        await client.api.reply(event, f"you said: {event.data['content']}")
+
+    async with client:          # connects every configured shard
+        await client.wait_closed()
+
+Lifecycle events (``qqbot_gateway.adapter.events``) are published on ``client.events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TypeVar
+
+import aiohttp
+
+from . import events as ev
+from .api import OpenAPIClient
+from .auth import TokenManager
+from .connection import TransportConfig, make_socket_factory
+from .dispatch import Dispatcher, Handler
+from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, Intents, parse_intents
+from .session import GatewaySession, LivenessConfig
+from .supervisor import ReconnectPolicy, ShardStatus, ShardSupervisor
+
+__all__ = ["ClientConfig", "QQBotClient", "Secret"]
+
+_log = logging.getLogger("qqbot_gateway.client")
+
+H = TypeVar("H", bound=Handler)
+
+#: QQ's session start window: at most ``max_concurrency`` identifies per this many seconds.
+_SESSION_START_WINDOW = 5.0
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str``, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise ValueError("secret must be a non-empty string")
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    app_id: str
+    client_secret: Secret
+    intents: int = int(Intents.public_default())
+    shard_count: int = 1
+    #: The shards this process runs; None runs all of ``range(shard_count)``.
+    shard_ids: tuple[int, ...] | None = None
+    api_base: str = DEFAULT_API_BASE
+    token_url: str = DEFAULT_TOKEN_URL
+    #: Skip ``GET /gateway/bot`` and connect here (tests, proxies).
+    gateway_url: str | None = None
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+    handler_queue_size: int = 1000
+    request_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.app_id or not str(self.app_id).strip():
+            raise ValueError("app_id is empty")
+        if not isinstance(self.client_secret, Secret):
+            raise TypeError("client_secret must be a Secret (it is never printed)")
+        parse_intents(self.intents)
+        if self.shard_count < 1:
+            raise ValueError("shard_count must be >= 1")
+        for shard in self.shard_ids or ():
+            if not 0 <= shard < self.shard_count:
+                raise ValueError(f"shard id {shard} is outside 0..{self.shard_count - 1}")
+        if self.shard_ids is not None and len(set(self.shard_ids)) != len(self.shard_ids):
+            raise ValueError("shard_ids contains duplicates")
+        if self.handler_queue_size < 1:
+            raise ValueError("handler_queue_size must be >= 1")
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        return self.shard_ids if self.shard_ids is not None else tuple(range(self.shard_count))
+
+
+class _Shard:
+    __slots__ = ("dispatcher", "session", "supervisor")
+
+    def __init__(
+        self, session: GatewaySession, supervisor: ShardSupervisor, dispatcher: Dispatcher
+    ) -> None:
+        self.session = session
+        self.supervisor = supervisor
+        self.dispatcher = dispatcher
+
+
+class QQBotClient:
+    """Runs the configured shards; see the module docstring."""
+
+    def __init__(self, config: ClientConfig, *, bus: ev.EventBus | None = None) -> None:
+        self.config = config
+        self.events = bus or ev.EventBus()
+        self._handlers: dict[str, list[Handler]] = {}
+        self._shards: dict[int, _Shard] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._ws_http: aiohttp.ClientSession | None = None
+        self._tokens: TokenManager | None = None
+        self._api: OpenAPIClient | None = None
+        self._closed = asyncio.Event()
+        self._starter: asyncio.Task[None] | None = None
+        self._started = False
+        self._closing = False
+
+    # --- handlers ------------------------------------------------------------------------
+    def on(self, event_type: str = "*") -> Callable[[H], H]:
+        """Decorator: ``@client.on("GROUP_AT_MESSAGE_CREATE")``; ``"*"`` receives everything."""
+
+        def register(handler: H) -> H:
+            self.add_handler(handler, event_type)
+            return handler
+
+        return register
+
+    def add_handler(self, handler: Handler, event_type: str = "*") -> None:
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        self._handlers.setdefault(event_type, []).append(handler)
+
+    def _handlers_for(self, event_type: str) -> list[Handler]:
+        return [*self._handlers.get(event_type, ()), *self._handlers.get("*", ())]
+
+    # --- access --------------------------------------------------------------------------
+    @property
+    def api(self) -> OpenAPIClient:
+        if self._api is None:
+            raise RuntimeError("the client is not started")
+        return self._api
+
+    @property
+    def tokens(self) -> TokenManager:
+        if self._tokens is None:
+            raise RuntimeError("the client is not started")
+        return self._tokens
+
+    def shard_status(self) -> list[ShardStatus]:
+        return [shard.supervisor.status() for shard in self._shards.values()]
+
+    def handler_queue_depth(self, shard: int) -> int:
+        return self._shards[shard].dispatcher.depth
+
+    @property
+    def supervisors(self) -> dict[int, ShardSupervisor]:
+        return {sid: shard.supervisor for sid, shard in self._shards.items()}
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("client already started")
+        self._started = True
+        cfg = self.config
+        timeout = aiohttp.ClientTimeout(total=cfg.request_timeout)
+        self._http = aiohttp.ClientSession(timeout=timeout)
+        # The gateway gets its own connector: sockets with keepalive and TCP_USER_TIMEOUT.
+        connector = aiohttp.TCPConnector(socket_factory=make_socket_factory(cfg.transport))
+        self._ws_http = aiohttp.ClientSession(connector=connector)
+        self._tokens = TokenManager(
+            cfg.app_id,
+            cfg.client_secret.get(),
+            token_url=cfg.token_url,
+            http=self._http,
+            bus=self.events,
+        )
+        self._api = OpenAPIClient(
+            base_url=cfg.api_base,
+            tokens=self._tokens,
+            http=self._http,
+            app_id=cfg.app_id,
+            timeout=cfg.request_timeout,
+        )
+        await self._tokens.start()
+        for shard_id in cfg.shards:
+            self._shards[shard_id] = self._make_shard(shard_id)
+        self._starter = asyncio.create_task(self._start_shards(), name="qqbot shard starter")
+
+    async def _start_shards(self) -> None:
+        concurrency = 1
+        if len(self._shards) > 1 and self.config.gateway_url is None:
+            with contextlib.suppress(Exception):
+                info = await self.api.get_gateway_bot()
+                concurrency = max(1, info.session_start_limit.max_concurrency)
+                if info.session_start_limit.remaining < len(self._shards):
+                    _log.warning(
+                        "only %d session starts remain today for %d shards",
+                        info.session_start_limit.remaining,
+                        len(self._shards),
+                    )
+        for index, shard in enumerate(self._shards.values()):
+            if index and index % concurrency == 0:
+                await asyncio.sleep(_SESSION_START_WINDOW)
+            shard.dispatcher.start()
+            shard.supervisor.start()
+
+    def _make_shard(self, shard_id: int) -> _Shard:
+        cfg = self.config
+        session = GatewaySession(
+            shard_id=shard_id,
+            shard_count=cfg.shard_count,
+            intents=cfg.intents,
+            liveness=cfg.liveness,
+        )
+        dispatcher = Dispatcher(
+            session, bus=self.events, handlers=self._handlers_for, capacity=cfg.handler_queue_size
+        )
+        assert self._ws_http is not None and self._tokens is not None
+        supervisor = ShardSupervisor(
+            session,
+            tokens=self._tokens,
+            gateway_url=self._gateway_url,
+            ws_http=self._ws_http,
+            bus=self.events,
+            deliver=dispatcher.put,
+            transport=cfg.transport,
+            policy=cfg.reconnect,
+            wait_for_drain=dispatcher.wait_for_drain,
+        )
+        return _Shard(session, supervisor, dispatcher)
+
+    async def _gateway_url(self) -> str:
+        if self.config.gateway_url is not None:
+            return self.config.gateway_url
+        info = await self.api.get_gateway_bot()
+        return info.url
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        """Stop every shard (WebSocket closed cleanly), let handlers drain, release sockets."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            if self._starter is not None:
+                self._starter.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._starter
+            await asyncio.gather(
+                *(shard.supervisor.stop() for shard in self._shards.values()),
+                return_exceptions=True,
+            )
+            await asyncio.gather(
+                *(shard.dispatcher.close(drain_timeout) for shard in self._shards.values()),
+                return_exceptions=True,
+            )
+            if self._tokens is not None:
+                await self._tokens.close()
+            for http in (self._ws_http, self._http):
+                if http is not None:
+                    await http.close()
+        finally:
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until ``close()`` finished, or until every shard stopped for good (fatal)."""
+        while not self._closed.is_set():
+            tasks = [s.supervisor.task for s in self._shards.values() if s.supervisor.task]
+            if tasks and all(t.done() for t in tasks):
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self._closed.wait()
+
+    async def run(self) -> None:
+        """Start, run until every shard stopped or the task is cancelled, then close."""
+        await self.start()
+        try:
+            await self.wait_closed()
+        finally:
+            await self.close()
+
+    async def __aenter__(self) -> QQBotClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+

@@ -1,0 +1,348 @@
+"""The aiohttp driver: runs one WebSocket and executes the session's actions.
+
+Deliberately thin. It owns the clock (``loop.time()``), two named tasks per connection (the
+reader, which is the only caller of ``receive()``, and the timer, which sleeps until the
+session's next deadline), and the socket. Everything the protocol decides is in ``session``.
+
+Closing never waits on the peer for long: a zombie is torn down with ``transport.abort()`` at
+once, and every other close is a WebSocket close bounded by ``close_timeout`` followed by an
+abort. A close on a dead link is itself a silent hang otherwise (the seed adapter froze for good
+inside ``ws.close()`` on a CLOSE-WAIT socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohappyeyeballs import AddrInfoType
+
+from . import events as ev
+from . import protocol as p
+from .protocol import GatewayEvent
+from .session import RESUMABLE_CLOSE_CODE, Close, Deliver, Emit, GatewaySession, Outcome, Send
+
+__all__ = ["ConnectError", "GatewayConnection", "TransportConfig", "make_socket_factory"]
+
+_log = logging.getLogger("qqbot_gateway.connection")
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """Socket-level settings. ``None`` disables a layer."""
+
+    #: Whole WebSocket handshake (DNS, TCP, TLS, HTTP upgrade).
+    connect_timeout: float = 10.0
+    #: Each frame we send; a send that cannot complete means the link is gone.
+    send_timeout: float = 5.0
+    #: A graceful close waits at most this long for the peer, then the socket is aborted.
+    close_timeout: float = 1.0
+    #: aiohttp ``heartbeat=``: WebSocket ping every N seconds, pong expected within N/2.
+    #: 30 s: well inside the NAT idle timeouts seen in the wild (60 s and up), and cheap.
+    #: Whether QQ answers pings is unverified, so this layer can be switched off.
+    ws_ping_interval: float | None = 30.0
+    #: SO_KEEPALIVE with these timings (Linux): probes start after idle, every interval,
+    #: and the kernel drops the link after count unanswered probes.
+    tcp_keepalive: bool = True
+    tcp_keepidle: int = 30
+    tcp_keepintvl: int = 10
+    tcp_keepcnt: int = 3
+    #: TCP_USER_TIMEOUT (Linux): sent data unacknowledged by the peer's kernel for this long
+    #: kills the socket. 60 s: longer than any heartbeat layer at QQ's 41.25 s interval would
+    #: need on a lossy but live link, and a hard backstop if the loop itself is starved.
+    tcp_user_timeout: float | None = 60.0
+    #: Frames above this size are a protocol error (the connection is dropped and resumed).
+    max_frame_size: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "send_timeout", "close_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.ws_ping_interval is not None and self.ws_ping_interval <= 0:
+            raise ValueError("ws_ping_interval must be positive (or None to disable)")
+        if self.tcp_user_timeout is not None and self.tcp_user_timeout <= 0:
+            raise ValueError("tcp_user_timeout must be positive (or None to disable)")
+        if self.max_frame_size < 1024:
+            raise ValueError("max_frame_size must be at least 1024 bytes")
+
+
+def make_socket_factory(cfg: TransportConfig) -> Callable[[AddrInfoType], socket.socket]:
+    """A socket factory for ``aiohttp.TCPConnector`` that applies the TCP liveness layers."""
+
+    def factory(addr_info: AddrInfoType) -> socket.socket:
+        family, type_, proto, _, _ = addr_info
+        sock = socket.socket(family=family, type=type_, proto=proto)
+        try:
+            apply_socket_options(sock, cfg)
+        except OSError:
+            _log.debug("could not set TCP liveness options", exc_info=True)
+        return sock
+
+    return factory
+
+
+def apply_socket_options(sock: socket.socket, cfg: TransportConfig) -> None:
+    if cfg.tcp_keepalive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, cfg.tcp_keepidle)
+        if hasattr(socket, "TCP_KEEPINTVL"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, cfg.tcp_keepintvl)
+        if hasattr(socket, "TCP_KEEPCNT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, cfg.tcp_keepcnt)
+    if cfg.tcp_user_timeout is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(cfg.tcp_user_timeout * 1000)
+        )
+
+
+class ConnectError(Exception):
+    """The WebSocket could not be opened. ``detail`` never contains a token."""
+
+    def __init__(self, detail: str, *, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+
+
+class GatewayConnection:
+    """One WebSocket connection, from open to gone. Use once: ``outcome = await conn.run()``."""
+
+    def __init__(
+        self,
+        session: GatewaySession,
+        *,
+        ws_http: aiohttp.ClientSession,
+        url: str,
+        token: str,
+        transport: TransportConfig,
+        bus: ev.EventBus,
+        deliver: Callable[[GatewayEvent], None],
+    ) -> None:
+        self._session = session
+        self._http = ws_http
+        self._url = url
+        self._token = token
+        self._cfg = transport
+        self._bus = bus
+        self._deliver = deliver
+        self._loop = asyncio.get_running_loop()
+        self.connection_id = uuid.uuid4().hex[:12]
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        self._closing: Close | None = None
+        self._done = asyncio.Event()
+        self._poke = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._server_close_code: int | None = None
+        self._lost_detail = ""
+        self._opened_at: float | None = None
+
+    @property
+    def opened_at(self) -> float | None:
+        return self._opened_at
+
+    async def run(self) -> Outcome:
+        """Connect, run until the connection ends, and return the session's verdict.
+
+        Raises :class:`ConnectError` if the WebSocket never opened.
+        """
+        shard = self._session.shard_id
+        try:
+            async with asyncio.timeout(self._cfg.connect_timeout):
+                ws = await self._http.ws_connect(
+                    self._url,
+                    heartbeat=self._cfg.ws_ping_interval,
+                    max_msg_size=self._cfg.max_frame_size,
+                    autoclose=False,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=self._cfg.close_timeout),
+                )
+        except TimeoutError as exc:
+            raise ConnectError(
+                f"WebSocket connect timed out after {self._cfg.connect_timeout:g}s"
+            ) from exc
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ConnectError(
+                f"WebSocket upgrade refused: HTTP {exc.status}", status=exc.status
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectError(f"WebSocket connect failed: {type(exc).__name__}: {exc}") from exc
+        self._ws = ws
+        # aiohttp offers no public abort(); the transport is the only way to drop a dead link
+        # without a close handshake.
+        conn = ws._response.connection
+        self._transport = conn.transport if conn is not None else None
+        now = self._loop.time()
+        self._opened_at = now
+        self._bus.emit(
+            ev.Connected(
+                shard=shard, monotonic=now, connection_id=self.connection_id, url=self._url
+            )
+        )
+        self._execute(self._session.connect(now, self._token))
+        reader = asyncio.create_task(self._read_loop(ws), name=f"qqbot reader shard {shard}")
+        timer = asyncio.create_task(self._timer_loop(), name=f"qqbot timer shard {shard}")
+        try:
+            await self._done.wait()
+        finally:
+            for task in (reader, timer):
+                task.cancel()
+            for task in (reader, timer):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self._teardown(ws)
+        code = self._server_close_code
+        return self._session.connection_lost(self._loop.time(), code, self._lost_detail)
+
+    def request_close(
+        self, reason: str, detail: str, *, abort: bool = False, code: int = RESUMABLE_CLOSE_CODE
+    ) -> None:
+        """Close from outside (shutdown, supervisor decisions)."""
+        self._execute(self._session.close_requested(reason, detail, abort=abort, code=code))
+        self._done.set()
+
+    # --- tasks ---------------------------------------------------------------------------
+    async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            while not self._done.is_set():
+                msg = await ws.receive()
+                now = self._loop.time()
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    await self._run_actions(self._session.receive(msg.data, now))
+                elif msg.type is aiohttp.WSMsgType.BINARY:
+                    await self._run_actions(self._session.receive(msg.data, now))
+                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
+                    code = msg.data if isinstance(msg.data, int) else ws.close_code
+                    self._server_gone(code, str(msg.extra or ""))
+                    return
+                elif msg.type is aiohttp.WSMsgType.CLOSED:
+                    self._server_gone(ws.close_code, "connection closed")
+                    return
+                elif msg.type is aiohttp.WSMsgType.ERROR:
+                    self._on_error(msg.data)
+                    return
+                self._poke.set()
+        except Exception as exc:  # noqa: BLE001 - the reader must never die silently
+            _log.warning("gateway reader failed: %s", type(exc).__name__, exc_info=True)
+            self._execute(
+                self._session.close_requested(
+                    p.NETWORK_ERROR, f"reader failed: {exc!r}", abort=True
+                )
+            )
+            self._done.set()
+
+    async def _timer_loop(self) -> None:
+        while not self._done.is_set():
+            deadline = self._session.next_deadline()
+            self._poke.clear()
+            timeout = None if deadline is None else max(0.0, deadline - self._loop.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._poke.wait()
+                continue  # woken early: the session changed, recompute the deadline
+            # Let frames already in the socket buffer be read first: after a stalled loop an
+            # ACK waiting there must count before a deadline is judged.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            await self._run_actions(self._session.tick(self._loop.time()))
+
+    # --- actions -------------------------------------------------------------------------
+    async def _run_actions(self, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                await self._send(action)
+            else:
+                self._execute([action])
+
+    def _execute(self, actions: list[Any]) -> None:
+        """Run the actions that need no awaiting; sends are scheduled."""
+        for action in actions:
+            if isinstance(action, Emit):
+                self._bus.emit(action.event)
+            elif isinstance(action, Deliver):
+                self._deliver(action.event)
+            elif isinstance(action, Close):
+                self._closing = action
+                self._done.set()
+            elif isinstance(action, Send):
+                # Only reached from synchronous paths (connect/close requests), which never
+                # produce sends; kept for completeness.
+                asyncio.ensure_future(self._send(action))  # noqa: RUF006
+
+    async def _send(self, action: Send) -> None:
+        ws = self._ws
+        if ws is None or self._done.is_set():
+            return
+        try:
+            async with self._send_lock, asyncio.timeout(self._cfg.send_timeout):
+                await ws.send_json(action.payload)
+        except TimeoutError:
+            self._execute(
+                self._session.close_requested(
+                    p.NETWORK_ERROR, f"send timed out after {self._cfg.send_timeout:g}s", abort=True
+                )
+            )
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            self._execute(
+                self._session.close_requested(
+                    p.NETWORK_ERROR, f"send failed: {type(exc).__name__}", abort=True
+                )
+            )
+
+    # --- ending --------------------------------------------------------------------------
+    def _server_gone(self, code: int | None, detail: str) -> None:
+        if self._closing is None:
+            self._server_close_code = code if code not in (None, 0) else None
+            self._lost_detail = detail
+        self._done.set()
+
+    def _on_error(self, exc: Any) -> None:
+        if isinstance(exc, aiohttp.ServerTimeoutError):
+            reason, detail = p.PING_TIMEOUT, "no WebSocket pong in time"
+        elif isinstance(exc, aiohttp.WebSocketError) and "too big" in str(exc).lower():
+            reason, detail = p.PROTOCOL_ERROR, f"frame over {self._cfg.max_frame_size} bytes"
+        else:
+            reason, detail = p.NETWORK_ERROR, f"WebSocket error: {type(exc).__name__}"
+        if reason == p.PING_TIMEOUT:
+            actions = self._session.close_requested(reason, detail, abort=True)
+            # The ping layer is a liveness layer like the others: report it as a zombie.
+            self._bus.emit(
+                ev.ZombieDetected(
+                    shard=self._session.shard_id,
+                    monotonic=self._loop.time(),
+                    reason=reason,
+                    unacked=self._session.unacked,
+                    idle_for=0.0,
+                    heartbeat_interval=self._session.heartbeat_interval or 0.0,
+                )
+            )
+        else:
+            actions = self._session.close_requested(reason, detail, abort=True)
+        self._execute(actions)
+        self._done.set()
+
+    async def _teardown(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        closing = self._closing
+        if closing is not None and not closing.abort and not ws.closed:
+            # A bounded close handshake with a non-1000 code keeps the session resumable.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._cfg.close_timeout):
+                    await ws.close(code=closing.code, message=closing.reason.encode())
+        self._abort()
+        # Releases aiohttp's own state; on the aborted transport it returns at once.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._cfg.close_timeout):
+                await ws.close(code=closing.code if closing else RESUMABLE_CLOSE_CODE)
+
+    def _abort(self) -> None:
+        transport = self._transport
+        if isinstance(transport, asyncio.Transport):
+            with contextlib.suppress(Exception):
+                transport.abort()

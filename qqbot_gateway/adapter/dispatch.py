@@ -1,0 +1,168 @@
+"""Delivery to user handlers, off the read loop, through a bounded queue.
+
+The reader only ever calls :meth:`Dispatcher.put`, which never blocks: op 11 ACKs are processed
+in the read loop itself, so a slow handler can never fake a zombie. When the queue reaches its
+capacity the session is put under backpressure: the next dispatch is refused without advancing
+the sequence number and the connection is closed for a resume once the queue has drained below
+half. The server then replays what we refused: nothing is lost, and memory stays bounded.
+
+Handlers run one event at a time per shard, in sequence order. An exception in a handler is
+logged and counted (:class:`~.events.HandlerFailed`) and never reaches the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import events as ev
+from .protocol import GatewayEvent
+from .session import GatewaySession
+
+__all__ = ["Dispatcher", "Handler"]
+
+_log = logging.getLogger("qqbot_gateway.dispatch")
+
+Handler = Callable[[GatewayEvent], Awaitable[Any] | Any]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        session: GatewaySession,
+        *,
+        bus: ev.EventBus,
+        handlers: Callable[[str], list[Handler]],
+        capacity: int = 1000,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("handler queue capacity must be >= 1")
+        self._session = session
+        self._bus = bus
+        self._handlers = handlers
+        self.capacity = capacity
+        self._queue: asyncio.Queue[GatewayEvent] = asyncio.Queue()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._busy = False
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def idle(self) -> bool:
+        return self._queue.empty() and not self._busy
+
+    def start(self) -> None:
+        shard = self._session.shard_id
+        self._task = asyncio.create_task(self._work(), name=f"qqbot handlers shard {shard}")
+
+    def put(self, event: GatewayEvent) -> None:
+        """Called by the reader for every accepted dispatch. Never blocks."""
+        self._queue.put_nowait(event)
+        depth = self._queue.qsize()
+        self._publish_depth(depth)
+        if depth >= self.capacity:
+            if self._drained.is_set():
+                _log.warning(
+                    "shard %d: handler queue full (%d); pausing intake until it drains",
+                    self._session.shard_id,
+                    depth,
+                )
+            self._drained.clear()
+            self._session.set_backpressure(True)
+
+    async def wait_for_drain(self) -> None:
+        await self._drained.wait()
+
+    async def close(self, drain_timeout: float) -> int:
+        """Let queued events finish for at most ``drain_timeout`` s; returns how many were left."""
+        if self._task is None:
+            return self._queue.qsize()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_timeout):
+                while not self.idle:
+                    await asyncio.sleep(0.01)
+        left = self._queue.qsize()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if left:
+            _log.warning(
+                "shard %d: %d events not handled at shutdown (drain timeout %.1fs)",
+                self._session.shard_id,
+                left,
+                drain_timeout,
+            )
+        return left
+
+    async def _work(self) -> None:
+        while True:
+            event = await self._queue.get()
+            self._busy = True
+            try:
+                await self._handle(event)
+            finally:
+                self._busy = False
+                depth = self._queue.qsize()
+                self._publish_depth(depth)
+                if not self._drained.is_set() and depth <= self.capacity // 2:
+                    self._session.set_backpressure(False)
+                    self._drained.set()
+
+    async def _handle(self, event: GatewayEvent) -> None:
+        for handler in self._handlers(event.type):
+            started = self._loop.time()
+            try:
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a handler's bug never kills the session
+                name = getattr(handler, "__qualname__", repr(handler))
+                _log.error(
+                    "handler %s failed on %s (seq %s): %s",
+                    name,
+                    event.type,
+                    event.seq,
+                    type(exc).__name__,
+                    exc_info=True,
+                    extra={"shard": event.shard, "event_type": event.type},
+                )
+                self._bus.emit(
+                    ev.HandlerFailed(
+                        shard=event.shard,
+                        monotonic=self._loop.time(),
+                        event_type=event.type,
+                        handler=name,
+                        error_type=type(exc).__name__,
+                        error=str(exc)[:300],
+                    )
+                )
+            else:
+                self._bus.emit(
+                    ev.HandlerCompleted(
+                        shard=event.shard,
+                        monotonic=self._loop.time(),
+                        event_type=event.type,
+                        duration=self._loop.time() - started,
+                    )
+                )
+
+    def _publish_depth(self, depth: int) -> None:
+        self._bus.emit(
+            ev.HandlerQueueDepth(
+                shard=self._session.shard_id,
+                monotonic=self._loop.time(),
+                depth=depth,
+                capacity=self.capacity,
+            )
+        )

@@ -1,0 +1,468 @@
+"""Reconnect policy: one supervisor per shard keeps a session alive, or says loudly why not.
+
+The loop::
+
+    token -> gateway URL -> connection.run() -> outcome -> (fatal? stop) -> backoff -> again
+
+* Backoff is exponential with full jitter and a cap (delay = uniform(0, min(cap, base * 2**n)));
+  a connection that stayed READY for ``healthy_after`` resets it.
+* After a forced close the session is resumed (the close code we send is 4000, never 1000, so
+  it stays resumable); the session decides when to identify instead (op 9 false, 4006/4007,
+  49xx, too many failed resumes).
+* 4008 waits ``rate_limit_wait`` then resumes; 4004 refreshes the token; 4001/4002 identify but
+  never quickly; fatal codes (4010-4014, 4914, 4915, 4924, intents refused again and again)
+  stop this shard with an ERROR log, a :class:`~.events.ShardFatal` event and the FATAL state.
+* A quick disconnect loop (connections that never get READY, or die within
+  ``quick_lifetime``) is detected and slowed to at least half the cap.
+* There is no retry cap: a transient failure is retried forever, visibly (state BACKOFF, events,
+  WARNING logs), never ending in a silently dead bot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from . import events as ev
+from . import protocol as p
+from .connection import ConnectError, GatewayConnection, TransportConfig
+from .protocol import CloseAction, GatewayEvent
+from .session import GatewaySession, Outcome
+
+__all__ = [
+    "GatewayUrlSource",
+    "ReconnectPolicy",
+    "ShardStatus",
+    "ShardSupervisor",
+    "TokenSource",
+    "backoff_delays",
+]
+
+_log = logging.getLogger("qqbot_gateway.supervisor")
+
+#: Reasons that are routine on QQ (op 7 about every 30 min, 4009 session expiry): INFO, not
+#: WARNING, so that operators are not trained to ignore reconnect warnings.
+_ROUTINE_REASONS = frozenset(
+    {p.RECONNECT_REQUESTED, "server_close:4009", "server_close:1000", "server_close:1001"}
+)
+
+
+class TokenSource(Protocol):
+    async def get(self) -> str: ...
+
+    async def force_refresh(self, reason: str) -> str: ...
+
+
+class GatewayUrlSource(Protocol):
+    async def __call__(self) -> str: ...
+
+
+class FatalAuthError(Exception):
+    """Raised by a token source when retrying cannot help (invalid credentials)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    #: First backoff ceiling; doubles per consecutive failure up to ``backoff_cap``.
+    backoff_base: float = 1.0
+    #: 60 s: the longest a bot stays offline between attempts when QQ is down, and at most
+    #: ~2 attempts a minute against an outage, far below any session-start limit.
+    backoff_cap: float = 60.0
+    #: A connection READY this long proves the setup works: the backoff starts over.
+    healthy_after: float = 60.0
+    #: Close 4008 ("sending too fast"): peers wait 60 s before resuming.
+    rate_limit_wait: float = 60.0
+    #: A connection that ends sooner than this (or never gets READY) is a quick failure.
+    quick_lifetime: float = 10.0
+    #: This many quick failures in a row are a disconnect loop: slow to >= cap / 2.
+    quick_loop_threshold: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.backoff_base <= self.backoff_cap:
+            raise ValueError("need 0 < backoff_base <= backoff_cap")
+        if self.healthy_after < 0 or self.rate_limit_wait < 0 or self.quick_lifetime < 0:
+            raise ValueError("healthy_after, rate_limit_wait and quick_lifetime must be >= 0")
+        if self.quick_loop_threshold < 1:
+            raise ValueError("quick_loop_threshold must be >= 1")
+
+
+def backoff_delays(
+    base: float, cap: float, rng: Callable[[float, float], float] = random.uniform
+) -> Iterator[float]:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**n))."""
+    n = 0
+    while True:
+        yield rng(0.0, min(cap, base * (2.0**n)))
+        if base * (2.0**n) < cap:
+            n += 1
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStatus:
+    """A snapshot for the health evaluator and status displays (monotonic times)."""
+
+    shard: int
+    state: ev.ConnectionState
+    state_since: float
+    task_alive: bool
+    attempts: int
+    next_attempt_at: float | None
+    last_ready_at: float | None  # last READY/RESUMED
+    ready: bool
+    fatal_message: str | None
+    last_reason: str | None
+
+
+class ShardSupervisor:
+    """Keeps one shard connected. ``start()``, then ``stop()``; ``status()`` at any time."""
+
+    def __init__(
+        self,
+        session: GatewaySession,
+        *,
+        tokens: TokenSource,
+        gateway_url: GatewayUrlSource,
+        ws_http: aiohttp.ClientSession,
+        bus: ev.EventBus,
+        deliver: Callable[[GatewayEvent], None],
+        transport: TransportConfig | None = None,
+        policy: ReconnectPolicy | None = None,
+        wait_for_drain: Callable[[], Awaitable[None]] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.session = session
+        self.shard = session.shard_id
+        self._tokens = tokens
+        self._gateway_url = gateway_url
+        self._http = ws_http
+        self._bus = bus
+        self._deliver = deliver
+        self._transport = transport or TransportConfig()
+        self.policy = policy or ReconnectPolicy()
+        self._wait_for_drain = wait_for_drain
+        self._sleep = sleep
+        self._rng = rng
+        self._loop = asyncio.get_running_loop()
+        self._state = ev.ConnectionState.IDLE
+        self._state_since = self._loop.time()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: GatewayConnection | None = None
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._attempts = 0
+        self._next_attempt_at: float | None = None
+        self._last_ready_at: float | None = None
+        self._fatal_message: str | None = None
+        self._last_reason: str | None = None
+        self._url: str | None = None
+        self._unsubscribe = bus.subscribe(self._on_event)
+
+    # --- public --------------------------------------------------------------------------
+    @property
+    def state(self) -> ev.ConnectionState:
+        return self._state
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    def status(self) -> ShardStatus:
+        task = self._task
+        return ShardStatus(
+            shard=self.shard,
+            state=self._state,
+            state_since=self._state_since,
+            task_alive=task is not None and not task.done(),
+            attempts=self._attempts,
+            next_attempt_at=self._next_attempt_at,
+            last_ready_at=self._last_ready_at,
+            ready=self._state is ev.ConnectionState.READY,
+            fatal_message=self._fatal_message,
+            last_reason=self._last_reason,
+        )
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("supervisor already started")
+        self._task = asyncio.create_task(self._run(), name=f"qqbot supervisor shard {self.shard}")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Close the connection cleanly (1000: the session ends) and stop. Bounded."""
+        self._stopping = True
+        self._wake.set()
+        conn = self._conn
+        if conn is not None:
+            conn.request_close("shutdown", "client shutting down", code=1000)
+        task = self._task
+        if task is not None and not task.done():
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(task)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            except Exception:  # noqa: BLE001 - the crash was already reported by _run
+                pass
+        self._unsubscribe()
+
+    # --- the loop ------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            await self._loop_forever()
+        except asyncio.CancelledError:
+            self._set_state(ev.ConnectionState.STOPPED)
+            self._emit_stopped("shutdown")
+            raise
+        except Exception as exc:
+            # A bug in our own loop: say so loudly; the health report turns red.
+            _log.exception("shard %d supervisor crashed", self.shard)
+            self._emit_stopped("crashed", f"{type(exc).__name__}: {exc}")
+            raise
+
+    async def _loop_forever(self) -> None:
+        policy = self.policy
+        delays = backoff_delays(policy.backoff_base, policy.backoff_cap, self._rng)
+        quick_failures = 0
+        while not self._stopping:
+            self._attempts += 1
+            self._next_attempt_at = None
+            self._set_state(ev.ConnectionState.CONNECTING)
+            self._emit(
+                ev.ConnectAttempt(
+                    shard=self.shard,
+                    monotonic=self._now(),
+                    attempt=self._attempts,
+                    resume=self.session.can_resume,
+                )
+            )
+            outcome, opened_at = await self._attempt()
+            if self._stopping:
+                break
+            if outcome is None:
+                continue  # fatal auth: already reported
+            now = self._now()
+            lifetime = None if opened_at is None else now - opened_at
+            self._last_reason = outcome.reason
+            self._emit(
+                ev.Disconnected(
+                    shard=self.shard,
+                    monotonic=now,
+                    reason=outcome.reason,
+                    close_code=outcome.close_code,
+                    detail=outcome.detail,
+                    resumable=outcome.resumable,
+                    connection_age=lifetime,
+                )
+            )
+            if outcome.action is CloseAction.FATAL:
+                self._fatal(outcome.reason, outcome.close_code, outcome.fatal_message or "")
+                return
+            healthy = outcome.was_ready and (lifetime or 0.0) >= policy.healthy_after
+            if healthy:
+                delays = backoff_delays(policy.backoff_base, policy.backoff_cap, self._rng)
+                quick_failures = 0
+            elif not outcome.was_ready or (lifetime or 0.0) < policy.quick_lifetime:
+                quick_failures += 1
+            else:
+                quick_failures = 0
+            delay = next(delays)
+            if quick_failures >= policy.quick_loop_threshold:
+                floor = policy.backoff_cap / 2
+                if quick_failures == policy.quick_loop_threshold:
+                    _log.warning(
+                        "shard %d: %d quick disconnects in a row; slowing reconnects to >= %.1fs",
+                        self.shard,
+                        quick_failures,
+                        floor,
+                    )
+                    self._emit(
+                        ev.ReconnectLoopDetected(
+                            shard=self.shard, monotonic=now, quick_failures=quick_failures, min_delay=floor
+                        )
+                    )
+                delay = max(delay, floor)
+            if outcome.action is CloseAction.WAIT_THEN_RESUME:
+                delay = max(delay, policy.rate_limit_wait)
+            elif outcome.action is CloseAction.SLOW_IDENTIFY:
+                delay = max(delay, policy.backoff_cap)
+                _log.error(
+                    "shard %d: gateway rejected our payload (%s); this is a bug in the adapter",
+                    self.shard,
+                    outcome.detail,
+                )
+            self._log_disconnect(outcome, lifetime, delay)
+            if outcome.action is CloseAction.REFRESH_TOKEN:
+                with contextlib.suppress(Exception):
+                    await self._tokens.force_refresh("gateway close 4004")
+            if outcome.reason == p.HANDLER_BACKPRESSURE and self._wait_for_drain is not None:
+                self._set_state(ev.ConnectionState.BACKOFF)
+                await self._wait_for_drain()
+            await self._backoff(outcome.reason, delay)
+
+    async def _attempt(self) -> tuple[Outcome | None, float | None]:
+        """One connection attempt. Failures before the WebSocket opens become outcomes too."""
+        try:
+            token = await self._tokens.get()
+        except FatalAuthError as exc:
+            self._fatal(p.TOKEN_ERROR, None, f"access token refused: {exc}")
+            return None, None
+        except Exception as exc:  # noqa: BLE001 - any failure to get a token is retried
+            if _is_fatal_auth(exc):
+                self._fatal(p.TOKEN_ERROR, None, f"access token refused: {exc}")
+                return None, None
+            return self._failed(p.TOKEN_ERROR, f"access token: {_safe(exc)}"), None
+        try:
+            url = self._url or await self._gateway_url()
+        except Exception as exc:  # noqa: BLE001 - retried with backoff
+            return self._failed(p.GATEWAY_URL_ERROR, f"gateway URL: {_safe(exc)}"), None
+        self._url = url
+        conn = GatewayConnection(
+            self.session,
+            ws_http=self._http,
+            url=url,
+            token=token,
+            transport=self._transport,
+            bus=self._bus,
+            deliver=self._deliver,
+        )
+        self._conn = conn
+        try:
+            if self._stopping:
+                return None, None
+            self._set_state(ev.ConnectionState.HANDSHAKING)
+            outcome = await conn.run()
+        except ConnectError as exc:
+            self._url = None  # the URL may have moved: ask /gateway/bot again next time
+            return self._failed(p.CONNECT_ERROR, exc.detail), None
+        finally:
+            self._conn = None
+        return outcome, conn.opened_at
+
+    def _failed(self, reason: str, detail: str) -> Outcome:
+        resumable = self.session.can_resume
+        return Outcome(
+            reason=reason,
+            close_code=None,
+            detail=detail,
+            action=CloseAction.RESUME if resumable else CloseAction.IDENTIFY,
+            resumable=resumable,
+            was_ready=False,
+        )
+
+    async def _backoff(self, reason: str, delay: float) -> None:
+        now = self._now()
+        self._next_attempt_at = now + delay
+        self._set_state(ev.ConnectionState.BACKOFF)
+        self._emit(
+            ev.ReconnectScheduled(
+                shard=self.shard,
+                monotonic=now,
+                reason=reason,
+                delay=delay,
+                attempt=self._attempts + 1,
+                mode="resume" if self.session.can_resume else "identify",
+            )
+        )
+        if delay > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    def _fatal(self, reason: str, code: int | None, message: str) -> None:
+        self._fatal_message = message
+        self._last_reason = reason
+        _log.error("shard %d stopped for good: %s", self.shard, message)
+        self._set_state(ev.ConnectionState.FATAL)
+        self._emit(
+            ev.ShardFatal(
+                shard=self.shard, monotonic=self._now(), reason=reason, close_code=code, message=message
+            )
+        )
+        self._emit_stopped("fatal", message)
+
+    # --- events and state ----------------------------------------------------------------
+    def _on_event(self, event: ev.LifecycleEvent) -> None:
+        if event.shard != self.shard:
+            return
+        if isinstance(event, ev.SessionReady | ev.SessionResumed):
+            self._last_ready_at = event.monotonic
+            self._set_state(ev.ConnectionState.READY)
+            if isinstance(event, ev.SessionResumed):
+                _log.info(
+                    "shard %d resumed session after %.2fs (%d events replayed)",
+                    self.shard,
+                    event.monotonic - event.resume_started,
+                    event.replayed,
+                )
+            else:
+                _log.info("shard %d ready (new session)", self.shard)
+        elif isinstance(event, ev.ZombieDetected):
+            _log.warning(
+                "shard %d: zombie connection detected (%s): %d heartbeats unacked, "
+                "no frame for %.2fs, interval %.2fs; aborting it",
+                self.shard,
+                event.reason,
+                event.unacked,
+                event.idle_for,
+                event.heartbeat_interval,
+            )
+
+    def _set_state(self, new: ev.ConnectionState) -> None:
+        old = self._state
+        if old is new:
+            return
+        if old in (ev.ConnectionState.FATAL, ev.ConnectionState.STOPPED):
+            return  # terminal
+        self._state = new
+        self._state_since = self._now()
+        self._emit(ev.StateChanged(shard=self.shard, monotonic=self._state_since, old=old, new=new))
+
+    def _emit_stopped(self, reason: str, error: str | None = None) -> None:
+        if self._state is not ev.ConnectionState.FATAL:
+            self._set_state(ev.ConnectionState.STOPPED)
+        self._emit(ev.SupervisorStopped(shard=self.shard, monotonic=self._now(), reason=reason, error=error))
+
+    def _emit(self, event: ev.LifecycleEvent) -> None:
+        self._bus.emit(event)
+
+    def _now(self) -> float:
+        return self._loop.time()
+
+    def _log_disconnect(self, outcome: Outcome, lifetime: float | None, delay: float) -> None:
+        mode = "resume" if self.session.can_resume else "identify"
+        routine = outcome.reason in _ROUTINE_REASONS or (
+            outcome.reason == p.INVALID_SESSION and outcome.resumable
+        )
+        level = logging.INFO if routine else logging.WARNING
+        _log.log(
+            level,
+            "shard %d disconnected (%s: %s) after %s; %s in %.2fs",
+            self.shard,
+            outcome.reason,
+            outcome.detail,
+            "never opened" if lifetime is None else f"{lifetime:.1f}s",
+            mode,
+            delay,
+            extra={"reason": outcome.reason, "close_code": outcome.close_code, "shard": self.shard},
+        )
+
+
+def _is_fatal_auth(exc: BaseException) -> bool:
+    # Avoid importing auth here (it imports aiohttp sessions and more); match by class name
+    # so any InvalidCredentialsError from the adapter's error tree counts.
+    return any(cls.__name__ == "InvalidCredentialsError" for cls in type(exc).__mro__)
+
+
+def _safe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
