@@ -32,7 +32,7 @@ from . import events as ev
 from .api import OpenAPIClient
 from .auth import TokenManager
 from .connection import TransportConfig, make_socket_factory
-from .dispatch import Dispatcher, Handler
+from .dispatch import Dispatcher, Handler, HandlerContext
 from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, Intents, parse_intents
 from .session import GatewaySession, LivenessConfig
 from .supervisor import ReconnectPolicy, ShardStatus, ShardSupervisor
@@ -138,6 +138,8 @@ class QQBotClient:
         self._starter: asyncio.Task[None] | None = None
         self._started = False
         self._closing = False
+        #: Optional hook wrapping the handling of each event (telemetry sets a tracing span).
+        self.handler_context: HandlerContext | None = None
 
     # --- handlers ------------------------------------------------------------------------
     def on(self, event_type: str = "*") -> Callable[[H], H]:
@@ -236,9 +238,6 @@ class QQBotClient:
             intents=cfg.intents,
             liveness=cfg.liveness,
         )
-        dispatcher = Dispatcher(
-            session, bus=self.events, handlers=self._handlers_for, capacity=cfg.handler_queue_size
-        )
         assert self._ws_http is not None and self._tokens is not None
         supervisor = ShardSupervisor(
             session,
@@ -246,10 +245,18 @@ class QQBotClient:
             gateway_url=self._gateway_url,
             ws_http=self._ws_http,
             bus=self.events,
-            deliver=dispatcher.put,
+            deliver=lambda event: dispatcher.put(event),
             transport=cfg.transport,
             policy=cfg.reconnect,
-            wait_for_drain=dispatcher.wait_for_drain,
+            wait_for_drain=lambda: dispatcher.wait_for_drain(),
+        )
+        dispatcher = Dispatcher(
+            session,
+            bus=self.events,
+            handlers=self._handlers_for,
+            capacity=cfg.handler_queue_size,
+            log_context=supervisor.log_context,
+            around_event=lambda: self.handler_context,
         )
         return _Shard(session, supervisor, dispatcher)
 

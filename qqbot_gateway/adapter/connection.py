@@ -240,8 +240,8 @@ class GatewayConnection:
 
     async def _timer_loop(self) -> None:
         while not self._done.is_set():
+            self._poke.clear()  # before reading the deadline, so no poke is lost
             deadline = self._session.next_deadline()
-            self._poke.clear()
             timeout = None if deadline is None else max(0.0, deadline - self._loop.time())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):

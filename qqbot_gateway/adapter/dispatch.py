@@ -17,17 +17,21 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from . import events as ev
+from .context import ShardContext, current_shard
 from .protocol import GatewayEvent
 from .session import GatewaySession
 
-__all__ = ["Dispatcher", "Handler"]
+__all__ = ["Dispatcher", "Handler", "HandlerContext"]
 
 _log = logging.getLogger("qqbot_gateway.dispatch")
 
 Handler = Callable[[GatewayEvent], Awaitable[Any] | Any]
+#: Wraps the handling of one event, e.g. to make a tracing span current while handlers run.
+HandlerContext = Callable[[GatewayEvent], AbstractContextManager[Any]]
 
 
 class Dispatcher:
@@ -38,6 +42,8 @@ class Dispatcher:
         bus: ev.EventBus,
         handlers: Callable[[str], list[Handler]],
         capacity: int = 1000,
+        log_context: ShardContext | None = None,
+        around_event: Callable[[], HandlerContext | None] = lambda: None,
     ) -> None:
         if capacity < 1:
             raise ValueError("handler queue capacity must be >= 1")
@@ -51,6 +57,8 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[None] | None = None
         self._busy = False
+        self._log_context = log_context
+        self._around_event = around_event
 
     @property
     def depth(self) -> int:
@@ -104,11 +112,18 @@ class Dispatcher:
         return left
 
     async def _work(self) -> None:
+        if self._log_context is not None:
+            current_shard.set(self._log_context)
         while True:
             event = await self._queue.get()
             self._busy = True
             try:
-                await self._handle(event)
+                around = self._around_event()
+                if around is None:
+                    await self._handle(event)
+                else:
+                    with around(event):
+                        await self._handle(event)
             finally:
                 self._busy = False
                 depth = self._queue.qsize()

@@ -32,6 +32,7 @@ import aiohttp
 
 from . import events as ev
 from . import protocol as p
+from .context import ShardContext, current_shard
 from .connection import ConnectError, GatewayConnection, TransportConfig
 from .protocol import CloseAction, GatewayEvent
 from .session import GatewaySession, Outcome
@@ -163,6 +164,8 @@ class ShardSupervisor:
         self._fatal_message: str | None = None
         self._last_reason: str | None = None
         self._url: str | None = None
+        #: Shared with every task of this shard for log lines (see ``context``).
+        self.log_context = ShardContext(self.shard)
         self._unsubscribe = bus.subscribe(self._on_event)
 
     # --- public --------------------------------------------------------------------------
@@ -216,8 +219,11 @@ class ShardSupervisor:
 
     # --- the loop ------------------------------------------------------------------------
     async def _run(self) -> None:
+        current_shard.set(self.log_context)
         try:
             await self._loop_forever()
+            if self._state is not ev.ConnectionState.FATAL:
+                self._emit_stopped("shutdown")
         except asyncio.CancelledError:
             self._set_state(ev.ConnectionState.STOPPED)
             self._emit_stopped("shutdown")
@@ -335,6 +341,7 @@ class ShardSupervisor:
             deliver=self._deliver,
         )
         self._conn = conn
+        self.log_context.connection_id = conn.connection_id
         try:
             if self._stopping:
                 return None, None
@@ -396,6 +403,7 @@ class ShardSupervisor:
             return
         if isinstance(event, ev.SessionReady | ev.SessionResumed):
             self._last_ready_at = event.monotonic
+            self.log_context.session_id = event.session_id
             self._set_state(ev.ConnectionState.READY)
             if isinstance(event, ev.SessionResumed):
                 _log.info(
