@@ -97,9 +97,14 @@ class Harness:
             await asyncio.sleep(0.02)
 
     async def wait_event(
-        self, kind: type[E], timeout: float, *, after: int = 0, where: Callable[[E], bool] = lambda e: True
+        self,
+        kind: type[E],
+        timeout: float,
+        *,
+        after: int = 0,
+        where: Callable[[E], bool] = lambda e: True,
     ) -> E:
-        """The first ``kind`` event at index >= ``after`` in the lifecycle log matching ``where``."""
+        """First ``kind`` event at index >= ``after`` in the lifecycle log matching ``where``."""
 
         def find() -> E | None:
             for e in self.rec.lifecycle[after:]:

@@ -76,7 +76,9 @@ async def test_op7_reconnect_resumes_quietly(h: Harness, caplog: pytest.LogCaptu
     assert routine and all(r.levelno == logging.INFO for r in routine)
 
 
-@pytest.mark.parametrize(("resumable", "expect"), [(True, ev.SessionResumed), (False, ev.SessionReady)])
+@pytest.mark.parametrize(
+    ("resumable", "expect"), [(True, ev.SessionResumed), (False, ev.SessionReady)]
+)
 async def test_op9_invalid_session_both_ways(h: Harness, resumable: bool, expect: type) -> None:
     mark = h.mark()
     await h.sim.send_invalid_session(resumable, close_code=None)
@@ -149,7 +151,9 @@ async def test_hung_close_of_the_old_socket_cannot_block_recovery(h: Harness) ->
     h.client.events.subscribe(go_silent)
     await h.sim.send_reconnect()
     disc = await h.wait_event(ev.Disconnected, 5 * INTERVAL, after=mark)
-    frame7 = next(e for e in h.rec.lifecycle[mark:] if isinstance(e, ev.FrameReceived) and e.op == 7)
+    frame7 = next(
+        e for e in h.rec.lifecycle[mark:] if isinstance(e, ev.FrameReceived) and e.op == 7
+    )
     assert fired
     # close_timeout is 0.5 s; the teardown must not wait on the silent peer beyond it
     assert disc.monotonic - frame7.monotonic < 1.5
@@ -222,7 +226,9 @@ async def test_handler_exceptions_are_counted_and_never_kill_the_session(
         failures = h.rec.of(ev.HandlerFailed)
         assert len(failures) >= 3 and all(f.error_type == "RuntimeError" for f in failures)
         assert not h.rec.of(ev.Disconnected)
-        assert any("handler" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+        assert any(
+            "handler" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records
+        )
         h.assert_exactly_once()
     finally:
         await stop_harness(h)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -41,7 +42,13 @@ def ready(session_id: str = "sess-1", s: int = 1) -> str:
 
 def dispatch(s: int, t: str = "C2C_MESSAGE_CREATE", event_id: str | None = None) -> str:
     return json.dumps(
-        {"op": 0, "s": s, "t": t, "id": event_id or f"{t}:{s}", "d": {"id": f"m{s}", "content": "hi"}}
+        {
+            "op": 0,
+            "s": s,
+            "t": t,
+            "id": event_id or f"{t}:{s}",
+            "d": {"id": f"m{s}", "content": "hi"},
+        }
     )
 
 
@@ -360,7 +367,7 @@ def test_heartbeats_never_faster_than_the_interval_after_a_stall() -> None:
         if sends(s.tick(t)):
             sent_at.append(t)
         s.receive(ACK, t)
-    gaps = [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
     assert all(g >= I - 1e-9 for g in gaps), gaps
 
 

@@ -322,4 +322,3 @@ class QQBotClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-

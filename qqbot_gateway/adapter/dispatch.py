@@ -96,7 +96,7 @@ class Dispatcher:
             return self._queue.qsize()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
-                while not self.idle:
+                while not self.idle:  # noqa: ASYNC110 - idle is a derived property, no event
                     await asyncio.sleep(0.01)
         left = self._queue.qsize()
         self._task.cancel()

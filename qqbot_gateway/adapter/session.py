@@ -400,7 +400,14 @@ class GatewaySession:
                         f"row: intents {self.intents:#x} are probably not granted to this bot"
                     )
             self.forget_session()
-        if conn.resuming and not was_ready and action is not CloseAction.FATAL:
+        # A close of our own for handler backpressure is not a failed resume: the server was
+        # replaying, so it had accepted the session.
+        if (
+            conn.resuming
+            and not was_ready
+            and action is not CloseAction.FATAL
+            and reason != p.HANDLER_BACKPRESSURE
+        ):
             self.resume_failures += 1
             if self.resume_failures >= self.liveness.max_resume_failures:
                 detail = f"{detail}; {self.resume_failures} resumes failed, identifying"

@@ -32,8 +32,9 @@ import aiohttp
 
 from . import events as ev
 from . import protocol as p
-from .context import ShardContext, current_shard
 from .connection import ConnectError, GatewayConnection, TransportConfig
+from .context import ShardContext, current_shard
+from .errors import InvalidCredentialsError
 from .protocol import CloseAction, GatewayEvent
 from .session import GatewaySession, Outcome
 
@@ -55,18 +56,18 @@ _ROUTINE_REASONS = frozenset(
 )
 
 
+#: Pause before resuming after a backpressure close (once the handlers drained).
+_BACKPRESSURE_PAUSE = 0.05
+
+
 class TokenSource(Protocol):
     async def get(self) -> str: ...
 
-    async def force_refresh(self, reason: str) -> str: ...
+    async def force_refresh(self, reason: str, rejected: str | None = None) -> str: ...
 
 
 class GatewayUrlSource(Protocol):
     async def __call__(self) -> str: ...
-
-
-class FatalAuthError(Exception):
-    """Raised by a token source when retrying cannot help (invalid credentials)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ class ShardSupervisor:
         self.session = session
         self.shard = session.shard_id
         self._tokens = tokens
+        self._last_token: str | None = None
         self._gateway_url = gateway_url
         self._http = ws_http
         self._bus = bus
@@ -213,7 +215,7 @@ class ShardSupervisor:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            except Exception:  # noqa: BLE001 - the crash was already reported by _run
+            except Exception:  # noqa: BLE001, S110 - the crash was already reported by _run
                 pass
         self._unsubscribe()
 
@@ -272,6 +274,15 @@ class ShardSupervisor:
             if outcome.action is CloseAction.FATAL:
                 self._fatal(outcome.reason, outcome.close_code, outcome.fatal_message or "")
                 return
+            if outcome.reason == p.HANDLER_BACKPRESSURE:
+                # Our own choice, not a failure: no backoff growth, no quick-loop count. Waiting
+                # for the handlers to drain is the throttle; resuming replays what we refused.
+                self._log_disconnect(outcome, lifetime, _BACKPRESSURE_PAUSE)
+                if self._wait_for_drain is not None:
+                    self._set_state(ev.ConnectionState.BACKOFF)
+                    await self._wait_for_drain()
+                await self._backoff(outcome.reason, _BACKPRESSURE_PAUSE)
+                continue
             healthy = outcome.was_ready and (lifetime or 0.0) >= policy.healthy_after
             if healthy:
                 delays = backoff_delays(policy.backoff_base, policy.backoff_cap, self._rng)
@@ -292,7 +303,10 @@ class ShardSupervisor:
                     )
                     self._emit(
                         ev.ReconnectLoopDetected(
-                            shard=self.shard, monotonic=now, quick_failures=quick_failures, min_delay=floor
+                            shard=self.shard,
+                            monotonic=now,
+                            quick_failures=quick_failures,
+                            min_delay=floor,
                         )
                     )
                 delay = max(delay, floor)
@@ -308,23 +322,18 @@ class ShardSupervisor:
             self._log_disconnect(outcome, lifetime, delay)
             if outcome.action is CloseAction.REFRESH_TOKEN:
                 with contextlib.suppress(Exception):
-                    await self._tokens.force_refresh("gateway close 4004")
-            if outcome.reason == p.HANDLER_BACKPRESSURE and self._wait_for_drain is not None:
-                self._set_state(ev.ConnectionState.BACKOFF)
-                await self._wait_for_drain()
+                    await self._tokens.force_refresh("gateway close 4004", self._last_token)
             await self._backoff(outcome.reason, delay)
 
     async def _attempt(self) -> tuple[Outcome | None, float | None]:
         """One connection attempt. Failures before the WebSocket opens become outcomes too."""
         try:
             token = await self._tokens.get()
-        except FatalAuthError as exc:
+            self._last_token = token
+        except InvalidCredentialsError as exc:
             self._fatal(p.TOKEN_ERROR, None, f"access token refused: {exc}")
             return None, None
         except Exception as exc:  # noqa: BLE001 - any failure to get a token is retried
-            if _is_fatal_auth(exc):
-                self._fatal(p.TOKEN_ERROR, None, f"access token refused: {exc}")
-                return None, None
             return self._failed(p.TOKEN_ERROR, f"access token: {_safe(exc)}"), None
         try:
             url = self._url or await self._gateway_url()
@@ -392,7 +401,11 @@ class ShardSupervisor:
         self._set_state(ev.ConnectionState.FATAL)
         self._emit(
             ev.ShardFatal(
-                shard=self.shard, monotonic=self._now(), reason=reason, close_code=code, message=message
+                shard=self.shard,
+                monotonic=self._now(),
+                reason=reason,
+                close_code=code,
+                message=message,
             )
         )
         self._emit_stopped("fatal", message)
@@ -438,7 +451,11 @@ class ShardSupervisor:
     def _emit_stopped(self, reason: str, error: str | None = None) -> None:
         if self._state is not ev.ConnectionState.FATAL:
             self._set_state(ev.ConnectionState.STOPPED)
-        self._emit(ev.SupervisorStopped(shard=self.shard, monotonic=self._now(), reason=reason, error=error))
+        self._emit(
+            ev.SupervisorStopped(
+                shard=self.shard, monotonic=self._now(), reason=reason, error=error
+            )
+        )
 
     def _emit(self, event: ev.LifecycleEvent) -> None:
         self._bus.emit(event)
@@ -463,12 +480,6 @@ class ShardSupervisor:
             delay,
             extra={"reason": outcome.reason, "close_code": outcome.close_code, "shard": self.shard},
         )
-
-
-def _is_fatal_auth(exc: BaseException) -> bool:
-    # Avoid importing auth here (it imports aiohttp sessions and more); match by class name
-    # so any InvalidCredentialsError from the adapter's error tree counts.
-    return any(cls.__name__ == "InvalidCredentialsError" for cls in type(exc).__mro__)
 
 
 def _safe(exc: BaseException) -> str:

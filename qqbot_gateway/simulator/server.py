@@ -419,7 +419,7 @@ class Simulator:
     async def wait_for(
         self,
         predicate: Callable[[], T],
-        timeout: float = 5.0,  # noqa: ASYNC109 - a polling helper; the bound is its point
+        timeout: float = 5.0,
         *,
         interval: float = WAIT_POLL,
     ) -> T:

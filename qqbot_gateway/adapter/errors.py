@@ -1,0 +1,147 @@
+"""The adapter's exceptions: one tree, typed by what a caller can do about them.
+
+::
+
+    QQBotError
+    ├── AuthError                    access token could not be obtained
+    │   ├── InvalidCredentialsError  app id / secret refused: retrying cannot help
+    │   └── TokenFetchError          transient: network, 5xx, malformed body, "too many requests"
+    ├── APIConnectionError           the OpenAPI request never got an answer (network, timeout)
+    └── APIError                     QQ answered with an error; carries ``status``, ``code``,
+        │                            ``trace_id`` (quote it to QQ support)
+        ├── UnauthorizedError        401 / token codes
+        ├── ForbiddenError           403
+        ├── NotFoundError            404
+        ├── RateLimitedError         429 / rate-limit codes, after the retries ran out
+        ├── ReplyRejectedError       a passive reply QQ refused (window passed, limit reached,
+        │                            duplicate msg_seq, proactive messages not allowed)
+        ├── ServerError              5xx
+        └── MalformedResponseError   a 2xx whose body is not what the endpoint promises
+
+No exception message ever contains an access token, the client secret or an
+``Authorization`` header: they carry QQ's code, message and trace id only.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "AuthError",
+    "ForbiddenError",
+    "InvalidCredentialsError",
+    "MalformedResponseError",
+    "NotFoundError",
+    "QQBotError",
+    "RateLimitedError",
+    "ReplyRejectedError",
+    "ServerError",
+    "TokenFetchError",
+    "UnauthorizedError",
+]
+
+
+class QQBotError(Exception):
+    """Base class of every error the adapter raises on purpose."""
+
+
+class AuthError(QQBotError):
+    """The access token could not be obtained."""
+
+    def __init__(self, message: str, *, code: int | None = None, status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class InvalidCredentialsError(AuthError):
+    """The token endpoint refused the app id or the client secret (e.g. code 100016).
+
+    Retrying cannot help; the supervisor stops the shard with a clear error.
+    """
+
+
+class TokenFetchError(AuthError):
+    """A transient failure to fetch a token; retried with backoff."""
+
+
+class APIConnectionError(QQBotError):
+    """An OpenAPI request got no HTTP answer: connection refused, reset, DNS, timeout."""
+
+    def __init__(self, method: str, path: str, cause: str) -> None:
+        super().__init__(f"{method} {path}: {cause}")
+        self.method = method
+        self.path = path
+
+
+class APIError(QQBotError):
+    """QQ answered an OpenAPI request with an error."""
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        status: int,
+        code: int | None,
+        message: str,
+        trace_id: str | None,
+    ) -> None:
+        detail = f"{method} {path} -> HTTP {status}"
+        if code is not None:
+            detail += f" code {code}"
+        if message:
+            detail += f": {message}"
+        if trace_id:
+            detail += f" (trace_id {trace_id})"
+        super().__init__(detail)
+        self.method = method
+        self.path = path
+        self.status = status
+        self.code = code
+        self.message = message
+        self.trace_id = trace_id
+
+
+class UnauthorizedError(APIError):
+    """401, or a token code (11244 expired) that survived one forced token refresh."""
+
+
+class ForbiddenError(APIError):
+    """403: the bot lacks the permission or the scope."""
+
+
+class NotFoundError(APIError):
+    """404: unknown target (openid, channel, guild) or endpoint."""
+
+
+class RateLimitedError(APIError):
+    """Rate limited, and still so after the configured retries."""
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        status: int,
+        code: int | None,
+        message: str,
+        trace_id: str | None,
+        retry_after: float | None,
+    ) -> None:
+        super().__init__(
+            method=method, path=path, status=status, code=code, message=message, trace_id=trace_id
+        )
+        self.retry_after = retry_after
+
+
+class ReplyRejectedError(APIError):
+    """QQ refused a message for a rule of passive replies (window, count, msg_seq, proactive)."""
+
+
+class ServerError(APIError):
+    """5xx from QQ."""
+
+
+class MalformedResponseError(APIError):
+    """A success status whose body is not what the endpoint promises."""

@@ -1,0 +1,420 @@
+"""The health evaluator: lifecycle events + supervisor status + time in, a report out.
+
+Pure: no I/O, no tasks, no clock of its own. :meth:`HealthEvaluator.observe` is a lifecycle
+subscriber; :meth:`HealthEvaluator.evaluate` takes ``now`` (the event loop's clock, the same
+clock the events carry) and answers a :class:`HealthReport`. The HTTP side server renders it.
+
+Liveness (``/healthz``, ``/livez``) fails, per DESIGN.md principle 5, when
+
+* ``shard/<n>/connection``: a zombie connection exists and has not been torn down: the session
+  declared one (``ZombieDetected``) and no ``Disconnected`` / new ``Connected`` followed yet, or
+  the evidence says so although the session did not act (a wedged timer): ``ack_miss_limit``
+  heartbeats outstanding when the next one is due, or no frame for the idle deadline, both
+  derived from ``client.config.liveness`` and the interval in Hello;
+* ``shard/<n>/session``: no live session (READY/RESUMED) for longer than ``liveness_grace``,
+  counted from start or from the end of the last live session (a visible reconnect within the
+  grace is healthy: a QQ outage must not become a restart storm);
+* ``shard/<n>/supervisor``: the supervisor task died (crashed, or gone while not stopped by a
+  shutdown), the shard is FATAL, or the supervisor stalled: still in BACKOFF ``stall_margin``
+  after ``next_attempt_at``, or in CONNECTING / HANDSHAKING about twice as long as every timeout
+  of that phase together allows;
+* ``event_loop``: the event loop lag exceeds ``loop_lag_threshold``.
+
+Readiness (``/readyz``) is ``ok`` only while every shard of this process is READY with a recent
+ACK (``shard/<n>/ready``) and :meth:`begin_shutdown` has not been called (``shutdown``). "Recent"
+is ``(ack_miss_limit + 0.5) x interval`` since the last ACK (or since the session went live): one
+late or lost ACK is tolerated, as the session tolerates it, and readiness drops about half an
+interval before the ACK layer declares the zombie.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from qqbot_gateway.adapter import events as ev
+from qqbot_gateway.adapter.connection import TransportConfig
+from qqbot_gateway.adapter.session import LivenessConfig
+from qqbot_gateway.adapter.supervisor import ShardStatus
+
+__all__ = ["Check", "HealthConfig", "HealthEvaluator", "HealthReport"]
+
+#: Reasons shown in reports are cut to this many characters (a body is not a log file).
+_MAX_REASON: Final = 240
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """``healthy`` is the ``/healthz`` verdict over ``checks``; ``ready`` the ``/readyz``
+    verdict over ``readiness``; ``shard_ready`` feeds the ``ready{shard}`` gauge."""
+
+    healthy: bool
+    ready: bool
+    checks: list[Check]
+    readiness: list[Check] = field(default_factory=list)
+    shard_ready: dict[int, bool] = field(default_factory=dict)
+    evaluated_at: float = 0.0
+
+    def failing(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    #: No live session for this long fails liveness (QQBOT_LIVENESS_GRACE). 300 s: several
+    #: backoff cycles at the 60 s cap, so a QQ outage or a network blip never restarts the pod,
+    #: while a process that cannot recover is restarted within minutes.
+    liveness_grace: float = 300.0
+    #: Event loop lag above this fails liveness. 2 s: a loop that cannot run a 0.25 s timer
+    #: within 2 s is starving handlers and probes alike, and it is still far below the 41 s
+    #: heartbeat interval, so the zombie layers are not yet fooled.
+    loop_lag_threshold: float = 2.0
+    #: A supervisor in BACKOFF this long past its next attempt has stalled. 10 s: far more than
+    #: a busy loop delays a timer, far less than the grace.
+    stall_margin: float = 10.0
+    #: Readiness wants an ACK within (ack_miss_limit + this) intervals.
+    ready_ack_slack: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.liveness_grace <= 0 or self.loop_lag_threshold <= 0 or self.stall_margin < 0:
+            raise ValueError("liveness_grace and loop_lag_threshold must be > 0, stall_margin >= 0")
+
+
+@dataclass(slots=True)
+class _Shard:
+    """What the events told us about one shard (monotonic times)."""
+
+    connected: bool = False
+    connected_at: float | None = None
+    interval: float | None = None
+    live: bool = False
+    live_since: float | None = None
+    live_ended: float | None = None
+    last_frame_at: float | None = None
+    last_ack_at: float | None = None
+    last_heartbeat_at: float | None = None
+    unacked: int = 0
+    zombie_reason: str | None = None
+    zombie_at: float | None = None
+    last_reason: str | None = None
+    stopped: str | None = None  # SupervisorStopped.reason
+    stopped_error: str | None = None
+    fatal_message: str | None = None
+    state: ev.ConnectionState = ev.ConnectionState.IDLE
+    state_since: float | None = None
+    next_attempt_at: float | None = None
+
+
+class HealthEvaluator:
+    """See the module docstring. ``observe`` is the subscriber, ``evaluate`` the verdict."""
+
+    def __init__(
+        self,
+        *,
+        shards: Iterable[int] = (),
+        liveness: LivenessConfig | None = None,
+        transport: TransportConfig | None = None,
+        request_timeout: float = 10.0,
+        config: HealthConfig | None = None,
+        status_provider: Callable[[], Sequence[ShardStatus]] | None = None,
+        loop_lag: Callable[[float], float] | None = None,
+        clock: Callable[[], float] | None = None,
+        started_at: float | None = None,
+        sanitize: Callable[[str], str] = lambda text: text,
+    ) -> None:
+        self.liveness = liveness or LivenessConfig()
+        self.transport = transport or TransportConfig()
+        self.request_timeout = request_timeout
+        self.config = config or HealthConfig()
+        self.status_provider = status_provider
+        self.loop_lag = loop_lag
+        self.clock = clock
+        self.sanitize = sanitize
+        self._shards: dict[int, _Shard] = {}
+        self._shutting_down = False
+        self._started_at = started_at if started_at is not None else (clock() if clock else 0.0)
+        for shard in shards:
+            self.add_shard(shard)
+
+    # --- inputs --------------------------------------------------------------------------
+    def add_shard(self, shard: int) -> None:
+        self._shards.setdefault(shard, _Shard())
+
+    def mark_started(self, now: float) -> None:
+        """The grace for the first session counts from here."""
+        self._started_at = now
+
+    def begin_shutdown(self) -> None:
+        self._shutting_down = True
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    def observe(self, event: ev.LifecycleEvent) -> None:
+        shard = event.shard
+        if shard is None:
+            return
+        s = self._shards.get(shard)
+        if s is None:
+            return
+        t = event.monotonic
+        if isinstance(event, ev.FrameReceived):
+            s.last_frame_at = t
+        elif isinstance(event, ev.HeartbeatSent):
+            s.unacked = event.unacked
+            s.last_heartbeat_at = t
+        elif isinstance(event, ev.HeartbeatAcked):
+            s.unacked = 0
+            s.last_ack_at = t
+        elif isinstance(event, ev.Connected):
+            s.connected, s.connected_at, s.last_frame_at = True, t, t
+            s.interval, s.unacked, s.last_heartbeat_at, s.last_ack_at = None, 0, None, None
+            s.zombie_reason = s.zombie_at = None
+        elif isinstance(event, ev.HelloReceived):
+            s.interval = event.heartbeat_interval
+        elif isinstance(event, ev.SessionReady | ev.SessionResumed):
+            s.live, s.live_since = True, t
+        elif isinstance(event, ev.ZombieDetected):
+            s.zombie_reason, s.zombie_at = event.reason, t
+        elif isinstance(event, ev.Disconnected):
+            if s.live:
+                s.live_ended = t
+            s.connected = s.live = False
+            s.zombie_reason = s.zombie_at = None
+            s.unacked = 0
+            s.last_reason = event.reason
+        elif isinstance(event, ev.StateChanged):
+            s.state, s.state_since = event.new, t
+            if event.new is not ev.ConnectionState.BACKOFF:
+                s.next_attempt_at = None
+        elif isinstance(event, ev.ReconnectScheduled):
+            s.next_attempt_at = t + event.delay
+        elif isinstance(event, ev.ShardFatal):
+            s.fatal_message = event.message
+            s.last_reason = event.reason
+        elif isinstance(event, ev.SupervisorStopped):
+            if s.live:
+                s.live_ended = t
+            s.live = s.connected = False
+            s.stopped, s.stopped_error = event.reason, event.error
+
+    # --- the verdict ---------------------------------------------------------------------
+    def evaluate(self, now: float | None = None) -> HealthReport:
+        if now is None:
+            if self.clock is None:
+                raise ValueError("evaluate() needs now= when the evaluator has no clock")
+            now = self.clock()
+        checks: list[Check] = []
+        readiness: list[Check] = []
+        shard_ready: dict[int, bool] = {}
+        statuses, status_error = self._statuses()
+        if status_error is not None:
+            checks.append(Check("supervisors", False, status_error))
+        for shard, s in sorted(self._shards.items()):
+            status = statuses.get(shard)
+            checks.append(self._connection_check(shard, s, now))
+            checks.append(self._session_check(shard, s, status, now))
+            checks.append(self._supervisor_check(shard, s, status, now))
+            ready = self._ready_check(shard, s, status, now)
+            readiness.append(ready)
+            shard_ready[shard] = ready.ok and not self._shutting_down
+        checks.append(self._loop_check(now))
+        if not self._shards:
+            readiness.append(Check("shards", False, "no shards registered"))
+        if self._shutting_down:
+            readiness.insert(0, Check("shutdown", False, "shutting down"))
+        else:
+            readiness.insert(0, Check("shutdown", True, "not shutting down"))
+        return HealthReport(
+            healthy=all(c.ok for c in checks),
+            ready=all(c.ok for c in readiness),
+            checks=checks,
+            readiness=readiness,
+            shard_ready=shard_ready,
+            evaluated_at=now,
+        )
+
+    def _statuses(self) -> tuple[dict[int, ShardStatus], str | None]:
+        if self.status_provider is None:
+            return {}, None
+        try:
+            return {st.shard: st for st in self.status_provider()}, None
+        except Exception as exc:  # noqa: BLE001 - a broken provider is a failing check
+            return {}, f"shard status unavailable: {type(exc).__name__}"
+
+    def _zombie(self, s: _Shard, now: float) -> str | None:
+        """Why the open connection is a zombie, or None."""
+        if not s.connected:
+            return None
+        if s.zombie_reason is not None and s.zombie_at is not None:
+            return (
+                f"{s.zombie_reason}: zombie connection declared {now - s.zombie_at:.1f}s ago "
+                "and not torn down yet"
+            )
+        interval = s.interval
+        if interval is None:
+            return None  # no Hello yet: the hello timeout and the supervisor check cover it
+        lv = self.liveness
+        if (
+            s.unacked >= lv.ack_miss_limit
+            and s.last_heartbeat_at is not None
+            and now >= s.last_heartbeat_at + interval
+        ):
+            overdue = now - s.last_heartbeat_at - interval
+            return (
+                f"ack_timeout: {s.unacked} consecutive heartbeats unacknowledged (limit "
+                f"{lv.ack_miss_limit}) and the next one overdue by {overdue:.1f}s"
+            )
+        idle = lv.idle_deadline(interval)
+        last = s.last_frame_at if s.last_frame_at is not None else s.connected_at
+        if idle is not None and last is not None and now - last >= idle:
+            return f"idle_timeout: no frame for {now - last:.1f}s (limit {idle:g}s)"
+        return None
+
+    def _connection_check(self, shard: int, s: _Shard, now: float) -> Check:
+        name = f"shard/{shard}/connection"
+        zombie = self._zombie(s, now)
+        if zombie is not None:
+            return Check(name, False, zombie)
+        if not s.connected:
+            return Check(name, True, "no connection open")
+        if s.last_frame_at is None:
+            return Check(name, True, "connected")
+        return Check(
+            name,
+            True,
+            f"connected, last frame {max(0.0, now - s.last_frame_at):.1f}s ago, "
+            f"{s.unacked} heartbeat(s) outstanding",
+        )
+
+    def _session_check(
+        self, shard: int, s: _Shard, status: ShardStatus | None, now: float
+    ) -> Check:
+        name = f"shard/{shard}/session"
+        if s.live or (status is not None and status.ready):
+            return Check(name, True, "live session")
+        if s.stopped == "shutdown" or (
+            self._shutting_down and status is not None and not status.task_alive
+        ):
+            return Check(name, True, "stopped by shutdown")
+        grace = self.config.liveness_grace
+        since_candidates = [self._started_at]
+        if s.live_ended is not None:
+            since_candidates.append(s.live_ended)
+        elif status is not None and status.last_ready_at is not None:
+            since_candidates.append(status.last_ready_at)
+        down_for = max(0.0, now - max(since_candidates))
+        last = s.last_reason or (status.last_reason if status is not None else None)
+        why = f"; last disconnect: {last}" if last else ""
+        if down_for > grace:
+            return Check(
+                name, False, f"no live session for {down_for:.1f}s (grace {grace:g}s){why}"
+            )
+        return Check(
+            name, True, f"reconnecting: no live session for {down_for:.1f}s (grace {grace:g}s){why}"
+        )
+
+    def connecting_limit(self) -> float:
+        """CONNECTING covers the token fetch and GET /gateway/bot (request_timeout each) and
+        the WebSocket handshake; twice all of that, plus the margin, is a stall."""
+        budget = 2 * self.request_timeout + self.transport.connect_timeout
+        return 2 * budget + self.config.stall_margin
+
+    def handshaking_limit(self, interval: float | None) -> float:
+        """HANDSHAKING covers the WebSocket open, Hello, Identify/Resume -> READY/RESUMED and
+        a bounded close; twice all of that, plus the margin, is a stall."""
+        lv = self.liveness
+        hello = lv.hello_timeout if lv.hello_timeout is not None else 60.0
+        deadline = lv.handshake_deadline(interval if interval else lv.max_heartbeat_interval)
+        budget = (
+            self.transport.connect_timeout + hello + deadline + 2 * self.transport.close_timeout
+        )
+        return 2 * budget + self.config.stall_margin
+
+    def _supervisor_check(
+        self, shard: int, s: _Shard, status: ShardStatus | None, now: float
+    ) -> Check:
+        name = f"shard/{shard}/supervisor"
+        state = status.state if status is not None else s.state
+        if state is ev.ConnectionState.FATAL or s.fatal_message is not None:
+            message = (status.fatal_message if status is not None else None) or s.fatal_message
+            return Check(name, False, self._clean(f"shard stopped for good (fatal): {message}"))
+        if s.stopped == "crashed":
+            return Check(name, False, self._clean(f"supervisor crashed: {s.stopped_error}"))
+        if status is None:
+            if s.stopped == "shutdown":
+                return Check(name, True, "stopped by shutdown")
+            return Check(name, True, f"{state.value} (no supervisor status yet)")
+        if not status.task_alive:
+            if state is ev.ConnectionState.IDLE:
+                return Check(name, True, "not started yet")
+            if state is ev.ConnectionState.STOPPED and (
+                s.stopped == "shutdown" or self._shutting_down
+            ):
+                return Check(name, True, "stopped by shutdown")
+            return Check(name, False, f"supervisor task is not running (state {state.value})")
+        in_state = now - status.state_since
+        if state is ev.ConnectionState.BACKOFF and status.next_attempt_at is not None:
+            overdue = now - status.next_attempt_at
+            if overdue > self.config.stall_margin:
+                return Check(
+                    name,
+                    False,
+                    f"stalled: next connection attempt overdue by {overdue:.1f}s "
+                    f"(attempt {status.attempts})",
+                )
+        elif state is ev.ConnectionState.CONNECTING:
+            limit = self.connecting_limit()
+            if in_state > limit:
+                return Check(
+                    name, False, f"stalled: connecting for {in_state:.1f}s (limit {limit:g}s)"
+                )
+        elif state is ev.ConnectionState.HANDSHAKING:
+            limit = self.handshaking_limit(s.interval)
+            if in_state > limit:
+                return Check(
+                    name, False, f"stalled: handshaking for {in_state:.1f}s (limit {limit:g}s)"
+                )
+        return Check(name, True, f"{state.value} for {max(0.0, in_state):.1f}s")
+
+    def _ready_check(self, shard: int, s: _Shard, status: ShardStatus | None, now: float) -> Check:
+        name = f"shard/{shard}/ready"
+        state = status.state if status is not None else s.state
+        if state is not ev.ConnectionState.READY or not s.live:
+            return Check(name, False, f"no live session (state {state.value})")
+        zombie = self._zombie(s, now)
+        if zombie is not None:
+            return Check(name, False, zombie)
+        interval = s.interval
+        ref = max(s.last_ack_at or -math.inf, s.live_since or -math.inf)
+        if interval is None or ref == -math.inf:
+            return Check(name, True, "session live")
+        limit = (self.liveness.ack_miss_limit + self.config.ready_ack_slack) * interval
+        age = max(0.0, now - ref)
+        what = "last ACK" if s.last_ack_at is not None and s.last_ack_at >= ref else "session live"
+        if age > limit:
+            return Check(name, False, f"no heartbeat ACK for {age:.1f}s (limit {limit:g}s)")
+        return Check(name, True, f"{what} {age:.1f}s ago")
+
+    def _loop_check(self, now: float) -> Check:
+        if self.loop_lag is None:
+            return Check("event_loop", True, "lag not measured")
+        lag = self.loop_lag(now)
+        threshold = self.config.loop_lag_threshold
+        if lag > threshold:
+            return Check("event_loop", False, f"event loop lag {lag:.3f}s exceeds {threshold:g}s")
+        return Check("event_loop", True, f"lag {lag:.3f}s")
+
+    def _clean(self, text: str) -> str:
+        text = self.sanitize(text)
+        return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."

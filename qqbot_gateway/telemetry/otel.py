@@ -1,0 +1,370 @@
+"""OpenTelemetry traces from lifecycle events. Traces only: every metric lives in ``metrics``.
+
+Spans are short and bounded; there is never one span per connection lifetime:
+
+* ``qqbot.gateway.connect``: one connection attempt, ``ConnectAttempt`` -> ``SessionReady`` /
+  ``SessionResumed`` (ok) or ``Disconnected`` / ``ShardFatal`` (error, with the reason);
+  events on it mark the WebSocket opening and Hello.
+* ``qqbot.gateway.identify`` / ``qqbot.gateway.resume``: children of the attempt, from
+  ``IdentifySent`` / ``ResumeSent`` to READY / RESUMED (or the disconnect that ended them).
+* ``qqbot.heartbeat``: one heartbeat, ``HeartbeatSent`` -> ``HeartbeatAcked``; an unanswered one
+  ends with an error status when the next heartbeat or the disconnect comes. Its trace id is the
+  exemplar of ``heartbeat_rtt_seconds``.
+* ``qqbot.event <TYPE>``: one dispatched event, started when the session accepts it (so it shows
+  the queue wait) and made current while the handlers run through ``client.handler_context``;
+  log lines and outgoing calls made by handlers carry its trace id. Its trace id is the
+  exemplar of ``events_dispatched_total``.
+
+The :class:`~opentelemetry.sdk.trace.TracerProvider` belongs to :class:`Tracing` (never the
+global one), so tests stay isolated and an application's own provider is left alone. Export:
+an injected :class:`SpanExporter` (tests: ``InMemorySpanExporter``), else what the standard
+``OTEL_*`` variables ask for (``OTEL_TRACES_EXPORTER=otlp|console|none``, or an
+``OTEL_EXPORTER_OTLP[_TRACES]_ENDPOINT`` alone), else nothing: spans still give log lines and
+exemplars their trace ids, but leave the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import socket
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Final
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+import qqbot_gateway
+from qqbot_gateway.adapter import events as ev
+from qqbot_gateway.adapter.protocol import GatewayEvent
+
+from ._clock import Clock
+
+__all__ = ["TelemetryConfigError", "Tracing", "exporters_from_env"]
+
+#: Event spans started but not yet handled, at most. Beyond it the oldest is ended (marked
+#: unhandled): memory stays bounded even if handlers never run (no dispatcher, shutdown).
+DEFAULT_MAX_PENDING: Final = 4096
+
+_EventKey = tuple[int, int | None, str | None, str]
+
+
+class TelemetryConfigError(RuntimeError):
+    """Telemetry was asked for something it cannot do (e.g. OTLP without the extra)."""
+
+
+def exporters_from_env(env: Mapping[str, str] | None = None) -> list[SpanExporter]:
+    """The span exporters the standard ``OTEL_*`` variables ask for (none by default)."""
+    env = os.environ if env is None else env
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []
+    names = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
+    if not names:
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        names = ["otlp"] if endpoint else []
+    if "none" in names:
+        return []
+    exporters: list[SpanExporter] = []
+    for name in names:
+        if name == "otlp":
+            exporters.append(_otlp_exporter(env))
+        elif name == "console":
+            exporters.append(ConsoleSpanExporter())
+        else:
+            raise TelemetryConfigError(
+                f"OTEL_TRACES_EXPORTER={name!r} is not supported (use otlp, console or none)"
+            )
+    return exporters
+
+
+def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol == "grpc":
+        module_name, extra = (
+            "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+            "opentelemetry-exporter-otlp-proto-grpc",
+        )
+    elif protocol in ("http/protobuf", "http/json"):
+        module_name, extra = (
+            "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+            "qqbot-gateway[otlp]",
+        )
+    else:
+        raise TelemetryConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TelemetryConfigError(
+            f"OTLP trace export was requested ({protocol}) but its exporter is not installed: "
+            f"pip install '{extra}' (or unset OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_ENDPOINT)"
+        ) from exc
+    exporter: SpanExporter = module.OTLPSpanExporter()
+    return exporter
+
+
+@dataclass(slots=True)
+class _ShardSpans:
+    attempt: Span | None = None
+    handshake: Span | None = None
+    heartbeat: Span | None = None
+    last_ack: trace.SpanContext | None = None
+
+
+def _ids(ctx: trace.SpanContext) -> dict[str, str]:
+    return {
+        "trace_id": trace.format_trace_id(ctx.trace_id),
+        "span_id": trace.format_span_id(ctx.span_id),
+    }
+
+
+class Tracing:
+    """A lifecycle subscriber making the spans above, on a provider it owns."""
+
+    def __init__(
+        self,
+        *,
+        service_name: str = "qqbot-gateway",
+        service_instance_id: str | None = None,
+        shards: Sequence[int] = (),
+        exporters: Iterable[SpanExporter] = (),
+        test_exporter: SpanExporter | None = None,
+        clock: Clock | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
+        self.clock = clock or Clock()
+        attributes: dict[str, Any] = {
+            "service.name": service_name,
+            "service.instance.id": service_instance_id or socket.gethostname(),
+            "service.version": qqbot_gateway.__version__,
+            "qqbot.shards": list(shards),
+        }
+        if len(shards) == 1:
+            attributes["qqbot.shard"] = shards[0]
+        self.provider = TracerProvider(resource=Resource.create(attributes))
+        if test_exporter is not None:
+            # Synchronous: a test sees a span as soon as it ended.
+            self.provider.add_span_processor(SimpleSpanProcessor(test_exporter))
+        for exporter in exporters:
+            self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        self.tracer = self.provider.get_tracer("qqbot_gateway.telemetry", qqbot_gateway.__version__)
+        self._shards: dict[int, _ShardSpans] = {}
+        self._pending: OrderedDict[_EventKey, Span] = OrderedDict()
+        self._max_pending = max_pending
+        self._last_event_ctx: trace.SpanContext | None = None
+        self._closed = False
+
+    # --- subscriber ----------------------------------------------------------------------
+    def observe(self, event: ev.LifecycleEvent) -> None:
+        if self._closed:
+            return
+        if isinstance(event, ev.EventDispatched):
+            self._on_dispatched(event)
+            return
+        if isinstance(event, ev.HandlerFailed):
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_status(Status(StatusCode.ERROR, event.error_type))
+                span.add_event(
+                    "handler.failed",
+                    {"qqbot.handler": event.handler, "error.type": event.error_type},
+                )
+            return
+        shard = event.shard
+        if shard is None:
+            return
+        s = self._shards.get(shard)
+        if s is None:
+            s = self._shards[shard] = _ShardSpans()
+        t = self.clock.wall_ns_of(event.monotonic)
+        if isinstance(event, ev.HeartbeatSent):
+            self._end(s.heartbeat, t, error="heartbeat not acknowledged before the next one")
+            s.heartbeat = self.tracer.start_span(
+                "qqbot.heartbeat",
+                context=trace.set_span_in_context(trace.INVALID_SPAN),
+                kind=SpanKind.CLIENT,
+                start_time=t,
+                attributes={"qqbot.shard": shard, "qqbot.heartbeat.unacked": event.unacked},
+            )
+        elif isinstance(event, ev.HeartbeatAcked):
+            acked, s.heartbeat = s.heartbeat, None
+            if acked is not None:
+                acked.set_attribute("qqbot.heartbeat.rtt_s", event.rtt)
+                s.last_ack = acked.get_span_context()
+                acked.end(end_time=t)
+        elif isinstance(event, ev.ConnectAttempt):
+            self._end(s.handshake, t, error="superseded by a new attempt")
+            self._end(s.attempt, t, error="superseded by a new attempt")
+            s.handshake = None
+            s.attempt = self.tracer.start_span(
+                "qqbot.gateway.connect",
+                context=trace.set_span_in_context(trace.INVALID_SPAN),
+                kind=SpanKind.CLIENT,
+                start_time=t,
+                attributes={
+                    "qqbot.shard": shard,
+                    "qqbot.attempt": event.attempt,
+                    "qqbot.resume": event.resume,
+                },
+            )
+        elif isinstance(event, ev.Connected):
+            if s.attempt is not None:
+                s.attempt.set_attribute("qqbot.connection_id", event.connection_id)
+                s.attempt.add_event("websocket.open", timestamp=t)
+        elif isinstance(event, ev.HelloReceived):
+            if s.attempt is not None:
+                s.attempt.add_event(
+                    "hello", {"qqbot.heartbeat_interval_s": event.heartbeat_interval}, timestamp=t
+                )
+        elif isinstance(event, ev.IdentifySent | ev.ResumeSent):
+            self._end(s.handshake, t, error="superseded")
+            parent = trace.set_span_in_context(s.attempt) if s.attempt is not None else None
+            resume = isinstance(event, ev.ResumeSent)
+            attributes: dict[str, Any] = {"qqbot.shard": shard}
+            if isinstance(event, ev.ResumeSent):
+                attributes["qqbot.resume.seq"] = event.seq
+            else:
+                attributes["qqbot.intents"] = event.intents
+            s.handshake = self.tracer.start_span(
+                "qqbot.gateway.resume" if resume else "qqbot.gateway.identify",
+                context=parent,
+                kind=SpanKind.CLIENT,
+                start_time=t,
+                attributes=attributes,
+            )
+        elif isinstance(event, ev.SessionReady | ev.SessionResumed):
+            for done in (s.handshake, s.attempt):
+                if done is not None:
+                    done.set_attribute("qqbot.session_id", event.session_id)
+                    if isinstance(event, ev.SessionResumed):
+                        done.set_attribute("qqbot.resume.replayed", event.replayed)
+                    done.set_status(Status(StatusCode.OK))
+                    done.end(end_time=t)
+            s.handshake = s.attempt = None
+        elif isinstance(event, ev.ZombieDetected):
+            self._end(s.heartbeat, t, error=f"zombie connection: {event.reason}")
+            s.heartbeat = None
+        elif isinstance(event, ev.Disconnected):
+            error = f"disconnected: {event.reason}"
+            for failed in (s.handshake, s.attempt):
+                if failed is not None:
+                    failed.set_attribute("qqbot.disconnect.reason", event.reason)
+                    if event.close_code is not None:
+                        failed.set_attribute("qqbot.close_code", event.close_code)
+            self._end(s.heartbeat, t, error=error)
+            self._end(s.handshake, t, error=error)
+            self._end(s.attempt, t, error=error)
+            s.heartbeat = s.handshake = s.attempt = None
+        elif isinstance(event, ev.ShardFatal | ev.SupervisorStopped):
+            error = f"shard stopped: {event.reason}"
+            for stopped in (s.heartbeat, s.handshake, s.attempt):
+                self._end(stopped, t, error=error)
+            s.heartbeat = s.handshake = s.attempt = None
+
+    def _on_dispatched(self, event: ev.EventDispatched) -> None:
+        shard = event.shard if event.shard is not None else -1
+        span = self.tracer.start_span(
+            f"qqbot.event {event.event_type}",
+            context=trace.set_span_in_context(trace.INVALID_SPAN),
+            kind=SpanKind.CONSUMER,
+            start_time=self.clock.wall_ns_of(event.monotonic),
+            attributes={
+                "qqbot.shard": shard,
+                "qqbot.event.type": event.event_type,
+                "qqbot.event.seq": event.seq if event.seq is not None else -1,
+                "qqbot.event.id": event.event_id or "",
+                "qqbot.event.replayed": event.replayed,
+            },
+        )
+        self._last_event_ctx = span.get_span_context()
+        key = (shard, event.seq, event.event_id, event.event_type)
+        self._pending[key] = span
+        if len(self._pending) > self._max_pending:
+            _, oldest = self._pending.popitem(last=False)
+            oldest.set_attribute("qqbot.event.unhandled", True)
+            oldest.end()
+
+    @staticmethod
+    def _end(span: Span | None, t: int, *, error: str) -> None:
+        if span is None or not span.is_recording():
+            return
+        span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=t)
+
+    # --- exemplars and the handler hook --------------------------------------------------
+    def exemplar(self, event: ev.LifecycleEvent) -> dict[str, str] | None:
+        """Trace ids for the sample this event produces (called right after ``observe``)."""
+        ctx: trace.SpanContext | None = None
+        if isinstance(event, ev.EventDispatched):
+            ctx = self._last_event_ctx
+        elif isinstance(event, ev.HeartbeatAcked) and event.shard is not None:
+            s = self._shards.get(event.shard)
+            ctx = s.last_ack if s is not None else None
+        if ctx is None or not ctx.is_valid:
+            return None
+        return _ids(ctx)
+
+    def handler_context(self, event: GatewayEvent) -> AbstractContextManager[Any]:
+        """``client.handler_context``: the event's span is current while its handlers run."""
+        span = self._pending.pop((event.shard, event.seq, event.event_id, event.type), None)
+        if span is None:
+            span = self.tracer.start_span(
+                f"qqbot.event {event.type}",
+                context=trace.set_span_in_context(trace.INVALID_SPAN),
+                kind=SpanKind.CONSUMER,
+                attributes={"qqbot.shard": event.shard, "qqbot.event.type": event.type},
+            )
+        return self._run_in(span)
+
+    @contextlib.contextmanager
+    def _run_in(self, span: Span) -> Iterator[Span]:
+        span.add_event("handlers.start")
+        with trace.use_span(span, end_on_exit=True):
+            yield span
+
+    @property
+    def pending_events(self) -> int:
+        return len(self._pending)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def end_all(self) -> None:
+        """End every open span (shutdown): nothing is left dangling in the exporter."""
+        t = self.clock.wall_ns_of(self.clock.monotonic())
+        for s in self._shards.values():
+            for open_span in (s.heartbeat, s.handshake, s.attempt):
+                self._end(open_span, t, error="telemetry stopped")
+            s.heartbeat = s.handshake = s.attempt = None
+        while self._pending:
+            _, span = self._pending.popitem(last=False)
+            span.set_attribute("qqbot.event.unhandled", True)
+            span.end(end_time=t)
+
+    async def shutdown(self, within: float = 5.0) -> None:
+        """End open spans, flush and shut the provider down, bounded by ``within``."""
+        if self._closed:
+            return
+        self.end_all()
+        self._closed = True
+        # The SDK's shutdown blocks (a batch exporter may be posting to a collector): run it
+        # off the loop and stop waiting after ``within``.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await asyncio.to_thread(self.provider.shutdown)

@@ -1,0 +1,267 @@
+"""The pure health evaluator: synthetic events and explicit times in, verdicts and reasons out."""
+
+from __future__ import annotations
+
+from qqbot_gateway.adapter import events as ev
+from qqbot_gateway.adapter.session import LivenessConfig
+from qqbot_gateway.telemetry import HealthConfig, HealthEvaluator, HealthReport
+
+from .test_telemetry_support import CS, FakeClient, Feeder
+
+INTERVAL = 1.0
+GRACE = 30.0
+
+
+class World:
+    def __init__(self, lag: float = 0.0) -> None:
+        self.client = FakeClient()
+        self.lag = lag
+        self.health = HealthEvaluator(
+            shards=(0,),
+            liveness=LivenessConfig(),  # ack_miss_limit 2, idle 2.5 x interval
+            config=HealthConfig(liveness_grace=GRACE, loop_lag_threshold=1.0, stall_margin=5.0),
+            status_provider=self.client.shard_status,
+            loop_lag=lambda now: self.lag,
+            started_at=0.0,
+        )
+        self.client.events.subscribe(self.health.observe)
+        self.f = Feeder(self.client.events)
+
+    def state(self, t: float, new: ev.ConnectionState, **status: object) -> None:
+        old = self.client.statuses[0].state if 0 in self.client.statuses else CS.IDLE
+        self.client.set_status(state=new, state_since=t, **status)
+        self.f.state(t, old, new)
+
+    def live(self, t: float) -> None:
+        self.state(t, CS.CONNECTING)
+        self.state(t, CS.HANDSHAKING)
+        self.f.connect(t, interval=INTERVAL)
+        self.f.ready(t)
+        self.state(t, CS.READY, last_ready_at=t)
+
+    def at(self, now: float) -> HealthReport:
+        return self.health.evaluate(now)
+
+
+def check(report: HealthReport, name: str) -> tuple[bool, str]:
+    for c in [*report.checks, *report.readiness]:
+        if c.name == name:
+            return c.ok, c.reason
+    raise AssertionError(f"no check {name}: {report}")
+
+
+def test_startup_within_grace_is_healthy_not_ready() -> None:
+    w = World()
+    r = w.at(1.0)
+    assert r.healthy and not r.ready
+    assert check(r, "shard/0/supervisor") == (True, "idle (no supervisor status yet)")
+    w.client.set_status(state=CS.IDLE, task_alive=False)
+    assert check(w.at(1.0), "shard/0/supervisor") == (True, "not started yet")
+    assert "reconnecting" in check(r, "shard/0/session")[1]
+
+
+def test_live_session_is_healthy_and_ready_with_acks() -> None:
+    w = World()
+    w.live(10.0)
+    r = w.at(10.5)
+    assert r.healthy and r.ready and r.shard_ready == {0: True}
+    for t in (11.0, 12.0, 13.0):
+        w.f.heartbeat(t)
+        w.f.ack(t + 0.02)
+    r = w.at(14.5)
+    assert r.healthy and r.ready
+    assert "last ACK" in check(r, "shard/0/ready")[1]
+
+
+def test_readiness_needs_a_recent_ack() -> None:
+    w = World()
+    w.live(10.0)
+    w.f.heartbeat(11.0)
+    w.f.ack(11.02)
+    w.f.emit(ev.FrameReceived, 12.5, op=0, event_type="X", size=1)  # not an ACK
+    # (ack_miss_limit + 0.5) x interval = 2.5 s after the last ACK.
+    assert w.at(13.5).ready
+    r = w.at(13.6)
+    assert not r.ready
+    assert check(r, "shard/0/ready") == (False, "no heartbeat ACK for 2.6s (limit 2.5s)")
+
+
+def test_ack_zombie_fails_until_torn_down_and_reconnect_recovers() -> None:
+    w = World()
+    w.live(10.0)
+    w.f.heartbeat(11.0, unacked=1)
+    w.f.emit(ev.FrameReceived, 11.5, op=0, event_type="X", size=1)  # keeps idle away
+    w.f.heartbeat(12.0, unacked=2)
+    w.f.emit(ev.FrameReceived, 12.5, op=0, event_type="X", size=1)
+    assert w.at(12.9).healthy  # 2 outstanding, but the next is not due yet
+    r = w.at(13.0)
+    assert not r.healthy and not r.ready
+    ok, reason = check(r, "shard/0/connection")
+    assert not ok and reason.startswith("ack_timeout: 2 consecutive heartbeats unacknowledged")
+    # The session declares it: still failing until the connection is gone.
+    w.f.emit(
+        ev.ZombieDetected,
+        13.0,
+        reason="ack_timeout",
+        unacked=2,
+        idle_for=0.5,
+        heartbeat_interval=1.0,
+    )
+    reason = check(w.at(13.01), "shard/0/connection")[1]
+    assert reason.startswith("ack_timeout: zombie connection declared")
+    w.f.disconnect(13.02, "ack_timeout")
+    w.state(13.02, CS.BACKOFF, next_attempt_at=13.5)
+    r = w.at(13.1)
+    assert r.healthy and not r.ready  # visibly reconnecting
+    assert "last disconnect: ack_timeout" in check(r, "shard/0/session")[1]
+    w.live(13.5)
+    assert w.at(13.6).ready
+
+
+def test_idle_zombie() -> None:
+    w = World()
+    w.live(10.0)
+    assert w.at(12.49).healthy
+    r = w.at(12.5)  # idle deadline 2.5 x 1 s after the last frame
+    assert check(r, "shard/0/connection") == (False, "idle_timeout: no frame for 2.5s (limit 2.5s)")
+    assert not r.healthy
+
+
+def test_grace_boundary() -> None:
+    w = World()
+    w.live(10.0)
+    w.f.disconnect(20.0, "network_error")
+    w.state(20.0, CS.BACKOFF, next_attempt_at=20.5)
+    w.state(20.5, CS.CONNECTING)
+    assert w.at(20.0 + GRACE).healthy
+    r = w.at(20.0 + GRACE + 0.1)
+    assert not r.healthy
+    assert check(r, "shard/0/session") == (
+        False,
+        "no live session for 30.1s (grace 30s); last disconnect: network_error",
+    )
+
+
+def test_grace_from_start_when_never_ready() -> None:
+    w = World()
+    w.state(0.5, CS.CONNECTING)
+    assert w.at(GRACE).healthy
+    r = w.at(GRACE + 1)
+    ok, reason = check(r, "shard/0/session")
+    assert not ok and reason.startswith("no live session for 31.0s")
+
+
+def test_fatal_shard_fails() -> None:
+    w = World()
+    w.live(1.0)
+    w.f.disconnect(2.0, "server_close:4914", 4914)
+    w.f.emit(ev.ShardFatal, 2.0, reason="server_close:4914", close_code=4914, message="delisted")
+    w.state(2.0, CS.FATAL, task_alive=False, fatal_message="delisted")
+    w.f.emit(ev.SupervisorStopped, 2.0, reason="fatal", error="delisted")
+    r = w.at(2.1)
+    assert not r.healthy and not r.ready
+    assert check(r, "shard/0/supervisor") == (False, "shard stopped for good (fatal): delisted")
+
+
+def test_crashed_and_dead_supervisor() -> None:
+    w = World()
+    w.live(1.0)
+    w.f.disconnect(2.0, "network_error")
+    w.state(2.0, CS.STOPPED, task_alive=False)
+    r = w.at(2.1)
+    assert check(r, "shard/0/supervisor") == (
+        False,
+        "supervisor task is not running (state stopped)",
+    )
+    w.f.emit(ev.SupervisorStopped, 2.0, reason="crashed", error="RuntimeError: bug")
+    assert check(w.at(2.2), "shard/0/supervisor") == (
+        False,
+        "supervisor crashed: RuntimeError: bug",
+    )
+
+
+def test_stopped_by_shutdown_is_healthy_and_not_ready() -> None:
+    w = World()
+    w.live(1.0)
+    w.health.begin_shutdown()
+    r = w.at(1.5)
+    assert r.healthy and not r.ready
+    assert check(r, "shutdown") == (False, "shutting down")
+    assert r.shard_ready == {0: False}
+    w.f.disconnect(2.0, "network_error")
+    w.state(2.0, CS.STOPPED, task_alive=False)
+    w.f.emit(ev.SupervisorStopped, 2.0, reason="shutdown")
+    r = w.at(200.0)
+    assert r.healthy
+    assert check(r, "shard/0/supervisor") == (True, "stopped by shutdown")
+
+
+def test_stalled_backoff() -> None:
+    w = World()
+    w.live(1.0)
+    w.f.disconnect(2.0, "network_error")
+    w.state(2.0, CS.BACKOFF, next_attempt_at=3.0, attempts=4)
+    assert w.at(8.0).healthy  # 5 s late: within the margin
+    r = w.at(8.5)
+    assert check(r, "shard/0/supervisor") == (
+        False,
+        "stalled: next connection attempt overdue by 5.5s (attempt 4)",
+    )
+
+
+def test_stalled_connecting_and_handshaking() -> None:
+    w = World()
+    w.state(1.0, CS.CONNECTING)
+    limit = w.health.connecting_limit()  # 2 x (2 x 10 + 10) + 5
+    assert limit == 65.0
+    assert check(w.at(1.0 + limit), "shard/0/supervisor")[0]
+    ok, reason = check(w.at(1.0 + limit + 1), "shard/0/supervisor")
+    assert not ok and reason.startswith("stalled: connecting for")
+    w.state(100.0, CS.HANDSHAKING)
+    limit = w.health.handshaking_limit(None)  # 2 x (10 + 10 + 60 + 2 x 1) + 5
+    assert limit == 169.0
+    ok, reason = check(w.at(100.0 + limit + 1), "shard/0/supervisor")
+    assert not ok and reason.startswith("stalled: handshaking for")
+
+
+def test_loop_lag() -> None:
+    w = World(lag=0.5)
+    assert check(w.at(1.0), "event_loop") == (True, "lag 0.500s")
+    w.lag = 1.5
+    r = w.at(1.0)
+    assert not r.healthy
+    assert check(r, "event_loop") == (False, "event loop lag 1.500s exceeds 1s")
+
+
+def test_status_provider_failure_is_a_failing_check() -> None:
+    w = World()
+
+    def broken() -> list[object]:
+        raise RuntimeError("boom")
+
+    w.health.status_provider = broken  # type: ignore[assignment]
+    r = w.at(1.0)
+    assert not r.healthy
+    assert check(r, "supervisors") == (False, "shard status unavailable: RuntimeError")
+
+
+def test_no_shards_is_not_ready() -> None:
+    h = HealthEvaluator(started_at=0.0)
+    r = h.evaluate(1.0)
+    assert r.healthy and not r.ready
+    assert check(r, "shards") == (False, "no shards registered")
+
+
+def test_reasons_are_sanitized() -> None:
+    w = World()
+    w.health.sanitize = lambda text: text.replace("hunter2", "[REDACTED]")
+    w.f.emit(
+        ev.ShardFatal,
+        1.0,
+        reason="token_error",
+        close_code=None,
+        message="access token refused: secret hunter2",
+    )
+    w.state(1.0, CS.FATAL, task_alive=False, fatal_message="access token refused: hunter2")
+    reason = check(w.at(1.1), "shard/0/supervisor")[1]
+    assert "hunter2" not in reason and "[REDACTED]" in reason

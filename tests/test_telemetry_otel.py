@@ -1,0 +1,145 @@
+"""Spans from lifecycle events, on a provider Telemetry owns, with an in-memory exporter."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from qqbot_gateway.adapter import events as ev
+from qqbot_gateway.adapter.protocol import GatewayEvent
+from qqbot_gateway.telemetry import Telemetry, TelemetryConfig, TelemetryConfigError
+from qqbot_gateway.telemetry.otel import exporters_from_env
+
+from .test_telemetry_support import FakeClient, Feeder
+
+
+def rig() -> tuple[Telemetry, FakeClient, Feeder, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tel = Telemetry(
+        TelemetryConfig(http_port=None, service_instance_id="pod-0"),
+        span_exporter=exporter,
+        process_collectors=False,
+    )
+    client = FakeClient()
+    tel.attach(client)
+    return tel, client, Feeder(client.events), exporter
+
+
+def test_connect_identify_spans_are_short_and_ok() -> None:
+    _, _, f, exporter = rig()
+    f.connect(1.0)
+    f.ready(1.5)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    connect, identify = spans["qqbot.gateway.connect"], spans["qqbot.gateway.identify"]
+    assert identify.parent is not None and identify.parent.span_id == connect.context.span_id
+    assert connect.status.status_code is StatusCode.OK
+    assert (connect.end_time - connect.start_time) / 1e9 == pytest.approx(0.5, abs=1e-3)
+    assert connect.attributes["qqbot.shard"] == 0
+    assert [e.name for e in connect.events] == ["websocket.open", "hello"]
+    res = connect.resource.attributes
+    assert res["service.name"] == "qqbot-gateway" and res["service.instance.id"] == "pod-0"
+    assert res["qqbot.shard"] == 0
+    # The connection lives on; no span is open for it.
+    f.heartbeat(2.0)
+    f.ack(2.03)
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert names.count("qqbot.heartbeat") == 1
+
+
+def test_resume_failure_ends_spans_with_the_reason() -> None:
+    _, _, f, exporter = rig()
+    f.connect(1.0, resume=True)
+    f.emit(ev.ResumeSent, 1.0, session_id="s", seq=4)
+    f.heartbeat(2.0)
+    f.disconnect(3.0, "invalid_session")
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    for name in ("qqbot.gateway.resume", "qqbot.gateway.connect", "qqbot.heartbeat"):
+        assert spans[name].status.status_code is StatusCode.ERROR, name
+    assert spans["qqbot.gateway.resume"].attributes["qqbot.disconnect.reason"] == "invalid_session"
+    f.connect(4.0, resume=True)
+    f.emit(ev.ResumeSent, 4.0, session_id="s", seq=4)
+    f.emit(ev.SessionResumed, 4.2, session_id="s", replayed=2, resume_started=4.0)
+    resumed = [s for s in exporter.get_finished_spans() if s.name == "qqbot.gateway.resume"][-1]
+    assert resumed.status.status_code is StatusCode.OK
+    assert resumed.attributes["qqbot.resume.replayed"] == 2
+
+
+def test_event_span_is_current_in_handlers_and_records_failures() -> None:
+    tel, client, f, exporter = rig()
+    assert client.handler_context is not None
+    f.emit(
+        ev.EventDispatched,
+        1.0,
+        event_type="C2C_MESSAGE_CREATE",
+        seq=7,
+        event_id="e7",
+        replayed=False,
+    )
+    event = GatewayEvent(
+        type="C2C_MESSAGE_CREATE", data={}, seq=7, event_id="e7", shard=0, session_id="s"
+    )
+    with client.handler_context(event):
+        current = trace.get_current_span()
+        assert current.is_recording()
+        f.emit(
+            ev.HandlerFailed,
+            1.1,
+            event_type="C2C_MESSAGE_CREATE",
+            handler="h",
+            error_type="KeyError",
+            error="x",
+        )
+    (span,) = [s for s in exporter.get_finished_spans() if s.name.startswith("qqbot.event")]
+    assert span.name == "qqbot.event C2C_MESSAGE_CREATE"
+    assert span.context.span_id == current.get_span_context().span_id
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["qqbot.event.seq"] == 7
+    assert tel.tracing is not None and tel.tracing.pending_events == 0
+
+
+def test_pending_event_spans_are_bounded() -> None:
+    tel, _, f, exporter = rig()
+    assert tel.tracing is not None
+    tel.tracing._max_pending = 10
+    for seq in range(25):
+        f.emit(ev.EventDispatched, 1.0, event_type="X", seq=seq, event_id=None, replayed=False)
+    assert tel.tracing.pending_events == 10
+    assert len(exporter.get_finished_spans()) == 15
+
+
+async def test_stop_ends_open_spans_and_unhooks() -> None:
+    tel, client, f, exporter = rig()
+    f.connect(1.0)
+    f.emit(ev.EventDispatched, 1.0, event_type="X", seq=1, event_id=None, replayed=False)
+    await tel.start()
+    await tel.stop()
+    names = sorted(s.name for s in exporter.get_finished_spans())
+    assert names == ["qqbot.event X", "qqbot.gateway.connect"]
+    assert client.handler_context is None
+    assert trace.get_tracer_provider() is not tel.tracing.provider  # type: ignore[union-attr]
+
+
+def test_exporters_from_env() -> None:
+    assert exporters_from_env({}) == []
+    assert (
+        exporters_from_env(
+            {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318"}
+        )
+        == []
+    )
+    assert exporters_from_env({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}) == []
+    (otlp,) = exporters_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert type(otlp).__name__ == "OTLPSpanExporter"
+    otlp.shutdown()
+    with pytest.raises(TelemetryConfigError, match="not supported"):
+        exporters_from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+def test_missing_exporter_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    with pytest.raises(TelemetryConfigError, match=r"pip install 'qqbot-gateway\[otlp\]'"):
+        Telemetry(TelemetryConfig(http_port=None), env={"OTEL_TRACES_EXPORTER": "otlp"})
