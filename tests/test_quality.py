@@ -23,9 +23,26 @@ def _tool(name: str) -> str:
     return found
 
 
+PYTHON_DIRS = [
+    d for d in ("qqbot_gateway", "tests", "benchmarks", "scripts") if (ROOT / d).is_dir()
+]
+
+
 def test_ruff_is_clean() -> None:
     result = subprocess.run(
-        [_tool("ruff"), "check", "qqbot_gateway", "tests", "benchmarks", "scripts"],
+        [_tool("ruff"), "check", *PYTHON_DIRS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    result = subprocess.run(
+        [_tool("ruff"), "format", "--check", *PYTHON_DIRS],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -15,6 +15,7 @@ Everything the server does is recorded for tests (see ``records``). Faults are s
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -172,6 +173,7 @@ class Simulator:
         self._sessions: dict[str, _Session] = {}
         self._tokens: dict[str, float] = {}  # token -> expiry (loop time)
         self._current_token: str | None = None
+        self._issued: collections.deque[str] = collections.deque(maxlen=1000)
         self._msg_times: dict[str, float] = {}  # message ids the server generated
         self._replies: dict[str, set[int]] = {}  # msg_id -> msg_seqs used
         # Records.
@@ -297,6 +299,7 @@ class Simulator:
         token = secrets.token_urlsafe(24)
         self._tokens[token] = now + self.config.token_ttl
         self._current_token = token
+        self._issued.append(token)
         # Forget long-dead tokens so the table stays small.
         for old, expiry in list(self._tokens.items()):
             if expiry < now:
@@ -311,6 +314,10 @@ class Simulator:
         if not isinstance(value, str) or not value.startswith("QQBot "):
             return False
         return self.token_valid(value[len("QQBot ") :])
+
+    def issued_tokens(self) -> list[str]:
+        """Every access token handed out (the last 1000): for tests that grep output for them."""
+        return list(self._issued)
 
     def expire_tokens(self) -> None:
         """Every token issued so far stops working now (REST 401/11244, Identify/Resume 4004)."""
