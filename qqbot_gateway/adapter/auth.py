@@ -142,7 +142,8 @@ class TokenManager:
         last: AuthError | None = None
         for attempt in range(self._startup_attempts):
             try:
-                await self._fetch_shared(forced=False)
+                # Quiet: a failure here is raised to the caller, who reports it once.
+                await self._fetch_shared(forced=False, quiet=True)
                 break
             except InvalidCredentialsError:
                 raise
@@ -199,7 +200,9 @@ class TokenManager:
             return self._clock()
         return asyncio.get_running_loop().time()
 
-    async def _fetch_shared(self, *, forced: bool, retry_in: float | None = None) -> str:
+    async def _fetch_shared(
+        self, *, forced: bool, retry_in: float | None = None, quiet: bool = False
+    ) -> str:
         """Single flight: concurrent callers await the same fetch.
 
         ``retry_in`` is what a failure report says about the next attempt (the refresher's
@@ -207,18 +210,20 @@ class TokenManager:
         """
         inflight = self._inflight
         if inflight is None or inflight.done():
-            inflight = asyncio.ensure_future(self._fetch(forced=forced, retry_in=retry_in))
+            inflight = asyncio.ensure_future(
+                self._fetch(forced=forced, retry_in=retry_in, quiet=quiet)
+            )
             self._inflight = inflight
         # shield: one caller being cancelled must not cancel the fetch the others wait on.
         return await asyncio.shield(inflight)
 
-    async def _fetch(self, *, forced: bool, retry_in: float | None) -> str:
+    async def _fetch(self, *, forced: bool, retry_in: float | None, quiet: bool) -> str:
         self.fetches += 1
         try:
             token, lifetime = await self._request()
         except AuthError as exc:
             self.failures += 1
-            self._emit_failure(exc, retry_in=retry_in)
+            self._emit_failure(exc, retry_in=retry_in, quiet=quiet)
             raise
         now = self._now()
         self._token = token
@@ -271,9 +276,11 @@ class TokenManager:
             raise TokenFetchError(f"token endpoint answer has a bad expires_in: {exc}") from None
         return token, lifetime
 
-    def _emit_failure(self, exc: AuthError, retry_in: float | None) -> None:
+    def _emit_failure(self, exc: AuthError, retry_in: float | None, quiet: bool) -> None:
         text = str(exc)
-        if retry_in is None:
+        if quiet:
+            _log.debug("access token fetch failed: %s", text)
+        elif retry_in is None:
             _log.warning("access token fetch failed: %s", text, extra={"code": exc.code})
         else:
             _log.warning(

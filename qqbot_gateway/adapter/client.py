@@ -74,6 +74,10 @@ class Secret:
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
+    """Everything a :class:`QQBotClient` needs: credentials, intents, shards, endpoints, and the
+    liveness, transport and reconnect policies. From the environment or a TOML file:
+    ``qqbot_gateway.load_settings().client_config()``."""
+
     app_id: str
     client_secret: Secret
     intents: int = int(Intents.public_default())

@@ -239,19 +239,28 @@ class GatewayConnection:
             self._done.set()
 
     async def _timer_loop(self) -> None:
-        while not self._done.is_set():
-            self._poke.clear()  # before reading the deadline, so no poke is lost
-            deadline = self._session.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self._loop.time())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._poke.wait()
-                continue  # woken early: the session changed, recompute the deadline
-            # Let frames already in the socket buffer be read first: after a stalled loop an
-            # ACK waiting there must count before a deadline is judged.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-            await self._run_actions(self._session.tick(self._loop.time()))
+        try:
+            while not self._done.is_set():
+                self._poke.clear()  # before reading the deadline, so no poke is lost
+                deadline = self._session.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - self._loop.time())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._poke.wait()
+                    continue  # woken early: the session changed, recompute the deadline
+                # Let frames already in the socket buffer be read first: after a stalled loop
+                # an ACK waiting there must count before a deadline is judged.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                await self._run_actions(self._session.tick(self._loop.time()))
+        except Exception as exc:  # noqa: BLE001 - without the timer nothing is detected: end it
+            _log.error("gateway timer failed: %s", type(exc).__name__, exc_info=True)
+            self._execute(
+                self._session.close_requested(
+                    p.PROTOCOL_ERROR, f"timer failed: {exc!r}", abort=True
+                )
+            )
+            self._done.set()
 
     # --- actions -------------------------------------------------------------------------
     async def _run_actions(self, actions: list[Any]) -> None:

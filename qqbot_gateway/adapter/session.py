@@ -276,7 +276,7 @@ class GatewaySession:
             return out
         try:
             payload = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's limit
             out.append(self._frame_event(now, None, None, len(data)))
             out.append(self._violation(now, "frame is not valid JSON"))
             return out
@@ -292,6 +292,9 @@ class GatewaySession:
             return out  # we are tearing this link down; nothing more is acted on
         if op == Op.HEARTBEAT_ACK:
             out.extend(self._on_ack(conn, now))
+        elif op == Op.DISPATCH and conn.phase is Phase.AWAIT_HELLO:
+            detail = "dispatch before Hello"
+            out.extend([self._violation(now, detail), self._close(conn, p.PROTOCOL_ERROR, detail)])
         elif op == Op.DISPATCH:
             out.extend(self._on_dispatch(conn, payload, event_type, now))
         elif op == Op.HELLO:
@@ -317,7 +320,7 @@ class GatewaySession:
             return []
         assert conn.interval is not None and conn.hello_at is not None
         idle = lv.idle_deadline(conn.interval)
-        if idle is not None and now - conn.last_frame_at >= idle:
+        if idle is not None and now >= conn.last_frame_at + idle:
             return self._zombie(conn, p.IDLE_TIMEOUT, now, f"no frame for {idle:g}s")
         out: list[Action] = []
         if conn.next_heartbeat_at is not None and now >= conn.next_heartbeat_at:
@@ -430,16 +433,19 @@ class GatewaySession:
         if conn.phase is not Phase.AWAIT_HELLO:
             return [self._violation(now, "unexpected second Hello")]
         raw = d.get("heartbeat_interval") if isinstance(d, dict) else None
-        if (
-            not isinstance(raw, int | float)
-            or isinstance(raw, bool)
-            or not math.isfinite(raw)
-            or raw <= 0
-        ):
+        ms: float | None = None
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            try:
+                ms = float(raw)
+            except OverflowError:  # an integer beyond the float range
+                ms = math.inf
+            if not math.isfinite(ms) or ms <= 0:
+                ms = None
+        if ms is None:
             detail = f"Hello has an unusable heartbeat_interval ({_describe(raw)})"
             return [self._violation(now, detail), self._close(conn, p.PROTOCOL_ERROR, detail)]
         lv = self.liveness
-        interval = min(max(raw / 1000.0, lv.min_heartbeat_interval), lv.max_heartbeat_interval)
+        interval = min(max(ms / 1000.0, lv.min_heartbeat_interval), lv.max_heartbeat_interval)
         conn.interval = interval
         conn.hello_at = now
         conn.phase = Phase.AWAIT_READY

@@ -72,6 +72,9 @@ class GatewayUrlSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ReconnectPolicy:
+    """Reconnect pacing: exponential backoff with full jitter and a cap, reset after a healthy
+    connection; the 4008 wait and the quick-loop slowdown (see the module docstring)."""
+
     #: First backoff ceiling; doubles per consecutive failure up to ``backoff_cap``.
     backoff_base: float = 1.0
     #: 60 s: the longest a bot stays offline between attempts when QQ is down, and at most

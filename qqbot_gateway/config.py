@@ -1,0 +1,538 @@
+"""Settings for the service, from ``QQBOT_*`` environment variables and/or a TOML file.
+
+The names are a public contract (Kubernetes manifests and operators' scripts use them)::
+
+    QQBOT_APP_ID                 the bot's AppID (required by run and check)
+    QQBOT_CLIENT_SECRET          the bot's AppSecret                          (or the _FILE form)
+    QQBOT_CLIENT_SECRET_FILE     a file holding the secret (stripped)
+    QQBOT_INTENTS                int (decimal or 0x..) or intent names, comma separated
+    QQBOT_SHARD_COUNT            total shards of the bot                      (default 1)
+    QQBOT_SHARD_ID               comma list of the shards this process runs   (default all)
+    QQBOT_HTTP_ADDR              side port host:port, port 0 allowed, "off"   (default 0.0.0.0:8080)
+    QQBOT_LIVENESS_GRACE         seconds without a live session before /healthz fails (300)
+    QQBOT_LOOP_LAG_THRESHOLD     event loop lag in seconds that fails /healthz (2)
+    QQBOT_LOG_FORMAT             auto | json | console                        (default auto)
+    QQBOT_LOG_LEVEL              DEBUG | INFO | WARNING | ERROR | CRITICAL    (default INFO)
+    QQBOT_API_BASE               OpenAPI base URL       (sandbox, proxies, the simulator)
+    QQBOT_TOKEN_URL              access token URL
+    QQBOT_GATEWAY_URL            connect here and skip GET /gateway/bot
+    QQBOT_ACK_MISS_LIMIT         consecutive unacked heartbeats that make a zombie (2)
+    QQBOT_WS_PING_INTERVAL       WebSocket ping interval in seconds, 0 disables (30)
+    QQBOT_HANDLER_QUEUE_SIZE     bounded handler queue per shard              (1000)
+    QQBOT_DRAIN_TIMEOUT          seconds handlers get to finish at shutdown   (10)
+
+In the TOML file the keys are the lowercase names without the prefix (``app_id``,
+``shard_count``, ``client_secret_file``, ...); an unknown key is an error. Environment
+variables override the file. ``QQBOT_CONFIG`` names the file when ``--config`` is not given.
+Secrets are never taken from the command line and never shown: ``repr(settings)`` hides them.
+
+Every problem raises :class:`ConfigError` with a message that names the setting and says what
+is wrong, e.g. ``QQBOT_SHARD_COUNT: expected a positive integer, got 'x'``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import logging
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from qqbot_gateway.adapter.protocol import (
+    DEFAULT_API_BASE,
+    DEFAULT_TOKEN_URL,
+    Intents,
+    parse_intents,
+)
+from qqbot_gateway.adapter.session import LivenessConfig
+
+if TYPE_CHECKING:
+    from qqbot_gateway.adapter.client import ClientConfig, Secret
+    from qqbot_gateway.telemetry import TelemetryConfig
+
+__all__ = [
+    "ENV_PREFIX",
+    "SETTING_NAMES",
+    "ConfigError",
+    "Settings",
+    "load_settings",
+]
+
+ENV_PREFIX: Final = "QQBOT_"
+
+#: Every setting, by its TOML key; the environment variable is ``QQBOT_`` + the key upper-cased.
+SETTING_NAMES: Final[tuple[str, ...]] = (
+    "app_id",
+    "client_secret",
+    "client_secret_file",
+    "intents",
+    "shard_count",
+    "shard_id",
+    "http_addr",
+    "liveness_grace",
+    "loop_lag_threshold",
+    "log_format",
+    "log_level",
+    "api_base",
+    "token_url",
+    "gateway_url",
+    "ack_miss_limit",
+    "ws_ping_interval",
+    "handler_queue_size",
+    "drain_timeout",
+)
+
+#: ``QQBOT_*`` variables that belong to other tools (the simulator, the test suite) or name the
+#: file itself: no typo warning for these.
+_OTHER_VARIABLES: Final = frozenset({"QQBOT_CONFIG"})
+_OTHER_PREFIXES: Final = ("QQBOT_SIM_", "QQBOT_TEST_")
+
+_LOG_FORMATS: Final = ("auto", "json", "console")
+_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_DEFAULT_HTTP_ADDR: Final = "0.0.0.0:8080"  # every interface: kubelet and Prometheus connect
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the setting and what is wrong."""
+
+
+def _make_secret(value: str) -> Secret:
+    # Imported here: adapter.client pulls in aiohttp and the whole adapter, and config stays
+    # cheap to import (``--help``, ``simulate``).
+    from qqbot_gateway.adapter.client import Secret
+
+    return Secret(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated service settings. Build with :func:`load_settings`.
+
+    ``client_secret`` is a :class:`~qqbot_gateway.adapter.client.Secret` (never shown), or None
+    when not configured (``demo`` and ``simulate`` need none).
+    """
+
+    app_id: str | None = None
+    client_secret: Secret | None = None
+    intents: int = int(Intents.public_default())
+    shard_count: int = 1
+    #: The shards this process runs; None runs all of ``range(shard_count)``.
+    shard_ids: tuple[int, ...] | None = None
+    #: (host, port) of the side server; None when ``QQBOT_HTTP_ADDR=off``.
+    http_addr: tuple[str, int] | None = ("0.0.0.0", 8080)  # noqa: S104 - see _DEFAULT_HTTP_ADDR
+    liveness_grace: float = 300.0
+    loop_lag_threshold: float = 2.0
+    log_format: str = "auto"
+    log_level: str = "INFO"
+    api_base: str = DEFAULT_API_BASE
+    token_url: str = DEFAULT_TOKEN_URL
+    gateway_url: str | None = None
+    ack_miss_limit: int = LivenessConfig().ack_miss_limit
+    #: None: the aiohttp WebSocket ping layer is off (``QQBOT_WS_PING_INTERVAL=0``).
+    ws_ping_interval: float | None = 30.0
+    handler_queue_size: int = 1000
+    drain_timeout: float = 10.0
+    #: Where each value came from, for messages: setting key -> "QQBOT_X" or "key (in file)".
+    sources: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    def source(self, key: str) -> str:
+        """The name to use in a message about ``key``: the env var or the file key."""
+        return dict(self.sources).get(key, ENV_PREFIX + key.upper())
+
+    def require_credentials(self) -> tuple[str, Secret]:
+        """``(app_id, Secret)``, or a ConfigError naming what is missing."""
+        if not self.app_id:
+            raise ConfigError(
+                "QQBOT_APP_ID: required (set it in the environment or app_id in the config file)"
+            )
+        if self.client_secret is None:
+            raise ConfigError(
+                "QQBOT_CLIENT_SECRET: required (set QQBOT_CLIENT_SECRET or "
+                "QQBOT_CLIENT_SECRET_FILE; never on the command line)"
+            )
+        return self.app_id, self.client_secret
+
+    def client_config(self) -> ClientConfig:
+        """The :class:`~qqbot_gateway.adapter.client.ClientConfig` for these settings."""
+        from qqbot_gateway.adapter.client import ClientConfig
+        from qqbot_gateway.adapter.connection import TransportConfig
+
+        app_id, secret = self.require_credentials()
+        return ClientConfig(
+            app_id=app_id,
+            client_secret=secret,
+            intents=self.intents,
+            shard_count=self.shard_count,
+            shard_ids=self.shard_ids,
+            api_base=self.api_base,
+            token_url=self.token_url,
+            gateway_url=self.gateway_url,
+            liveness=LivenessConfig(ack_miss_limit=self.ack_miss_limit),
+            transport=TransportConfig(ws_ping_interval=self.ws_ping_interval),
+            handler_queue_size=self.handler_queue_size,
+        )
+
+    def telemetry_config(self) -> TelemetryConfig:
+        """The :class:`~qqbot_gateway.telemetry.TelemetryConfig` for these settings."""
+        from qqbot_gateway.telemetry import TelemetryConfig
+
+        host, port = self.http_addr if self.http_addr is not None else ("127.0.0.1", None)
+        return TelemetryConfig(
+            liveness_grace=self.liveness_grace,
+            loop_lag_threshold=self.loop_lag_threshold,
+            http_host=host,
+            http_port=port,
+        )
+
+
+# --- parsers: raw value -> typed value, or ValueError with "expected ..., got ..." ----------
+
+
+def _show(raw: Any) -> str:
+    return "nothing" if raw is None else repr(raw)
+
+
+def _positive_int(raw: Any) -> int:
+    value = _int(raw, "a positive integer")
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {_show(raw)}")
+    return value
+
+
+def _int(raw: Any, what: str) -> int:
+    if isinstance(raw, bool):
+        raise ValueError(f"expected {what}, got {_show(raw)}")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str):
+        try:
+            return int(raw.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"expected {what}, got {_show(raw)}")
+
+
+def _number(raw: Any, what: str) -> float:
+    if isinstance(raw, bool):
+        raise ValueError(f"expected {what}, got {_show(raw)}")
+    if isinstance(raw, int | float):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected {what}, got {_show(raw)}") from None
+    else:
+        raise ValueError(f"expected {what}, got {_show(raw)}")
+    if not math.isfinite(value):
+        raise ValueError(f"expected {what}, got {_show(raw)}")
+    return value
+
+
+def _positive_seconds(raw: Any) -> float:
+    value = _number(raw, "a positive number of seconds")
+    if value <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {_show(raw)}")
+    return value
+
+
+def _seconds_or_zero(raw: Any) -> float | None:
+    value = _number(raw, "a number of seconds (0 disables)")
+    if value < 0:
+        raise ValueError(f"expected a number of seconds (0 disables), got {_show(raw)}")
+    return None if value == 0 else value
+
+
+def _non_negative_seconds(raw: Any) -> float:
+    value = _number(raw, "a number of seconds >= 0")
+    if value < 0:
+        raise ValueError(f"expected a number of seconds >= 0, got {_show(raw)}")
+    return value
+
+
+def _text(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError(f"expected a non-empty string, got {_show(raw)}")
+    return raw.strip()
+
+
+def _app_id(raw: Any) -> str:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    text = _text(raw)
+    if any(c.isspace() for c in text):
+        raise ValueError("expected an AppID without spaces")
+    return text
+
+
+def _intents(raw: Any) -> int:
+    if isinstance(raw, list):
+        raw = [str(x) for x in raw]
+    try:
+        return parse_intents(raw)
+    except (ValueError, TypeError) as exc:
+        names = ", ".join(i.name or "" for i in Intents)
+        detail = str(exc)
+        if "known:" not in detail:
+            detail += f" (an integer, or names from: {names})"
+        raise ValueError(f"{detail}; got {_show(raw)}") from None
+
+
+def _shard_ids(raw: Any) -> tuple[int, ...]:
+    items: list[Any]
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        items = [raw]
+    elif isinstance(raw, list):
+        items = list(raw)
+    elif isinstance(raw, str):
+        items = [part.strip() for part in raw.split(",")]
+    else:
+        raise ValueError(f"expected shard ids separated by commas, got {_show(raw)}")
+    out: list[int] = []
+    for item in items:
+        try:
+            value = _int(item, "a shard id")
+        except ValueError:
+            raise ValueError(
+                f"expected shard ids (integers >= 0) separated by commas, got {_show(raw)}"
+            ) from None
+        if value < 0:
+            raise ValueError(f"expected shard ids >= 0, got {_show(raw)}")
+        out.append(value)
+    if not out:
+        raise ValueError("expected at least one shard id")
+    if len(set(out)) != len(out):
+        raise ValueError(f"shard ids must not repeat, got {_show(raw)}")
+    return tuple(out)
+
+
+def _http_addr(raw: Any) -> tuple[str, int] | None:
+    text = _text(raw)
+    if text.lower() == "off":
+        return None
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"expected host:port or 'off', got {_show(raw)}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host or "0.0.0.0"  # noqa: S104 - ":8080" means every interface, like most servers
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(
+                f"expected host:port ([addr]:port for IPv6), got {_show(raw)}"
+            ) from None
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"expected host:port with a numeric port, got {_show(raw)}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0..65535, got {_show(raw)}")
+    return host, port
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = _text(raw)
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not parts.netloc:
+            wanted = " or ".join(f"{s}://" for s in schemes)
+            raise ValueError(f"expected a {wanted} URL, got {_show(raw)}")
+        return text.rstrip("/") if parts.path in ("", "/") else text
+
+    return parse
+
+
+def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = _text(raw)
+        value = text.upper() if upper else text.lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {_show(raw)}")
+        return value
+
+    return parse
+
+
+_PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
+    "app_id": _app_id,
+    "intents": _intents,
+    "shard_count": _positive_int,
+    "shard_id": _shard_ids,
+    "http_addr": _http_addr,
+    "liveness_grace": _positive_seconds,
+    "loop_lag_threshold": _positive_seconds,
+    "log_format": _choice(_LOG_FORMATS),
+    "log_level": _choice(_LOG_LEVELS, upper=True),
+    "api_base": _url(("http", "https")),
+    "token_url": _url(("http", "https")),
+    "gateway_url": _url(("ws", "wss")),
+    "ack_miss_limit": _positive_int,
+    "ws_ping_interval": _seconds_or_zero,
+    "handler_queue_size": _positive_int,
+    "drain_timeout": _non_negative_seconds,
+}
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"--config: file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
+    # A [qqbot] table is accepted too, for files shared with other tools.
+    if set(data) == {"qqbot"} and isinstance(data["qqbot"], dict):
+        data = data["qqbot"]
+    for key in data:
+        if key not in SETTING_NAMES:
+            hint = _close_match(key, SETTING_NAMES)
+            raise ConfigError(
+                f"{key} (in {path}): unknown setting{hint}; known: {', '.join(SETTING_NAMES)}"
+            )
+    return data
+
+
+def _close_match(name: str, options: tuple[str, ...]) -> str:
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.75)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _warn_unknown_env(env: Mapping[str, str], warn: Callable[[str], None]) -> None:
+    known = {ENV_PREFIX + key.upper() for key in SETTING_NAMES}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in known or name in _OTHER_VARIABLES:
+            continue
+        if name.startswith(_OTHER_PREFIXES):
+            continue
+        hint = _close_match(name, tuple(sorted(known)))
+        warn(f"warning: ignoring unknown environment variable {name}{hint}")
+
+
+def _read_secret_file(name: str, raw: Any) -> str:
+    path = Path(_text(raw)).expanduser()
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc}") from None
+    if not value:
+        raise ConfigError(f"{name}: the file {path} is empty")
+    return value
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Settings:
+    """Settings from the TOML file (if any) overridden by ``QQBOT_*`` variables of ``env``.
+
+    ``env`` defaults to ``os.environ``. ``warn`` receives one line per unknown ``QQBOT_*``
+    variable (default: a WARNING log line). Raises :class:`ConfigError`.
+    """
+    env = os.environ if env is None else env
+    if config_file is None and env.get("QQBOT_CONFIG", "").strip():
+        config_file = env["QQBOT_CONFIG"].strip()
+    _warn_unknown_env(env, warn if warn is not None else _default_warn)
+
+    raw: dict[str, tuple[Any, str]] = {}  # key -> (value, name for messages)
+    if config_file is not None:
+        path = Path(config_file)
+        for key, value in _read_file(path).items():
+            raw[key] = (value, f"{key} (in {path})")
+    env_values = {
+        key: env[ENV_PREFIX + key.upper()]
+        for key in SETTING_NAMES
+        if env.get(ENV_PREFIX + key.upper(), "").strip() != ""
+    }
+    if {"client_secret", "client_secret_file"} & set(env_values):
+        # The secret is one setting with two spellings: the environment's wins over the file's.
+        raw.pop("client_secret", None)
+        raw.pop("client_secret_file", None)
+    for key, value in env_values.items():
+        raw[key] = (value, ENV_PREFIX + key.upper())
+
+    values: dict[str, Any] = {}
+    for key, (value, name) in raw.items():
+        parser = _PARSERS.get(key)
+        if parser is None:
+            continue  # secrets, below
+        try:
+            values[key] = parser(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+    secret_text: str | None = None
+    if "client_secret" in raw and "client_secret_file" in raw:
+        raise ConfigError(
+            f"{raw['client_secret'][1]}: set either the secret or {raw['client_secret_file'][1]},"
+            " not both"
+        )
+    if "client_secret" in raw:
+        value, name = raw["client_secret"]
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{name}: expected a non-empty string")
+        secret_text = value.strip()
+    elif "client_secret_file" in raw:
+        value, name = raw["client_secret_file"]
+        try:
+            secret_text = _read_secret_file(name, value)
+        except ValueError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{name}: {exc}") from None
+
+    shard_count = values.get("shard_count", 1)
+    shard_ids = values.get("shard_id")
+    if shard_ids is not None:
+        for shard in shard_ids:
+            if shard >= shard_count:
+                name = raw["shard_id"][1]
+                raise ConfigError(
+                    f"{name}: shard id {shard} is outside 0..{shard_count - 1} "
+                    f"({_source(raw, 'shard_count')} is {shard_count})"
+                )
+    return Settings(
+        app_id=values.get("app_id"),
+        client_secret=None if secret_text is None else _make_secret(secret_text),
+        intents=values.get("intents", int(Intents.public_default())),
+        shard_count=shard_count,
+        shard_ids=shard_ids,
+        http_addr=values["http_addr"] if "http_addr" in values else _http_addr(_DEFAULT_HTTP_ADDR),
+        liveness_grace=values.get("liveness_grace", 300.0),
+        loop_lag_threshold=values.get("loop_lag_threshold", 2.0),
+        log_format=values.get("log_format", "auto"),
+        log_level=values.get("log_level", "INFO"),
+        api_base=values.get("api_base", DEFAULT_API_BASE),
+        token_url=values.get("token_url", DEFAULT_TOKEN_URL),
+        gateway_url=values.get("gateway_url"),
+        ack_miss_limit=values.get("ack_miss_limit", LivenessConfig().ack_miss_limit),
+        ws_ping_interval=values["ws_ping_interval"] if "ws_ping_interval" in values else 30.0,
+        handler_queue_size=values.get("handler_queue_size", 1000),
+        drain_timeout=values.get("drain_timeout", 10.0),
+        sources=tuple((key, name) for key, (_, name) in sorted(raw.items())),
+    )
+
+
+def _source(raw: Mapping[str, tuple[Any, str]], key: str) -> str:
+    return raw[key][1] if key in raw else ENV_PREFIX + key.upper()
+
+
+def _default_warn(message: str) -> None:
+    logging.getLogger("qqbot_gateway.config").warning("%s", message)
