@@ -1,0 +1,34 @@
+# qqbot-gateway: `docker build -t qqbot-gateway .` then
+#   docker run --rm -e QQBOT_APP_ID=... -e QQBOT_CLIENT_SECRET_FILE=/run/secrets/qq \
+#     -v $PWD/secret:/run/secrets/qq:ro -p 8080:8080 qqbot-gateway
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    QQBOT_HTTP_ADDR=0.0.0.0:8080 \
+    QQBOT_LOG_FORMAT=json
+
+# An unprivileged user with a fixed uid/gid, matching runAsUser in deploy/kubernetes.
+RUN groupadd --system --gid 10001 qqbot \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin qqbot
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY qqbot_gateway ./qqbot_gateway
+RUN pip install . \
+ && rm -rf /src
+
+WORKDIR /
+USER 10001:10001
+EXPOSE 8080
+
+# For plain Docker / Compose; Kubernetes ignores it and uses the probes in the StatefulSet.
+# A 503 raises HTTPError, so the command fails exactly when /healthz does.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
+
+ENTRYPOINT ["qqbot-gateway"]
+CMD ["run"]

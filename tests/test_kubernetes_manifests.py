@@ -1,0 +1,337 @@
+"""Kubernetes manifests and the Dockerfile, validated offline.
+
+Core resources (StatefulSet, Service, Secret) are validated against the Kubernetes OpenAPI
+schemas bundled with ``kubernetes-validate`` in strict mode (unknown fields are errors), for the
+oldest version the manifests support (1.28: the ``apps.kubernetes.io/pod-index`` label) and the
+newest bundled one. CRDs (ServiceMonitor, PrometheusRule) have no bundled schema; their
+structure is checked by hand. The PrometheusRule must be exactly what scripts/gen_k8s_rules.py
+generates from dashboards/prometheus/rules.yml.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "kubernetes"
+MIN_VERSION = "1.28.0"  # the pod-index label on StatefulSet pods is on by default from 1.28
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+ENV_NAMES = {
+    "QQBOT_APP_ID",
+    "QQBOT_CLIENT_SECRET",
+    "QQBOT_CLIENT_SECRET_FILE",
+    "QQBOT_INTENTS",
+    "QQBOT_SHARD_COUNT",
+    "QQBOT_SHARD_ID",
+    "QQBOT_HTTP_ADDR",
+    "QQBOT_LIVENESS_GRACE",
+    "QQBOT_LOG_FORMAT",
+    "QQBOT_LOG_LEVEL",
+    "QQBOT_API_BASE",
+    "QQBOT_TOKEN_URL",
+}
+QQ_HEARTBEAT_INTERVAL = 41.25
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+
+
+def _manifests() -> dict[Path, list[dict[str, Any]]]:
+    files = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert files, "no manifests"
+    return {p: _documents(p) for p in files}
+
+
+def _by_kind(kind: str) -> dict[str, Any]:
+    found = [d for docs in _manifests().values() for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def _latest_version() -> str:
+    return kubernetes_validate.latest_version()  # type: ignore[no-any-return]
+
+
+def _gen_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "gen_k8s_rules", ROOT / "scripts" / "gen_k8s_rules.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------- schema validation
+
+
+def _core_documents() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{path.name}:{doc['kind']}", doc)
+        for path, docs in _manifests().items()
+        for doc in docs
+        if doc["kind"] not in CRD_KINDS
+    ]
+
+
+@pytest.mark.parametrize("version", [MIN_VERSION, "latest"])
+@pytest.mark.parametrize("name,doc", _core_documents(), ids=[n for n, _ in _core_documents()])
+def test_core_manifests_validate_strictly(name: str, doc: dict[str, Any], version: str) -> None:
+    target = _latest_version() if version == "latest" else version
+    validated = kubernetes_validate.validate(doc, target, strict=True)
+    assert validated
+
+
+def test_the_validator_rejects_a_broken_manifest() -> None:
+    doc = _by_kind("StatefulSet")
+    broken = yaml.safe_load(yaml.safe_dump(doc))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["periodSecond"] = 15
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, _latest_version(), strict=True)
+    broken = yaml.safe_load(yaml.safe_dump(doc))
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, _latest_version(), strict=True)
+
+
+def test_every_manifest_is_covered() -> None:
+    kinds = sorted(d["kind"] for docs in _manifests().values() for d in docs)
+    assert kinds == ["PrometheusRule", "Secret", "Service", "ServiceMonitor", "StatefulSet"]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert kustomization["kind"] == "Kustomization"
+    for resource in kustomization["resources"]:
+        assert (K8S / resource).is_file(), resource
+    assert "secret.example.yaml" not in kustomization["resources"]
+
+
+# --------------------------------------------------------------------------- StatefulSet
+
+
+@pytest.fixture(scope="module")
+def sts() -> dict[str, Any]:
+    return _by_kind("StatefulSet")
+
+
+@pytest.fixture(scope="module")
+def container(sts: dict[str, Any]) -> dict[str, Any]:
+    containers = sts["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]  # type: ignore[no-any-return]
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_security_context(sts: dict[str, Any], container: dict[str, Any]) -> None:
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["runAsUser"] == 10001
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert "add" not in sc["capabilities"]
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    resources = container["resources"]
+    assert set(resources["requests"]) == {"cpu", "memory"}
+    assert "memory" in resources["limits"]
+
+
+def test_command_and_port(container: dict[str, Any]) -> None:
+    assert container["command"] + container["args"] == ["qqbot-gateway", "run"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+
+
+def test_env_names_are_the_config_contract(container: dict[str, Any]) -> None:
+    env = _env(container)
+    assert set(env) <= ENV_NAMES, set(env) - ENV_NAMES
+    for required in (
+        "QQBOT_APP_ID",
+        "QQBOT_CLIENT_SECRET_FILE",
+        "QQBOT_SHARD_ID",
+        "QQBOT_SHARD_COUNT",
+        "QQBOT_HTTP_ADDR",
+        "QQBOT_LIVENESS_GRACE",
+    ):
+        assert required in env, required
+    assert env["QQBOT_HTTP_ADDR"]["value"] == "0.0.0.0:8080"
+    assert float(env["QQBOT_LIVENESS_GRACE"]["value"]) == 300
+    # The secret never appears as a literal env var.
+    assert "QQBOT_CLIENT_SECRET" not in env
+    assert "secretKeyRef" in env["QQBOT_APP_ID"]["valueFrom"]
+
+
+def test_client_secret_is_a_mounted_secret_file(
+    sts: dict[str, Any], container: dict[str, Any]
+) -> None:
+    path = Path(_env(container)["QQBOT_CLIENT_SECRET_FILE"]["value"])
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    mount = next(m for m in mounts.values() if Path(m["mountPath"]) == path.parent)
+    assert mount["readOnly"] is True
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == "qqbot-gateway-credentials"
+    assert {"key": "client-secret", "path": path.name} in secret["items"]
+    assert secret["defaultMode"] & 0o007 == 0, "the secret file must not be world-readable"
+    example = _by_kind("Secret")
+    assert example["metadata"]["name"] == secret["secretName"]
+    assert {"app-id", "client-secret"} <= set(example["stringData"])
+
+
+def test_shard_id_comes_from_the_pod_ordinal(
+    sts: dict[str, Any], container: dict[str, Any]
+) -> None:
+    env = _env(container)
+    field = env["QQBOT_SHARD_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert field == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert int(env["QQBOT_SHARD_COUNT"]["value"]) == sts["spec"]["replicas"]
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+
+
+def test_probes_fit_the_heartbeat_interval(container: dict[str, Any]) -> None:
+    for probe, path in (
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path, probe
+        assert get["port"] in ("http", 8080), probe
+    live = container["livenessProbe"]
+    window = live["periodSeconds"] * live["failureThreshold"]
+    # A zombie is 503 for at most one interval before the adapter aborts and replaces it:
+    # the probe must tolerate two intervals, and restart well before the 300 s outage grace.
+    assert 2 * QQ_HEARTBEAT_INTERVAL < window < 300
+    assert live["timeoutSeconds"] < live["periodSeconds"]
+    start = container["startupProbe"]
+    assert start["periodSeconds"] * start["failureThreshold"] >= 30
+
+
+def test_the_env_loads_with_the_real_config(
+    sts: dict[str, Any], container: dict[str, Any], tmp_path: Path
+) -> None:
+    """What the pod would get, fed to qqbot_gateway.config: one shard, the ordinal's."""
+    config = pytest.importorskip("qqbot_gateway.config")
+    secret = tmp_path / "client-secret"
+    secret.write_text("not-a-real-secret\n", encoding="utf-8")
+    replicas = sts["spec"]["replicas"]
+    ordinal = replicas - 1
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    # What the kubelet resolves: the Secret's app-id, the pod-index label, the mounted file.
+    env["QQBOT_APP_ID"] = "102030405"
+    env["QQBOT_SHARD_ID"] = str(ordinal)
+    env["QQBOT_CLIENT_SECRET_FILE"] = str(secret)
+    warnings: list[str] = []
+    settings = config.load_settings(env=env, warn=warnings.append)
+    assert warnings == []
+    assert settings.shard_count == replicas
+    assert settings.client_config().shards == (ordinal,)
+    host, port = settings.http_addr
+    assert (host, port) == (env["QQBOT_HTTP_ADDR"].split(":")[0], 8080)
+    assert port == container["ports"][0]["containerPort"]
+    assert settings.liveness_grace == 300
+    assert settings.client_secret.get() == "not-a-real-secret"
+    # The drain at shutdown fits in the grace period the kubelet gives before SIGKILL.
+    grace = sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert settings.drain_timeout < grace
+
+
+# -------------------------------------------------------------------- Service and CRDs
+
+
+def test_headless_service_selects_the_pods(sts: dict[str, Any]) -> None:
+    svc = _by_kind("Service")
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["metadata"]["name"] == sts["spec"]["serviceName"]
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert ports["metrics"]["port"] == 8080
+    assert ports["metrics"]["targetPort"] == "http"
+
+
+def test_service_monitor_structure() -> None:
+    sm = _by_kind("ServiceMonitor")
+    svc = _by_kind("Service")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(sm) == {"apiVersion", "kind", "metadata", "spec"}
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    assert re.fullmatch(r"\d+s", endpoint["interval"])
+    assert int(endpoint["scrapeTimeout"][:-1]) < int(endpoint["interval"][:-1])
+    # The job label defaults to the Service's name; the alert rules select job="qqbot-gateway".
+    assert "jobLabel" not in sm["spec"]
+    assert svc["metadata"]["name"] == "qqbot-gateway"
+
+
+def test_prometheus_rule_structure() -> None:
+    rule = _by_kind("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(rule["spec"]) == {"groups"}
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules"}
+        for r in group["rules"]:
+            assert ("alert" in r) != ("record" in r)
+            assert set(r) <= {"alert", "record", "expr", "for", "labels", "annotations"}
+
+
+def test_prometheus_rule_is_generated_without_drift() -> None:
+    gen = _gen_module()
+    committed = (K8S / "prometheusrule.yaml").read_text(encoding="utf-8")
+    assert committed == gen.render(), "run: python scripts/gen_k8s_rules.py"
+    assert gen.main(["--check"]) == 0
+    source = yaml.safe_load((ROOT / "dashboards" / "prometheus" / "rules.yml").read_text())
+    assert _by_kind("PrometheusRule")["spec"]["groups"] == source["groups"]
+
+
+def test_generator_detects_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = _gen_module()
+    stale = tmp_path / "prometheusrule.yaml"
+    stale.write_text(gen.render().replace("for: 3m", "for: 30m"), encoding="utf-8")
+    monkeypatch.setattr(gen, "TARGET", stale)
+    monkeypatch.setattr(gen, "ROOT", tmp_path)
+    assert gen.main(["--check"]) == 1
+
+
+# ------------------------------------------------------------------------------ Docker
+
+
+def test_dockerfile() -> None:
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    instructions = [
+        line.split(None, 1)
+        for line in text.replace("\\\n", " ").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    first: dict[str, str] = {}
+    for ins in instructions:
+        first.setdefault(ins[0].upper(), ins[1] if len(ins) > 1 else "")
+    assert first["FROM"] == "python:3.11-slim"
+    users = [i[1] for i in instructions if i[0].upper() == "USER"]
+    assert users and users[-1].split(":")[0] == "10001"
+    assert "--uid 10001" in text
+    assert any(i[0].upper() == "RUN" and "pip install ." in i[1] for i in instructions)
+    assert first["EXPOSE"] == "8080"
+    assert first["ENTRYPOINT"] == '["qqbot-gateway"]'
+    assert first["CMD"] == '["run"]'
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert {".git", ".venv", "tests"} <= set(ignored)

@@ -1,0 +1,278 @@
+"""End to end with a real Prometheus: the dashboard and the rules work against live metrics.
+
+The adapter runs in-process against the embedded simulator (1 s heartbeats), with telemetry's
+side server on 127.0.0.1. Debian's ``prometheus`` binary scrapes it every second and evaluates
+dashboards/prometheus/rules.yml every second. The test then
+
+* checks that every recording rule and every dashboard query (template variables replaced by
+  the real job / instance / shard, ``$__rate_interval`` by 4 s) returns data, and that every
+  template variable's ``label_values`` selector finds its label;
+* injects a silent death (the simulator blackholes the connection and every new one) and waits
+  until the QQBotGatewaySilentDisconnect expression is true and Prometheus has the alert
+  pending. The rule is scale-free (ACK age in heartbeat intervals against the exported
+  threshold), so it is the same expression that pages after ~4.5 minutes at QQ's 41.25 s.
+
+Skipped only when the ``prometheus`` binary is not installed. Everything is bounded by timeouts;
+Prometheus runs with a temporary storage directory and is always killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+pytest.importorskip(
+    "qqbot_gateway.adapter.api", reason="the adapter's api/auth modules are not there yet"
+)
+
+from qqbot_gateway.adapter.client import QQBotClient
+from qqbot_gateway.adapter.protocol import GatewayEvent
+from qqbot_gateway.simulator import Simulator
+from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
+
+from .gateway_harness import INTERVAL, client_config, sim_config
+from .test_dashboard_lint import DASHBOARD, all_panels
+
+PROMETHEUS = shutil.which("prometheus")
+pytestmark = [
+    pytest.mark.skipif(
+        PROMETHEUS is None,
+        reason="the prometheus binary is not installed (Debian: apt-get install prometheus)",
+    ),
+    pytest.mark.timeout(150),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = ROOT / "dashboards" / "prometheus" / "rules.yml"
+JOB = "qqbot-gateway"
+RATE_INTERVAL = "4s"  # Grafana's $__rate_interval floor: 4 x the 1 s scrape interval
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rules() -> list[dict[str, Any]]:
+    data = yaml.safe_load(RULES.read_text(encoding="utf-8"))
+    return [rule for group in data["groups"] for rule in group["rules"]]
+
+
+def _substitute(expr: str, instance: str) -> str:
+    out = expr.replace("$__rate_interval", RATE_INTERVAL)
+    for name, value in (("job", JOB), ("instance", instance), ("shard", "0")):
+        out = out.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    assert "$" not in out, out
+    return out
+
+
+def _dashboard_queries(instance: str) -> dict[str, str]:
+    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    queries: dict[str, str] = {}
+    for panel in all_panels(dash):
+        for target in panel.get("targets", []):
+            key = f"{panel['title']} [{target['refId']}]"
+            queries[key] = _substitute(target["expr"], instance)
+    return queries
+
+
+def _variable_selectors(instance: str) -> dict[str, tuple[str, str]]:
+    """Template variable -> (the label_values selector, the label it must find)."""
+    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    out: dict[str, tuple[str, str]] = {}
+    for var in dash["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", var["query"]["query"])
+        assert m, var
+        out[var["name"]] = (_substitute(m.group(1), instance), m.group(2))
+    return out
+
+
+async def _start_prometheus(tmp: Path, target: str) -> tuple[asyncio.subprocess.Process, str]:
+    assert PROMETHEUS is not None
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {"job_name": JOB, "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}
+        ],
+    }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (tmp / "data").mkdir()
+    port = _free_port()
+    log = (tmp / "prometheus.log").open("wb")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            PROMETHEUS,
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=warn",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    finally:
+        log.close()
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _until(
+    check: Callable[[], Awaitable[bool]], within: float, what: str, tmp: Path | None = None
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        if loop.time() > deadline:
+            log = (tmp / "prometheus.log").read_text(errors="replace")[-3000:] if tmp else ""
+            pytest.fail(f"timed out after {within:g}s waiting for {what}\n{log}")
+        await asyncio.sleep(0.25)
+
+
+async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
+    sim = Simulator(sim_config(event_rate=5.0))
+    await sim.start("127.0.0.1", 0)
+    client = QQBotClient(client_config(sim))
+
+    async def ok_handler(event: GatewayEvent) -> None:
+        await asyncio.sleep(0)
+
+    async def failing_handler(event: GatewayEvent) -> None:
+        raise RuntimeError("deliberate handler failure (handler_errors_total)")
+
+    client.add_handler(ok_handler)
+    client.add_handler(failing_handler, "READY")
+    tel = Telemetry(
+        TelemetryConfig(http_host="127.0.0.1", http_port=0, tracing=False, liveness_grace=30.0),
+        registry=CollectorRegistry(),
+    )
+    tel.attach(client)
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        await tel.start()
+        await client.start()
+        target = str(urlsplit(str(tel.http_url)).netloc)
+        proc, prom = await _start_prometheus(tmp_path, target)
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+
+            async def query(expr: str) -> list[dict[str, Any]]:
+                async with http.get(f"{prom}/api/v1/query", params={"query": expr}) as resp:
+                    body = await resp.json()
+                assert body["status"] == "success", (expr, body)
+                result = body["data"]["result"]
+                assert isinstance(result, list)
+                return result
+
+            async def prometheus_ready() -> bool:
+                assert proc is not None
+                if proc.returncode is not None:
+                    pytest.fail("prometheus exited:\n" + (tmp_path / "prometheus.log").read_text())
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(f"{prom}/-/ready") as resp:
+                        return resp.status == 200
+                return False
+
+            await _until(prometheus_ready, 30, "Prometheus /-/ready", tmp_path)
+
+            async def rules_loaded() -> bool:
+                async with http.get(f"{prom}/api/v1/rules") as resp:
+                    body = await resp.json()
+                names = {r.get("name") for g in body["data"]["groups"] for r in g["rules"]}
+                return {r.get("alert") or r.get("record") for r in _rules()} <= names
+
+            await _until(rules_loaded, 15, "the rules to load", tmp_path)
+
+            async def scraped_ready() -> bool:
+                result = await query(f'qqbot_gateway_ready{{job="{JOB}", shard="0"}} == 1')
+                return bool(result)
+
+            await _until(scraped_ready, 20 * INTERVAL, "a READY shard scraped by Prometheus")
+            # A few heartbeats and scrapes so that every rate() has two samples.
+            await asyncio.sleep(5 * INTERVAL)
+
+            # ---- the silent death: current and new connections get nothing back
+            sim.blackhole(current=True, new=True)
+            silent = next(r for r in _rules() if r.get("alert") == "QQBotGatewaySilentDisconnect")
+
+            async def silent_expr_true() -> bool:
+                return bool(await query(silent["expr"]))
+
+            await _until(silent_expr_true, 30 * INTERVAL, "the silent-disconnect expression")
+            (sample,) = await query(silent["expr"])
+            assert sample["metric"]["shard"] == "0"
+            assert sample["metric"]["job"] == JOB
+            assert float(sample["value"][1]) >= 5  # ACK age >= (threshold 2 + 3) intervals
+
+            async def alert_pending() -> bool:
+                return bool(
+                    await query('ALERTS{alertname="QQBotGatewaySilentDisconnect", shard="0"}')
+                )
+
+            await _until(alert_pending, 10, "QQBotGatewaySilentDisconnect pending in Prometheus")
+
+            # ---- every recording rule and every dashboard query returns data
+            checks = {f"rule {r['record']}": r["record"] for r in _rules() if "record" in r}
+            checks.update(_dashboard_queries(target))
+            missing: dict[str, str] = {}
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            pending = dict(checks)
+            while pending and loop.time() < deadline:
+                for key, expr in list(pending.items()):
+                    if await query(expr):
+                        del pending[key]
+                if pending:
+                    await asyncio.sleep(0.5)
+            missing = pending
+            assert missing == {}, "queries without data"
+
+            for name, (selector, label) in _variable_selectors(target).items():
+                result = await query(selector)
+                assert result, f"${name}: {selector} finds nothing"
+                assert all(label in s["metric"] for s in result), name
+
+            # The reconnects the silent death caused are visible by reason.
+            reasons = await query(
+                f'sum by (reason) (qqbot_gateway:reconnects:rate5m{{job="{JOB}"}}) > 0'
+            )
+            assert {s["metric"]["reason"] for s in reasons} & {
+                "ack_timeout",
+                "idle_timeout",
+                "hello_timeout",
+            }
+            sim.unblackhole()
+    finally:
+        if proc is not None:
+            await _stop(proc)
+        tel.begin_shutdown()
+        await client.close(drain_timeout=1.0)
+        await tel.stop()
+        await sim.stop()
