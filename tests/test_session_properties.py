@@ -54,40 +54,6 @@ TIMER_REASONS = p.ZOMBIE_REASONS | {p.HELLO_TIMEOUT, p.HANDSHAKE_TIMEOUT}
 LIFECYCLE_TYPES = frozenset({"READY", "RESUMED"})
 
 
-# --- adapter bugs these properties found (see the regression tests at the end) ------------
-# While a bug is present, the fuzzers step around it (so that they keep guarding every other
-# rule) and its regression test is an expected failure; once session.py is fixed, the probe
-# turns False, the workaround switches itself off and the strict xfail reports XPASS: then
-# delete the marker.
-def _spins_at_idle_deadline() -> bool:
-    """``tick()`` at exactly ``next_deadline()`` (the idle deadline) does nothing."""
-    s = GatewaySession(intents=1 << 25, liveness=LivenessConfig(idle_timeout_factor=1.25))
-    s.connect(0.0, "t")
-    s.receive('{"op": 10, "d": {"heartbeat_interval": 150}}', 0.0)
-    s.receive('{"op": 11}', 0.05707498555027215)
-    s.tick(0.2)
-    deadline = s.next_deadline()
-    assert deadline is not None
-    s.tick(deadline)
-    after = s.next_deadline()
-    return after is not None and after <= deadline
-
-
-def _dispatch_before_hello_breaks_timers() -> bool:
-    s = GatewaySession(intents=1 << 25)
-    s.connect(0.0, "t")
-    s.receive('{"op": 0, "s": 1, "t": "READY", "d": {"session_id": "S"}}', 0.0)
-    try:
-        s.next_deadline()
-    except AssertionError:
-        return True
-    return False
-
-
-BUG_IDLE_SPIN = _spins_at_idle_deadline()
-BUG_DISPATCH_BEFORE_HELLO = _dispatch_before_hello_breaks_timers()
-
-
 PROPERTY_SETTINGS = settings(
     max_examples=250,
     deadline=None,
@@ -421,8 +387,6 @@ class Driver:
         if isinstance(step, Frame):
             if self.conn is None:
                 self.connect()
-            if BUG_DISPATCH_BEFORE_HELLO and self._dispatch_before_hello(step.data):
-                return  # known bug: see test_a_dispatch_before_hello_never_disables_the_timers
             self.receive(step.data)
         elif isinstance(step, Advance):
             self.advance(step.dt)
@@ -453,19 +417,8 @@ class Driver:
                     data = _dumps({k: v for k, v in json.loads(data).items() if k != "id"})
                 if self.conn is None:
                     self.connect()
-                if BUG_DISPATCH_BEFORE_HELLO and self._dispatch_before_hello(data):
-                    continue
                 self.receive(data)
         self.invariants()
-
-    def _dispatch_before_hello(self, data: str | bytes) -> bool:
-        payload = _loads(data)
-        return (
-            self.session.phase is Phase.AWAIT_HELLO
-            and isinstance(payload, dict)
-            and payload.get("op") == 0
-            and not isinstance(payload.get("op"), bool)
-        )
 
     def connect(self) -> None:
         assert self.session.phase is Phase.DISCONNECTED
@@ -506,10 +459,6 @@ class Driver:
             self.now = max(self.now, deadline)
             self.tick()
             after = self.session.next_deadline()
-            if BUG_IDLE_SPIN and after is not None and after <= self.now:
-                # Known bug: a real clock moves on by a hair before the next tick.
-                self.now = math.nextafter(self.now, math.inf)
-                continue
             assert after is None or after > self.now, (
                 f"tick({self.now}) left a deadline at {after}: the timer would spin"
             )
@@ -840,12 +789,6 @@ def _ready_session(ms: int, **liveness: Any) -> GatewaySession:
     return s
 
 
-@pytest.mark.xfail(
-    BUG_IDLE_SPIN,
-    strict=True,
-    reason="session.py tick() checks `now - last_frame_at >= idle` while next_deadline() "
-    "returns `last_frame_at + idle`: not the same comparison in floats",
-)
 def test_tick_at_the_idle_deadline_settles_it() -> None:
     """``next_deadline()`` says ``last_frame + idle``; ``tick()`` at exactly that time must act
     on it (close, or move the deadline), or a timer driven by those two spins."""
@@ -866,22 +809,7 @@ def test_tick_at_the_idle_deadline_settles_it() -> None:
     assert s.phase is Phase.CLOSING
 
 
-@pytest.mark.parametrize(
-    "t",
-    [
-        pytest.param(
-            t,
-            marks=pytest.mark.xfail(
-                BUG_DISPATCH_BEFORE_HELLO,
-                strict=True,
-                reason="session.py _on_dispatch accepts READY/RESUMED in AWAIT_HELLO: phase "
-                "READY with no interval, next_deadline()/tick() raise AssertionError",
-            ),
-        )
-        for t in ("READY", "RESUMED")
-    ]
-    + ["C2C_MESSAGE_CREATE"],
-)
+@pytest.mark.parametrize("t", ["READY", "RESUMED", "C2C_MESSAGE_CREATE"])
 def test_a_dispatch_before_hello_never_disables_the_timers(t: str) -> None:
     """A dispatch before Hello must not leave the session in a phase without an interval:
     ``next_deadline()``/``tick()`` raised AssertionError, killing the driver's timer task
@@ -905,33 +833,7 @@ HOSTILE_FRAMES = {
 }
 
 
-def _receive_raises(raw: str) -> bool:
-    s = GatewaySession(intents=1 << 25)
-    s.connect(0.0, "t")
-    try:
-        s.receive(raw, 0.0)
-    except (OverflowError, RecursionError):
-        return True
-    return False
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        pytest.param(
-            raw,
-            id=name,
-            marks=pytest.mark.xfail(
-                _receive_raises(raw),
-                strict=True,
-                reason="session.py receive(): json.loads RecursionError is not caught (only "
-                "ValueError); a >1e308 integer interval makes math.isfinite/raw/1000 raise "
-                "OverflowError",
-            ),
-        )
-        for name, raw in HOSTILE_FRAMES.items()
-    ],
-)
+@pytest.mark.parametrize("raw", list(HOSTILE_FRAMES.values()), ids=list(HOSTILE_FRAMES))
 def test_hostile_frames_never_raise(raw: str) -> None:
     """Both are valid JSON text under the driver's 4 MiB frame limit; ``receive()`` raised
     OverflowError / RecursionError, which the driver reports as a network error instead of
