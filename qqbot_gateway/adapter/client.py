@@ -203,6 +203,7 @@ class QQBotClient:
             token_url=cfg.token_url,
             http=self._http,
             bus=self.events,
+            timeout=cfg.request_timeout,
         )
         self._api = OpenAPIClient(
             base_url=cfg.api_base,

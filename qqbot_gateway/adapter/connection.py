@@ -315,7 +315,10 @@ class GatewayConnection:
     def _on_error(self, exc: Any) -> None:
         if isinstance(exc, aiohttp.ServerTimeoutError):
             reason, detail = p.PING_TIMEOUT, "no WebSocket pong in time"
-        elif isinstance(exc, aiohttp.WebSocketError) and "too big" in str(exc).lower():
+        elif (
+            isinstance(exc, aiohttp.WebSocketError)
+            and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+        ):
             reason, detail = p.PROTOCOL_ERROR, f"frame over {self._cfg.max_frame_size} bytes"
         else:
             reason, detail = p.NETWORK_ERROR, f"WebSocket error: {type(exc).__name__}"
