@@ -413,7 +413,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"--log-level: expected DEBUG, INFO, WARNING or ERROR, got {level!r}")
     interactive = False if args.non_interactive else None
-    fmt = "console" if interactive is None and sys.stdout.isatty() else "auto"
+    # The demo is read by people: readable log lines (no colours off a terminal), unless
+    # QQBOT_LOG_FORMAT asks for something else.
+    fmt = os.environ.get("QQBOT_LOG_FORMAT", "console").strip().lower() or "console"
+    if fmt not in ("auto", "json", "console"):
+        raise ConfigError(f"QQBOT_LOG_FORMAT: expected auto, json or console, got {fmt!r}")
     configure_logging(cast(Format, fmt), level, stream=demo.log_stream())
     opts = demo.DemoOptions(
         duration=args.duration,
