@@ -136,6 +136,38 @@ async def test_fatal_codes_stop_the_shard_with_a_clear_error(
     await asyncio.wait_for(h.client.wait_closed(), 2)  # run() would return: nothing left
 
 
+@pytest.mark.parametrize("code", [4924, 4915])
+async def test_a_fatal_close_right_after_op9_still_stops_the_shard(h: Harness, code: int) -> None:
+    """QQ sends op 9 and then closes, e.g. with 4924 (session IP forbidden): we close first on
+    op 9, but the server's code must still be heard, not retried as a plain invalid session."""
+    mark = h.mark()
+    identifies = len(h.sim.identifies)
+    await h.sim.send_invalid_session(False, close_code=code)
+    fatal = await h.wait_event(ev.ShardFatal, 5 * INTERVAL, after=mark)
+    assert fatal.close_code == code and fatal.reason == f"server_close:{code}"
+    await asyncio.sleep(2 * INTERVAL)
+    assert len(h.sim.identifies) == identifies  # no identify against a ban
+    (status,) = h.client.shard_status()
+    assert status.state is ConnectionState.FATAL and not status.task_alive
+
+
+async def test_revoked_credentials_stop_the_shard_without_a_fetch_loop(h: Harness) -> None:
+    """The secret is rotated on the platform while running: the next token fetch is refused
+    (100016). The shard stops for good, loudly, after one refused fetch, not thousands."""
+    mark = h.mark()
+    h.sim.rotate_secret("rotated-elsewhere")
+    h.sim.expire_tokens()
+    fetches = h.sim.token_fetches
+    await h.sim.close_connections(4004)
+    fatal = await h.wait_event(ev.ShardFatal, 5 * INTERVAL, after=mark)
+    assert fatal.reason == p.TOKEN_ERROR and "refused" in fatal.message
+    await asyncio.sleep(2 * INTERVAL)
+    assert h.sim.token_fetches - fetches <= 2
+    (status,) = h.client.shard_status()
+    assert status.state is ConnectionState.FATAL and not status.task_alive
+    await asyncio.wait_for(h.client.wait_closed(), 2)
+
+
 async def test_hung_close_of_the_old_socket_cannot_block_recovery(h: Harness) -> None:
     """op 7 asks for a graceful close; the peer goes silent right then and never answers the
     close frame. The bounded close (0.5 s here) gives up and recovery goes on."""

@@ -142,6 +142,7 @@ class GatewayConnection:
         self._poke = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._server_close_code: int | None = None
+        self._peer_close_code: int | None = None
         self._lost_detail = ""
         self._opened_at: float | None = None
 
@@ -199,7 +200,14 @@ class GatewayConnection:
                     await task
             await self._teardown(ws)
         code = self._server_close_code
-        return self._session.connection_lost(self._loop.time(), code, self._lost_detail)
+        # The server's close code even when we closed first (op 9 is followed by the server's
+        # own close, which may carry a fatal code such as 4924 or 4915).
+        peer = self._peer_close_code
+        if peer is None and ws.close_code not in (None, 0, aiohttp.WSCloseCode.ABNORMAL_CLOSURE):
+            peer = ws.close_code
+        return self._session.connection_lost(
+            self._loop.time(), code, self._lost_detail, peer_code=peer
+        )
 
     def request_close(
         self, reason: str, detail: str, *, abort: bool = False, code: int = RESUMABLE_CLOSE_CODE
@@ -307,6 +315,8 @@ class GatewayConnection:
 
     # --- ending --------------------------------------------------------------------------
     def _server_gone(self, code: int | None, detail: str) -> None:
+        if code not in (None, 0):
+            self._peer_close_code = code
         if self._closing is None:
             self._server_close_code = code if code not in (None, 0) else None
             self._lost_detail = detail

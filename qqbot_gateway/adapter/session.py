@@ -363,15 +363,32 @@ class GatewaySession:
             return []
         return [self._close(conn, reason, detail, abort, code)]
 
-    def connection_lost(self, now: float, close_code: int | None, detail: str = "") -> Outcome:
+    def connection_lost(
+        self,
+        now: float,
+        close_code: int | None,
+        detail: str = "",
+        *,
+        peer_code: int | None = None,
+    ) -> Outcome:
         """The connection is gone. Decide what comes next and reset per-connection state.
 
         ``close_code`` is the code the server closed with, or None if the link broke (or we
         closed it ourselves: our own reason, recorded when we decided to close, wins).
+        ``peer_code`` is the code the server closed with even though we closed first (its
+        answer to our close, or its own close right after an op 9): a fatal code there still
+        stops the shard, or the adapter would retry against a ban.
         """
         conn = self._require_conn()
         self._conn = None
         was_ready = conn.became_ready
+        if (
+            conn.closing is not None
+            and peer_code is not None
+            and p.classify_close(peer_code).action is CloseAction.FATAL
+        ):
+            conn.closing = None
+            close_code, detail = peer_code, ""
         if conn.closing is not None:
             reason, detail = conn.closing.reason, conn.closing.detail
             policy = p.ClosePolicy(None, CloseAction.RESUME, detail)

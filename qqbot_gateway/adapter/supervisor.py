@@ -259,7 +259,7 @@ class ShardSupervisor:
             if self._stopping:
                 break
             if outcome is None:
-                continue  # fatal auth: already reported
+                return  # credentials refused: _fatal() reported it, the shard stops here
             now = self._now()
             lifetime = None if opened_at is None else now - opened_at
             self._last_reason = outcome.reason
@@ -324,8 +324,13 @@ class ShardSupervisor:
                 )
             self._log_disconnect(outcome, lifetime, delay)
             if outcome.action is CloseAction.REFRESH_TOKEN:
-                with contextlib.suppress(Exception):
+                try:
                     await self._tokens.force_refresh("gateway close 4004", self._last_token)
+                except InvalidCredentialsError as exc:
+                    self._fatal(p.TOKEN_ERROR, None, f"access token refused: {exc}")
+                    return
+                except Exception:  # noqa: BLE001, S110 - the next attempt's get() retries it
+                    pass
             await self._backoff(outcome.reason, delay)
 
     async def _attempt(self) -> tuple[Outcome | None, float | None]:

@@ -174,6 +174,7 @@ class Simulator:
         self._tokens: dict[str, float] = {}  # token -> expiry (loop time)
         self._current_token: str | None = None
         self._issued: collections.deque[str] = collections.deque(maxlen=1000)
+        self._client_secret = self.config.client_secret
         self._msg_times: dict[str, float] = {}  # message ids the server generated
         self._replies: dict[str, set[int]] = {}  # msg_id -> msg_seqs used
         # Records.
@@ -314,6 +315,13 @@ class Simulator:
         if not isinstance(value, str) or not value.startswith("QQBot "):
             return False
         return self.token_valid(value[len("QQBot ") :])
+
+    def rotate_secret(self, new_secret: str) -> None:
+        """The app secret changes on the platform: the old one is refused from now on (code
+        100016); tokens already issued keep working until they expire."""
+        if not new_secret:
+            raise ValueError("the secret must not be empty")
+        self._client_secret = new_secret
 
     def issued_tokens(self) -> list[str]:
         """Every access token handed out (the last 1000): for tests that grep output for them."""
@@ -890,7 +898,7 @@ class Simulator:
         if (
             not isinstance(body, dict)
             or body.get("appId") != self.config.app_id
-            or body.get("clientSecret") != self.config.client_secret
+            or body.get("clientSecret") != self._client_secret
         ):
             return _json({"code": CODE_BAD_CREDENTIALS, "message": "invalid appid or secret"})
         token, remaining = self.issue_token()

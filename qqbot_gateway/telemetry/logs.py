@@ -317,7 +317,10 @@ class LifecycleLogger:
             )
         else:
             return
-        self.log.debug("shard %s: %s", shard, message, extra=_extra(shard, **fields))
+        if shard is None:  # process-wide events (access tokens)
+            self.log.debug("%s", message, extra=_extra(shard, **fields))
+        else:
+            self.log.debug("shard %s: %s", shard, message, extra=_extra(shard, **fields))
 
 
 def _extra(shard: int | None, **fields: Any) -> MutableMapping[str, Any]:

@@ -420,8 +420,12 @@ class GatewayMetrics:
     def _on_dispatched(self, s: _Shard, e: ev.EventDispatched) -> None:
         child = s.dispatched.get(e.event_type)
         if child is None:
-            child = self.events_dispatched.labels(s.label, self._type_label(e.event_type))
-            s.dispatched[e.event_type] = child
+            # Cached by label, so types past the cap share the "other" entry: bounded.
+            label = self._type_label(e.event_type)
+            child = s.dispatched.get(label)
+            if child is None:
+                child = self.events_dispatched.labels(s.label, label)
+                s.dispatched[label] = child
         exemplar = self.exemplar(e) if self.exemplar is not None else None
         child.inc(exemplar=exemplar)
 
@@ -444,10 +448,11 @@ class GatewayMetrics:
         s.handler_duration.observe(e.duration)
 
     def _on_handler_failed(self, s: _Shard, e: ev.HandlerFailed) -> None:
-        child = s.handler_errors.get(e.event_type)
+        label = self._type_label(e.event_type)
+        child = s.handler_errors.get(label)
         if child is None:
-            child = self.handler_errors.labels(s.label, self._type_label(e.event_type))
-            s.handler_errors[e.event_type] = child
+            child = self.handler_errors.labels(s.label, label)
+            s.handler_errors[label] = child
         child.inc()
 
     def _on_duplicate(self, s: _Shard, e: ev.DuplicateDropped) -> None:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -48,6 +49,21 @@ _TABLE = "qqbot_blackhole"
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=15, check=check)
+
+
+_OURS = re.compile(r"^qq[a-z0-9]*-(?:sim|cli)-(\d+)$")
+
+
+def sweep_stale_namespaces() -> None:
+    """Delete namespaces a killed earlier run left behind (their pid is gone)."""
+    if _IP is None:
+        return
+    listing = _run(_IP, "netns", "list", check=False).stdout
+    for line in listing.splitlines():
+        name = line.split(" ", 1)[0]
+        match = _OURS.match(name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            _run(_IP, "netns", "del", name, check=False)
 
 
 def netns_unavailable() -> str | None:
@@ -154,6 +170,7 @@ class NetnsPair:
         if reason is not None:
             pytest.skip(reason)
         assert _IP is not None
+        sweep_stale_namespaces()
         pid = os.getpid()
         subnet = 1 + pid % 250
         pair = cls(
