@@ -212,7 +212,12 @@ class QQBotClient:
             app_id=cfg.app_id,
             timeout=cfg.request_timeout,
         )
-        await self._tokens.start()
+        try:
+            await self._tokens.start()
+        except BaseException:
+            # A failed start releases what it opened: `async with` never reaches __aexit__.
+            await self.close()
+            raise
         for shard_id in cfg.shards:
             self._shards[shard_id] = self._make_shard(shard_id)
         self._starter = asyncio.create_task(self._start_shards(), name="qqbot shard starter")
