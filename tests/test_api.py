@@ -194,6 +194,9 @@ async def test_refused_connection_is_an_api_connection_error(
     assert len(sleeps.delays) == 3  # GET is safe to repeat: retried, then reported
     sleeps.delays.clear()
     with pytest.raises(APIConnectionError):
+        await api.get_gateway_bot(retries=0)  # the supervisor paces its own attempts
+    assert sleeps.delays == []
+    with pytest.raises(APIConnectionError):
         await api.send_c2c("U1", "hi", msg_id="M")
     assert sleeps.delays == []  # a message is never re-sent behind the caller's back
 

@@ -298,3 +298,24 @@ async def test_rejects_bad_construction(http: aiohttp.ClientSession) -> None:
         TokenManager(APP_ID, "", token_url="https://x", http=http)
     with pytest.raises(ValueError, match="http"):
         TokenManager(APP_ID, SECRET, token_url="ftp://x", http=http)
+
+
+async def test_a_refused_token_is_never_handed_out_again(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    tm = manager(sim, http)
+    try:
+        await tm.start()
+        old = await tm.get()
+        sim.expire_tokens()
+        sim.set_token_fault("500")
+        with pytest.raises(TokenFetchError):
+            await tm.force_refresh("gateway close 4004", old)
+        # The refresh failed, but the refused token is not returned as if it were valid.
+        with pytest.raises(TokenFetchError):
+            await tm.get()
+        sim.set_token_fault(None)
+        new = await tm.get()
+        assert new != old and await rest_accepts(http, sim, new)
+    finally:
+        await tm.close()

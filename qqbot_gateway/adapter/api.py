@@ -244,9 +244,11 @@ class OpenAPIClient:
             raise self._malformed("GET", "/gateway", "no ws:// or wss:// url")
         return url
 
-    async def get_gateway_bot(self) -> GatewayBotInfo:
+    async def get_gateway_bot(self, *, retries: int | None = None) -> GatewayBotInfo:
+        """``GET /gateway/bot``. ``retries`` overrides how often a network failure or a 5xx is
+        retried here (the supervisor passes 0: its own backoff paces the attempts)."""
         path = "/gateway/bot"
-        data = await self.request("GET", path)
+        data, _ = await self._request("GET", path, None, idempotent=True, retries=retries)
         try:
             url = data["url"]
             if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
@@ -357,9 +359,16 @@ class OpenAPIClient:
         return data
 
     async def _request(
-        self, method: str, path: str, body: Any, *, idempotent: bool
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        *,
+        idempotent: bool,
+        retries: int | None = None,
     ) -> tuple[Any, str | None]:
         url = self.base_url + path
+        max_transient = self._max_retries if retries is None else max(0, retries)
         rate_limited = 0
         transient = 0
         refreshed = False
@@ -379,7 +388,7 @@ class OpenAPIClient:
                     if isinstance(exc, TimeoutError)
                     else type(exc).__name__
                 )
-                if idempotent and transient < self._max_retries:
+                if idempotent and transient < max_transient:
                     transient += 1
                     await self._sleep(_backoff(transient))
                     continue
@@ -417,7 +426,7 @@ class OpenAPIClient:
                     trace_id=trace_id,
                     retry_after=wait,
                 )
-            if status >= 500 and idempotent and transient < self._max_retries:
+            if status >= 500 and idempotent and transient < max_transient:
                 transient += 1
                 await self._sleep(_backoff(transient))
                 continue

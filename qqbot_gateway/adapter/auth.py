@@ -176,6 +176,10 @@ class TokenManager:
             raise RuntimeError("TokenManager is closed")
         if rejected is not None and self._token is not None and self._token != rejected:
             return self._token
+        if rejected is not None and self._token == rejected:
+            # The server refused it: never hand it out again, even if this refresh fails
+            # (get() then fetches instead of identifying with a dead token).
+            self._expires_at = 0.0
         _log.info("refreshing the access token: %s", reason)
         return await self._fetch_shared(forced=True)
 

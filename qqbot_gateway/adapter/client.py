@@ -273,7 +273,8 @@ class QQBotClient:
     async def _gateway_url(self) -> str:
         if self.config.gateway_url is not None:
             return self.config.gateway_url
-        info = await self.api.get_gateway_bot()
+        # No inner retries: the supervisor's backoff paces attempts and reports each failure.
+        info = await self.api.get_gateway_bot(retries=0)
         return info.url
 
     async def close(self, drain_timeout: float = 5.0) -> None:
