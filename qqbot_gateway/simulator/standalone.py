@@ -57,10 +57,32 @@ async def run_standalone(
             loop.remove_signal_handler(sig)
 
 
+CONTROL_API_HELP = """\
+control API (on the simulator's port; bind it to 127.0.0.1, the default):
+  GET  /_sim/state            sessions, connections, counters, active faults
+  GET  /_sim/messages         messages the bot sent on the send endpoints
+  POST /_sim/events           {"count": N, "type": T, "data": {...}, "shard": S}: emit now
+  POST /_sim/events/pause     stop the background event generator (and /resume)
+  POST /_sim/reset            every fault off
+  POST /_sim/faults           {"fault": NAME, ...params}; NAME is one of
+      stop_acks | resume_acks | blackhole {current, new} | heal | close {code, reason}
+      reconnect (op 7) | invalid_session {resumable, close_code} | delay {seconds}
+      refuse {mode: "503"|"reset"} | accept | expire_tokens
+      token {mode: "500"|"error_200"|"malformed", delay, expires_in}
+      gateway {mode: "500"|"503"|"malformed", delay} | reject_resumes {count}
+      withhold_hello {on} | withhold_ready {on} | hello_interval {value}
+      clear_hello_interval | raw {kind, size} | event_rate {rate}
+      pause_events | resume_events | reset
+  example: curl -X POST localhost:8765/_sim/faults -d '{"fault": "blackhole"}'
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m qqbot_gateway.simulator",
         description="An embedded QQ Bot gateway (token, REST, WebSocket) with fault injection.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=CONTROL_API_HELP,
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port (0: ephemeral; default 8765)")
