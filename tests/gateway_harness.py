@@ -164,6 +164,17 @@ async def start_harness(
     await sim.start("127.0.0.1", 0)
     rec = Recorder()
     client = QQBotClient(client_config(sim, **client_overrides))
+    record_into(client, rec, handler)
+    await client.start()
+    return Harness(sim, client, rec)
+
+
+def record_into(
+    client: QQBotClient,
+    rec: Recorder,
+    handler: Callable[[GatewayEvent], Any] | None = None,
+) -> None:
+    """Record the client's lifecycle events and every delivered event (then run ``handler``)."""
     client.events.subscribe(rec.on_lifecycle)
 
     async def collect(event: GatewayEvent) -> None:
@@ -174,8 +185,6 @@ async def start_harness(
                 await result
 
     client.add_handler(collect)
-    await client.start()
-    return Harness(sim, client, rec)
 
 
 async def stop_harness(h: Harness) -> None:

@@ -28,37 +28,20 @@ PYTHON_DIRS = [
 ]
 
 
-def test_ruff_is_clean() -> None:
+def _assert_clean(*argv: str, timeout: float) -> None:
     result = subprocess.run(
-        [_tool("ruff"), "check", *PYTHON_DIRS],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        list(argv), cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_is_clean() -> None:
+    _assert_clean(_tool("ruff"), "check", *PYTHON_DIRS, timeout=120)
 
 
 def test_ruff_format_is_clean() -> None:
-    result = subprocess.run(
-        [_tool("ruff"), "format", "--check", *PYTHON_DIRS],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _assert_clean(_tool("ruff"), "format", "--check", *PYTHON_DIRS, timeout=120)
 
 
 def test_mypy_strict_is_clean() -> None:
-    result = subprocess.run(
-        [_tool("mypy"), "--strict", "qqbot_gateway"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _assert_clean(_tool("mypy"), "--strict", "qqbot_gateway", timeout=300)

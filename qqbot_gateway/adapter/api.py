@@ -24,10 +24,11 @@ import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import aiohttp
 
+from .auth import TokenSource
 from .errors import (
     APIConnectionError,
     APIError,
@@ -101,12 +102,6 @@ class ReplyTarget:
     target: str
     msg_id: str | None
     event_id: str | None
-
-
-class TokenProvider(Protocol):
-    async def get(self) -> str: ...
-
-    async def force_refresh(self, reason: str, rejected: str | None = None) -> str: ...
 
 
 class MessageSeqAllocator:
@@ -214,7 +209,7 @@ class OpenAPIClient:
         self,
         *,
         base_url: str,
-        tokens: TokenProvider,
+        tokens: TokenSource,
         http: aiohttp.ClientSession,
         app_id: str,
         timeout: float = 10.0,

@@ -25,14 +25,14 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
 from . import events as ev
 from .errors import AuthError, InvalidCredentialsError, TokenFetchError
 
-__all__ = ["TokenManager", "parse_expires_in", "refresh_margin"]
+__all__ = ["TokenManager", "TokenSource", "parse_expires_in", "refresh_margin"]
 
 _log = logging.getLogger("qqbot_gateway.auth")
 
@@ -41,6 +41,14 @@ INVALID_CREDENTIAL_CODES = frozenset({100016})
 
 #: Below this many seconds of remaining life, ``get()`` fetches before answering.
 _EXPIRY_SKEW = 5.0
+
+
+class TokenSource(Protocol):
+    """What the supervisor and the OpenAPI client need of a token manager."""
+
+    async def get(self) -> str: ...
+
+    async def force_refresh(self, reason: str, rejected: str | None = None) -> str: ...
 
 
 def parse_expires_in(value: object) -> float:

@@ -32,6 +32,7 @@ import aiohttp
 
 from . import events as ev
 from . import protocol as p
+from .auth import TokenSource
 from .connection import ConnectError, GatewayConnection, TransportConfig
 from .context import ShardContext, current_shard
 from .errors import InvalidCredentialsError
@@ -58,12 +59,6 @@ _ROUTINE_REASONS = frozenset(
 
 #: Pause before resuming after a backpressure close (once the handlers drained).
 _BACKPRESSURE_PAUSE = 0.05
-
-
-class TokenSource(Protocol):
-    async def get(self) -> str: ...
-
-    async def force_refresh(self, reason: str, rejected: str | None = None) -> str: ...
 
 
 class GatewayUrlSource(Protocol):

@@ -46,6 +46,7 @@ from ..gateway_harness import (
     Harness,
     Recorder,
     client_config,
+    record_into,
     sim_config,
     stop_harness,
 )
@@ -117,16 +118,7 @@ async def launch(
         rec = Recorder()
         client = QQBotClient(client_config(sim, **overrides))
         created = client
-        client.events.subscribe(rec.on_lifecycle)
-
-        async def collect(event: GatewayEvent) -> None:
-            rec.delivered.append(event)
-            if handler is not None:
-                result = handler(event)
-                if asyncio.iscoroutine(result):
-                    await result
-
-        client.add_handler(collect)
+        record_into(client, rec, handler)
         if setup is not None:
             setup(client)
         await client.start()
