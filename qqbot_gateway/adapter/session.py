@@ -44,7 +44,7 @@ then floored and capped in H), so a test at H = 1 s runs exactly the production 
   op 11 within a deadline derived from the measured ACK RTT the same way, floored and capped in
   H. While it waits, the session re-sends the heartbeat ``ack_probes`` times (evenly inside the
   deadline), so one ACK lost or delayed by the server does not cost a reconnect; any op 11
-  answers the round. ACK RTT is sampled only from rounds without a probe (Karn's rule).
+  answers the round, and its RTT is taken from the heartbeat that opened the round.
 * **Receive idle** (``idle_timeout``): no frame of any kind for ``idle_timeout_factor`` x H, the
   backstop when the layers above cannot judge (for instance a wedged heartbeat).
 * **Kernel**: the session answers Hello with a :class:`TuneSocket` carrying ``TCP_USER_TIMEOUT``
@@ -58,7 +58,7 @@ import enum
 import json
 import math
 import platform
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -345,6 +345,8 @@ class _Conn:
     ack_deadline_at: float | None = None
     probes_sent: int = 0
     ack_rtt: RttEstimator = field(default_factory=RttEstimator)
+    # send times of the op 1 frames not matched to an op 11 yet (the server answers in order)
+    acks_owed: deque[float] = field(default_factory=deque)
     # ping layer: payload -> (sent at, pong deadline in seconds), oldest first
     ping_state: PingState = PingState.OFF
     pings: dict[bytes, tuple[float, float]] = field(default_factory=dict)
@@ -756,14 +758,26 @@ class GatewaySession:
         return out
 
     def _on_ack(self, conn: _Conn, now: float) -> list[Action]:
-        out: list[Action] = []
-        if conn.ack_round_at is not None:
-            rtt = now - conn.ack_round_at
-            if conn.probes_sent == 0:
-                # Karn's rule: after a probe, which heartbeat this ACK answers is unknown.
-                conn.ack_rtt.sample(rtt)
-            out.append(Emit(ev.HeartbeatAcked(shard=self.shard_id, monotonic=now, rtt=rtt)))
+        # The server answers op 1 frames in order: this op 11 answers the oldest one owed. Its
+        # RTT is a sample even when a probe was sent (dropping those, as Karn's rule would, keeps
+        # the estimate below any RTT past the first probe: a slowly rising RTT would then end
+        # in a false verdict). An ACK owed by an earlier round (a probe's, arriving after the
+        # next heartbeat) is a sample but does not answer the round that is open now.
+        if conn.interval is None:
+            return []  # before Hello nothing was sent: an op 11 now answers nothing
+        owed = conn.acks_owed
+        while owed and owed[0] < now - conn.interval:
+            owed.popleft()  # more than H old: that ACK is not coming; do not match against it
+        sent_at = owed.popleft() if owed else None
+        if sent_at is not None:
+            conn.ack_rtt.sample(now - sent_at)
+        round_at = conn.ack_round_at
+        if round_at is None or (sent_at is not None and sent_at < round_at):
+            return []
         conn.unacked = 0
+        out: list[Action] = [
+            Emit(ev.HeartbeatAcked(shard=self.shard_id, monotonic=now, rtt=now - round_at))
+        ]
         conn.ack_round_at = conn.ack_deadline_at = None
         conn.probes_sent = 0
         return out
@@ -910,6 +924,7 @@ class GatewaySession:
     def _send_heartbeat(self, conn: _Conn, now: float) -> list[Action]:
         conn.unacked += 1
         conn.last_heartbeat_at = now
+        conn.acks_owed.append(now)
         d = self.seq if self.seq > 0 else None
         return [
             Send(p.frame(Op.HEARTBEAT, d)),
