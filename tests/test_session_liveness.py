@@ -144,7 +144,7 @@ def test_any_frame_after_the_ping_clears_the_verdict() -> None:
     assert [a for a in out if isinstance(a, SendPing)]
     # no pong, but an event arrives 0.25 H later: the link is alive
     s.receive(dispatch(2), t + 0.25)
-    t2, out = drive(s, t + 0.25, t + 0.25 + 0.05 * H + 0.29 * H, ack_rtt=None)
+    _t2, out = drive(s, t + 0.25, t + 0.25 + 0.05 * H + 0.29 * H, ack_rtt=None)
     assert not closes(out)
 
 
@@ -205,7 +205,7 @@ def test_ping_rtt_drifting_up_slowly_never_fakes_a_verdict() -> None:
     def rtt(t: float) -> float:
         return 0.002 + min(t, 200 * H - t if t > 200 * H else t) / (200 * H) * 0.6 * H
 
-    t, out = drive(s, 0.01, 380 * H, pong_rtt=rtt, ack_rtt=lambda t: 0.01)
+    _t, out = drive(s, 0.01, 380 * H, pong_rtt=rtt, ack_rtt=lambda t: 0.01)
     assert not closes(out)
     states = [c.state for c in events(out, ev.PingLayerChanged)]
     assert states == ["armed", "suspended", "armed"]
@@ -241,7 +241,7 @@ def test_ack_rtt_drifting_up_slowly_stretches_the_deadline_without_a_false_verdi
     def ack(t: float) -> float:
         return 0.01 + min(t / (300 * H), 1.0) * 0.7 * H  # up to 0.71 H: beyond the floor
 
-    t, out = drive(s, 0.01, 320 * H, ack_rtt=ack)
+    _t, out = drive(s, 0.01, 320 * H, ack_rtt=ack)
     assert not closes(out)
     rtt = s.ack_rtt
     assert rtt is not None and rtt.srtt is not None and rtt.srtt > 0.6 * H
