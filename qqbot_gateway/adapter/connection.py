@@ -300,6 +300,8 @@ class GatewayConnection:
         """Run the actions that need no awaiting; sends are scheduled."""
         for action in actions:
             if isinstance(action, Emit):
+                if isinstance(action.event, ev.PingLayerChanged):
+                    self._log_ping_layer(action.event)
                 self._bus.emit(action.event)
             elif isinstance(action, Deliver):
                 self._deliver(action.event)
@@ -312,6 +314,20 @@ class GatewayConnection:
                 # Only reached from synchronous paths (connect/close requests), which never
                 # produce sends; kept for completeness.
                 asyncio.ensure_future(self._send(action))  # noqa: RUF006
+
+    def _log_ping_layer(self, event: ev.PingLayerChanged) -> None:
+        # Once per connection at most: a server that ignores pings is worth one WARNING (the
+        # layer is off for the connection), an RTT too high for the interval an INFO.
+        level = {"disabled": logging.WARNING, "suspended": logging.INFO}.get(
+            event.state, logging.DEBUG
+        )
+        _log.log(
+            level,
+            "shard %d: WebSocket ping layer %s: %s",
+            self._session.shard_id,
+            event.state,
+            event.detail,
+        )
 
     async def _send(self, action: Send) -> None:
         ws = self._ws

@@ -151,6 +151,11 @@ class _Shard:
     queue_depth: Gauge
     queue_capacity: Gauge
     handler_duration: Histogram
+    probes: Counter
+    pings: Counter
+    ping_rtt: Histogram
+    ping_armed: Gauge
+    ping_disabled: Counter
     last_frame_at: float | None = None
     last_ack_at: float | None = None
     resume_pending: bool = False
@@ -213,6 +218,39 @@ class GatewayMetrics:
             "Time from a heartbeat to its ACK.",
             shard,
             buckets=HEARTBEAT_RTT_BUCKETS,
+            registry=r,
+        )
+        self.heartbeat_probes = Counter(
+            f"{n}_heartbeat_probes_total",
+            "Extra heartbeats sent while one waited for its ACK (a late or lost ACK).",
+            shard,
+            registry=r,
+        )
+        self.ws_pings_sent = Counter(
+            f"{n}_ws_pings_sent_total",
+            "WebSocket pings sent (only when the link was quiet).",
+            shard,
+            registry=r,
+        )
+        self.ws_ping_rtt = Histogram(
+            f"{n}_ws_ping_rtt_seconds",
+            "Time from a WebSocket ping to its pong.",
+            shard,
+            buckets=HEARTBEAT_RTT_BUCKETS,
+            registry=r,
+        )
+        self.ws_ping_armed = Gauge(
+            f"{n}_ws_ping_armed",
+            "1 while the WebSocket ping layer judges the current connection (the server "
+            "answers pings), 0 otherwise (off, calibrating, suspended, disabled, no connection).",
+            shard,
+            registry=r,
+        )
+        self.ws_ping_disabled = Counter(
+            f"{n}_ws_ping_disabled_total",
+            "Connections on which the ping layer turned itself off: pings went unanswered "
+            "while the link was alive.",
+            shard,
             registry=r,
         )
         self.reconnects = Counter(
@@ -331,6 +369,9 @@ class GatewayMetrics:
             ev.SessionResumed: self._on_resumed,  # type: ignore[dict-item]
             ev.SessionReady: self._on_ready,  # type: ignore[dict-item]
             ev.ZombieDetected: self._on_zombie,  # type: ignore[dict-item]
+            ev.PingSent: self._on_ping_sent,  # type: ignore[dict-item]
+            ev.PongReceived: self._on_pong,  # type: ignore[dict-item]
+            ev.PingLayerChanged: self._on_ping_layer,  # type: ignore[dict-item]
             ev.Disconnected: self._on_disconnected,  # type: ignore[dict-item]
             ev.ShardFatal: self._on_fatal,  # type: ignore[dict-item]
         }
@@ -378,6 +419,11 @@ class GatewayMetrics:
             queue_depth=self.handler_queue_depth.labels(s),
             queue_capacity=self.handler_queue_capacity.labels(s),
             handler_duration=self.handler_duration.labels(s),
+            probes=self.heartbeat_probes.labels(s),
+            pings=self.ws_pings_sent.labels(s),
+            ping_rtt=self.ws_ping_rtt.labels(s),
+            ping_armed=self.ws_ping_armed.labels(s),
+            ping_disabled=self.ws_ping_disabled.labels(s),
             state=state,
         )
         entry.threshold.set(ack_miss_limit)
@@ -432,6 +478,19 @@ class GatewayMetrics:
     def _on_heartbeat_sent(self, s: _Shard, e: ev.HeartbeatSent) -> None:
         s.hb_sent.inc()
         s.unacked.set(e.unacked)
+        if e.unacked > 1:
+            s.probes.inc()
+
+    def _on_ping_sent(self, s: _Shard, e: ev.PingSent) -> None:
+        s.pings.inc()
+
+    def _on_pong(self, s: _Shard, e: ev.PongReceived) -> None:
+        s.ping_rtt.observe(e.rtt)
+
+    def _on_ping_layer(self, s: _Shard, e: ev.PingLayerChanged) -> None:
+        s.ping_armed.set(1 if e.state == "armed" else 0)
+        if e.state == "disabled":
+            s.ping_disabled.inc()
 
     def _on_heartbeat_acked(self, s: _Shard, e: ev.HeartbeatAcked) -> None:
         s.hb_acks.inc()
@@ -494,6 +553,7 @@ class GatewayMetrics:
         s.reconnects[reason_label(e.reason)].inc()
         s.disconnected_since_attempt = True
         s.unacked.set(0)
+        s.ping_armed.set(0)
         if s.resume_pending:
             s.resume_pending = False
             s.resumes["failed"].inc()
