@@ -100,23 +100,27 @@ def drive(
 # --- the ping layer ---------------------------------------------------------------------------
 
 
-def test_ping_only_when_quiet_then_arms_on_the_first_pong() -> None:
-    s = live()
+def test_calibration_ping_then_armed_pings_only_when_quiet() -> None:
+    s = live()  # Hello at 0.0, READY at 0.01
     assert s.ping_state is PingState.CALIBRATING
-    # READY at 0.01 was the last frame: the first ping is due 0.05 H later
-    assert s.next_deadline() == pytest.approx(0.06)
-    s.receive(dispatch(2), 0.05)  # a frame pushes the probe back
-    assert s.next_deadline() == pytest.approx(0.10)
-    out = s.tick(0.10)
-    (ping,) = [a for a in out if isinstance(a, SendPing)]
-    # calibrating: one ping at a time, no verdict
-    assert s.next_deadline() == pytest.approx(H)  # only the heartbeat is left
-    out = s.receive_pong(ping.payload, 0.102)
+    # The calibration ping goes out 0.05 H after Hello even on a busy link
+    s.receive(dispatch(2), 0.04)
+    assert s.next_deadline() == pytest.approx(0.05)
+    (ping,) = [a for a in s.tick(0.05) if isinstance(a, SendPing)]
+    # calibrating: one ping at a time, no verdict: only the heartbeat is left
+    assert s.next_deadline() == pytest.approx(H)
+    out = s.receive_pong(ping.payload, 0.052)
     (pong,) = events(out, ev.PongReceived)
     assert pong.rtt == pytest.approx(0.002)
     assert pong.deadline == pytest.approx(0.3 * H)  # RTO 0.01 s is below the floor
     (changed,) = events(out, ev.PingLayerChanged)
     assert changed.state == "armed" and s.ping_state is PingState.ARMED
+    # armed: probe only after 0.05 H without a frame; every frame pushes the probe back
+    assert s.next_deadline() == pytest.approx(0.102)
+    s.receive(dispatch(3), 0.09)
+    assert s.next_deadline() == pytest.approx(0.14)
+    assert [a for a in s.tick(0.14) if isinstance(a, SendPing)]
+    assert s.next_deadline() == pytest.approx(0.19)  # the next probe, 0.05 H later
 
 
 def test_armed_layer_declares_a_silent_link_dead_within_half_an_interval() -> None:

@@ -12,8 +12,8 @@ implementation:
 * heartbeats (op 1) only after Hello, the first one interval after Hello, then never closer
   together than the interval clamped into ``[min_heartbeat_interval, max_heartbeat_interval]``,
   except ACK probes: at most ``ack_probes`` per unanswered heartbeat, inside its ACK deadline;
-* WebSocket pings only after Hello, and only after ``ping_quiet`` x interval without a frame or
-  a ping (the driver never answers them here, so the ping layer never arms: it must never judge);
+* WebSocket pings only after Hello, never more often than every ``ping_quiet`` x interval (the
+  driver never answers them here, so the ping layer never arms: it must never judge);
 * a zombie is always ended within the documented bound: no frame for the idle deadline, or
   a heartbeat unanswered past its ACK deadline (at most ``ack_timeout_max`` x interval),
   produces a ``Close`` with a reason in ``ZOMBIE_REASONS`` (and a ``ZombieDetected``), and
@@ -523,10 +523,12 @@ class Driver:
             if isinstance(action, SendPing | TuneSocket):
                 assert conn.hello_at is not None and conn.interval is not None, "before Hello"
             if isinstance(action, SendPing):
+                # No pong ever comes here, so the layer stays calibrating: one ping at a
+                # time, never more often than every ping_quiet x interval.
                 quiet = self.lv.ping_quiet * conn.interval  # type: ignore[operator]
-                ref = max(conn.last_frame_at, conn.last_ping_at or -math.inf)
+                ref = conn.last_ping_at if conn.last_ping_at is not None else conn.hello_at
                 assert self.lv.ws_ping, "a ping with the ping layer off"
-                assert self.now - ref >= quiet - EPS, "a ping on a link that was not quiet"
+                assert ref is not None and self.now - ref >= quiet - EPS, "pings too often"
                 conn.last_ping_at = self.now
             if conn.closed is not None:
                 assert not isinstance(action, Send | SendPing | Deliver | Close), (

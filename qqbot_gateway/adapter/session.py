@@ -35,7 +35,8 @@ then floored and capped in H), so a test at H = 1 s runs exactly the production 
   expected within a deadline computed like TCP's retransmission timeout (RFC 6298: smoothed RTT
   + 4 x RTT variance), floored and capped in H. The link is dead when no frame of any kind
   arrived within that deadline of the first ping sent into the silence. The layer calibrates
-  itself: it judges nothing until a first pong proves the server answers pings (``armed``); if
+  itself: it judges nothing until a first pong proves the server answers pings (``armed``; the
+  calibration ping goes out ``ping_quiet`` x H after Hello even on a busy link); if
   pings go unanswered while other frames prove the link alive, it turns itself off for the
   connection (``disabled``, one ``PingLayerChanged``), so a server that ignores pings cannot
   cause a reconnect; while the smoothed RTT is too high for H it stands by (``suspended``)
@@ -942,16 +943,26 @@ class GatewaySession:
         return conn.ack_round_at + span * (conn.probes_sent + 1) / (probes + 1)
 
     def _next_ping_at(self, conn: _Conn) -> float | None:
-        """When the next ping is due: after ``ping_quiet`` x H without a frame or a ping."""
+        """When the next ping is due: after ``ping_quiet`` x H without a frame or a ping.
+
+        Calibrating, one ping at a time, ``ping_quiet`` x H after Hello (or after the previous
+        one was given up) whatever the traffic: a busy link is never quiet, and the layer must
+        be armed before the link goes silent.
+        """
         state = conn.ping_state
         if state in (PingState.OFF, PingState.DISABLED) or conn.interval is None:
             return None
-        if state is PingState.CALIBRATING and conn.pings:
-            return None  # one ping at a time until the server has shown it answers
+        quiet = self.liveness.ping_quiet * conn.interval
+        if state is PingState.CALIBRATING:
+            if conn.pings:
+                return None
+            start = conn.last_ping_at if conn.last_ping_at is not None else conn.hello_at
+            assert start is not None
+            return start + quiet
         ref = conn.last_frame_at
         if conn.last_ping_at is not None and conn.last_ping_at > ref:
             ref = conn.last_ping_at
-        return ref + self.liveness.ping_quiet * conn.interval
+        return ref + quiet
 
     def _ping_verdict(self, conn: _Conn) -> tuple[float, float, float] | None:
         """(verdict time, sent at, deadline) of the first ping sent into the current silence,
