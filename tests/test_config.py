@@ -267,6 +267,15 @@ def test_setting_names_match_the_contract() -> None:
         "QQBOT_WS_PING_INTERVAL",
         "QQBOT_HANDLER_QUEUE_SIZE",
         "QQBOT_DRAIN_TIMEOUT",
+        "QQBOT_TRANSPORT",
+        "QQBOT_WEBHOOK_ADDR",
+        "QQBOT_WEBHOOK_PATH",
+        "QQBOT_WEBHOOK_TLS_CERT",
+        "QQBOT_WEBHOOK_TLS_KEY",
+        "QQBOT_WEBHOOK_REPLAY_WINDOW",
+        "QQBOT_WEBHOOK_MAX_BODY",
+        "QQBOT_WEBHOOK_REQUIRE_VALIDATION",
+        "QQBOT_WEBHOOK_SILENCE",
     }
 
 

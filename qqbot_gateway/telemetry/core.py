@@ -122,11 +122,22 @@ class Telemetry:
         self.health.transport = cfg.transport
         self.health.request_timeout = cfg.request_timeout
         self.health.status_provider = client.shard_status
+        mode = getattr(cfg, "mode", "websocket")
+        if mode == "webhook":
+            webhook_cfg = getattr(cfg, "webhook", None)
+            self.health.webhook_status = lambda: (
+                client.webhook.status() if client.webhook is not None else None
+            )
+            self.health.webhook_silence = getattr(webhook_cfg, "silence", None)
+            self.health.webhook_require_validation = bool(
+                getattr(webhook_cfg, "require_validation", False)
+            )
         for shard in cfg.shards:
             self.metrics.register_shard(
                 shard,
                 ack_miss_limit=cfg.liveness.ack_miss_limit,
                 queue_capacity=cfg.handler_queue_size,
+                transport=mode,
             )
             self.health.add_shard(shard)
         subscribers: list[Callable[[ev.LifecycleEvent], None]] = []
