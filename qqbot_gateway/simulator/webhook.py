@@ -213,10 +213,12 @@ class WebhookDeliverer:
         body = json.dumps(payload, ensure_ascii=False).encode()
         self.stats.deliveries += 1
         f = self.faults
+        # Forged and stale copies carry ids of their own: were one ever accepted, a handler
+        # would see an event that was never genuinely delivered.
         if f.bad_signature and self._rng.random() < f.bad_signature:
-            await self._forged(body)
+            await self._forged(_variant(payload, "forged"))
         if f.stale_timestamp and self._rng.random() < f.stale_timestamp:
-            await self._stale(body)
+            await self._stale(_variant(payload, "stale"))
         if f.duplicate_storm and self._rng.random() < f.duplicate_storm:
             self.stats.storms += 1
             results = await asyncio.gather(
@@ -299,6 +301,11 @@ class WebhookDeliverer:
             self.stats.replays_acked += 1
 
 
+def _variant(payload: dict[str, Any], what: str) -> bytes:
+    copy = dict(payload, id=f"{payload.get('id')}#{what}")
+    return json.dumps(copy, ensure_ascii=False).encode()
+
+
 def _is_ack(data: bytes) -> bool:
     try:
         return bool(json.loads(data) == _ACK)
@@ -336,7 +343,7 @@ class ChaosProxy:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = web.Application(client_max_size=8 << 20)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -348,23 +355,27 @@ class ChaosProxy:
         self.url = f"http://{host}:{bound}/{path}"
 
     async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()  # waits (bounded) for requests still in flight
         if self._http is not None:
             await self._http.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _forward(self, request: web.Request, body: bytes) -> tuple[int, bytes]:
-        assert self._http is not None
+        if self._http is None or self._http.closed:
+            return 502, b"proxy stopped"
         headers = {
             k: v
             for k, v in request.headers.items()
             if k.lower() not in ("host", "content-length", "transfer-encoding", "connection")
         }
-        async with self._http.request(
-            request.method, self.target, data=body, headers=headers
-        ) as response:
-            self.counts["forwarded"] += 1
-            return response.status, await response.read()
+        try:
+            async with self._http.request(
+                request.method, self.target, data=body, headers=headers
+            ) as response:
+                self.counts["forwarded"] += 1
+                return response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError, RuntimeError):
+            return 502, b"receiver unreachable"
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
