@@ -20,6 +20,8 @@ The names are a public contract (Kubernetes manifests and operators' scripts use
     QQBOT_WS_PING_INTERVAL       WebSocket ping interval in seconds, 0 disables (30)
     QQBOT_HANDLER_QUEUE_SIZE     bounded handler queue per shard              (1000)
     QQBOT_DRAIN_TIMEOUT          seconds handlers get to finish at shutdown   (10)
+    QQBOT_TRACE_SAMPLE_RATIO     share of events traced, 0..1, when an exporter is set (0.1)
+    QQBOT_TRACE_SLOW_HANDLER     seconds after which a handler is always traced (1)
 
 In the TOML file the keys are the lowercase names without the prefix (``app_id``,
 ``shard_count``, ``client_secret_file``, ...); an unknown key is an error. Environment
@@ -86,6 +88,8 @@ SETTING_NAMES: Final[tuple[str, ...]] = (
     "ws_ping_interval",
     "handler_queue_size",
     "drain_timeout",
+    "trace_sample_ratio",
+    "trace_slow_handler",
 )
 
 #: ``QQBOT_*`` variables that belong to other tools (the simulator, the test suite) or name the
@@ -138,6 +142,10 @@ class Settings:
     ws_ping_interval: float | None = 30.0
     handler_queue_size: int = 1000
     drain_timeout: float = 10.0
+    #: Tracing (only with an exporter, ``OTEL_*``): share of events traced, and the handler
+    #: duration past which an event is traced anyway (failures and replays always are).
+    trace_sample_ratio: float = 0.1
+    trace_slow_handler: float = 1.0
     #: Where each value came from, for messages: setting key -> "QQBOT_X" or "key (in file)".
     sources: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
@@ -188,6 +196,8 @@ class Settings:
             loop_lag_threshold=self.loop_lag_threshold,
             http_host=host,
             http_port=port,
+            trace_sample_ratio=self.trace_sample_ratio,
+            trace_slow_handler=self.trace_slow_handler,
         )
 
 
@@ -253,6 +263,13 @@ def _non_negative_seconds(raw: Any) -> float:
     value = _number(raw, "a number of seconds >= 0")
     if value < 0:
         raise ValueError(f"expected a number of seconds >= 0, got {_show(raw)}")
+    return value
+
+
+def _ratio(raw: Any) -> float:
+    value = _number(raw, "a number from 0 to 1")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"expected a number from 0 to 1, got {_show(raw)}")
     return value
 
 
@@ -378,6 +395,8 @@ _PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "ws_ping_interval": _seconds_or_zero,
     "handler_queue_size": _positive_int,
     "drain_timeout": _non_negative_seconds,
+    "trace_sample_ratio": _ratio,
+    "trace_slow_handler": _positive_seconds,
 }
 
 
@@ -526,6 +545,8 @@ def load_settings(
         ws_ping_interval=values["ws_ping_interval"] if "ws_ping_interval" in values else 30.0,
         handler_queue_size=values.get("handler_queue_size", 1000),
         drain_timeout=values.get("drain_timeout", 10.0),
+        trace_sample_ratio=values.get("trace_sample_ratio", 0.1),
+        trace_slow_handler=values.get("trace_slow_handler", 1.0),
         sources=tuple((key, name) for key, (_, name) in sorted(raw.items())),
     )
 
