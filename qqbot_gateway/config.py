@@ -29,6 +29,8 @@ The names are a public contract (Kubernetes manifests and operators' scripts use
     QQBOT_WEBHOOK_MAX_BODY       largest accepted callback body in bytes      (1048576)
     QQBOT_WEBHOOK_REQUIRE_VALIDATION  true: /readyz waits for the platform's op 13 (false)
     QQBOT_WEBHOOK_SILENCE        seconds without a valid callback before /readyz fails (0: off)
+    QQBOT_TRACE_SAMPLE_RATIO     share of events traced, 0..1, when an exporter is set (0.1)
+    QQBOT_TRACE_SLOW_HANDLER     seconds after which a handler is always traced (1)
 
 In the TOML file the keys are the lowercase names without the prefix (``app_id``,
 ``shard_count``, ``client_secret_file``, ...); an unknown key is an error. Environment
@@ -104,6 +106,8 @@ SETTING_NAMES: Final[tuple[str, ...]] = (
     "webhook_max_body",
     "webhook_require_validation",
     "webhook_silence",
+    "trace_sample_ratio",
+    "trace_slow_handler",
 )
 
 #: ``QQBOT_*`` variables that belong to other tools (the simulator, the test suite) or name the
@@ -170,6 +174,10 @@ class Settings:
     webhook_max_body: int = 1 << 20
     webhook_require_validation: bool = False
     webhook_silence: float | None = None
+    #: Tracing (only with an exporter, ``OTEL_*``): share of events traced, and the handler
+    #: duration past which an event is traced anyway (failures and replays always are).
+    trace_sample_ratio: float = 0.1
+    trace_slow_handler: float = 1.0
     #: Where each value came from, for messages: setting key -> "QQBOT_X" or "key (in file)".
     sources: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
@@ -233,6 +241,8 @@ class Settings:
             loop_lag_threshold=self.loop_lag_threshold,
             http_host=host,
             http_port=port,
+            trace_sample_ratio=self.trace_sample_ratio,
+            trace_slow_handler=self.trace_slow_handler,
         )
 
 
@@ -298,6 +308,13 @@ def _non_negative_seconds(raw: Any) -> float:
     value = _number(raw, "a number of seconds >= 0")
     if value < 0:
         raise ValueError(f"expected a number of seconds >= 0, got {_show(raw)}")
+    return value
+
+
+def _ratio(raw: Any) -> float:
+    value = _number(raw, "a number from 0 to 1")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"expected a number from 0 to 1, got {_show(raw)}")
     return value
 
 
@@ -481,6 +498,8 @@ _PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "webhook_max_body": _body_limit,
     "webhook_require_validation": _bool,
     "webhook_silence": _silence,
+    "trace_sample_ratio": _ratio,
+    "trace_slow_handler": _positive_seconds,
 }
 
 
@@ -643,6 +662,8 @@ def load_settings(
         webhook_max_body=values.get("webhook_max_body", 1 << 20),
         webhook_require_validation=values.get("webhook_require_validation", False),
         webhook_silence=values.get("webhook_silence"),
+        trace_sample_ratio=values.get("trace_sample_ratio", 0.1),
+        trace_slow_handler=values.get("trace_slow_handler", 1.0),
         sources=tuple((key, name) for key, (_, name) in sorted(raw.items())),
     )
 
