@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-port", type=int, default=0, help="side server port on 127.0.0.1 (default: any)"
     )
     demo.add_argument("--log-level", default="WARNING", help="default WARNING")
+    demo.add_argument(
+        "--transport",
+        choices=("websocket", "webhook"),
+        default="websocket",
+        help="websocket (default: silent deaths of the gateway session) or webhook (signed "
+        "callbacks through a chaos proxy: forged, stale, replayed, failing, slow)",
+    )
 
     sim = sub.add_parser("simulate", help="run the embedded QQ gateway simulator alone")
     sim.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -461,6 +468,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if fmt not in ("auto", "json", "console"):
         raise ConfigError(f"QQBOT_LOG_FORMAT: expected auto, json or console, got {fmt!r}")
     configure_logging(cast(Format, fmt), level, stream=demo.log_stream())
+    if args.transport == "webhook":
+        return _webhook_demo(args)
     opts = demo.DemoOptions(
         duration=args.duration,
         interval=args.interval,
@@ -474,6 +483,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     except ValueError as exc:
         raise ConfigError(f"demo: {exc}") from None
+    except OSError as exc:
+        raise CommandError(f"demo: {exc.strerror or exc}") from None
+
+
+def _webhook_demo(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("cryptography") is None:
+        raise ConfigError(
+            "--transport webhook: needs the 'cryptography' package: "
+            "pip install 'qqbot-gateway[webhook]'"
+        )
+    from qqbot_gateway import webhook_demo
+
+    duration = args.duration
+    if duration < webhook_demo.MIN_DURATION:
+        raise ConfigError(
+            f"--duration: at least {webhook_demo.MIN_DURATION:g}s for the webhook demo"
+        )
+    try:
+        return asyncio.run(
+            webhook_demo.run_webhook_demo(
+                duration=duration,
+                event_rate=max(args.event_rate, 10.0),
+                http_port=args.http_port,
+                out=sys.stdout,
+            )
+        )
     except OSError as exc:
         raise CommandError(f"demo: {exc.strerror or exc}") from None
 
