@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--event-rate", type=float, default=1.0, help="events/s per session")
     sim.add_argument("--shards", type=int, default=1, help="recommended shard count")
     sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="also play the platform's webhook side: validate URL (op 13), then post signed "
+        "callbacks to it at --event-rate, retrying unacknowledged ones (for a `run` with "
+        "QQBOT_TRANSPORT=webhook)",
+    )
     sim.add_argument("--log-level", default="INFO")
 
     check = sub.add_parser(
@@ -554,6 +561,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             "Press Ctrl+C to stop.",
         ]
         print("\n".join(lines), flush=True)
+        if args.webhook_url:
+            print(f"Posting webhooks to {args.webhook_url}", flush=True)
+            asyncio.get_running_loop().create_task(
+                _post_webhooks(args.webhook_url, config, max(args.event_rate, 0.1)),
+                name="simulator webhook deliveries",
+            )
 
     try:
         asyncio.run(run_standalone(config, args.host, args.port, ready_callback=announce))
@@ -565,6 +578,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 # --- check --------------------------------------------------------------------------------
+
+
+async def _post_webhooks(url: str, config: Any, rate: float) -> None:
+    """The platform's side for ``simulate --webhook-url``: runs until the simulator stops."""
+    from qqbot_gateway.simulator.webhook import WebhookDeliverer
+
+    log = logging.getLogger("qqbot_gateway.simulator.webhook")
+    async with WebhookDeliverer(url, secret=config.client_secret, app_id=config.app_id) as hook:
+        while not await hook.validate():
+            log.warning("webhook validation of %s failed; retrying in 2s", url)
+            await asyncio.sleep(2.0)
+        log.info("webhook URL %s validated (op 13)", url)
+        pending: set[asyncio.Task[bool]] = set()
+        while True:
+            task = asyncio.create_task(hook.deliver(hook.make_event()))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            await asyncio.sleep(1.0 / rate)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
