@@ -613,6 +613,35 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _check_webhook(settings: Settings) -> int:
+    """``check`` with the webhook transport: there is no session to open; the platform calls us.
+    Say what the receiver will do and prove the signing key works (a round trip)."""
+    from qqbot_gateway.adapter.webhook import WebhookKey
+
+    _app_id, secret = settings.require_credentials()
+    if importlib.util.find_spec("cryptography") is None:
+        raise CommandError(
+            "webhook: the 'cryptography' package is missing: pip install 'qqbot-gateway[webhook]'",
+            EXIT_CONFIG,
+        )
+    key = WebhookKey(secret.get())
+    body = b'{"op":0,"d":{},"t":"CHECK"}'
+    if not key.verify(bytes.fromhex(key.sign_hex("0", body)), b"0" + body):
+        raise CommandError("webhook: the Ed25519 key derived from the secret does not verify")
+    host, port = settings.webhook_addr
+    scheme = "https" if settings.webhook_tls_cert else "http"
+    _say("transport:      webhook (no WebSocket session is opened)")
+    _say(f"receiver:       {scheme}://{host}:{port}{settings.webhook_path}")
+    _say("signing key:    derived from the secret, sign/verify round trip ok")
+    if port not in (80, 443, 8080, 8443) and scheme == "https":
+        _say(f"note:           QQ accepts callback URLs on ports 80, 443, 8080, 8443 only ({port})")
+    _say(
+        "next:           enter https://<public host>"
+        f"{settings.webhook_path} as the callback URL on the QQ open platform"
+    )
+    return EXIT_OK
+
+
 async def _check(settings: Settings, timeout: float) -> int:
     import aiohttp
 
@@ -646,6 +675,8 @@ async def _check(settings: Settings, timeout: float) -> int:
         try:
             lifetime = tokens.expires_in or 0.0
             _say(f"access token:   ok (expires in {lifetime:.0f}s)")
+            if cfg.mode == "webhook":
+                return _check_webhook(settings)
             api = OpenAPIClient(
                 base_url=settings.api_base,
                 tokens=tokens,

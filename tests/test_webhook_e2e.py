@@ -240,3 +240,32 @@ async def test_run_print_events_prints_webhook_events_like_gateway_events() -> N
 def test_webhook_needs_no_shards(transport: str) -> None:
     with pytest.raises(ValueError, match="no shards"):
         ClientConfig(app_id="1", client_secret=Secret("x"), mode=transport, shard_count=2)
+
+
+async def test_check_with_the_webhook_transport_opens_no_session() -> None:
+    secret = "check-secret"
+    async with Simulator(SimulatorConfig(client_secret=secret)) as sim:
+        env = bot_env(
+            sim.base_url,
+            free_port(),
+            QQBOT_CLIENT_SECRET=secret,
+            QQBOT_APP_ID=sim.config.app_id,
+            QQBOT_TRANSPORT="webhook",
+            QQBOT_WEBHOOK_PATH="/qq",
+        )
+        proc = await asyncio.create_subprocess_exec(
+            *CLI,
+            "check",
+            env=env,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+        assert sim.connections == []
+    text = out.decode()
+    assert proc.returncode == 0, text + err.decode()
+    assert "transport:      webhook" in text
+    assert "receiver:       http://0.0.0.0:8443/qq" in text
+    assert "round trip ok" in text and secret not in text
