@@ -20,6 +20,7 @@ The names are a public contract (Kubernetes manifests and operators' scripts use
     QQBOT_WS_PING_INTERVAL       WebSocket ping interval in seconds, 0 disables (30)
     QQBOT_HANDLER_QUEUE_SIZE     bounded handler queue per shard              (1000)
     QQBOT_DRAIN_TIMEOUT          seconds handlers get to finish at shutdown   (10)
+    QQBOT_STATUS_PAGE            on | off: the status page on the side server (default on)
 
 In the TOML file the keys are the lowercase names without the prefix (``app_id``,
 ``shard_count``, ``client_secret_file``, ...); an unknown key is an error. Environment
@@ -86,6 +87,7 @@ SETTING_NAMES: Final[tuple[str, ...]] = (
     "ws_ping_interval",
     "handler_queue_size",
     "drain_timeout",
+    "status_page",
 )
 
 #: ``QQBOT_*`` variables that belong to other tools (the simulator, the test suite) or name the
@@ -138,6 +140,8 @@ class Settings:
     ws_ping_interval: float | None = 30.0
     handler_queue_size: int = 1000
     drain_timeout: float = 10.0
+    #: The status page (``/``, ``/status``, ``/status.json``) on the side server.
+    status_page: bool = True
     #: Where each value came from, for messages: setting key -> "QQBOT_X" or "key (in file)".
     sources: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
@@ -188,6 +192,7 @@ class Settings:
             loop_lag_threshold=self.loop_lag_threshold,
             http_host=host,
             http_port=port,
+            status_page=self.status_page,
         )
 
 
@@ -247,6 +252,17 @@ def _seconds_or_zero(raw: Any) -> float | None:
     if value < 0:
         raise ValueError(f"expected a number of seconds (0 disables), got {_show(raw)}")
     return None if value == 0 else value
+
+
+def _on_off(raw: Any) -> bool:
+    if isinstance(raw, bool):  # a TOML true / false
+        return raw
+    text = _text(raw).lower()
+    if text in ("on", "true", "1", "yes"):
+        return True
+    if text in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"expected on or off, got {_show(raw)}")
 
 
 def _non_negative_seconds(raw: Any) -> float:
@@ -378,6 +394,7 @@ _PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "ws_ping_interval": _seconds_or_zero,
     "handler_queue_size": _positive_int,
     "drain_timeout": _non_negative_seconds,
+    "status_page": _on_off,
 }
 
 
@@ -526,6 +543,7 @@ def load_settings(
         ws_ping_interval=values["ws_ping_interval"] if "ws_ping_interval" in values else 30.0,
         handler_queue_size=values.get("handler_queue_size", 1000),
         drain_timeout=values.get("drain_timeout", 10.0),
+        status_page=values.get("status_page", True),
         sources=tuple((key, name) for key, (_, name) in sorted(raw.items())),
     )
 

@@ -68,6 +68,7 @@ def test_every_variable() -> None:
             "QQBOT_WS_PING_INTERVAL": "0",
             "QQBOT_HANDLER_QUEUE_SIZE": "50",
             "QQBOT_DRAIN_TIMEOUT": "0",
+            "QQBOT_STATUS_PAGE": "off",
         }
     )
     assert s.intents == int(Intents.GUILDS | Intents.DIRECT_MESSAGE)
@@ -81,6 +82,7 @@ def test_every_variable() -> None:
     assert s.ws_ping_interval is None
     assert s.handler_queue_size == 50
     assert s.drain_timeout == 0.0
+    assert s.status_page is False and s.telemetry_config().status_page is False
 
 
 def test_client_and_telemetry_config() -> None:
@@ -157,6 +159,7 @@ def test_secret_from_file(tmp_path: Path) -> None:
         ({"QQBOT_HANDLER_QUEUE_SIZE": "1.5"}, "QQBOT_HANDLER_QUEUE_SIZE: expected a positive"),
         ({"QQBOT_DRAIN_TIMEOUT": "soon"}, "QQBOT_DRAIN_TIMEOUT: expected a number of seconds"),
         ({"QQBOT_CLIENT_SECRET_FILE": "/nonexistent/s"}, "QQBOT_CLIENT_SECRET_FILE: file not"),
+        ({"QQBOT_STATUS_PAGE": "maybe"}, "QQBOT_STATUS_PAGE: expected on or off, got 'maybe'"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], expected: str) -> None:
@@ -267,6 +270,7 @@ def test_setting_names_match_the_contract() -> None:
         "QQBOT_WS_PING_INTERVAL",
         "QQBOT_HANDLER_QUEUE_SIZE",
         "QQBOT_DRAIN_TIMEOUT",
+        "QQBOT_STATUS_PAGE",
     }
 
 

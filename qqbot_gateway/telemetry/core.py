@@ -30,11 +30,13 @@ from qqbot_gateway.adapter import events as ev
 from ._client import ClientLike
 from ._clock import Clock
 from .health import HealthConfig, HealthEvaluator, HealthReport
+from .history import StatusHistory
 from .logs import LifecycleLogger, add_secrets, redactor
 from .looplag import DEFAULT_PERIOD, LoopLagMonitor
 from .metrics import GatewayMetrics, Verdict
 from .otel import Tracing, exporters_from_env
 from .server import SideServer
+from .status import StatusPage
 
 __all__ = ["Telemetry", "TelemetryConfig"]
 
@@ -61,6 +63,8 @@ class TelemetryConfig:
     stall_margin: float = 10.0
     #: Bound on ``stop()``: server shutdown and span flush each get at most this long.
     stop_timeout: float = 5.0
+    #: Serve the status page (``/``, ``/status``, ``/status.json``) on the side server.
+    status_page: bool = True
 
     def __post_init__(self) -> None:
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
@@ -102,6 +106,8 @@ class Telemetry:
             verdict=self._verdict,
         )
         self.lifecycle_log = LifecycleLogger()
+        #: The status page's bounded history (a subscriber like the others).
+        self.history = StatusHistory(sanitize=redactor().text)
         self.server: SideServer | None = None
         self._client: ClientLike | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -142,6 +148,9 @@ class Telemetry:
             subscribers.append(self.tracing.observe)  # first: metrics read its exemplars
             client.handler_context = self.tracing.handler_context
         subscribers += [self.metrics.observe, self.health.observe, self.lifecycle_log.observe]
+        if self.config.status_page:
+            self.history.add_shards(cfg.shards, self._now())
+            subscribers.append(self.history.observe)
         self._subscribers = tuple(subscribers)
         self._client = client
         self._unsubscribe = client.events.subscribe(self._on_event)
@@ -219,7 +228,10 @@ class Telemetry:
         port = self.config.http_port
         if port is not None:
             server = SideServer(
-                registry=self.registry, evaluate=self.evaluate, sanitize=redactor().text
+                registry=self.registry,
+                evaluate=self.evaluate,
+                sanitize=redactor().text,
+                status_page=self._status_page(),
             )
             try:
                 await server.start(self.config.http_host, port)
@@ -228,6 +240,23 @@ class Telemetry:
                 raise
             self.server = server
             _log.info("telemetry side server listening on %s", server.url)
+
+    def _status_page(self) -> StatusPage | None:
+        if not self.config.status_page:
+            return None
+        client = self._client
+        return StatusPage(
+            history=self.history,
+            evaluate=self.evaluate,
+            clock=self.clock,
+            liveness=self.health.liveness,
+            transport=self.health.transport,
+            loop_lag=self.loop_lag.current,
+            loop_lag_threshold=self.config.loop_lag_threshold,
+            shard_status=client.shard_status if client is not None else None,
+            sanitize=redactor().text,
+            service_name=self.config.service_name,
+        )
 
     def begin_shutdown(self) -> None:
         """``/readyz`` answers 503 from now on (call before closing the gateway)."""
