@@ -283,3 +283,97 @@ async def test_page_and_endpoint_hold_no_secret(tmp_path_factory: pytest.TempPat
         assert secret not in everything
     if run.browser:
         assert len(run.rendered) == 4
+
+
+WEBHOOK_SHOWN = """(() => {
+  const w = document.querySelector('#webhook');
+  return !!w && w.dataset.condition === 'live'
+    && !!document.querySelector('#webhook-outcomes')
+    && document.querySelector('#webhook-outcomes').textContent.includes('bad_signature')
+    && document.querySelectorAll('#webhook-ack circle.dot').length >= 3;
+})()"""
+
+
+async def test_webhook_mode_shows_the_callback_view(tmp_path: Path) -> None:
+    """With the webhook transport the page shows the receiver, not a connection."""
+    from qqbot_gateway.adapter.client import ClientConfig, Secret
+    from qqbot_gateway.adapter.webhook import WebhookConfig
+    from qqbot_gateway.simulator import SimulatorConfig
+    from qqbot_gateway.simulator.webhook import WebhookDeliverer, WebhookFaults
+    from qqbot_gateway.telemetry.webhook import WebhookReceiver
+
+    secret = "status-page-webhook-secret"
+    chromium = find_chromium()
+    sim_config = SimulatorConfig(client_secret=secret, event_rate=0.0)
+    async with Simulator(sim_config) as sim:
+        client = QQBotClient(
+            ClientConfig(
+                app_id=sim_config.app_id,
+                client_secret=Secret(secret),
+                api_base=sim.base_url,
+                token_url=sim.token_url,
+                mode="webhook",
+                webhook=WebhookConfig(host="127.0.0.1", port=0, path="/cb"),
+            )
+        )
+        tel = Telemetry(TelemetryConfig(http_host="127.0.0.1", http_port=0, tracing=False))
+        tel.attach(client)
+        await tel.start()
+        await client.start()
+        assert client.webhook is not None
+        receiver = WebhookReceiver(client.webhook, health=lambda: tel.evaluate().healthy)
+        await receiver.start()
+        assert receiver.url is not None
+        served: list[str] = []
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                WebhookDeliverer(
+                    receiver.url,
+                    secret=secret,
+                    app_id=sim_config.app_id,
+                    faults=WebhookFaults(bad_signature=0.3),
+                    seed=5,
+                ) as platform,
+            ):
+                assert await platform.validate()
+                for payload in platform.make_events(12):
+                    assert await platform.deliver(payload)
+                assert platform.stats.forged_sent > 0
+                async with http.get(f"{tel.http_url}/status.json") as resp:
+                    text = await resp.text()
+                    served.append(text)
+                doc = json.loads(text)
+                if chromium is not None:
+                    async with Chromium.launch(chromium, tmp_path) as browser:
+                        await browser.navigate(f"{tel.http_url}/")
+                        loop = asyncio.get_running_loop()
+                        deadline = loop.time() + 30
+                        while not await browser.evaluate(WEBHOOK_SHOWN):
+                            assert loop.time() < deadline, "the callback view did not appear"
+                            await asyncio.sleep(0.2)
+                        shot = await browser.screenshot(tmp_path / "5-webhook.png")
+                        page_text = await browser.evaluate("document.body.innerText")
+                        served.append(await browser.evaluate(OUTER_HTML))
+                        assert not browser.errors, browser.errors
+                    assert shot.stat().st_size > 10_000
+                    seen = page_text.lower()  # innerText follows the CSS text-transform
+                    assert "webhook callbacks" in seen and "signature failures" in seen
+                    assert "disconnects" not in seen  # no connection view
+        finally:
+            client.webhook.close()
+            await client.close(drain_timeout=1.0)
+            await receiver.stop()
+            await tel.stop()
+    assert doc["service"]["transport"] == "webhook"
+    wh = doc["webhook"]
+    assert wh["condition"] == "live" and wh["listening"] and wh["url"].endswith("/cb")
+    outcomes = {o["outcome"]: o["total"] for o in wh["by_outcome"]}
+    assert outcomes["accepted"] == 12 and outcomes["validated"] == 1
+    assert outcomes["bad_signature"] == wh["signature_failures_total"] > 0
+    assert wh["validated_ago_seconds"] is not None and wh["ack_seconds"]["median"] is not None
+    assert len(wh["series"]["ack_seconds"]) == 13  # every signed request: 12 events + op 13
+    assert doc["shards"][0]["condition"] == "live"
+    assert doc["shards"][0]["events"]["total"] == 12
+    for text in served:
+        assert secret not in text

@@ -127,6 +127,7 @@ class Telemetry:
         self._last_ready: bool | None = None
         self._since_eval = 0.0
         self._started = False
+        self._mode = "websocket"
 
     # --- wiring --------------------------------------------------------------------------
     @property
@@ -144,7 +145,7 @@ class Telemetry:
         self.health.transport = cfg.transport
         self.health.request_timeout = cfg.request_timeout
         self.health.status_provider = client.shard_status
-        mode = getattr(cfg, "mode", "websocket")
+        mode = self._mode = getattr(cfg, "mode", "websocket")
         if mode == "webhook":
             webhook_cfg = getattr(cfg, "webhook", None)
             self.health.webhook_status = lambda: (
@@ -285,6 +286,7 @@ class Telemetry:
             shard_status=client.shard_status if client is not None else None,
             sanitize=redactor().text,
             service_name=self.config.service_name,
+            transport_mode=self._mode,
         )
 
     def begin_shutdown(self) -> None:

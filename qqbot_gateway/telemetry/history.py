@@ -12,7 +12,9 @@ clock of its own). It keeps, per shard, just enough to draw the last few minutes
 * the disconnect timeline: :class:`Incident` records (zombie declared, disconnected with reason,
   attempts, recovered by resume or identify after how long), a ring of :data:`MAX_INCIDENTS`;
 * counters and "last seen" values (state and since when, unacked heartbeats, interval, queue
-  depth, handler errors by type).
+  depth, handler errors by type);
+* with the webhook transport, the callback receiver (:class:`WebhookHistory`): listening or
+  not, requests by outcome, signature failures, time to ACK, the last valid callback.
 
 Everything is bounded by count, whatever the event rate or the uptime. Event types beyond
 :data:`MAX_EVENT_TYPES` distinct names fold into ``"other"`` (a misbehaving gateway cannot grow
@@ -34,6 +36,7 @@ from typing import Any, Final
 
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.protocol import ZOMBIE_REASONS
+from qqbot_gateway.adapter.webhook import SIGNATURE_FAILURES
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -45,6 +48,7 @@ __all__ = [
     "Series",
     "ShardHistory",
     "StatusHistory",
+    "WebhookHistory",
     "ZombieInfo",
 ]
 
@@ -64,6 +68,10 @@ MAX_EVENT_TYPES: Final = 64
 MAX_DETAIL: Final = 200
 #: Seconds over which "events per minute by type" is computed.
 RATE_WINDOW: Final = 60
+#: Webhook time-to-ACK samples kept: every signed request of the window at 2 per second.
+MAX_ACK_SAMPLES: Final = 600
+#: Distinct webhook outcomes before new ones count as "other" (the adapter knows 15).
+MAX_OUTCOMES: Final = 32
 
 _OTHER: Final = "other"
 
@@ -396,6 +404,94 @@ class ShardHistory:
         return out
 
 
+@dataclass(slots=True)
+class _WebhookSecond:
+    second: int
+    requests: int = 0
+    rejected: int = 0
+    by_outcome: dict[str, int] = field(default_factory=dict)
+
+
+class WebhookHistory:
+    """The callback receiver's story (webhook transport): one per process."""
+
+    def __init__(self, *, window: float, started_at: float) -> None:
+        self.window = window
+        self.started_at = started_at
+        self.url: str | None = None
+        self.listening_since: float | None = None
+        self.stopped: str | None = None
+        self.stopped_error: str | None = None
+        self.last_request_at: float | None = None
+        self.last_valid_at: float | None = None
+        self.validated_at: float | None = None
+        self.requests = 0
+        self.rejected = 0  # signature failures
+        self.by_outcome: dict[str, int] = {}
+        self.acks: deque[tuple[float, float]] = deque(maxlen=MAX_ACK_SAMPLES)
+        self.seconds: deque[_WebhookSecond] = deque(maxlen=math.ceil(window) + 1)
+
+    @property
+    def listening(self) -> bool:
+        return self.listening_since is not None and self.stopped is None
+
+    def on_listening(self, t: float, url: str) -> None:
+        self.url, self.listening_since = url, t
+        self.stopped = self.stopped_error = None
+
+    def on_stopped(self, reason: str, error: str | None) -> None:
+        self.stopped, self.stopped_error = reason, error
+
+    def on_request(self, t: float, outcome: str, signed: bool, duration: float) -> None:
+        self.requests += 1
+        self.last_request_at = t
+        rejected = outcome in SIGNATURE_FAILURES
+        if signed:
+            self.last_valid_at = t
+            self.acks.append((t, duration))
+        if outcome == "validated":
+            self.validated_at = t
+        if rejected:
+            self.rejected += 1
+        by_outcome = self.by_outcome
+        if outcome not in by_outcome and len(by_outcome) >= MAX_OUTCOMES:
+            outcome = _OTHER
+        by_outcome[outcome] = by_outcome.get(outcome, 0) + 1
+        second = int(t)
+        seconds = self.seconds
+        if not seconds or seconds[-1].second != second:
+            seconds.append(_WebhookSecond(second))
+        bucket = seconds[-1]
+        bucket.requests += 1
+        bucket.rejected += rejected
+        bucket.by_outcome[outcome] = bucket.by_outcome.get(outcome, 0) + 1
+
+    def ack_series(self, now: float) -> Series:
+        start = now - self.window
+        return [(t, d) for t, d in self.acks if t >= start]
+
+    def per_second(self, now: float, rejected: bool = False) -> Series:
+        """Requests (or rejected requests) in each whole second of the window."""
+        buckets = {b.second: b for b in self.seconds}
+        first = max(int(now - self.window) + 1, int(self.started_at))
+        out: Series = []
+        for second in range(first, int(now)):
+            b = buckets.get(second)
+            value = 0 if b is None else (b.rejected if rejected else b.requests)
+            out.append((float(second + 1), float(value)))
+        return out
+
+    def recent_outcomes(self, now: float, seconds: int = RATE_WINDOW) -> dict[str, int]:
+        since = int(now) - seconds + 1
+        out: dict[str, int] = {}
+        for bucket in reversed(self.seconds):
+            if bucket.second < since:
+                break
+            for name, count in bucket.by_outcome.items():
+                out[name] = out.get(name, 0) + count
+        return out
+
+
 class StatusHistory:
     """The lifecycle subscriber: routes each event to its shard's :class:`ShardHistory`."""
 
@@ -410,6 +506,9 @@ class StatusHistory:
         self.window = window
         self.sanitize = sanitize
         self.shards: dict[int, ShardHistory] = {}
+        #: Created on the first webhook event (webhook transport only).
+        self.webhook: WebhookHistory | None = None
+        self._started_at: float | None = None
         self.token_refreshed_at: float | None = None
         self.token_failed_at: float | None = None
         self.token_error: str | None = None
@@ -435,6 +534,8 @@ class StatusHistory:
         }
 
     def add_shards(self, shards: Iterable[int], now: float) -> None:
+        if self._started_at is None:
+            self._started_at = now
         for shard in shards:
             if shard not in self.shards:
                 self.shards[shard] = ShardHistory(shard, window=self.window, started_at=now)
@@ -446,12 +547,28 @@ class StatusHistory:
             history = self.shards.get(shard) if shard is not None else None
             if history is not None:
                 route(history, event)
+        elif isinstance(event, ev.WebhookRequest | ev.WebhookListening | ev.WebhookStopped):
+            self._on_webhook(event)
         elif isinstance(event, ev.TokenRefreshed):
             self.token_refreshed_at = event.monotonic
             self.token_error = None
         elif isinstance(event, ev.TokenRefreshFailed):
             self.token_failed_at = event.monotonic
             self.token_error = self._clean(event.error)
+
+    def _on_webhook(
+        self, event: ev.WebhookRequest | ev.WebhookListening | ev.WebhookStopped
+    ) -> None:
+        wh = self.webhook
+        if wh is None:
+            started = self._started_at if self._started_at is not None else event.monotonic
+            wh = self.webhook = WebhookHistory(window=self.window, started_at=started)
+        if isinstance(event, ev.WebhookRequest):
+            wh.on_request(event.monotonic, event.outcome, event.signed, event.duration)
+        elif isinstance(event, ev.WebhookListening):
+            wh.on_listening(event.monotonic, self._clean(event.url))
+        else:
+            wh.on_stopped(event.reason, None if event.error is None else self._clean(event.error))
 
     def _clean(self, text: str) -> str:
         text = self.sanitize(text)

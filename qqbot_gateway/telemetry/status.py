@@ -40,7 +40,14 @@ from qqbot_gateway.adapter.supervisor import ShardStatus
 
 from ._clock import Clock
 from .health import Check, HealthReport
-from .history import RATE_WINDOW, Incident, Series, ShardHistory, StatusHistory
+from .history import (
+    RATE_WINDOW,
+    Incident,
+    Series,
+    ShardHistory,
+    StatusHistory,
+    WebhookHistory,
+)
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "StatusPage"]
 
@@ -161,6 +168,7 @@ class StatusPage:
         statuses = self._statuses()
         lag = self.loop_lag(now) if self.loop_lag is not None else None
         history = self.history
+        webhook = self._webhook(report, now) if self.transport_mode == "webhook" else None
         return {
             "schema": SCHEMA,
             "version": SCHEMA_VERSION,
@@ -187,10 +195,10 @@ class StatusPage:
             "window_seconds": history.window,
             "rate_window_seconds": RATE_WINDOW,
             "shards": [
-                self._shard(s, checks, statuses.get(n), now, wall)
+                self._shard(s, checks, statuses.get(n), now, wall, webhook)
                 for n, s in sorted(history.shards.items())
             ],
-            "webhook": None,
+            "webhook": webhook,
         }
 
     def _statuses(self) -> dict[int, ShardStatus]:
@@ -217,8 +225,12 @@ class StatusPage:
         status: ShardStatus | None,
         now: float,
         wall: float,
+        webhook: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        condition, why = self._condition(s, checks, now)
+        if webhook is not None:  # no connection of its own: the receiver's condition
+            condition, why = webhook["condition"], webhook["condition_reason"]
+        else:
+            condition, why = self._condition(s, checks, now)
         rtts = s.rtt_series(now)
         rtt_values = [v for _, v in rtts]
         recent = s.recent_types(now)
@@ -354,6 +366,70 @@ class StatusPage:
                 f"reconnecting after {cause} {_human(now - incident.at)} ago{tries}"
             )
         return "starting", f"{s.state.value} for {_human(now - s.state_since)}"
+
+    def _webhook(self, report: HealthReport, now: float) -> dict[str, Any]:
+        """The callback view (webhook transport); see docs/status.md."""
+        wh = self.history.webhook
+        if wh is None:  # no receiver event yet
+            wh = WebhookHistory(window=self.history.window, started_at=self.started_at)
+        condition, why = self._webhook_condition(wh, report, now)
+        acks = wh.ack_series(now)
+        durations = [d for _, d in acks]
+        recent = wh.recent_outcomes(now)
+        span = max(1.0, min(float(RATE_WINDOW), now - wh.started_at))
+        return {
+            "condition": condition,
+            "condition_reason": self.sanitize(why),
+            "listening": wh.listening,
+            "url": wh.url,
+            "listening_for_seconds": _ago(now, wh.listening_since) if wh.listening else None,
+            "stopped": wh.stopped,
+            "stopped_error": wh.stopped_error,
+            "last_callback_ago_seconds": _ago(now, wh.last_valid_at),
+            "last_request_ago_seconds": _ago(now, wh.last_request_at),
+            "validated_ago_seconds": _ago(now, wh.validated_at),
+            "requests_total": wh.requests,
+            "signature_failures_total": wh.rejected,
+            "by_outcome": [
+                {
+                    "outcome": name,
+                    "total": total,
+                    "per_minute": _r(recent.get(name, 0) * 60.0 / span),
+                }
+                for name, total in sorted(
+                    wh.by_outcome.items(), key=lambda kv: (-recent.get(kv[0], 0), -kv[1])
+                )
+            ],
+            "ack_seconds": {
+                "last": _r(durations[-1], 4) if durations else None,
+                "median": _r(statistics.median(durations), 4) if durations else None,
+                "max": _r(max(durations), 4) if durations else None,
+            },
+            "series": {
+                "ack_seconds": _series(acks, now, 4),
+                "requests_per_second": _series(wh.per_second(now), now, 0),
+                "rejected_per_second": _series(wh.per_second(now, rejected=True), now, 0),
+            },
+        }
+
+    def _webhook_condition(
+        self, wh: WebhookHistory, report: HealthReport, now: float
+    ) -> tuple[str, str]:
+        if wh.stopped == "shutdown":
+            return "stopped", "receiver stopped by shutdown"
+        if wh.stopped is not None:
+            return "down", f"receiver stopped ({wh.stopped})"
+        unhealthy = [c for c in report.checks if c.name.startswith("webhook/") and not c.ok]
+        if unhealthy:
+            return "down", "; ".join(c.reason for c in unhealthy)
+        if not wh.listening:
+            return "starting", "the callback receiver is not listening yet"
+        unready = [c for c in report.readiness if c.name.startswith("webhook/") and not c.ok]
+        if unready:
+            return "degraded", "; ".join(c.reason for c in unready)
+        last = wh.last_valid_at
+        heard = f"last valid callback {_human(now - last)} ago" if last else "no callback yet"
+        return "live", f"listening for {_human(now - (wh.listening_since or now))}; {heard}"
 
     def _layers(self, s: ShardHistory, now: float) -> list[dict[str, Any]]:
         lv, tr = self.liveness, self.transport

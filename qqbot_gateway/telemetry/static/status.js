@@ -283,19 +283,19 @@
     );
   }
 
-  function typeTable(id, events, rateWindow) {
-    if (!events.by_type.length) return h("p", { class: "muted" }, "No events dispatched yet.");
+  function rateTable(id, label, rows, caption, empty) {
+    if (!rows.length) return h("p", { class: "muted" }, empty);
     return h(
       "table",
       { class: "types", id },
-      h("caption", null, `Events dispatched by type; rates over the last ${rateWindow} s.`),
+      h("caption", null, caption),
       h(
         "thead",
         null,
         h(
           "tr",
           null,
-          h("th", { scope: "col" }, "Type"),
+          h("th", { scope: "col" }, label),
           h("th", { scope: "col", class: "n" }, "Per min"),
           h("th", { scope: "col", class: "n" }, "Total")
         )
@@ -303,17 +303,32 @@
       h(
         "tbody",
         null,
-        events.by_type.map((t) =>
+        rows.map((r) =>
           h(
             "tr",
             null,
-            h("th", { scope: "row" }, h("code", null, t.type)),
-            h("td", { class: "n" }, num(t.per_minute, 1)),
-            h("td", { class: "n" }, num(t.total))
+            h("th", { scope: "row" }, h("code", null, r.name)),
+            h("td", { class: "n" }, num(r.per_minute, 1)),
+            h("td", { class: "n" }, num(r.total))
           )
         )
       )
     );
+  }
+
+  function typeTable(id, events, rateWindow) {
+    return rateTable(
+      id,
+      "Type",
+      events.by_type.map((t) => ({ name: t.type, per_minute: t.per_minute, total: t.total })),
+      `Events dispatched by type; rates over the last ${rateWindow} s.`,
+      "No events dispatched yet."
+    );
+  }
+
+  // A young process draws its whole life across the chart (at least 30 s), then the window.
+  function chartWindow(doc) {
+    return Math.min(doc.window_seconds, Math.max(30, Math.ceil(doc.service.uptime_seconds / 10) * 10));
   }
 
   function shardCard(doc, sh) {
@@ -321,8 +336,7 @@
     const cond = CONDITIONS[sh.condition] || { label: sh.condition, icon: "?" };
     const hb = sh.heartbeat;
     const rtt = hb.rtt_seconds;
-    // A young process draws its whole life across the chart (at least 30 s), then the window.
-    const win = Math.min(doc.window_seconds, Math.max(30, Math.ceil(doc.service.uptime_seconds / 10) * 10));
+    const win = chartWindow(doc);
     const series = sh.series;
     const markers = sh.incidents.map((i) => ({ ago: i.ago_seconds, kind: i.zombie ? "zombie" : "" }));
     const idleLimit = hb.idle_deadline_seconds;
@@ -461,31 +475,7 @@
               ? h("ol", { class: "timeline", reversed: true }, sh.incidents.map(incidentItem))
               : h("p", { class: "muted" }, "No disconnect since start.")
           ),
-          h(
-            "section",
-            { class: "panel", "aria-labelledby": `${id}-he` },
-            h("h3", { id: `${id}-he` }, "Handler errors"),
-            h_.errors_total
-              ? [
-                  h(
-                    "ul",
-                    { class: "plain" },
-                    h_.errors_by_type.map((e) =>
-                      h("li", null, h("code", null, e.type), `: ${num(e.count)}`)
-                    )
-                  ),
-                  h_.last_error
-                    ? h(
-                        "p",
-                        { class: "muted" },
-                        `Last: ${h_.last_error.error_type} in ${h_.last_error.handler} ` +
-                          `(${h_.last_error.event_type}), ${ago(h_.last_error.ago_seconds)}. ` +
-                          "Messages are in the logs, not here."
-                      )
-                    : null,
-                ]
-              : h("p", { class: "muted" }, "No handler error.")
-          )
+          handlerErrors(id, h_)
         ),
         h(
           "section",
@@ -506,25 +496,125 @@
     );
   }
 
-  function webhookView(doc) {
-    const w = doc.webhook;
-    if (!w) {
-      return h(
-        "section",
-        { class: "shard", "data-condition": "starting" },
-        h("h2", null, "Webhook callbacks"),
-        h("p", null, "This process receives events as webhook callbacks; no callback data yet.")
-      );
-    }
-    const rows = Object.entries(w).filter(([, v]) => v === null || typeof v !== "object");
+  function handlerErrors(id, h_) {
     return h(
       "section",
-      { class: "shard", id: "webhook", "data-condition": w.condition || "live" },
-      h("h2", null, "Webhook callbacks"),
+      { class: "panel", "aria-labelledby": `${id}-he` },
+      h("h3", { id: `${id}-he` }, "Handler errors"),
+      h_.errors_total
+        ? [
+            h(
+              "ul",
+              { class: "plain" },
+              h_.errors_by_type.map((e) => h("li", null, h("code", null, e.type), `: ${num(e.count)}`))
+            ),
+            h_.last_error
+              ? h(
+                  "p",
+                  { class: "muted" },
+                  `Last: ${h_.last_error.error_type} in ${h_.last_error.handler} ` +
+                    `(${h_.last_error.event_type}), ${ago(h_.last_error.ago_seconds)}. ` +
+                    "Messages are in the logs, not here."
+                )
+              : null,
+          ]
+        : h("p", { class: "muted" }, "No handler error.")
+    );
+  }
+
+  // The callback view (webhook transport): the receiver instead of a connection.
+  function webhookView(doc) {
+    const w = doc.webhook;
+    const sh = doc.shards[0];
+    const id = "webhook";
+    const cond = CONDITIONS[w.condition] || { label: w.condition, icon: "?" };
+    const win = chartWindow(doc);
+    const minutes = dur(win);
+    const ack = w.ack_seconds;
+    const reqs = w.series.requests_per_second;
+    const peakReqs = reqs.reduce((m, p) => Math.max(m, p[1]), 0);
+    const h_ = sh ? sh.handlers : null;
+    return h(
+      "section",
+      { class: "shard", id, "data-condition": w.condition, "aria-labelledby": `${id}-h` },
+      h(
+        "h2",
+        { id: `${id}-h` },
+        "Webhook callbacks ",
+        h(
+          "span",
+          { class: "badge " + w.condition },
+          h("span", { "aria-hidden": "true" }, cond.icon + " "),
+          cond.label
+        )
+      ),
+      h("p", { class: "condition-reason" }, w.condition_reason),
       h(
         "dl",
         { class: "facts" },
-        rows.map(([k, v]) => fact(k.replace(/_/g, " "), v === null ? "n/a" : String(v)))
+        fact(
+          "Receiver",
+          w.listening ? `listening for ${dur(w.listening_for_seconds)}` : w.stopped ? `stopped (${w.stopped})` : "not listening"
+        ),
+        w.url ? fact("Listening on", h("code", null, w.url)) : null,
+        fact("Last valid callback", ago(w.last_callback_ago_seconds)),
+        fact("Last request", ago(w.last_request_ago_seconds)),
+        fact("URL validation (op 13)", ago(w.validated_ago_seconds)),
+        fact("Requests", num(w.requests_total)),
+        fact("Signature failures", num(w.signature_failures_total), {
+          class: w.signature_failures_total ? "warn" : "",
+        }),
+        sh ? fact("Events", `${num(sh.events.per_second, 1)}/s now, ${num(sh.events.total)} total`) : null,
+        h_ ? fact("Handler queue", `${h_.queue_depth}` + (h_.queue_capacity ? ` of ${h_.queue_capacity}` : "")) : null
+      ),
+      h(
+        "div",
+        { class: "charts" },
+        sparkline(`${id}-ack`, "Time to ACK", w.series.ack_seconds, {
+          window: win,
+          format: ms,
+          floor: 0.01,
+          dots: true,
+          text: ack.last === null
+            ? `No signed callback in the last ${minutes}.`
+            : `Last ${ms(ack.last)}; over the last ${minutes}: median ${ms(ack.median)}, max ${ms(ack.max)}.`,
+        }),
+        sparkline(`${id}-rate`, "Callbacks per second", reqs, {
+          window: win,
+          format: (v) => num(v, 1),
+          floor: 1,
+          markers: w.series.rejected_per_second.filter((p) => p[1] > 0).map((p) => ({ ago: p[0], kind: "zombie" })),
+          text: `Peak ${num(peakReqs)} per second over the last ${minutes}; ` +
+            `${num(w.signature_failures_total)} refused for their signature (red lines).`,
+        }),
+        sh
+          ? sparkline(`${id}-queue`, "Handler queue depth", sh.series.handler_queue_depth, {
+              window: win,
+              format: (v) => num(v),
+              floor: 1,
+              text: `${h_.queue_depth} waiting now` + (h_.queue_capacity ? ` (capacity ${h_.queue_capacity})` : "") + ".",
+            })
+          : null
+      ),
+      h(
+        "div",
+        { class: "cols" },
+        h(
+          "section",
+          { class: "panel", "aria-labelledby": `${id}-oc` },
+          h("h3", { id: `${id}-oc` }, "Requests by outcome"),
+          rateTable(`${id}-outcomes`, "Outcome", w.by_outcome.map((o) => ({ name: o.outcome, per_minute: o.per_minute, total: o.total })),
+            `Callback requests by outcome; rates over the last ${doc.rate_window_seconds} s.`, "No request yet.")
+        ),
+        sh
+          ? h(
+              "section",
+              { class: "panel", "aria-labelledby": `${id}-ev` },
+              h("h3", { id: `${id}-ev` }, "Events by type"),
+              typeTable(`${id}-types`, sh.events, doc.rate_window_seconds)
+            )
+          : null,
+        h_ ? handlerErrors(id, h_) : null
       )
     );
   }
@@ -547,7 +637,15 @@
       msgs.push(overallText(doc));
     }
     announced.set("verdict", verdicts);
-    for (const sh of doc.shards) {
+    if (doc.webhook) {
+      const w = doc.webhook;
+      if (announced.has("webhook") && announced.get("webhook") !== w.condition) {
+        const cond = CONDITIONS[w.condition] || { label: w.condition };
+        msgs.push(`Webhook receiver: ${cond.label}. ${w.condition_reason}.`);
+      }
+      announced.set("webhook", w.condition);
+    }
+    for (const sh of doc.webhook ? [] : doc.shards) {
       const key = `shard-${sh.shard}`;
       const latest = sh.incidents.length ? `${sh.incidents[0].id}:${sh.incidents[0].recovered}` : "";
       const value = `${sh.condition}|${latest}`;
@@ -585,7 +683,9 @@
     morph(probes, h("div", { id: "probes-body", class: "probes" }, probe("healthz", hz), probe("readyz", rz)));
     const shards = document.getElementById("shards");
     const views =
-      svc.transport === "webhook" ? [webhookView(doc)] : doc.shards.map((sh) => shardCard(doc, sh));
+      svc.transport === "webhook" && doc.webhook
+        ? [webhookView(doc)]
+        : doc.shards.map((sh) => shardCard(doc, sh));
     morph(shards, h("div", { id: "shards" }, views));
     applyMeters();
     const bad = doc.shards.filter((sh) => sh.condition !== "live").length;
