@@ -394,14 +394,20 @@ class ShardHistory:
 
     def recent_types(self, now: float, seconds: int = RATE_WINDOW) -> dict[str, int]:
         """Events by type over the last ``seconds`` whole seconds (the current one included)."""
-        since = int(now) - seconds + 1
-        out: dict[str, int] = {}
-        for bucket in reversed(self.seconds):
-            if bucket.second < since:
-                break
-            for name, count in bucket.by_type.items():
-                out[name] = out.get(name, 0) + count
-        return out
+        return _recent([(b.second, b.by_type) for b in self.seconds], now, seconds)
+
+
+def _recent(buckets: list[tuple[int, dict[str, int]]], now: float, seconds: int) -> dict[str, int]:
+    """The per-name counts of the buckets (``(second, counts)``, oldest first) of the last
+    ``seconds`` whole seconds, summed."""
+    since = int(now) - seconds + 1
+    out: dict[str, int] = {}
+    for second, counts in reversed(buckets):
+        if second < since:
+            break
+        for name, count in counts.items():
+            out[name] = out.get(name, 0) + count
+    return out
 
 
 @dataclass(slots=True)
@@ -482,14 +488,8 @@ class WebhookHistory:
         return out
 
     def recent_outcomes(self, now: float, seconds: int = RATE_WINDOW) -> dict[str, int]:
-        since = int(now) - seconds + 1
-        out: dict[str, int] = {}
-        for bucket in reversed(self.seconds):
-            if bucket.second < since:
-                break
-            for name, count in bucket.by_outcome.items():
-                out[name] = out.get(name, 0) + count
-        return out
+        """Requests by outcome over the last ``seconds`` whole seconds."""
+        return _recent([(b.second, b.by_outcome) for b in self.seconds], now, seconds)
 
 
 class StatusHistory:

@@ -293,16 +293,7 @@ class StatusPage:
                 "total": s.events_total,
                 "per_second": _r(sum(v for _, v in last_seconds) / max(1, len(last_seconds))),
                 "duplicates_dropped": s.duplicates,
-                "by_type": [
-                    {
-                        "type": name,
-                        "total": total,
-                        "per_minute": _r(recent.get(name, 0) * 60.0 / span),
-                    }
-                    for name, total in sorted(
-                        s.events_by_type.items(), key=lambda kv: (-recent.get(kv[0], 0), kv[0])
-                    )
-                ],
+                "by_type": _rates("type", s.events_by_type, recent, span),
             },
             "handlers": {
                 "queue_depth": s.queue_depth,
@@ -390,16 +381,7 @@ class StatusPage:
             "validated_ago_seconds": _ago(now, wh.validated_at),
             "requests_total": wh.requests,
             "signature_failures_total": wh.rejected,
-            "by_outcome": [
-                {
-                    "outcome": name,
-                    "total": total,
-                    "per_minute": _r(recent.get(name, 0) * 60.0 / span),
-                }
-                for name, total in sorted(
-                    wh.by_outcome.items(), key=lambda kv: (-recent.get(kv[0], 0), -kv[1])
-                )
-            ],
+            "by_outcome": _rates("outcome", wh.by_outcome, recent, span),
             "ack_seconds": {
                 "last": _r(durations[-1], 4) if durations else None,
                 "median": _r(statistics.median(durations), 4) if durations else None,
@@ -539,6 +521,17 @@ class StatusPage:
             "replayed": i.replayed,
             "fatal": None if i.fatal is None else self.sanitize(i.fatal),
         }
+
+
+def _rates(
+    key: str, totals: dict[str, int], recent: dict[str, int], span: float
+) -> list[dict[str, Any]]:
+    """``[{key: name, "total", "per_minute"}]``, busiest first (recent rate, then total)."""
+    ordered = sorted(totals.items(), key=lambda kv: (-recent.get(kv[0], 0), -kv[1], kv[0]))
+    return [
+        {key: name, "total": total, "per_minute": _r(recent.get(name, 0) * 60.0 / span)}
+        for name, total in ordered
+    ]
 
 
 def _layer(name: str, title: str, enabled: bool, armed: bool, detail: str) -> dict[str, Any]:
