@@ -103,11 +103,11 @@ def test_frames_merge_into_runs_so_memory_is_bounded() -> None:
     t = T0
     for _ in range(100_000):  # a frame every 10 ms for 1000 s
         t += 0.01
-        rig.shard.frame(t)
+        rig.f.emit(ev.FrameReceived, t, op=0, event_type=None, size=10)
     assert len(rig.shard.frame_runs) <= 3
     for _ in range(10_000):  # then frames spaced wider than the resolution
         t += FRAME_RESOLUTION * 1.5
-        rig.shard.frame(t)
+        rig.f.emit(ev.FrameReceived, t, op=0, event_type=None, size=10)
     assert len(rig.shard.frame_runs) == rig.shard.frame_runs.maxlen
     assert rig.shard.frame_runs.maxlen <= 60.0 / FRAME_RESOLUTION + 2
     points = rig.shard.frame_age_series(t, 1.0)
