@@ -153,6 +153,13 @@ class ShardHistory:
         self.rtts: deque[tuple[float, float]] = deque(maxlen=MAX_RTT_SAMPLES)
         self.frame_runs: deque[list[float]] = deque(maxlen=math.ceil(window / FRAME_RESOLUTION) + 2)
         self.zombie: ZombieInfo | None = None  # declared on the open connection
+        #: The WebSocket ping layer's state on this connection, where the session reports it
+        #: (``PingLayerChanged``: off, calibrating, armed, suspended, disabled), and the last
+        #: pong's round trip and the pong deadline then in force.
+        self.ping_state: str | None = None
+        self.ping_detail: str | None = None
+        self.last_pong_rtt: float | None = None
+        self.pong_deadline: float | None = None
         # Delivery.
         self.seconds: deque[_Second] = deque(maxlen=math.ceil(window) + 1)
         self.events_total = 0
@@ -188,6 +195,15 @@ class ShardHistory:
             ev.ZombieDetected: self.on_zombie,
             ev.SupervisorStopped: lambda e: self.on_stopped(e.reason),
         }
+        # The ping layer's events, where the adapter has them (looked up by name: an adapter
+        # without a ping layer of its own emits none, and the page shows the configuration).
+        for name, route in (
+            ("PingLayerChanged", self.on_ping_layer),
+            ("PongReceived", self.on_pong),
+        ):
+            kind = getattr(ev, name, None)
+            if isinstance(kind, type) and issubclass(kind, ev.LifecycleEvent):
+                self.routes[kind] = route
 
     # --- hot path: one call per frame / per dispatched event, no helper calls --------------
     def on_frame(self, e: ev.FrameReceived) -> None:
@@ -255,6 +271,15 @@ class ShardHistory:
     def on_duplicate(self, e: ev.DuplicateDropped) -> None:
         self.duplicates += 1
 
+    def on_ping_layer(self, e: Any) -> None:
+        self.ping_state = str(getattr(e, "state", "")) or None
+        self.ping_detail = str(getattr(e, "detail", ""))[:MAX_DETAIL] or None
+
+    def on_pong(self, e: Any) -> None:
+        rtt, deadline = getattr(e, "rtt", None), getattr(e, "deadline", None)
+        self.last_pong_rtt = float(rtt) if isinstance(rtt, int | float) else None
+        self.pong_deadline = float(deadline) if isinstance(deadline, int | float) else None
+
     # --- connection lifecycle ------------------------------------------------------------
     def on_state(self, t: float, new: ev.ConnectionState) -> None:
         self.state, self.state_since = new, t
@@ -269,6 +294,8 @@ class ShardHistory:
         self.hello = False
         self.unacked = 0
         self.zombie = None
+        self.ping_state = self.ping_detail = None
+        self.last_pong_rtt = self.pong_deadline = None
 
     def on_hello(self, interval: float) -> None:
         self.hello = True

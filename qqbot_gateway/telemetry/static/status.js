@@ -215,8 +215,8 @@
       "ul",
       { class: "layers" },
       layers.map((l) => {
-        const state = !l.enabled ? "off" : l.armed ? "armed" : "idle";
-        const word = { off: "off", armed: "armed", idle: "not armed" }[state];
+        const state = l.state || (!l.enabled ? "off" : l.armed ? "armed" : "idle");
+        const word = { idle: "not armed" }[state] || state;
         return h(
           "li",
           { class: "layer " + state, "data-layer": l.name },
