@@ -149,7 +149,7 @@
         "figcaption",
         null,
         h("span", { id: `${id}-t`, class: "chart-title" }, title),
-        h("span", { class: "chart-max", "aria-hidden": "true" }, "max " + opts.format(max))
+        h("span", { class: "chart-max", "aria-hidden": "true" }, "scale 0\u2013" + opts.format(max))
       ),
       svg,
       h(
