@@ -134,6 +134,9 @@ class QQBotClient:
         self.events = bus or ev.EventBus()
         self._handlers: dict[str, list[Handler]] = {}
         self._shards: dict[int, _Shard] = {}
+        #: Per-shard counters the hot path keeps (frames, dispatches, queue depth, handler
+        #: durations); made now so that telemetry attached before start() can read them.
+        self.stats: dict[int, ev.ShardStats] = {s: ev.ShardStats(s) for s in config.shards}
         self._http: aiohttp.ClientSession | None = None
         self._ws_http: aiohttp.ClientSession | None = None
         self._tokens: TokenManager | None = None
@@ -247,6 +250,7 @@ class QQBotClient:
             shard_count=cfg.shard_count,
             intents=cfg.intents,
             liveness=cfg.liveness,
+            stats=self.stats[shard_id],
         )
         assert self._ws_http is not None and self._tokens is not None
         supervisor = ShardSupervisor(
