@@ -19,6 +19,7 @@ Events (grouped)::
     delivery     EventDispatched, DuplicateDropped, HandlerQueueDepth, HandlerFailed,
                  HandlerCompleted
     auth         TokenRefreshed, TokenRefreshFailed
+    webhook      WebhookRequest, WebhookListening, WebhookStopped
 
 Per-event facts cost nothing unless someone listens. Four kinds happen for every frame or
 every dispatched event (:data:`PER_EVENT`: ``FrameReceived``, ``EventDispatched``,
@@ -74,6 +75,9 @@ __all__ = [
     "SupervisorStopped",
     "TokenRefreshFailed",
     "TokenRefreshed",
+    "WebhookListening",
+    "WebhookRequest",
+    "WebhookStopped",
     "ZombieDetected",
 ]
 
@@ -260,6 +264,29 @@ class TokenRefreshFailed(LifecycleEvent):
     error: str
     code: int | None
     retry_in: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookRequest(LifecycleEvent):
+    """One HTTP request to the webhook receiver, answered (see ``adapter.webhook``)."""
+
+    outcome: str  # one of adapter.webhook.OUTCOMES
+    status: int  # the HTTP status answered
+    op: int | None  # the payload's op when it got that far
+    duration: float  # seconds from the request's arrival to the answer (time to ACK)
+    signed: bool  # True when the signature was verified: the platform reached us
+    wall: float  # Unix time of the answer (the last-callback timestamp metric)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookListening(LifecycleEvent):
+    url: str  # where the receiver listens (host, port and callback path; no secret)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookStopped(LifecycleEvent):
+    reason: str  # "shutdown" or "crashed"
+    error: str | None = None
 
 
 E = TypeVar("E", bound=LifecycleEvent)

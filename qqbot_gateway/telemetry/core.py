@@ -142,12 +142,23 @@ class Telemetry:
         # The adapter's per-shard counters, when the client keeps them (QQBotClient does): the
         # per-event facts are then read from them and no per-event object is ever built for us.
         stats: Mapping[int, ev.ShardStats] = getattr(client, "stats", None) or {}
+        mode = getattr(cfg, "mode", "websocket")
+        if mode == "webhook":
+            webhook_cfg = getattr(cfg, "webhook", None)
+            self.health.webhook_status = lambda: (
+                client.webhook.status() if client.webhook is not None else None
+            )
+            self.health.webhook_silence = getattr(webhook_cfg, "silence", None)
+            self.health.webhook_require_validation = bool(
+                getattr(webhook_cfg, "require_validation", False)
+            )
         for shard in cfg.shards:
             self.metrics.register_shard(
                 shard,
                 ack_miss_limit=cfg.liveness.ack_miss_limit,
                 queue_capacity=cfg.handler_queue_size,
                 stats=stats.get(shard),
+                transport=mode,
             )
             self.health.add_shard(shard, stats.get(shard))
         subscribers: list[Callable[[ev.LifecycleEvent], None]] = []
