@@ -96,3 +96,30 @@ def test_stats_cap_event_types_and_bucket_durations() -> None:
         stats.count_handled(seconds)
     assert stats.handled == 4 and stats.handler_buckets[0] == 2  # le=0.001 is inclusive
     assert stats.handler_buckets[-1] == 1  # +Inf
+
+
+def test_status_history_samples_the_counters() -> None:
+    from qqbot_gateway.telemetry.history import StatusHistory
+
+    history = StatusHistory(window=60.0)
+    history.add_shards([0], 100.0)
+    stats = ev.ShardStats(0)
+    history.bind_stats(0, stats, queue_capacity=50)
+    for i in range(10):  # a steady stream of frames between two samples: one run
+        stats.frames[0] = stats.frames.get(0, 0) + 1
+        stats.last_frame_at = 100.0 + i * 0.02
+        stats.count_dispatch("C2C_MESSAGE_CREATE" if i % 2 else "GROUP_AT_MESSAGE_CREATE")
+    stats.queue_depth = 7
+    stats.count_handled(0.01)
+    history.sample(100.25)
+    stats.frames[0] += 5
+    stats.last_frame_at = 100.45
+    history.sample(100.5)
+    s = history.shards[0]
+    assert s.last_frame_at == 100.45
+    assert [list(run) for run in s.frame_runs] == [[100.18, 100.45]]
+    assert s.events_total == 10
+    assert s.events_by_type == {"GROUP_AT_MESSAGE_CREATE": 5, "C2C_MESSAGE_CREATE": 5}
+    assert s.queue_depth == 7 and s.queue_capacity == 50 and s.handled == 1
+    history.sample(101.0)  # nothing new: nothing counted twice
+    assert s.events_total == 10 and s.handled == 1
