@@ -22,8 +22,14 @@ the history). Free text from events (disconnect details) passes through ``saniti
 redactor) and is cut to :data:`MAX_DETAIL` characters; handler error *messages* are not kept at
 all (only the exception type), since a handler may put anything into one.
 
-The hot path (``FrameReceived``, ``EventDispatched``) is a dict lookup and a few attribute
-updates; nothing is computed until :meth:`ShardHistory.series` is asked for.
+Per-event facts (frames, dispatches, queue depth, completed handlers) come from the adapter's
+counters (:class:`~qqbot_gateway.adapter.events.ShardStats`, bound with
+:meth:`StatusHistory.bind_stats`), read by :meth:`StatusHistory.sample` a few times a second
+(telemetry calls it from the loop-lag tick, and the status page before each document): no
+per-event object is built for the status page. The frame-age curve and the per-second buckets
+are then exact to within the sampling period (0.25 s); a shard without bound counters is fed
+by the ``FrameReceived`` / ``EventDispatched`` / ``HandlerQueueDepth`` / ``HandlerCompleted``
+events instead.
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Final
 
 from qqbot_gateway.adapter import events as ev
@@ -176,38 +181,16 @@ class ShardHistory:
         self.incident_count = 0
         self.fatal: str | None = None
         self.stopped: str | None = None
-        #: Event class -> handler, for :meth:`StatusHistory.observe`.
-        self.routes: dict[type[ev.LifecycleEvent], Callable[[Any], None]] = {
-            ev.FrameReceived: self.on_frame,
-            ev.EventDispatched: self.on_dispatched,
-            ev.HeartbeatSent: lambda e: self.on_heartbeat(e.monotonic, e.unacked),
-            ev.HeartbeatAcked: lambda e: self.on_ack(e.monotonic, e.rtt),
-            ev.HandlerQueueDepth: lambda e: self.queue(e.monotonic, e.depth, e.capacity),
-            ev.HandlerCompleted: self.on_handled,
-            ev.HandlerFailed: self.on_handler_failed,
-            ev.DuplicateDropped: self.on_duplicate,
-            ev.StateChanged: lambda e: self.on_state(e.monotonic, e.new),
-            ev.ConnectAttempt: lambda e: self.on_attempt(),
-            ev.Connected: lambda e: self.on_connected(e.monotonic),
-            ev.HelloReceived: lambda e: self.on_hello(e.heartbeat_interval),
-            ev.SessionReady: lambda e: self.on_live(e.monotonic, "identify"),
-            ev.SessionResumed: lambda e: self.on_live(e.monotonic, "resume", e.replayed),
-            ev.ZombieDetected: self.on_zombie,
-            ev.SupervisorStopped: lambda e: self.on_stopped(e.reason),
-        }
-        # The ping layer's events, where the adapter has them (looked up by name: an adapter
-        # without a ping layer of its own emits none, and the page shows the configuration).
-        for name, route in (
-            ("PingLayerChanged", self.on_ping_layer),
-            ("PongReceived", self.on_pong),
-        ):
-            kind = getattr(ev, name, None)
-            if isinstance(kind, type) and issubclass(kind, ev.LifecycleEvent):
-                self.routes[kind] = route
+        # The adapter's counters, and what the last sample had seen of them.
+        self.stats: ev.ShardStats | None = None
+        self._sampled_at = started_at
+        self._frames_seen = 0
+        self._dispatched_seen: dict[str, int] = {}
+        self._handled_seen = 0
 
-    # --- hot path: one call per frame / per dispatched event, no helper calls --------------
-    def on_frame(self, e: ev.FrameReceived) -> None:
-        t = self.last_frame_at = e.monotonic
+    # --- hot path ------------------------------------------------------------------------
+    def frame(self, t: float) -> None:
+        self.last_frame_at = t
         runs = self.frame_runs
         if runs:
             last = runs[-1]
@@ -216,24 +199,47 @@ class ShardHistory:
                 return
         runs.append([t, t])
 
-    def on_dispatched(self, e: ev.EventDispatched) -> None:
-        second = int(e.monotonic)
-        seconds = self.seconds
-        if seconds and seconds[-1].second == second:
-            bucket = seconds[-1]
-        else:
-            bucket = self._bucket(e.monotonic)
-        bucket.events += 1
-        self.events_total += 1
-        event_type = e.event_type
+    def dispatched(self, t: float, event_type: str, count: int = 1) -> None:
+        bucket = self._bucket(t)
+        bucket.events += count
+        self.events_total += count
         by_type = self.events_by_type
-        count = by_type.get(event_type)
-        if count is None and len(by_type) >= MAX_EVENT_TYPES:
+        if event_type not in by_type and len(by_type) >= MAX_EVENT_TYPES:
             event_type = _OTHER
-            count = by_type.get(_OTHER)
-        by_type[event_type] = 1 if count is None else count + 1
-        in_bucket = bucket.by_type
-        in_bucket[event_type] = in_bucket.get(event_type, 0) + 1
+        by_type[event_type] = by_type.get(event_type, 0) + count
+        bucket.by_type[event_type] = bucket.by_type.get(event_type, 0) + count
+
+    def sample(self, now: float) -> None:
+        """Take in what the adapter counted since the last sample (see the module docstring)."""
+        st = self.stats
+        if st is None:
+            return
+        frames = sum(st.frames.values())
+        last = st.last_frame_at
+        if last is not None and frames != self._frames_seen:
+            runs = self.frame_runs
+            # Several frames since the last sample, the latest within one sampling period of
+            # the run: the frames kept coming (one run), as per-frame events would have shown.
+            if (
+                frames - self._frames_seen > 1
+                and runs
+                and last - runs[-1][1] <= (now - self._sampled_at) + FRAME_RESOLUTION
+            ):
+                runs[-1][1] = last
+                self.last_frame_at = last
+            else:
+                self.frame(last)
+        self._frames_seen = frames
+        seen = self._dispatched_seen
+        for event_type, count in list(st.dispatched.items()):
+            new = count - seen.get(event_type, 0)
+            if new > 0:
+                self.dispatched(now, event_type, new)
+                seen[event_type] = count
+        self.queue(now, st.queue_depth, self.queue_capacity or 0)
+        self.handled += st.handled - self._handled_seen
+        self._handled_seen = st.handled
+        self._sampled_at = now
 
     def _bucket(self, t: float) -> _Second:
         second = int(t)
@@ -254,32 +260,6 @@ class ShardHistory:
         if depth > bucket.peak_depth:
             bucket.peak_depth = depth
 
-    def on_handled(self, e: ev.HandlerCompleted) -> None:
-        self.handled += 1
-
-    def on_handler_failed(self, e: ev.HandlerFailed) -> None:
-        self.handled += 1
-        self.handler_errors += 1
-        name = e.event_type
-        errors = self.errors_by_type
-        if name not in errors and len(errors) >= MAX_EVENT_TYPES:
-            name = _OTHER
-        errors[name] = errors.get(name, 0) + 1
-        # The message is not kept: a handler may put anything (a token, a user's text) in it.
-        self.last_error = (e.monotonic, e.event_type[:80], e.handler[:120], e.error_type[:80])
-
-    def on_duplicate(self, e: ev.DuplicateDropped) -> None:
-        self.duplicates += 1
-
-    def on_ping_layer(self, e: Any) -> None:
-        self.ping_state = str(getattr(e, "state", "")) or None
-        self.ping_detail = str(getattr(e, "detail", ""))[:MAX_DETAIL] or None
-
-    def on_pong(self, e: Any) -> None:
-        rtt, deadline = getattr(e, "rtt", None), getattr(e, "deadline", None)
-        self.last_pong_rtt = float(rtt) if isinstance(rtt, int | float) else None
-        self.pong_deadline = float(deadline) if isinstance(deadline, int | float) else None
-
     # --- connection lifecycle ------------------------------------------------------------
     def on_state(self, t: float, new: ev.ConnectionState) -> None:
         self.state, self.state_since = new, t
@@ -296,6 +276,15 @@ class ShardHistory:
         self.zombie = None
         self.ping_state = self.ping_detail = None
         self.last_pong_rtt = self.pong_deadline = None
+
+    def on_ping_layer(self, e: Any) -> None:
+        self.ping_state = str(getattr(e, "state", "")) or None
+        self.ping_detail = str(getattr(e, "detail", ""))[:MAX_DETAIL] or None
+
+    def on_pong(self, e: Any) -> None:
+        rtt, deadline = getattr(e, "rtt", None), getattr(e, "deadline", None)
+        self.last_pong_rtt = float(rtt) if isinstance(rtt, int | float) else None
+        self.pong_deadline = float(deadline) if isinstance(deadline, int | float) else None
 
     def on_hello(self, interval: float) -> None:
         self.hello = True
@@ -585,28 +574,62 @@ class StatusHistory:
         self.token_refreshed_at: float | None = None
         self.token_failed_at: float | None = None
         self.token_error: str | None = None
+        self._routes: dict[type[ev.LifecycleEvent], Callable[[ShardHistory, Any], None]] = {
+            ev.FrameReceived: _on_frame,
+            ev.EventDispatched: _on_dispatched,
+            ev.HeartbeatSent: _on_heartbeat,
+            ev.HeartbeatAcked: _on_ack,
+            ev.HandlerQueueDepth: _on_queue,
+            ev.HandlerCompleted: _on_handled,
+            ev.HandlerFailed: _on_handler_failed,
+            ev.DuplicateDropped: _on_duplicate,
+            ev.StateChanged: _on_state,
+            ev.ConnectAttempt: _on_attempt,
+            ev.Connected: _on_connected,
+            ev.HelloReceived: _on_hello,
+            ev.SessionReady: _on_ready,
+            ev.SessionResumed: _on_resumed,
+            ev.ZombieDetected: _on_zombie,
+            ev.Disconnected: self._on_disconnected,
+            ev.ShardFatal: self._on_fatal,
+            ev.SupervisorStopped: _on_stopped,
+        }
+        # The ping layer's events, where the adapter has them (looked up by name: an adapter
+        # without a ping layer of its own emits none, and the page shows the configuration).
+        for name, route in (
+            ("PingLayerChanged", ShardHistory.on_ping_layer),
+            ("PongReceived", ShardHistory.on_pong),
+        ):
+            kind = getattr(ev, name, None)
+            if isinstance(kind, type) and issubclass(kind, ev.LifecycleEvent):
+                self._routes[kind] = route
+
+    def bind_stats(self, shard: int, stats: ev.ShardStats, queue_capacity: int) -> None:
+        """Read ``shard``'s per-event facts from the adapter's counters (see :meth:`sample`)."""
+        s = self.shards.get(shard)
+        if s is not None:
+            s.stats = stats
+            s.queue_capacity = queue_capacity
+
+    def sample(self, now: float) -> None:
+        for s in self.shards.values():
+            s.sample(now)
 
     def add_shards(self, shards: Iterable[int], now: float) -> None:
         if self._started_at is None:
             self._started_at = now
         for shard in shards:
             if shard not in self.shards:
-                history = ShardHistory(shard, window=self.window, started_at=now)
-                # The two routes that need this object's redactor.
-                history.routes[ev.Disconnected] = partial(self._on_disconnected, history)
-                history.routes[ev.ShardFatal] = partial(self._on_fatal, history)
-                self.shards[shard] = history
+                self.shards[shard] = ShardHistory(shard, window=self.window, started_at=now)
 
     def observe(self, event: ev.LifecycleEvent) -> None:
-        shard = event.shard
-        if shard is not None:
-            history = self.shards.get(shard)
+        route = self._routes.get(type(event))
+        if route is not None:
+            shard = event.shard
+            history = self.shards.get(shard) if shard is not None else None
             if history is not None:
-                route = history.routes.get(type(event))
-                if route is not None:
-                    route(event)
-                    return
-        if isinstance(event, ev.WebhookRequest | ev.WebhookListening | ev.WebhookStopped):
+                route(history, event)
+        elif isinstance(event, ev.WebhookRequest | ev.WebhookListening | ev.WebhookStopped):
             self._on_webhook(event)
         elif isinstance(event, ev.TokenRefreshed):
             self.token_refreshed_at = event.monotonic
@@ -638,3 +661,76 @@ class StatusHistory:
 
     def _on_fatal(self, s: ShardHistory, e: ev.ShardFatal) -> None:
         s.on_fatal(e.monotonic, e.reason, self._clean(e.message))
+
+
+# The routes: module functions, so the dict above is built once per history.
+def _on_frame(s: ShardHistory, e: ev.FrameReceived) -> None:
+    s.frame(e.monotonic)
+
+
+def _on_dispatched(s: ShardHistory, e: ev.EventDispatched) -> None:
+    s.dispatched(e.monotonic, e.event_type)
+
+
+def _on_heartbeat(s: ShardHistory, e: ev.HeartbeatSent) -> None:
+    s.on_heartbeat(e.monotonic, e.unacked)
+
+
+def _on_ack(s: ShardHistory, e: ev.HeartbeatAcked) -> None:
+    s.on_ack(e.monotonic, e.rtt)
+
+
+def _on_queue(s: ShardHistory, e: ev.HandlerQueueDepth) -> None:
+    s.queue(e.monotonic, e.depth, e.capacity)
+
+
+def _on_handled(s: ShardHistory, e: ev.HandlerCompleted) -> None:
+    s.handled += 1
+
+
+def _on_handler_failed(s: ShardHistory, e: ev.HandlerFailed) -> None:
+    s.handled += 1
+    s.handler_errors += 1
+    name = e.event_type
+    errors = s.errors_by_type
+    if name not in errors and len(errors) >= MAX_EVENT_TYPES:
+        name = _OTHER
+    errors[name] = errors.get(name, 0) + 1
+    # The message is not kept: a handler may put anything (a token, a user's text) into it.
+    s.last_error = (e.monotonic, e.event_type[:80], e.handler[:120], e.error_type[:80])
+
+
+def _on_duplicate(s: ShardHistory, e: ev.DuplicateDropped) -> None:
+    s.duplicates += 1
+
+
+def _on_state(s: ShardHistory, e: ev.StateChanged) -> None:
+    s.on_state(e.monotonic, e.new)
+
+
+def _on_attempt(s: ShardHistory, e: ev.ConnectAttempt) -> None:
+    s.on_attempt()
+
+
+def _on_connected(s: ShardHistory, e: ev.Connected) -> None:
+    s.on_connected(e.monotonic)
+
+
+def _on_hello(s: ShardHistory, e: ev.HelloReceived) -> None:
+    s.on_hello(e.heartbeat_interval)
+
+
+def _on_ready(s: ShardHistory, e: ev.SessionReady) -> None:
+    s.on_live(e.monotonic, "identify")
+
+
+def _on_resumed(s: ShardHistory, e: ev.SessionResumed) -> None:
+    s.on_live(e.monotonic, "resume", e.replayed)
+
+
+def _on_zombie(s: ShardHistory, e: ev.ZombieDetected) -> None:
+    s.on_zombie(e)
+
+
+def _on_stopped(s: ShardHistory, e: ev.SupervisorStopped) -> None:
+    s.on_stopped(e.reason)
