@@ -279,8 +279,7 @@ class QQBotClient:
         session = GatewaySession(
             shard_id=0, shard_count=1, intents=cfg.intents, stats=self.stats[0]
         )
-        bus = self.events
-        session.wants = lambda kind: bus.wants(kind, 0)
+        session.interest = self.events.interest(0)
         dispatcher = Dispatcher(
             session,
             bus=self.events,
