@@ -150,7 +150,7 @@ class Dispatcher:
             started = self._loop.time()
             try:
                 result = handler(event)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     await result
             except asyncio.CancelledError:
                 raise

@@ -140,7 +140,9 @@ class Send:
     payload: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+# Deliver and Emit are made once per dispatched event: plain slots classes (a frozen
+# dataclass's __init__ costs several times more); nobody keeps or mutates an action.
+@dataclass(slots=True)
 class Deliver:
     event: GatewayEvent
 
@@ -153,7 +155,7 @@ class Close:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Emit:
     event: ev.LifecycleEvent
 
