@@ -295,3 +295,29 @@ def test_inbound_mapping() -> None:
     assert hermes.inbound(_event("READY", {"session_id": "x"})) is None
     assert hermes.inbound(_event("C2C_MESSAGE_CREATE", {"author": {"id": "u"}})) is None
     assert hermes.inbound(_event("C2C_MESSAGE_CREATE", "not a dict")) is None
+
+
+async def test_takes_the_builtin_name_when_asked(sim: Simulator, tmp_path: Path) -> None:
+    """``QQBOT_HERMES_PLATFORM=qqbot``: hermes builds the plugin for its ``platforms.qqbot``
+    block instead of its own QQ adapter (conversations and pairings keyed by ``qqbot`` stay)."""
+    from gateway.config import Platform
+    from gateway.platform_registry import platform_registry
+
+    env = {"QQ_CLIENT_SECRET": SECRET, "QQBOT_HERMES_PLATFORM": "qqbot"}
+    config = plugin_config("qqbot", extra_for(sim, dm_policy="pairing"))
+    try:
+        with hermes_home(tmp_path / "hermes", config, env):
+            adapter = load_platform("qqbot")
+            assert isinstance(adapter, hermes.QQBotGatewayAdapter)
+            assert adapter.platform is Platform.QQBOT
+            watch = Watch(adapter)
+            assert await adapter.connect()
+            try:
+                await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(7))
+                await watch.until(lambda: watch.received, 10, "a message")
+                assert watch.received[0].source.platform is Platform.QQBOT
+            finally:
+                await adapter.disconnect()
+    finally:
+        platform_registry.unregister("qqbot")
+    assert platform_registry.get("qqbot") is None  # hermes's own adapter is back
