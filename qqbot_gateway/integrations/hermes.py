@@ -124,8 +124,12 @@ _PLUGIN_KEYS: Final = (
 )
 #: Service settings that hermes owns inside its process (logging), or that have their own name
 #: here (the side server's address).
-_NOT_FROM_SERVICE: Final = frozenset({"log_format", "log_level", "http_addr"})
-_SERVICE_KEYS: Final = tuple(k for k in SETTING_NAMES if k not in _NOT_FROM_SERVICE)
+_NOT_FROM_SERVICE: Final = frozenset({"log_format", "log_level", "http_addr", "transport"})
+#: The webhook transport needs its own listener wired next to the client: not mapped here.
+_WEBHOOK_ONLY: Final = frozenset(k for k in SETTING_NAMES if k.startswith("webhook_"))
+_SERVICE_KEYS: Final = tuple(
+    k for k in SETTING_NAMES if k not in _NOT_FROM_SERVICE and k not in _WEBHOOK_ONLY
+)
 
 _MAX_ROUTES: Final = 10_000
 _MAX_ATTACHMENTS: Final = 10
@@ -211,6 +215,12 @@ def hermes_settings(
     extra = dict(extra or {})
     environ = os.environ if environ is None else environ
     where = f"platforms.{platform}.extra"
+    transport = extra.get("transport")
+    if transport is not None and str(transport).strip().lower() != "websocket":
+        raise ConfigError(
+            f"{where}.transport: the hermes plugin runs the WebSocket transport only, got "
+            f"{transport!r} (the webhook transport is not mapped to hermes yet)"
+        )
     env: dict[str, str] = {}
     names: dict[str, str] = {}  # QQBOT_X -> the name to show in a message
     for key in _SERVICE_KEYS:
