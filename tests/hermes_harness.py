@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from tests.gateway_harness import poll_until
+
 PLUGIN = "qqbot-gateway"
 
 
@@ -99,14 +101,7 @@ class Watch:
         adapter._mark_disconnected = mark_disconnected
 
     async def until(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = self.loop.time() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if self.loop.time() > deadline:
-                raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-            await asyncio.sleep(0.02)
+        return await poll_until(predicate, timeout, what)
 
     def message_ids(self) -> list[str]:
         return [e.message_id for e in self.received]
