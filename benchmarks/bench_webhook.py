@@ -19,7 +19,8 @@ Three measurements, each side by side in one run:
 
 A script, not a test::
 
-    .venv/bin/python -m benchmarks.bench_webhook [--requests 20000] [--rounds 3] [--out benchmarks/bench_webhook.md]
+    .venv/bin/python -m benchmarks.bench_webhook [--requests 20000] [--rounds 3] \\
+        [--out benchmarks/bench_webhook.md]
 """
 
 from __future__ import annotations
