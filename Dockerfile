@@ -18,12 +18,15 @@ RUN groupadd --system --gid 10001 qqbot \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY qqbot_gateway ./qqbot_gateway
-RUN pip install . \
+# The webhook extra (Ed25519 from cryptography): one image for both transports.
+RUN pip install ".[webhook]" \
  && rm -rf /src
 
 WORKDIR /
 USER 10001:10001
 EXPOSE 8080
+# The webhook receiver (QQBOT_TRANSPORT=webhook, QQBOT_WEBHOOK_ADDR): never the side port.
+EXPOSE 8443
 
 # For plain Docker / Compose; Kubernetes ignores it and uses the probes in the StatefulSet.
 # A 503 raises HTTPError, so the command fails exactly when /healthz does.

@@ -48,6 +48,7 @@ def test_defaults() -> None:
     assert s.ws_ping is True
     assert s.handler_queue_size == 1000
     assert s.drain_timeout == 10.0
+    assert s.trace_sample_ratio == 0.1 and s.trace_slow_handler == 1.0
 
 
 def test_every_variable() -> None:
@@ -68,6 +69,9 @@ def test_every_variable() -> None:
             "QQBOT_WS_PING": "off",
             "QQBOT_HANDLER_QUEUE_SIZE": "50",
             "QQBOT_DRAIN_TIMEOUT": "0",
+            "QQBOT_TRACE_SAMPLE_RATIO": "1",
+            "QQBOT_TRACE_SLOW_HANDLER": "0.25",
+            "QQBOT_STATUS_PAGE": "off",
         }
     )
     assert s.intents == int(Intents.GUILDS | Intents.DIRECT_MESSAGE)
@@ -81,6 +85,9 @@ def test_every_variable() -> None:
     assert s.ws_ping is False
     assert s.handler_queue_size == 50
     assert s.drain_timeout == 0.0
+    tel = s.telemetry_config()
+    assert tel.trace_sample_ratio == 1.0 and tel.trace_slow_handler == 0.25
+    assert s.status_page is False and s.telemetry_config().status_page is False
 
 
 def test_client_and_telemetry_config() -> None:
@@ -153,10 +160,13 @@ def test_secret_from_file(tmp_path: Path) -> None:
         ({"QQBOT_TOKEN_URL": "bots.qq.com"}, "QQBOT_TOKEN_URL: expected a http://"),
         ({"QQBOT_GATEWAY_URL": "http://x/ws"}, "QQBOT_GATEWAY_URL: expected a ws:// or wss://"),
         ({"QQBOT_ACK_PROBES": "-1"}, "QQBOT_ACK_PROBES: expected an integer from 0 to 10"),
-        ({"QQBOT_WS_PING": "30"}, "QQBOT_WS_PING: expected on or off"),
+        ({"QQBOT_WS_PING": "30"}, "QQBOT_WS_PING: expected true or false"),
         ({"QQBOT_HANDLER_QUEUE_SIZE": "1.5"}, "QQBOT_HANDLER_QUEUE_SIZE: expected a positive"),
         ({"QQBOT_DRAIN_TIMEOUT": "soon"}, "QQBOT_DRAIN_TIMEOUT: expected a number of seconds"),
+        ({"QQBOT_TRACE_SAMPLE_RATIO": "2"}, "QQBOT_TRACE_SAMPLE_RATIO: expected a number from 0"),
+        ({"QQBOT_TRACE_SLOW_HANDLER": "0"}, "QQBOT_TRACE_SLOW_HANDLER: expected a positive"),
         ({"QQBOT_CLIENT_SECRET_FILE": "/nonexistent/s"}, "QQBOT_CLIENT_SECRET_FILE: file not"),
+        ({"QQBOT_STATUS_PAGE": "maybe"}, "QQBOT_STATUS_PAGE: expected true or false, got 'maybe'"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], expected: str) -> None:
@@ -267,6 +277,18 @@ def test_setting_names_match_the_contract() -> None:
         "QQBOT_WS_PING",
         "QQBOT_HANDLER_QUEUE_SIZE",
         "QQBOT_DRAIN_TIMEOUT",
+        "QQBOT_TRANSPORT",
+        "QQBOT_WEBHOOK_ADDR",
+        "QQBOT_WEBHOOK_PATH",
+        "QQBOT_WEBHOOK_TLS_CERT",
+        "QQBOT_WEBHOOK_TLS_KEY",
+        "QQBOT_WEBHOOK_REPLAY_WINDOW",
+        "QQBOT_WEBHOOK_MAX_BODY",
+        "QQBOT_WEBHOOK_REQUIRE_VALIDATION",
+        "QQBOT_WEBHOOK_SILENCE",
+        "QQBOT_TRACE_SAMPLE_RATIO",
+        "QQBOT_TRACE_SLOW_HANDLER",
+        "QQBOT_STATUS_PAGE",
     }
 
 
@@ -293,8 +315,8 @@ def test_removed_liveness_settings_are_an_error_naming_the_replacement(
         load_settings(path, env={}, warn=print)
 
 
-@pytest.mark.parametrize(("raw", "message"), [("maybe", "on or off"), ("11", "0 to 10")])
+@pytest.mark.parametrize(("raw", "message"), [("maybe", "true or false"), ("11", "0 to 10")])
 def test_bad_liveness_values(raw: str, message: str) -> None:
-    variable = "QQBOT_WS_PING" if message == "on or off" else "QQBOT_ACK_PROBES"
+    variable = "QQBOT_WS_PING" if message == "true or false" else "QQBOT_ACK_PROBES"
     with pytest.raises(ConfigError, match=f"{variable}: expected .*{message}"):
         load({variable: raw})

@@ -44,7 +44,9 @@ class Rig:
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
     tel = Telemetry(
-        TelemetryConfig(http_host="127.0.0.1", http_port=0, liveness_grace=60.0),
+        TelemetryConfig(
+            http_host="127.0.0.1", http_port=0, liveness_grace=60.0, trace_sample_ratio=1.0
+        ),
         span_exporter=InMemorySpanExporter(),
     )
     client = FakeClient()
@@ -114,7 +116,7 @@ async def test_head_404_405(rig: Rig) -> None:
         assert resp.status == 503
     status, body, _ = await rig.get("/nope")
     assert status == 404 and body == "404 Not Found\n"
-    status, _, _ = await rig.get("/")
+    status, _, _ = await rig.get("/index.html")
     assert status == 404
     async with rig.http.post(rig.url + "/healthz", data=b"x") as resp:
         assert resp.status == 405

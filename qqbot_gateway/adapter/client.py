@@ -14,6 +14,11 @@
         await client.wait_closed()
 
 Lifecycle events (``qqbot_gateway.adapter.events``) are published on ``client.events``.
+
+With ``mode="webhook"`` the client opens no WebSocket: QQ posts signed callbacks instead, and
+``client.webhook`` (a :class:`~.webhook.WebhookIntake`) turns each request into the same events
+for the same handlers. Serve it with :class:`qqbot_gateway.telemetry.webhook.WebhookReceiver`
+(``qqbot-gateway run`` does, with ``QQBOT_TRANSPORT=webhook``) or from any web framework.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from . import events as ev
 from .api import OpenAPIClient
 from .auth import TokenManager
 from .connection import TransportConfig, make_socket_factory
+from .context import ShardContext
 from .dispatch import Dispatcher, Handler, HandlerContext
 from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, Intents, parse_intents
 from .session import GatewaySession, LivenessConfig
 from .supervisor import ReconnectPolicy, ShardStatus, ShardSupervisor
+from .webhook import WebhookConfig, WebhookIntake, WebhookKey
 
 __all__ = ["ClientConfig", "QQBotClient", "Secret"]
 
@@ -43,8 +50,13 @@ _log = logging.getLogger("qqbot_gateway.client")
 
 H = TypeVar("H", bound=Handler)
 
+#: ``ClientConfig.mode`` values (``QQBOT_TRANSPORT``).
+MODES = ("websocket", "webhook")
+
 #: QQ's session start window: at most ``max_concurrency`` identifies per this many seconds.
 _SESSION_START_WINDOW = 5.0
+#: Event types whose handler lists are cached (a gateway inventing types cannot grow it).
+_MAX_CACHED_TYPES = 256
 
 
 class Secret:
@@ -93,8 +105,16 @@ class ClientConfig:
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     handler_queue_size: int = 1000
     request_timeout: float = 10.0
+    #: "websocket" (the gateway session) or "webhook" (signed HTTP callbacks; one logical
+    #: shard 0: the platform shards nothing for callbacks).
+    mode: str = "websocket"
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "webhook" and (self.shard_count != 1 or self.shard_ids not in (None, (0,))):
+            raise ValueError("the webhook transport has no shards: shard_count must be 1")
         if not self.app_id or not str(self.app_id).strip():
             raise ValueError("app_id is empty")
         if not isinstance(self.client_secret, Secret):
@@ -133,7 +153,11 @@ class QQBotClient:
         self.config = config
         self.events = bus or ev.EventBus()
         self._handlers: dict[str, list[Handler]] = {}
+        self._handler_cache: dict[str, list[Handler]] = {}
         self._shards: dict[int, _Shard] = {}
+        #: Per-shard counters the hot path keeps (frames, dispatches, queue depth, handler
+        #: durations); made now so that telemetry attached before start() can read them.
+        self.stats: dict[int, ev.ShardStats] = {s: ev.ShardStats(s) for s in config.shards}
         self._http: aiohttp.ClientSession | None = None
         self._ws_http: aiohttp.ClientSession | None = None
         self._tokens: TokenManager | None = None
@@ -144,6 +168,10 @@ class QQBotClient:
         self._closing = False
         #: Optional hook wrapping the handling of each event (telemetry sets a tracing span).
         self.handler_context: HandlerContext | None = None
+        #: The callback intake in webhook mode (after ``start()``), else None.
+        self.webhook: WebhookIntake | None = None
+        self._webhook_key: WebhookKey | None = None
+        self._webhook_dispatcher: Dispatcher | None = None
 
     # --- handlers ------------------------------------------------------------------------
     def on(self, event_type: str = "*") -> Callable[[H], H]:
@@ -159,9 +187,16 @@ class QQBotClient:
         if not callable(handler):
             raise TypeError("handler must be callable")
         self._handlers.setdefault(event_type, []).append(handler)
+        self._handler_cache.clear()
 
     def _handlers_for(self, event_type: str) -> list[Handler]:
-        return [*self._handlers.get(event_type, ()), *self._handlers.get("*", ())]
+        # Asked once per event: cached per type, dropped whenever a handler is added.
+        found = self._handler_cache.get(event_type)
+        if found is None:
+            found = [*self._handlers.get(event_type, ()), *self._handlers.get("*", ())]
+            if len(self._handler_cache) < _MAX_CACHED_TYPES:
+                self._handler_cache[event_type] = found
+        return found
 
     # --- access --------------------------------------------------------------------------
     @property
@@ -180,6 +215,8 @@ class QQBotClient:
         return [shard.supervisor.status() for shard in self._shards.values()]
 
     def handler_queue_depth(self, shard: int) -> int:
+        if self._webhook_dispatcher is not None and shard == 0:
+            return self._webhook_dispatcher.depth
         return self._shards[shard].dispatcher.depth
 
     @property
@@ -192,6 +229,9 @@ class QQBotClient:
             raise RuntimeError("client already started")
         self._started = True
         cfg = self.config
+        if cfg.mode == "webhook":
+            # First: a missing ``cryptography`` fails here, before any connection is opened.
+            self._webhook_key = WebhookKey(cfg.client_secret.get())
         timeout = aiohttp.ClientTimeout(total=cfg.request_timeout)
         self._http = aiohttp.ClientSession(timeout=timeout)
         # The gateway gets its own connector: sockets with keepalive and TCP_USER_TIMEOUT.
@@ -218,6 +258,9 @@ class QQBotClient:
             # A failed start releases what it opened: `async with` never reaches __aexit__.
             await self.close()
             raise
+        if self._webhook_key is not None:
+            self._start_webhook(self._webhook_key)
+            return
         for shard_id in cfg.shards:
             self._shards[shard_id] = self._make_shard(shard_id)
         self._starter = asyncio.create_task(self._start_shards(), name="qqbot shard starter")
@@ -240,6 +283,34 @@ class QQBotClient:
             shard.dispatcher.start()
             shard.supervisor.start()
 
+    def _start_webhook(self, key: WebhookKey) -> None:
+        cfg = self.config
+        # The session object holds the event-id dedupe window; no connection ever opens on it.
+        session = GatewaySession(
+            shard_id=0, shard_count=1, intents=cfg.intents, stats=self.stats[0]
+        )
+        session.interest = self.events.interest(0)
+        dispatcher = Dispatcher(
+            session,
+            bus=self.events,
+            handlers=self._handlers_for,
+            capacity=cfg.handler_queue_size,
+            log_context=ShardContext(0),
+            around_event=lambda: self.handler_context,
+        )
+        dispatcher.start()
+        self._webhook_dispatcher = dispatcher
+        self.webhook = WebhookIntake(
+            key,
+            session=session,
+            bus=self.events,
+            deliver=dispatcher.put,
+            queue_full=lambda: dispatcher.depth >= dispatcher.capacity,
+            handlers_alive=lambda: dispatcher.running,
+            config=cfg.webhook,
+            clock=asyncio.get_running_loop().time,
+        )
+
     def _make_shard(self, shard_id: int) -> _Shard:
         cfg = self.config
         session = GatewaySession(
@@ -247,6 +318,7 @@ class QQBotClient:
             shard_count=cfg.shard_count,
             intents=cfg.intents,
             liveness=cfg.liveness,
+            stats=self.stats[shard_id],
         )
         assert self._ws_http is not None and self._tokens is not None
         supervisor = ShardSupervisor(
@@ -292,8 +364,13 @@ class QQBotClient:
                 *(shard.supervisor.stop() for shard in self._shards.values()),
                 return_exceptions=True,
             )
+            if self.webhook is not None:
+                self.webhook.close()  # new callbacks get a 503: the platform retries them
+            dispatchers = [shard.dispatcher for shard in self._shards.values()]
+            if self._webhook_dispatcher is not None:
+                dispatchers.append(self._webhook_dispatcher)
             await asyncio.gather(
-                *(shard.dispatcher.close(drain_timeout) for shard in self._shards.values()),
+                *(dispatcher.close(drain_timeout) for dispatcher in dispatchers),
                 return_exceptions=True,
             )
             if self._tokens is not None:

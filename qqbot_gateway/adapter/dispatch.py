@@ -8,6 +8,10 @@ half. The server then replays what we refused: nothing is lost, and memory stays
 
 Handlers run one event at a time per shard, in sequence order. An exception in a handler is
 logged and counted (:class:`~.events.HandlerFailed`) and never reaches the session.
+
+The queue depth and each handler's duration are kept in the shard's
+:class:`~.events.ShardStats`; ``HandlerQueueDepth`` and ``HandlerCompleted`` events are built
+only when someone subscribed to them.
 """
 
 from __future__ import annotations
@@ -59,10 +63,17 @@ class Dispatcher:
         self._busy = False
         self._log_context = log_context
         self._around_event = around_event
+        self._stats = session.stats
+        self._interest = bus.interest(session.shard_id)
 
     @property
     def depth(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def running(self) -> bool:
+        """True while the handler task runs (started and neither finished nor crashed)."""
+        return self._task is not None and not self._task.done()
 
     @property
     def idle(self) -> bool:
@@ -76,6 +87,7 @@ class Dispatcher:
         """Called by the reader for every accepted dispatch. Never blocks."""
         self._queue.put_nowait(event)
         depth = self._queue.qsize()
+        self._stats.queue_depth = depth
         self._publish_depth(depth)
         if depth >= self.capacity:
             if self._drained.is_set():
@@ -127,6 +139,7 @@ class Dispatcher:
             finally:
                 self._busy = False
                 depth = self._queue.qsize()
+                self._stats.queue_depth = depth
                 self._publish_depth(depth)
                 if not self._drained.is_set() and depth <= self.capacity // 2:
                     self._session.set_backpressure(False)
@@ -137,7 +150,7 @@ class Dispatcher:
             started = self._loop.time()
             try:
                 result = handler(event)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     await result
             except asyncio.CancelledError:
                 raise
@@ -163,16 +176,21 @@ class Dispatcher:
                     )
                 )
             else:
-                self._bus.emit(
-                    ev.HandlerCompleted(
-                        shard=event.shard,
-                        monotonic=self._loop.time(),
-                        event_type=event.type,
-                        duration=self._loop.time() - started,
+                now = self._loop.time()
+                self._stats.count_handled(now - started)
+                if self._interest.handled:
+                    self._bus.emit(
+                        ev.HandlerCompleted(
+                            shard=event.shard,
+                            monotonic=now,
+                            event_type=event.type,
+                            duration=now - started,
+                        )
                     )
-                )
 
     def _publish_depth(self, depth: int) -> None:
+        if not self._interest.queue_depth:
+            return
         self._bus.emit(
             ev.HandlerQueueDepth(
                 shard=self._session.shard_id,

@@ -56,13 +56,14 @@ then floored and capped in H), so a test at H = 1 s runs exactly the production 
 from __future__ import annotations
 
 import enum
-import json
 import math
 import platform
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+import orjson
 
 from . import events as ev
 from . import protocol as p
@@ -278,7 +279,9 @@ class Send:
     payload: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+# Deliver and Emit are made once per dispatched event: plain slots classes (a frozen
+# dataclass's __init__ costs several times more); nobody keeps or mutates an action.
+@dataclass(slots=True)
 class Deliver:
     event: GatewayEvent
 
@@ -291,7 +294,7 @@ class Close:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Emit:
     event: ev.LifecycleEvent
 
@@ -376,6 +379,7 @@ class GatewaySession:
         liveness: LivenessConfig | None = None,
         properties: Mapping[str, Any] | None = None,
         dedupe_window: int = 4096,
+        stats: ev.ShardStats | None = None,
     ) -> None:
         if not 0 <= shard_id < shard_count:
             raise ValueError(f"shard id {shard_id} is not in range for {shard_count} shard(s)")
@@ -396,6 +400,11 @@ class GatewaySession:
         self._dedupe_window = dedupe_window
         self._conn: _Conn | None = None
         self._backpressure = False
+        #: Per-event facts as counters (frames by op, dispatches by type, last frame time).
+        self.stats = stats if stats is not None else ev.ShardStats(shard_id)
+        #: Whether anyone listens to the per-event kinds (``FrameReceived``, ``EventDispatched``):
+        #: the driver sets it to the bus's ``interest(shard)``; alone, the session emits all.
+        self.interest = ev.Interest()
 
     # --- introspection -------------------------------------------------------------------
     @property
@@ -445,28 +454,32 @@ class GatewaySession:
         return []
 
     def receive(self, data: str | bytes, now: float) -> list[Action]:
-        """One WebSocket message arrived."""
-        conn = self._require_conn()
-        out: list[Action] = []
-        conn.last_frame_at = now
+        """One WebSocket message arrived: ``str`` a text frame, ``bytes`` a binary one."""
         if isinstance(data, bytes | bytearray):
-            out.append(self._frame_event(now, None, None, len(data)))
-            out.append(self._violation(now, "binary frame (the gateway speaks JSON text)"))
-            return out
+            self._require_conn().last_frame_at = now
+            return self._bad_frame(now, len(data), "binary frame (the gateway speaks JSON text)")
+        return self.receive_text(data, now)
+
+    def receive_text(self, data: str | bytes, now: float) -> list[Action]:
+        """One text frame arrived, as ``str`` or as its UTF-8 bytes (not decoded first)."""
+        conn = self._require_conn()
+        conn.last_frame_at = now
         try:
-            payload = json.loads(data)
+            payload = orjson.loads(data)
         except (ValueError, RecursionError):  # RecursionError: nested past the parser's limit
-            out.append(self._frame_event(now, None, None, len(data)))
-            out.append(self._violation(now, "frame is not valid JSON"))
-            return out
+            return self._bad_frame(now, len(data), "frame is not valid JSON")
         op = payload.get("op") if isinstance(payload, dict) else None
         if not isinstance(op, int) or isinstance(op, bool):
-            out.append(self._frame_event(now, None, None, len(data)))
-            out.append(self._violation(now, "frame has no integer 'op'"))
-            return out
+            return self._bad_frame(now, len(data), "frame has no integer 'op'")
+        stats = self.stats
+        stats.last_frame_at = now
+        frames = stats.frames
+        frames[op] = frames.get(op, 0) + 1
         t = payload.get("t")
         event_type = t if isinstance(t, str) else None
-        out.append(self._frame_event(now, op, event_type, len(data)))
+        out: list[Action] = []
+        if self.interest.frames:
+            out.append(self._frame_event(now, op, event_type, len(data)))
         if conn.phase is Phase.CLOSING:
             return out  # we are tearing this link down; nothing more is acted on
         if op == Op.HEARTBEAT_ACK:
@@ -894,6 +907,9 @@ class GatewaySession:
             session_id=self.session_id,
             replayed=replayed,
         )
+        self.stats.count_dispatch(event_type)
+        if not self.interest.dispatched:
+            return [Deliver(event)]
         return [
             Deliver(event),
             Emit(
@@ -907,6 +923,53 @@ class GatewaySession:
                 )
             ),
         ]
+
+    # --- webhook -------------------------------------------------------------------------
+    def accept_callback(self, payload: Mapping[str, Any], now: float) -> list[Action]:
+        """A dispatch that arrived as a signed webhook callback instead of a WebSocket frame.
+
+        There is no connection, no heartbeat and no order: the platform retries a delivery it
+        considers failed, possibly after later ones. So a duplicate is told by its event id
+        alone, in the same window as WebSocket dispatches (``seq`` is passed through, never
+        used to drop one). Answers ``Deliver`` (+ ``EventDispatched`` if anyone listens), or
+        ``DuplicateDropped``, or a ``ProtocolViolation`` for a dispatch without a string ``t``.
+        """
+        t = payload.get("t")
+        if not isinstance(t, str) or not t:
+            return [self._violation(now, "callback dispatch without a string 't'")]
+        s = payload.get("s")
+        seq = s if isinstance(s, int) and not isinstance(s, bool) else None
+        raw_id = payload.get("id")
+        event_id = raw_id if isinstance(raw_id, str) and raw_id else None
+        if event_id is not None and event_id in self._recent_ids:
+            dropped = ev.DuplicateDropped(
+                shard=self.shard_id, monotonic=now, event_type=t, seq=seq, event_id=event_id
+            )
+            return [Emit(dropped)]
+        if event_id is not None:
+            self._recent_ids[event_id] = None
+            if len(self._recent_ids) > self._dedupe_window:
+                self._recent_ids.popitem(last=False)
+        event = GatewayEvent(
+            type=t,
+            data=payload.get("d"),
+            seq=seq,
+            event_id=event_id,
+            shard=self.shard_id,
+            session_id=None,
+        )
+        self.stats.count_dispatch(t)
+        if not self.interest.dispatched:
+            return [Deliver(event)]
+        dispatched = ev.EventDispatched(
+            shard=self.shard_id,
+            monotonic=now,
+            event_type=t,
+            seq=seq,
+            event_id=event_id,
+            replayed=False,
+        )
+        return [Deliver(event), Emit(dispatched)]
 
     # --- helpers -------------------------------------------------------------------------
     def _heartbeat(self, conn: _Conn, now: float) -> list[Action]:
@@ -1067,6 +1130,17 @@ class GatewaySession:
         conn.closing = action
         conn.phase = Phase.CLOSING
         return action
+
+    def _bad_frame(self, now: float, size: int, detail: str) -> list[Action]:
+        """A frame that is not a JSON object with an integer op: counted, and a violation."""
+        stats = self.stats
+        stats.last_frame_at = now
+        stats.frames[None] = stats.frames.get(None, 0) + 1
+        out: list[Action] = []
+        if self.interest.frames:
+            out.append(self._frame_event(now, None, None, size))
+        out.append(self._violation(now, detail))
+        return out
 
     def _frame_event(self, now: float, op: int | None, t: str | None, size: int) -> Emit:
         return Emit(

@@ -166,7 +166,14 @@ class ShardSupervisor:
         self._url: str | None = None
         #: Shared with every task of this shard for log lines (see ``context``).
         self.log_context = ShardContext(self.shard)
-        self._unsubscribe = bus.subscribe(self._on_event)
+        # Only this shard's events, only the kinds it acts on: with many shards in a process,
+        # no supervisor runs for another shard's events.
+        self._unsubscribe = bus.subscribe(
+            self._on_event,
+            kinds=(ev.SessionReady, ev.SessionResumed, ev.ZombieDetected),
+            shard=self.shard,
+        )
+        session.interest = bus.interest(self.shard)
 
     # --- public --------------------------------------------------------------------------
     @property
@@ -415,8 +422,6 @@ class ShardSupervisor:
 
     # --- events and state ----------------------------------------------------------------
     def _on_event(self, event: ev.LifecycleEvent) -> None:
-        if event.shard != self.shard:
-            return
         if isinstance(event, ev.SessionReady | ev.SessionResumed):
             self._last_ready_at = event.monotonic
             self.log_context.session_id = event.session_id

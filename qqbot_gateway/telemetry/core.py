@@ -30,11 +30,13 @@ from qqbot_gateway.adapter import events as ev
 from ._client import ClientLike
 from ._clock import Clock
 from .health import HealthConfig, HealthEvaluator, HealthReport
+from .history import StatusHistory
 from .logs import LifecycleLogger, add_secrets, redactor
 from .looplag import DEFAULT_PERIOD, LoopLagMonitor
 from .metrics import GatewayMetrics, Verdict
-from .otel import Tracing, exporters_from_env
+from .otel import DEFAULT_SAMPLE_RATIO, DEFAULT_SLOW_HANDLER, Tracing, exporters_from_env
 from .server import SideServer
+from .status import StatusPage
 
 __all__ = ["Telemetry", "TelemetryConfig"]
 
@@ -56,17 +58,30 @@ class TelemetryConfig:
     http_host: str = "0.0.0.0"  # noqa: S104 - the side port is meant for kubelet and Prometheus
     #: 0 picks a free port (tests); None runs no side server.
     http_port: int | None = 8080
+    #: Traces, when an exporter is configured (``span_exporter`` or the ``OTEL_*`` variables);
+    #: without one there are no spans at all. False: no tracing even with an exporter.
     tracing: bool = True
+    #: Share of dispatched events traced (``QQBOT_TRACE_SAMPLE_RATIO``); failed, slow and
+    #: replayed events and connection attempts are always traced. See ``otel``.
+    trace_sample_ratio: float = DEFAULT_SAMPLE_RATIO
+    #: A handler running this long (seconds) is traced even when its event was sampled out.
+    trace_slow_handler: float = DEFAULT_SLOW_HANDLER
     loop_lag_period: float = DEFAULT_PERIOD
     stall_margin: float = 10.0
     #: Bound on ``stop()``: server shutdown and span flush each get at most this long.
     stop_timeout: float = 5.0
+    #: Serve the status page (``/``, ``/status``, ``/status.json``) on the side server.
+    status_page: bool = True
 
     def __post_init__(self) -> None:
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise ValueError(f"http_port {self.http_port} is not a TCP port")
         if self.loop_lag_period <= 0 or self.stop_timeout <= 0:
             raise ValueError("loop_lag_period and stop_timeout must be positive")
+        if not 0.0 <= self.trace_sample_ratio <= 1.0:
+            raise ValueError("trace_sample_ratio must be within 0..1")
+        if self.trace_slow_handler <= 0:
+            raise ValueError("trace_slow_handler must be positive")
         HealthConfig(self.liveness_grace, self.loop_lag_threshold, self.stall_margin)
 
 
@@ -100,18 +115,27 @@ class Telemetry:
             process_collectors=process_collectors,
             exemplar=self._exemplar,
             verdict=self._verdict,
+            dispatch_exemplar=self._dispatch_exemplar,
         )
         self.lifecycle_log = LifecycleLogger()
+        #: The status page's bounded history (a subscriber like the others).
+        self.history = StatusHistory(sanitize=redactor().text)
         self.server: SideServer | None = None
         self._client: ClientLike | None = None
-        self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
         self._subscribers: tuple[Callable[[ev.LifecycleEvent], None], ...] = ()
         self._last_failing: frozenset[str] = frozenset()
         self._last_ready: bool | None = None
         self._since_eval = 0.0
         self._started = False
+        self._mode = "websocket"
 
     # --- wiring --------------------------------------------------------------------------
+    @property
+    def tracing_enabled(self) -> bool:
+        """Spans are made only if tracing is on and someone reads them (an exporter)."""
+        return self.config.tracing and (bool(self._exporters) or self._span_exporter is not None)
+
     def attach(self, client: ClientLike) -> None:
         """Subscribe to ``client.events``, register its shards, set ``client.handler_context``."""
         if self._client is not None:
@@ -122,15 +146,32 @@ class Telemetry:
         self.health.transport = cfg.transport
         self.health.request_timeout = cfg.request_timeout
         self.health.status_provider = client.shard_status
+        # The adapter's per-shard counters, when the client keeps them (QQBotClient does): the
+        # per-event facts are then read from them and no per-event object is ever built for us.
+        stats: Mapping[int, ev.ShardStats] = getattr(client, "stats", None) or {}
+        if not all(shard in stats for shard in cfg.shards):
+            stats = {}  # all or nothing: no shard is counted both ways
+        mode = self._mode = getattr(cfg, "mode", "websocket")
+        if mode == "webhook":
+            webhook_cfg = getattr(cfg, "webhook", None)
+            self.health.webhook_status = lambda: (
+                client.webhook.status() if client.webhook is not None else None
+            )
+            self.health.webhook_silence = getattr(webhook_cfg, "silence", None)
+            self.health.webhook_require_validation = bool(
+                getattr(webhook_cfg, "require_validation", False)
+            )
         for shard in cfg.shards:
             self.metrics.register_shard(
                 shard,
                 ack_miss_limit=cfg.liveness.ack_miss_limit,
                 queue_capacity=cfg.handler_queue_size,
+                stats=stats.get(shard),
+                transport=mode,
             )
-            self.health.add_shard(shard)
+            self.health.add_shard(shard, stats.get(shard))
         subscribers: list[Callable[[ev.LifecycleEvent], None]] = []
-        if self.config.tracing:
+        if self.tracing_enabled:
             self.tracing = Tracing(
                 service_name=self.config.service_name,
                 service_instance_id=self.config.service_instance_id,
@@ -138,13 +179,34 @@ class Telemetry:
                 exporters=self._exporters,
                 test_exporter=self._span_exporter,
                 clock=self.clock,
+                sample_ratio=self.config.trace_sample_ratio,
+                slow_handler=self.config.trace_slow_handler,
             )
             subscribers.append(self.tracing.observe)  # first: metrics read its exemplars
             client.handler_context = self.tracing.handler_context
         subscribers += [self.metrics.observe, self.health.observe, self.lifecycle_log.observe]
+        if self.config.status_page:
+            self.history.add_shards(cfg.shards, self._now())
+            for shard, shard_stats in stats.items():
+                self.history.bind_stats(shard, shard_stats, cfg.handler_queue_size)
+            subscribers.append(self.history.observe)
         self._subscribers = tuple(subscribers)
         self._client = client
-        self._unsubscribe = client.events.subscribe(self._on_event)
+        if not stats:
+            # A source without counters: every event, the per-event kinds counted from events.
+            self._unsubscribe.append(client.events.subscribe(self._on_event))
+            return
+        events = client.events
+        self._unsubscribe.append(events.subscribe(self._on_event, exclude=ev.PER_EVENT))
+        # The per-event kinds only for those who need each event, never for metrics or health.
+        tracing = self.tracing
+        kinds: tuple[type[ev.LifecycleEvent], ...]
+        if tracing is not None:  # sampled event spans, slow-handler spans
+            kinds = (ev.EventDispatched, ev.HandlerCompleted)
+            self._unsubscribe.append(events.subscribe(tracing.observe, kinds=kinds))
+        if self.lifecycle_log.log.isEnabledFor(logging.DEBUG):  # "frame received" lines
+            kinds = (ev.FrameReceived, ev.EventDispatched)
+            self._unsubscribe.append(events.subscribe(self.lifecycle_log.observe, kinds=kinds))
 
     def _on_event(self, event: ev.LifecycleEvent) -> None:
         for subscriber in self._subscribers:
@@ -155,6 +217,11 @@ class Telemetry:
 
     def _exemplar(self, event: ev.LifecycleEvent) -> dict[str, str] | None:
         return self.tracing.exemplar(event) if self.tracing is not None else None
+
+    def _dispatch_exemplar(self, shard: int, event_type: str) -> dict[str, str] | None:
+        if self.tracing is None:
+            return None
+        return self.tracing.dispatch_exemplar(shard, event_type)
 
     def _now(self) -> float:
         return self.clock.monotonic()
@@ -194,6 +261,8 @@ class Telemetry:
 
     def _on_lag(self, lag: float) -> None:
         self.metrics.set_loop_lag(lag)
+        if self.config.status_page:
+            self.history.sample(self._now())
         self._since_eval += self.loop_lag.period + lag
         if self._since_eval >= _EVALUATE_EVERY:
             self._since_eval = 0.0
@@ -219,7 +288,10 @@ class Telemetry:
         port = self.config.http_port
         if port is not None:
             server = SideServer(
-                registry=self.registry, evaluate=self.evaluate, sanitize=redactor().text
+                registry=self.registry,
+                evaluate=self.evaluate,
+                sanitize=redactor().text,
+                status_page=self._status_page(),
             )
             try:
                 await server.start(self.config.http_host, port)
@@ -228,6 +300,24 @@ class Telemetry:
                 raise
             self.server = server
             _log.info("telemetry side server listening on %s", server.url)
+
+    def _status_page(self) -> StatusPage | None:
+        if not self.config.status_page:
+            return None
+        client = self._client
+        return StatusPage(
+            history=self.history,
+            evaluate=self.evaluate,
+            clock=self.clock,
+            liveness=self.health.liveness,
+            transport=self.health.transport,
+            loop_lag=self.loop_lag.current,
+            loop_lag_threshold=self.config.loop_lag_threshold,
+            shard_status=client.shard_status if client is not None else None,
+            sanitize=redactor().text,
+            service_name=self.config.service_name,
+            transport_mode=self._mode,
+        )
 
     def begin_shutdown(self) -> None:
         """``/readyz`` answers 503 from now on (call before closing the gateway)."""
@@ -241,9 +331,8 @@ class Telemetry:
         server, self.server = self.server, None
         if server is not None:
             await server.stop(timeout)
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        while self._unsubscribe:
+            self._unsubscribe.pop()()
         client = self._client
         if client is not None and self.tracing is not None:
             if client.handler_context == self.tracing.handler_context:
