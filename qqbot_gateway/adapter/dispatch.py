@@ -8,6 +8,9 @@ half. The server then replays what we refused: nothing is lost, and memory stays
 
 Handlers run one event at a time per shard, in sequence order. An exception in a handler is
 logged and counted (:class:`~.events.HandlerFailed`) and never reaches the session.
+
+``on_handled`` is told about every event whose handlers have all returned or raised (the
+checkpoint watermark, :mod:`~.checkpoint`); an event cut short by a shutdown is not handled.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Dispatcher:
         capacity: int = 1000,
         log_context: ShardContext | None = None,
         around_event: Callable[[], HandlerContext | None] = lambda: None,
+        on_handled: Callable[[GatewayEvent], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("handler queue capacity must be >= 1")
@@ -59,6 +63,7 @@ class Dispatcher:
         self._busy = False
         self._log_context = log_context
         self._around_event = around_event
+        self._on_handled = on_handled
 
     @property
     def depth(self) -> int:
@@ -124,6 +129,8 @@ class Dispatcher:
                 else:
                     with around(event):
                         await self._handle(event)
+                if self._on_handled is not None:
+                    self._on_handled(event)
             finally:
                 self._busy = False
                 depth = self._queue.qsize()

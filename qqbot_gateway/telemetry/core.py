@@ -35,6 +35,7 @@ from .looplag import DEFAULT_PERIOD, LoopLagMonitor
 from .metrics import GatewayMetrics, Verdict
 from .otel import Tracing, exporters_from_env
 from .server import SideServer
+from .store_metrics import StoreMetrics
 
 __all__ = ["Telemetry", "TelemetryConfig"]
 
@@ -101,6 +102,7 @@ class Telemetry:
             exemplar=self._exemplar,
             verdict=self._verdict,
         )
+        self.store_metrics = StoreMetrics(self.registry, clock=self.clock)
         self.lifecycle_log = LifecycleLogger()
         self.server: SideServer | None = None
         self._client: ClientLike | None = None
@@ -129,6 +131,8 @@ class Telemetry:
                 queue_capacity=cfg.handler_queue_size,
             )
             self.health.add_shard(shard)
+            if getattr(client, "has_session_store", False):
+                self.store_metrics.register_shard(shard)
         subscribers: list[Callable[[ev.LifecycleEvent], None]] = []
         if self.config.tracing:
             self.tracing = Tracing(
@@ -141,7 +145,12 @@ class Telemetry:
             )
             subscribers.append(self.tracing.observe)  # first: metrics read its exemplars
             client.handler_context = self.tracing.handler_context
-        subscribers += [self.metrics.observe, self.health.observe, self.lifecycle_log.observe]
+        subscribers += [
+            self.metrics.observe,
+            self.store_metrics.observe,
+            self.health.observe,
+            self.lifecycle_log.observe,
+        ]
         self._subscribers = tuple(subscribers)
         self._client = client
         self._unsubscribe = client.events.subscribe(self._on_event)
