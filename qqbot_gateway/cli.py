@@ -25,11 +25,13 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -306,6 +308,11 @@ def print_event(event: Any) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _load_settings(args.config)
     settings.require_credentials()
+    if settings.transport == "webhook" and importlib.util.find_spec("cryptography") is None:
+        raise ConfigError(
+            f"{settings.source('transport')}: the webhook transport needs Ed25519 from the "
+            "'cryptography' package: pip install 'qqbot-gateway[webhook]'"
+        )
     handlers = [load_handler(spec) for spec in args.handler]
     if args.print_events:
         handlers.append(print_event)
@@ -349,6 +356,7 @@ async def _run_service(
             installed.append(sig)
 
     started = False
+    receiver: Any = None
     try:
         try:
             await telemetry.start()
@@ -383,16 +391,27 @@ async def _run_service(
                 f"cannot get an access token from {settings.token_url} "
                 f"({settings.source('token_url')}): {exc}"
             ) from None
+        if client.webhook is not None:
+            receiver = await _start_receiver(settings, client, telemetry)
         started = True
+        if receiver is not None:
+            _log.info(
+                "%s %s receiving webhooks on %s; side server %s",
+                PROG,
+                __version__,
+                receiver.url,
+                telemetry.http_url or "off",
+            )
         shards = ", ".join(str(s) for s in client.config.shards)
-        _log.info(
-            "%s %s running shard(s) %s of %d; side server %s",
-            PROG,
-            __version__,
-            shards,
-            settings.shard_count,
-            telemetry.http_url or "off",
-        )
+        if receiver is None:
+            _log.info(
+                "%s %s running shard(s) %s of %d; side server %s",
+                PROG,
+                __version__,
+                shards,
+                settings.shard_count,
+                telemetry.http_url or "off",
+            )
         stopper = asyncio.create_task(stop.wait(), name="qqbot signal wait")
         closed = asyncio.create_task(client.wait_closed(), name="qqbot wait closed")
         try:
@@ -421,11 +440,34 @@ async def _run_service(
                 await client.close(drain_timeout=settings.drain_timeout, end_session=end_session)
         except TimeoutError:
             _log.warning("shutdown: the client did not close in time; exiting anyway")
+        if receiver is not None:
+            await receiver.stop()
         await telemetry.stop()
         if started and stop.is_set():
             _log.info("stopped cleanly")
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+async def _start_receiver(settings: Settings, client: Any, telemetry: Any) -> Any:
+    """The webhook receiver on QQBOT_WEBHOOK_ADDR, or a CommandError saying why not."""
+    from qqbot_gateway.telemetry.webhook import WebhookReceiver
+
+    receiver = WebhookReceiver(client.webhook, health=lambda: telemetry.evaluate().healthy)
+    try:
+        await receiver.start()
+    except OSError as exc:
+        host, port = settings.webhook_addr
+        raise CommandError(
+            f"cannot listen on {host}:{port} ({settings.source('webhook_addr')}): "
+            f"{exc.strerror or exc}"
+        ) from None
+    except ssl.SSLError as exc:
+        raise CommandError(
+            f"cannot use the TLS certificate/key ({settings.source('webhook_tls_cert')}): {exc}",
+            EXIT_CONFIG,
+        ) from None
+    return receiver
 
 
 def _every_shard_stopped(client: Any) -> int:

@@ -26,6 +26,17 @@ The names are a public contract (Kubernetes manifests and operators' scripts use
     QQBOT_SESSION_MAX_AGE        seconds a stored session is worth resuming   (300)
     QQBOT_STATE_LOCK             fail | wait: another process owns the shard  (default fail)
     QQBOT_CHECKPOINT_INTERVAL    seconds between checkpoint writes (batching) (0.1)
+    QQBOT_TRANSPORT              websocket | webhook                          (default websocket)
+    QQBOT_WEBHOOK_ADDR           callback receiver host:port, never the side port (0.0.0.0:8443)
+    QQBOT_WEBHOOK_PATH           the callback path                        (default /qqbot/callback)
+    QQBOT_WEBHOOK_TLS_CERT       PEM certificate chain: serve HTTPS directly  (default: plain HTTP)
+    QQBOT_WEBHOOK_TLS_KEY        PEM private key for it
+    QQBOT_WEBHOOK_REPLAY_WINDOW  seconds a signature timestamp may differ from our clock (300)
+    QQBOT_WEBHOOK_MAX_BODY       largest accepted callback body in bytes      (1048576)
+    QQBOT_WEBHOOK_REQUIRE_VALIDATION  true: /readyz waits for the platform's op 13 (false)
+    QQBOT_WEBHOOK_SILENCE        seconds without a valid callback before /readyz fails (0: off)
+    QQBOT_TRACE_SAMPLE_RATIO     share of events traced, 0..1, when an exporter is set (0.1)
+    QQBOT_TRACE_SLOW_HANDLER     seconds after which a handler is always traced (1)
 
 In the TOML file the keys are the lowercase names without the prefix (``app_id``,
 ``shard_count``, ``client_secret_file``, ...); an unknown key is an error. Environment
@@ -97,6 +108,17 @@ SETTING_NAMES: Final[tuple[str, ...]] = (
     "session_max_age",
     "state_lock",
     "checkpoint_interval",
+    "transport",
+    "webhook_addr",
+    "webhook_path",
+    "webhook_tls_cert",
+    "webhook_tls_key",
+    "webhook_replay_window",
+    "webhook_max_body",
+    "webhook_require_validation",
+    "webhook_silence",
+    "trace_sample_ratio",
+    "trace_slow_handler",
 )
 
 #: ``QQBOT_*`` variables that belong to other tools (the simulator, the test suite) or name the
@@ -107,6 +129,11 @@ _OTHER_PREFIXES: Final = ("QQBOT_SIM_", "QQBOT_TEST_")
 _LOG_FORMATS: Final = ("auto", "json", "console")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _DEFAULT_HTTP_ADDR: Final = "0.0.0.0:8080"  # every interface: kubelet and Prometheus connect
+_TRANSPORTS: Final = ("websocket", "webhook")
+#: 8443: one of the four ports QQ accepts in a callback URL (80, 443, 8080, 8443), and not the
+#: side port's 8080.
+_DEFAULT_WEBHOOK_ADDR: Final = "0.0.0.0:8443"
+_DEFAULT_WEBHOOK_PATH: Final = "/qqbot/callback"
 
 
 class ConfigError(ValueError):
@@ -155,6 +182,19 @@ class Settings:
     session_max_age: float = 300.0
     state_lock: str = "fail"
     checkpoint_interval: float = 0.1
+    transport: str = "websocket"
+    webhook_addr: tuple[str, int] = ("0.0.0.0", 8443)  # noqa: S104 - the platform must reach it
+    webhook_path: str = _DEFAULT_WEBHOOK_PATH
+    webhook_tls_cert: str | None = None
+    webhook_tls_key: str | None = None
+    webhook_replay_window: float = 300.0
+    webhook_max_body: int = 1 << 20
+    webhook_require_validation: bool = False
+    webhook_silence: float | None = None
+    #: Tracing (only with an exporter, ``OTEL_*``): share of events traced, and the handler
+    #: duration past which an event is traced anyway (failures and replays always are).
+    trace_sample_ratio: float = 0.1
+    trace_slow_handler: float = 1.0
     #: Where each value came from, for messages: setting key -> "QQBOT_X" or "key (in file)".
     sources: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
@@ -179,6 +219,7 @@ class Settings:
         """The :class:`~qqbot_gateway.adapter.client.ClientConfig` for these settings."""
         from qqbot_gateway.adapter.client import ClientConfig
         from qqbot_gateway.adapter.connection import TransportConfig
+        from qqbot_gateway.adapter.webhook import WebhookConfig
 
         app_id, secret = self.require_credentials()
         return ClientConfig(
@@ -197,6 +238,18 @@ class Settings:
             session_max_age=self.session_max_age,
             state_lock=self.state_lock,
             checkpoint_interval=self.checkpoint_interval,
+            mode=self.transport,
+            webhook=WebhookConfig(
+                host=self.webhook_addr[0],
+                port=self.webhook_addr[1],
+                path=self.webhook_path,
+                replay_window=self.webhook_replay_window,
+                max_body=self.webhook_max_body,
+                tls_cert=self.webhook_tls_cert,
+                tls_key=self.webhook_tls_key,
+                require_validation=self.webhook_require_validation,
+                silence=self.webhook_silence,
+            ),
         )
 
     def telemetry_config(self) -> TelemetryConfig:
@@ -209,6 +262,8 @@ class Settings:
             loop_lag_threshold=self.loop_lag_threshold,
             http_host=host,
             http_port=port,
+            trace_sample_ratio=self.trace_sample_ratio,
+            trace_slow_handler=self.trace_slow_handler,
         )
 
 
@@ -274,6 +329,13 @@ def _non_negative_seconds(raw: Any) -> float:
     value = _number(raw, "a number of seconds >= 0")
     if value < 0:
         raise ValueError(f"expected a number of seconds >= 0, got {_show(raw)}")
+    return value
+
+
+def _ratio(raw: Any) -> float:
+    value = _number(raw, "a number from 0 to 1")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"expected a number from 0 to 1, got {_show(raw)}")
     return value
 
 
@@ -359,6 +421,55 @@ def _http_addr(raw: Any) -> tuple[str, int] | None:
     return host, port
 
 
+def _webhook_addr(raw: Any) -> tuple[str, int]:
+    addr = _http_addr(raw)
+    if addr is None:
+        raise ValueError(f"expected host:port, got {_show(raw)} (QQBOT_TRANSPORT selects webhooks)")
+    return addr
+
+
+def _webhook_path(raw: Any) -> str:
+    text = _text(raw)
+    if not text.startswith("/") or any(c.isspace() or c in "?#" for c in text):
+        raise ValueError(f"expected a path starting with '/' (no spaces, ? or #), got {_show(raw)}")
+    return text
+
+
+def _readable_file(raw: Any) -> str:
+    path = Path(_text(raw)).expanduser()
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return str(path)
+
+
+def _body_limit(raw: Any) -> int:
+    value = _int(raw, "a number of bytes >= 1024")
+    if value < 1024:
+        raise ValueError(f"expected a number of bytes >= 1024, got {_show(raw)}")
+    return value
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(raw, str) and raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {_show(raw)}")
+
+
+def _silence(raw: Any) -> float | None:
+    if isinstance(raw, str) and raw.strip().lower() == "off":
+        return None
+    return _seconds_or_zero(raw)
+
+
 def _url(schemes: tuple[str, ...]) -> Callable[[Any], str]:
     def parse(raw: Any) -> str:
         text = _text(raw)
@@ -429,6 +540,17 @@ _PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "session_max_age": _positive_seconds,
     "state_lock": _choice(("fail", "wait")),
     "checkpoint_interval": _non_negative_seconds,
+    "transport": _choice(_TRANSPORTS),
+    "webhook_addr": _webhook_addr,
+    "webhook_path": _webhook_path,
+    "webhook_tls_cert": _readable_file,
+    "webhook_tls_key": _readable_file,
+    "webhook_replay_window": _positive_seconds,
+    "webhook_max_body": _body_limit,
+    "webhook_require_validation": _bool,
+    "webhook_silence": _silence,
+    "trace_sample_ratio": _ratio,
+    "trace_slow_handler": _positive_seconds,
 }
 
 
@@ -559,13 +681,18 @@ def load_settings(
                     f"{name}: shard id {shard} is outside 0..{shard_count - 1} "
                     f"({_source(raw, 'shard_count')} is {shard_count})"
                 )
+    http_addr = values["http_addr"] if "http_addr" in values else _http_addr(_DEFAULT_HTTP_ADDR)
+    webhook_addr = values.get("webhook_addr") or _webhook_addr(_DEFAULT_WEBHOOK_ADDR)
+    transport = values.get("transport", "websocket")
+    if transport == "webhook":
+        _check_webhook(raw, values, shard_count, shard_ids, http_addr, webhook_addr)
     return Settings(
         app_id=values.get("app_id"),
         client_secret=None if secret_text is None else _make_secret(secret_text),
         intents=values.get("intents", int(Intents.public_default())),
         shard_count=shard_count,
         shard_ids=shard_ids,
-        http_addr=values["http_addr"] if "http_addr" in values else _http_addr(_DEFAULT_HTTP_ADDR),
+        http_addr=http_addr,
         liveness_grace=values.get("liveness_grace", 300.0),
         loop_lag_threshold=values.get("loop_lag_threshold", 2.0),
         log_format=values.get("log_format", "auto"),
@@ -581,8 +708,47 @@ def load_settings(
         session_max_age=values.get("session_max_age", 300.0),
         state_lock=values.get("state_lock", "fail"),
         checkpoint_interval=values.get("checkpoint_interval", 0.1),
+        transport=transport,
+        webhook_addr=webhook_addr,
+        webhook_path=values.get("webhook_path", _DEFAULT_WEBHOOK_PATH),
+        webhook_tls_cert=values.get("webhook_tls_cert"),
+        webhook_tls_key=values.get("webhook_tls_key"),
+        webhook_replay_window=values.get("webhook_replay_window", 300.0),
+        webhook_max_body=values.get("webhook_max_body", 1 << 20),
+        webhook_require_validation=values.get("webhook_require_validation", False),
+        webhook_silence=values.get("webhook_silence"),
+        trace_sample_ratio=values.get("trace_sample_ratio", 0.1),
+        trace_slow_handler=values.get("trace_slow_handler", 1.0),
         sources=tuple((key, name) for key, (_, name) in sorted(raw.items())),
     )
+
+
+def _check_webhook(
+    raw: Mapping[str, tuple[Any, str]],
+    values: Mapping[str, Any],
+    shard_count: int,
+    shard_ids: tuple[int, ...] | None,
+    http_addr: tuple[str, int] | None,
+    webhook_addr: tuple[str, int],
+) -> None:
+    """The combinations only the webhook transport forbids."""
+    name = _source(raw, "webhook_addr")
+    if shard_count != 1 or shard_ids not in (None, (0,)):
+        raise ConfigError(
+            f"{_source(raw, 'shard_count')}: the webhook transport has no shards "
+            "(the platform posts every event to one URL); leave QQBOT_SHARD_COUNT at 1"
+        )
+    if http_addr is not None and webhook_addr[1] != 0 and webhook_addr[1] == http_addr[1]:
+        hosts = {http_addr[0], webhook_addr[0]}
+        if len(hosts) == 1 or hosts & {"0.0.0.0", "::", ""}:  # noqa: S104 - a comparison
+            raise ConfigError(
+                f"{name}: port {webhook_addr[1]} is the side port ({_source(raw, 'http_addr')});"
+                " the receiver needs its own address: the side port must never be public"
+            )
+    if ("webhook_tls_cert" in values) != ("webhook_tls_key" in values):
+        have = "webhook_tls_cert" if "webhook_tls_cert" in values else "webhook_tls_key"
+        want = "webhook_tls_key" if have == "webhook_tls_cert" else "webhook_tls_cert"
+        raise ConfigError(f"{_source(raw, have)}: TLS needs {_source(raw, want)} as well")
 
 
 def _source(raw: Mapping[str, tuple[Any, str]], key: str) -> str:

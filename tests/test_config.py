@@ -48,6 +48,7 @@ def test_defaults() -> None:
     assert s.ws_ping_interval == 30.0
     assert s.handler_queue_size == 1000
     assert s.drain_timeout == 10.0
+    assert s.trace_sample_ratio == 0.1 and s.trace_slow_handler == 1.0
 
 
 def test_every_variable() -> None:
@@ -68,6 +69,8 @@ def test_every_variable() -> None:
             "QQBOT_WS_PING_INTERVAL": "0",
             "QQBOT_HANDLER_QUEUE_SIZE": "50",
             "QQBOT_DRAIN_TIMEOUT": "0",
+            "QQBOT_TRACE_SAMPLE_RATIO": "1",
+            "QQBOT_TRACE_SLOW_HANDLER": "0.25",
         }
     )
     assert s.intents == int(Intents.GUILDS | Intents.DIRECT_MESSAGE)
@@ -81,6 +84,8 @@ def test_every_variable() -> None:
     assert s.ws_ping_interval is None
     assert s.handler_queue_size == 50
     assert s.drain_timeout == 0.0
+    tel = s.telemetry_config()
+    assert tel.trace_sample_ratio == 1.0 and tel.trace_slow_handler == 0.25
 
 
 def test_client_and_telemetry_config() -> None:
@@ -156,6 +161,8 @@ def test_secret_from_file(tmp_path: Path) -> None:
         ({"QQBOT_WS_PING_INTERVAL": "-1"}, "QQBOT_WS_PING_INTERVAL: expected a number of"),
         ({"QQBOT_HANDLER_QUEUE_SIZE": "1.5"}, "QQBOT_HANDLER_QUEUE_SIZE: expected a positive"),
         ({"QQBOT_DRAIN_TIMEOUT": "soon"}, "QQBOT_DRAIN_TIMEOUT: expected a number of seconds"),
+        ({"QQBOT_TRACE_SAMPLE_RATIO": "2"}, "QQBOT_TRACE_SAMPLE_RATIO: expected a number from 0"),
+        ({"QQBOT_TRACE_SLOW_HANDLER": "0"}, "QQBOT_TRACE_SLOW_HANDLER: expected a positive"),
         ({"QQBOT_CLIENT_SECRET_FILE": "/nonexistent/s"}, "QQBOT_CLIENT_SECRET_FILE: file not"),
     ],
 )
@@ -271,6 +278,17 @@ def test_setting_names_match_the_contract() -> None:
         "QQBOT_SESSION_MAX_AGE",
         "QQBOT_STATE_LOCK",
         "QQBOT_CHECKPOINT_INTERVAL",
+        "QQBOT_TRANSPORT",
+        "QQBOT_WEBHOOK_ADDR",
+        "QQBOT_WEBHOOK_PATH",
+        "QQBOT_WEBHOOK_TLS_CERT",
+        "QQBOT_WEBHOOK_TLS_KEY",
+        "QQBOT_WEBHOOK_REPLAY_WINDOW",
+        "QQBOT_WEBHOOK_MAX_BODY",
+        "QQBOT_WEBHOOK_REQUIRE_VALIDATION",
+        "QQBOT_WEBHOOK_SILENCE",
+        "QQBOT_TRACE_SAMPLE_RATIO",
+        "QQBOT_TRACE_SLOW_HANDLER",
     }
 
 

@@ -31,7 +31,9 @@ async def test_blackhole_is_seen_and_recovered() -> None:
     client = QQBotClient(client_config(sim))
     spans = InMemorySpanExporter()
     tel = Telemetry(
-        TelemetryConfig(http_host="127.0.0.1", http_port=0, liveness_grace=30.0),
+        TelemetryConfig(
+            http_host="127.0.0.1", http_port=0, liveness_grace=30.0, trace_sample_ratio=1.0
+        ),
         span_exporter=spans,
     )
     tel.attach(client)

@@ -44,7 +44,9 @@ class Rig:
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
     tel = Telemetry(
-        TelemetryConfig(http_host="127.0.0.1", http_port=0, liveness_grace=60.0),
+        TelemetryConfig(
+            http_host="127.0.0.1", http_port=0, liveness_grace=60.0, trace_sample_ratio=1.0
+        ),
         span_exporter=InMemorySpanExporter(),
     )
     client = FakeClient()

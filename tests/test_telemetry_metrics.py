@@ -257,7 +257,9 @@ def test_exemplars_carry_trace_ids_in_openmetrics() -> None:
 
     exporter = InMemorySpanExporter()
     tel = Telemetry(
-        TelemetryConfig(http_port=None), span_exporter=exporter, process_collectors=False
+        TelemetryConfig(http_port=None, trace_sample_ratio=1.0),
+        span_exporter=exporter,
+        process_collectors=False,
     )
     client = FakeClient(FakeConfig())
     tel.attach(client)

@@ -18,7 +18,7 @@ from .test_telemetry_support import FakeClient, Feeder
 def rig() -> tuple[Telemetry, FakeClient, Feeder, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     tel = Telemetry(
-        TelemetryConfig(http_port=None, service_instance_id="pod-0"),
+        TelemetryConfig(http_port=None, service_instance_id="pod-0", trace_sample_ratio=1.0),
         span_exporter=exporter,
         process_collectors=False,
     )
@@ -143,3 +143,74 @@ def test_missing_exporter_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
     with pytest.raises(TelemetryConfigError, match=r"pip install 'qqbot-gateway\[otlp\]'"):
         Telemetry(TelemetryConfig(http_port=None), env={"OTEL_TRACES_EXPORTER": "otlp"})
+
+
+def sampled_rig(ratio: float) -> tuple[Telemetry, FakeClient, Feeder, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tel = Telemetry(
+        TelemetryConfig(http_port=None, trace_sample_ratio=ratio, trace_slow_handler=0.5),
+        span_exporter=exporter,
+        process_collectors=False,
+    )
+    client = FakeClient()
+    tel.attach(client)
+    return tel, client, Feeder(client.events), exporter
+
+
+def test_no_exporter_no_tracing() -> None:
+    tel = Telemetry(TelemetryConfig(http_port=None), env={}, process_collectors=False)
+    client = FakeClient()
+    tel.attach(client)
+    assert tel.tracing is None and client.handler_context is None
+    f = Feeder(client.events)
+    f.connect(1.0)
+    f.ready(1.5)  # nothing to record into, nothing fails
+
+
+def _dispatch(f: Feeder, seq: int, *, replayed: bool = False) -> GatewayEvent:
+    f.emit(ev.EventDispatched, 1.0, event_type="C", seq=seq, event_id=None, replayed=replayed)
+    return GatewayEvent(type="C", data={}, seq=seq, event_id=None, shard=0, session_id="s")
+
+
+def test_sampled_out_events_still_trace_errors_slow_handlers_and_replays() -> None:
+    tel, client, f, exporter = sampled_rig(0.0)
+    assert client.handler_context is not None
+    f.connect(1.0)
+    f.ready(1.5)  # attempts and handshakes: always
+    for seq in range(2, 50):  # sampled out: no span, nothing current in handlers
+        with client.handler_context(_dispatch(f, seq)):
+            assert not trace.get_current_span().is_recording()
+        f.emit(ev.HandlerCompleted, 2.0, event_type="C", duration=0.01)
+    assert tel.tracing is not None and tel.tracing.pending_events == 0
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert names == ["qqbot.gateway.identify", "qqbot.gateway.connect"]
+    with client.handler_context(_dispatch(f, 50)):
+        f.emit(ev.HandlerFailed, 3.0, event_type="C", handler="h", error_type="KeyError", error="x")
+    f.emit(ev.HandlerCompleted, 4.0, event_type="C", duration=0.75)  # slow
+    with client.handler_context(_dispatch(f, 51, replayed=True)):
+        assert trace.get_current_span().is_recording()
+    events = [s for s in exporter.get_finished_spans() if s.name == "qqbot.event C"]
+    by = {s.attributes["qqbot.sampled_by"]: s for s in events}
+    assert sorted(by) == ["error", "replay", "slow"]
+    assert by["error"].status.status_code is StatusCode.ERROR
+    assert [e.name for e in by["error"].events] == ["handler.failed"]
+    slow = by["slow"]
+    assert (slow.end_time - slow.start_time) / 1e9 == pytest.approx(0.75, abs=1e-3)
+    assert by["replay"].attributes["qqbot.event.replayed"] is True
+
+
+def test_sample_ratio_keeps_about_that_share() -> None:
+    tel, client, f, exporter = sampled_rig(0.25)
+    assert tel.tracing is not None
+    tel.tracing._random = iter([0.1, 0.9, 0.3, 0.2] * 50).__next__
+    for seq in range(200):
+        with client.handler_context(_dispatch(f, seq)):
+            pass
+    assert len(exporter.get_finished_spans()) == 100
+
+
+def test_sampling_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="trace_sample_ratio"):
+        TelemetryConfig(trace_sample_ratio=1.5)
+    with pytest.raises(ValueError, match="trace_slow_handler"):
+        TelemetryConfig(trace_slow_handler=0)

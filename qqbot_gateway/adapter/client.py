@@ -21,6 +21,11 @@ Lifecycle events (``qqbot_gateway.adapter.events``) are published on ``client.ev
 ``session_max_age``; ``close()`` keeps the session resumable (close code 4000, handlers drained,
 final checkpoint) unless ``close(end_session=True)`` ends it (close 1000, state deleted). Another
 backend plugs in through ``QQBotClient(config, store_factory=...)``.
+
+With ``mode="webhook"`` the client opens no WebSocket: QQ posts signed callbacks instead, and
+``client.webhook`` (a :class:`~.webhook.WebhookIntake`) turns each request into the same events
+for the same handlers. Serve it with :class:`qqbot_gateway.telemetry.webhook.WebhookReceiver`
+(``qqbot-gateway run`` does, with ``QQBOT_TRANSPORT=webhook``) or from any web framework.
 """
 
 from __future__ import annotations
@@ -40,17 +45,22 @@ from .api import OpenAPIClient
 from .auth import TokenManager
 from .checkpoint import DEFAULT_INTERVAL, Checkpointer
 from .connection import TransportConfig, make_socket_factory
+from .context import ShardContext
 from .dispatch import Dispatcher, Handler, HandlerContext
 from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, GatewayEvent, Intents, parse_intents
 from .session import GatewaySession, LivenessConfig
 from .store import FileSessionStore, SessionStore, StoreError, StoreLockedError, age_of
 from .supervisor import ReconnectPolicy, ShardStatus, ShardSupervisor
+from .webhook import WebhookConfig, WebhookIntake, WebhookKey
 
 __all__ = ["ClientConfig", "QQBotClient", "Secret"]
 
 _log = logging.getLogger("qqbot_gateway.client")
 
 H = TypeVar("H", bound=Handler)
+
+#: ``ClientConfig.mode`` values (``QQBOT_TRANSPORT``).
+MODES = ("websocket", "webhook")
 
 #: QQ's session start window: at most ``max_concurrency`` identifies per this many seconds.
 _SESSION_START_WINDOW = 5.0
@@ -121,8 +131,16 @@ class ClientConfig:
     state_lock: str = "fail"
     #: Checkpoint batch window in seconds (see :mod:`.checkpoint`).
     checkpoint_interval: float = DEFAULT_INTERVAL
+    #: "websocket" (the gateway session) or "webhook" (signed HTTP callbacks; one logical
+    #: shard 0: the platform shards nothing for callbacks).
+    mode: str = "websocket"
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "webhook" and (self.shard_count != 1 or self.shard_ids not in (None, (0,))):
+            raise ValueError("the webhook transport has no shards: shard_count must be 1")
         if not self.app_id or not str(self.app_id).strip():
             raise ValueError("app_id is empty")
         if not isinstance(self.client_secret, Secret):
@@ -176,7 +194,9 @@ class QQBotClient:
         self.config = config
         self.events = bus or ev.EventBus()
         state_dir = config.state_dir
-        if store_factory is None and state_dir is not None:
+        if config.mode != "websocket":
+            store_factory = None  # callbacks have no gateway session to keep
+        elif store_factory is None and state_dir is not None:
 
             def file_store(shard: int) -> SessionStore:
                 return FileSessionStore(state_dir, config.app_id, shard)
@@ -196,6 +216,10 @@ class QQBotClient:
         self._closing = False
         #: Optional hook wrapping the handling of each event (telemetry sets a tracing span).
         self.handler_context: HandlerContext | None = None
+        #: The callback intake in webhook mode (after ``start()``), else None.
+        self.webhook: WebhookIntake | None = None
+        self._webhook_key: WebhookKey | None = None
+        self._webhook_dispatcher: Dispatcher | None = None
 
     # --- handlers ------------------------------------------------------------------------
     def on(self, event_type: str = "*") -> Callable[[H], H]:
@@ -232,6 +256,8 @@ class QQBotClient:
         return [shard.supervisor.status() for shard in self._shards.values()]
 
     def handler_queue_depth(self, shard: int) -> int:
+        if self._webhook_dispatcher is not None and shard == 0:
+            return self._webhook_dispatcher.depth
         return self._shards[shard].dispatcher.depth
 
     @property
@@ -249,7 +275,10 @@ class QQBotClient:
             raise RuntimeError("client already started")
         self._started = True
         cfg = self.config
-        # First: owning the shards' state fails fast, before any network traffic.
+        if cfg.mode == "webhook":
+            # First: a missing ``cryptography`` fails here, before any connection is opened.
+            self._webhook_key = WebhookKey(cfg.client_secret.get())
+        # Owning the shards' state fails fast too, before any network traffic.
         try:
             await self._acquire_stores()
         except BaseException:
@@ -282,6 +311,9 @@ class QQBotClient:
             # A failed start releases what it opened: `async with` never reaches __aexit__.
             await self.close()
             raise
+        if self._webhook_key is not None:
+            self._start_webhook(self._webhook_key)
+            return
         for shard_id in cfg.shards:
             self._shards[shard_id] = self._make_shard(shard_id)
             self._restore(self._shards[shard_id])
@@ -388,6 +420,31 @@ class QQBotClient:
             age,
         )
 
+    def _start_webhook(self, key: WebhookKey) -> None:
+        cfg = self.config
+        # The session object holds the event-id dedupe window; no connection ever opens on it.
+        session = GatewaySession(shard_id=0, shard_count=1, intents=cfg.intents)
+        dispatcher = Dispatcher(
+            session,
+            bus=self.events,
+            handlers=self._handlers_for,
+            capacity=cfg.handler_queue_size,
+            log_context=ShardContext(0),
+            around_event=lambda: self.handler_context,
+        )
+        dispatcher.start()
+        self._webhook_dispatcher = dispatcher
+        self.webhook = WebhookIntake(
+            key,
+            session=session,
+            bus=self.events,
+            deliver=dispatcher.put,
+            queue_full=lambda: dispatcher.depth >= dispatcher.capacity,
+            handlers_alive=lambda: dispatcher.running,
+            config=cfg.webhook,
+            clock=asyncio.get_running_loop().time,
+        )
+
     def _make_shard(self, shard_id: int) -> _Shard:
         cfg = self.config
         session = GatewaySession(
@@ -466,8 +523,13 @@ class QQBotClient:
                 *(s.supervisor.stop(end_session=not keep) for s in self._shards.values()),
                 return_exceptions=True,
             )
+            if self.webhook is not None:
+                self.webhook.close()  # new callbacks get a 503: the platform retries them
+            dispatchers = [shard.dispatcher for shard in self._shards.values()]
+            if self._webhook_dispatcher is not None:
+                dispatchers.append(self._webhook_dispatcher)
             await asyncio.gather(
-                *(shard.dispatcher.close(drain_timeout) for shard in self._shards.values()),
+                *(dispatcher.close(drain_timeout) for dispatcher in dispatchers),
                 return_exceptions=True,
             )
             await asyncio.gather(

@@ -70,6 +70,11 @@ class Dispatcher:
         return self._queue.qsize()
 
     @property
+    def running(self) -> bool:
+        """True while the handler task runs (started and neither finished nor crashed)."""
+        return self._task is not None and not self._task.done()
+
+    @property
     def idle(self) -> bool:
         return self._queue.empty() and not self._busy
 

@@ -20,6 +20,7 @@ Events (grouped)::
                  HandlerCompleted
     auth         TokenRefreshed, TokenRefreshFailed
     store        CheckpointWritten, CheckpointFailed, RestartResume
+    webhook      WebhookRequest, WebhookListening, WebhookStopped
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ __all__ = [
     "SupervisorStopped",
     "TokenRefreshFailed",
     "TokenRefreshed",
+    "WebhookListening",
+    "WebhookRequest",
+    "WebhookStopped",
     "ZombieDetected",
 ]
 
@@ -274,6 +278,29 @@ class RestartResume(LifecycleEvent):
 
     outcome: str
     detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookRequest(LifecycleEvent):
+    """One HTTP request to the webhook receiver, answered (see ``adapter.webhook``)."""
+
+    outcome: str  # one of adapter.webhook.OUTCOMES
+    status: int  # the HTTP status answered
+    op: int | None  # the payload's op when it got that far
+    duration: float  # seconds from the request's arrival to the answer (time to ACK)
+    signed: bool  # True when the signature was verified: the platform reached us
+    wall: float  # Unix time of the answer (the last-callback timestamp metric)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookListening(LifecycleEvent):
+    url: str  # where the receiver listens (host, port and callback path; no secret)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookStopped(LifecycleEvent):
+    reason: str  # "shutdown" or "crashed"
+    error: str | None = None
 
 
 E = TypeVar("E", bound=LifecycleEvent)

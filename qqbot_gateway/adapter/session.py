@@ -653,6 +653,50 @@ class GatewaySession:
             ),
         ]
 
+    # --- webhook -------------------------------------------------------------------------
+    def accept_callback(self, payload: Mapping[str, Any], now: float) -> list[Action]:
+        """A dispatch that arrived as a signed webhook callback instead of a WebSocket frame.
+
+        There is no connection, no heartbeat and no order: the platform retries a delivery it
+        considers failed, possibly after later ones. So a duplicate is told by its event id
+        alone, in the same window as WebSocket dispatches (``seq`` is passed through, never
+        used to drop one). Answers ``Deliver`` + ``EventDispatched``, or ``DuplicateDropped``,
+        or a ``ProtocolViolation`` for a dispatch without a string ``t``.
+        """
+        t = payload.get("t")
+        if not isinstance(t, str) or not t:
+            return [self._violation(now, "callback dispatch without a string 't'")]
+        s = payload.get("s")
+        seq = s if isinstance(s, int) and not isinstance(s, bool) else None
+        raw_id = payload.get("id")
+        event_id = raw_id if isinstance(raw_id, str) and raw_id else None
+        if event_id is not None and event_id in self._recent_ids:
+            dropped = ev.DuplicateDropped(
+                shard=self.shard_id, monotonic=now, event_type=t, seq=seq, event_id=event_id
+            )
+            return [Emit(dropped)]
+        if event_id is not None:
+            self._recent_ids[event_id] = None
+            if len(self._recent_ids) > self._dedupe_window:
+                self._recent_ids.popitem(last=False)
+        event = GatewayEvent(
+            type=t,
+            data=payload.get("d"),
+            seq=seq,
+            event_id=event_id,
+            shard=self.shard_id,
+            session_id=None,
+        )
+        dispatched = ev.EventDispatched(
+            shard=self.shard_id,
+            monotonic=now,
+            event_type=t,
+            seq=seq,
+            event_id=event_id,
+            replayed=False,
+        )
+        return [Deliver(event), Emit(dispatched)]
+
     # --- helpers -------------------------------------------------------------------------
     def _heartbeat(self, conn: _Conn, now: float) -> list[Action]:
         assert conn.interval is not None

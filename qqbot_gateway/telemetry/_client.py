@@ -13,6 +13,7 @@ from qqbot_gateway.adapter.dispatch import HandlerContext
 from qqbot_gateway.adapter.events import EventBus
 from qqbot_gateway.adapter.session import LivenessConfig
 from qqbot_gateway.adapter.supervisor import ShardStatus
+from qqbot_gateway.adapter.webhook import WebhookIntake
 
 __all__ = ["ClientLike", "ConfigLike", "SecretLike"]
 
@@ -43,6 +44,8 @@ class ConfigLike(Protocol):
 
 class ClientLike(Protocol):
     handler_context: HandlerContext | None
+    #: The webhook intake (``mode="webhook"``, after start), else None.
+    webhook: WebhookIntake | None
 
     @property
     def events(self) -> EventBus: ...

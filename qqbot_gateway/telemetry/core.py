@@ -33,7 +33,7 @@ from .health import HealthConfig, HealthEvaluator, HealthReport
 from .logs import LifecycleLogger, add_secrets, redactor
 from .looplag import DEFAULT_PERIOD, LoopLagMonitor
 from .metrics import GatewayMetrics, Verdict
-from .otel import Tracing, exporters_from_env
+from .otel import DEFAULT_SAMPLE_RATIO, DEFAULT_SLOW_HANDLER, Tracing, exporters_from_env
 from .server import SideServer
 from .store_metrics import StoreMetrics
 
@@ -57,7 +57,14 @@ class TelemetryConfig:
     http_host: str = "0.0.0.0"  # noqa: S104 - the side port is meant for kubelet and Prometheus
     #: 0 picks a free port (tests); None runs no side server.
     http_port: int | None = 8080
+    #: Traces, when an exporter is configured (``span_exporter`` or the ``OTEL_*`` variables);
+    #: without one there are no spans at all. False: no tracing even with an exporter.
     tracing: bool = True
+    #: Share of dispatched events traced (``QQBOT_TRACE_SAMPLE_RATIO``); failed, slow and
+    #: replayed events and connection attempts are always traced. See ``otel``.
+    trace_sample_ratio: float = DEFAULT_SAMPLE_RATIO
+    #: A handler running this long (seconds) is traced even when its event was sampled out.
+    trace_slow_handler: float = DEFAULT_SLOW_HANDLER
     loop_lag_period: float = DEFAULT_PERIOD
     stall_margin: float = 10.0
     #: Bound on ``stop()``: server shutdown and span flush each get at most this long.
@@ -68,6 +75,10 @@ class TelemetryConfig:
             raise ValueError(f"http_port {self.http_port} is not a TCP port")
         if self.loop_lag_period <= 0 or self.stop_timeout <= 0:
             raise ValueError("loop_lag_period and stop_timeout must be positive")
+        if not 0.0 <= self.trace_sample_ratio <= 1.0:
+            raise ValueError("trace_sample_ratio must be within 0..1")
+        if self.trace_slow_handler <= 0:
+            raise ValueError("trace_slow_handler must be positive")
         HealthConfig(self.liveness_grace, self.loop_lag_threshold, self.stall_margin)
 
 
@@ -114,6 +125,11 @@ class Telemetry:
         self._started = False
 
     # --- wiring --------------------------------------------------------------------------
+    @property
+    def tracing_enabled(self) -> bool:
+        """Spans are made only if tracing is on and someone reads them (an exporter)."""
+        return self.config.tracing and (bool(self._exporters) or self._span_exporter is not None)
+
     def attach(self, client: ClientLike) -> None:
         """Subscribe to ``client.events``, register its shards, set ``client.handler_context``."""
         if self._client is not None:
@@ -124,17 +140,28 @@ class Telemetry:
         self.health.transport = cfg.transport
         self.health.request_timeout = cfg.request_timeout
         self.health.status_provider = client.shard_status
+        mode = getattr(cfg, "mode", "websocket")
+        if mode == "webhook":
+            webhook_cfg = getattr(cfg, "webhook", None)
+            self.health.webhook_status = lambda: (
+                client.webhook.status() if client.webhook is not None else None
+            )
+            self.health.webhook_silence = getattr(webhook_cfg, "silence", None)
+            self.health.webhook_require_validation = bool(
+                getattr(webhook_cfg, "require_validation", False)
+            )
         for shard in cfg.shards:
             self.metrics.register_shard(
                 shard,
                 ack_miss_limit=cfg.liveness.ack_miss_limit,
                 queue_capacity=cfg.handler_queue_size,
+                transport=mode,
             )
             self.health.add_shard(shard)
             if getattr(client, "has_session_store", False):
                 self.store_metrics.register_shard(shard)
         subscribers: list[Callable[[ev.LifecycleEvent], None]] = []
-        if self.config.tracing:
+        if self.tracing_enabled:
             self.tracing = Tracing(
                 service_name=self.config.service_name,
                 service_instance_id=self.config.service_instance_id,
@@ -142,6 +169,8 @@ class Telemetry:
                 exporters=self._exporters,
                 test_exporter=self._span_exporter,
                 clock=self.clock,
+                sample_ratio=self.config.trace_sample_ratio,
+                slow_handler=self.config.trace_slow_handler,
             )
             subscribers.append(self.tracing.observe)  # first: metrics read its exemplars
             client.handler_context = self.tracing.handler_context

@@ -20,6 +20,17 @@ Liveness (``/healthz``, ``/livez``) fails, per DESIGN.md principle 5, when
   of that phase together allows;
 * ``event_loop``: the event loop lag exceeds ``loop_lag_threshold``.
 
+With the webhook transport (``webhook_status`` set) there is no connection and no heartbeat,
+and the shard checks are replaced by:
+
+* liveness ``webhook/receiver``: the receiver listens and its socket serves (not listening yet
+  within ``liveness_grace`` of the start is fine); ``webhook/handlers``: the handler task runs;
+* readiness ``webhook/receiver``: listening and not shutting down; ``webhook/validation`` (only
+  with ``require_validation``): a valid op 13 arrived; ``webhook/silence`` (only with
+  ``webhook_silence``): a validly signed callback arrived within that many seconds (counted from
+  the start of listening before the first). Silence is off by default: a quiet bot is not a
+  broken bot; the last-callback metrics and the alert rules show it either way.
+
 Readiness (``/readyz``) is ``ok`` only while every shard of this process is READY with a recent
 ACK (``shard/<n>/ready``) and :meth:`begin_shutdown` has not been called (``shutdown``). "Recent"
 is ``(ack_miss_limit + 0.5) x interval`` since the last ACK (or since the session went live): one
@@ -38,6 +49,7 @@ from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.connection import TransportConfig
 from qqbot_gateway.adapter.session import LivenessConfig
 from qqbot_gateway.adapter.supervisor import ShardStatus
+from qqbot_gateway.adapter.webhook import WebhookStatus
 
 __all__ = ["Check", "HealthConfig", "HealthEvaluator", "HealthReport"]
 
@@ -140,6 +152,11 @@ class HealthEvaluator:
         self.clock = clock
         self.sanitize = sanitize
         self._shards: dict[int, _Shard] = {}
+        #: Webhook transport: the intake's status (None before the client started); see the
+        #: module docstring. None here means the WebSocket transport.
+        self.webhook_status: Callable[[], WebhookStatus | None] | None = None
+        self.webhook_silence: float | None = None
+        self.webhook_require_validation = False
         self._shutting_down = False
         self._started_at = started_at if started_at is not None else (clock() if clock else 0.0)
         for shard in shards:
@@ -214,6 +231,8 @@ class HealthEvaluator:
             if self.clock is None:
                 raise ValueError("evaluate() needs now= when the evaluator has no clock")
             now = self.clock()
+        if self.webhook_status is not None:
+            return self._evaluate_webhook(self.webhook_status, now)
         checks: list[Check] = []
         readiness: list[Check] = []
         shard_ready: dict[int, bool] = {}
@@ -243,6 +262,95 @@ class HealthEvaluator:
             shard_ready=shard_ready,
             evaluated_at=now,
         )
+
+    def _evaluate_webhook(
+        self, provider: Callable[[], WebhookStatus | None], now: float
+    ) -> HealthReport:
+        try:
+            status, error = provider(), None
+        except Exception as exc:  # noqa: BLE001 - a broken provider is a failing check
+            status, error = None, f"webhook status unavailable: {type(exc).__name__}"
+        checks: list[Check] = []
+        readiness: list[Check] = [
+            Check("shutdown", False, "shutting down")
+            if self._shutting_down
+            else Check("shutdown", True, "not shutting down")
+        ]
+        if error is not None:
+            checks.append(Check("webhook/receiver", False, error))
+            readiness.append(Check("webhook/receiver", False, error))
+        elif status is None:
+            waited = max(0.0, now - self._started_at)
+            grace = self.config.liveness_grace
+            ok = waited <= grace or self._shutting_down
+            checks.append(Check("webhook/receiver", ok, f"not started yet ({waited:.1f}s)"))
+            readiness.append(Check("webhook/receiver", False, "not started yet"))
+        else:
+            checks.extend(self._webhook_liveness(status, now))
+            readiness.extend(self._webhook_readiness(status, now))
+        checks.append(self._loop_check(now))
+        ready = all(c.ok for c in readiness)
+        return HealthReport(
+            healthy=all(c.ok for c in checks),
+            ready=ready,
+            checks=checks,
+            readiness=readiness,
+            shard_ready={shard: ready for shard in self._shards} or {0: ready},
+            evaluated_at=now,
+        )
+
+    def _webhook_liveness(self, st: WebhookStatus, now: float) -> list[Check]:
+        stopping = self._shutting_down or st.closing or st.stopped == "shutdown"
+        if st.listening:
+            receiver = Check("webhook/receiver", True, "listening")
+        elif st.stopped == "shutdown" or (stopping and st.listening_since is None):
+            receiver = Check("webhook/receiver", True, "stopped by shutdown")
+        elif st.stopped is not None:
+            receiver = Check("webhook/receiver", False, f"receiver stopped ({st.stopped})")
+        elif st.listening_since is not None:
+            receiver = Check("webhook/receiver", False, "the listening socket no longer serves")
+        else:
+            waited = max(0.0, now - self._started_at)
+            grace = self.config.liveness_grace
+            receiver = Check(
+                "webhook/receiver",
+                waited <= grace,
+                f"not listening yet after {waited:.1f}s (grace {grace:g}s)",
+            )
+        if st.handlers_alive or stopping:
+            handlers = Check("webhook/handlers", True, "handler task running")
+        else:
+            handlers = Check("webhook/handlers", False, "the handler task is not running")
+        return [receiver, handlers]
+
+    def _webhook_readiness(self, st: WebhookStatus, now: float) -> list[Check]:
+        out = []
+        if st.listening and not st.closing:
+            out.append(Check("webhook/receiver", True, "listening"))
+        else:
+            out.append(Check("webhook/receiver", False, "not listening"))
+        if self.webhook_require_validation:
+            if st.validated_at is None:
+                out.append(Check("webhook/validation", False, "no valid op 13 validation yet"))
+            else:
+                age = max(0.0, now - st.validated_at)
+                out.append(Check("webhook/validation", True, f"validated {age:.1f}s ago"))
+        silence = self.webhook_silence
+        if silence is not None:
+            ref = st.last_valid_at if st.last_valid_at is not None else st.listening_since
+            if ref is None:
+                out.append(Check("webhook/silence", False, "not listening"))
+            else:
+                age = max(0.0, now - ref)
+                what = "last valid callback" if st.last_valid_at is not None else "listening"
+                if age > silence:
+                    reason = (
+                        f"no valid callback for {age:.1f}s (QQBOT_WEBHOOK_SILENCE {silence:g}s)"
+                    )
+                    out.append(Check("webhook/silence", False, reason))
+                else:
+                    out.append(Check("webhook/silence", True, f"{what} {age:.1f}s ago"))
+        return out
 
     def _statuses(self) -> tuple[dict[int, ShardStatus], str | None]:
         if self.status_provider is None:

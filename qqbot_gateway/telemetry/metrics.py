@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -38,6 +38,7 @@ from qqbot_gateway.adapter.protocol import (
     ZOMBIE_REASONS,
     Op,
 )
+from qqbot_gateway.adapter.webhook import OUTCOMES as WEBHOOK_OUTCOMES
 
 from ._clock import Clock
 
@@ -90,6 +91,27 @@ HANDLER_DURATION_BUCKETS: Final = (
     30.0,
     60.0,
 )
+#: Time to answer a callback: 0.1 ms (verify + enqueue on an idle core) .. 5 s (the platform's
+#: patience is not documented; an answer this slow is worth seeing anyway).
+WEBHOOK_ACK_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+#: ``transport`` label values of ``transport_info``.
+TRANSPORTS: Final = ("websocket", "webhook")
 #: Distinct ``type`` label values per process before new ones fold into ``"other"``. QQ has a
 #: few dozen event types; the cap only matters for a misbehaving gateway inventing names.
 MAX_EVENT_TYPES: Final = 128
@@ -156,6 +178,11 @@ class _Shard:
     resume_pending: bool = False
     disconnected_since_attempt: bool = False
     state: ev.ConnectionState = ev.ConnectionState.IDLE
+    transport: str = "websocket"
+    webhook_outcomes: dict[str, Counter] = field(default_factory=dict)
+    webhook_ack: Histogram | None = None
+    webhook_listening: Gauge | None = None
+    last_callback_at: float | None = None
 
 
 class GatewayMetrics:
@@ -298,6 +325,31 @@ class GatewayMetrics:
         )
         for outcome in _TOKEN_OUTCOMES:
             self.token_refreshes.labels(outcome)
+        self.webhook_requests = Counter(
+            f"{n}_webhook_requests_total",
+            "Requests to the webhook receiver by outcome (accepted, duplicate, bad_signature...).",
+            ("shard", "outcome"),
+            registry=r,
+        )
+        self.webhook_ack = Histogram(
+            f"{n}_webhook_ack_seconds",
+            "Time from a callback's arrival to its answer (ACKed dispatches and validations).",
+            shard,
+            buckets=WEBHOOK_ACK_BUCKETS,
+            registry=r,
+        )
+        self.webhook_listening = Gauge(
+            f"{n}_webhook_listening",
+            "1 while the webhook receiver listens.",
+            shard,
+            registry=r,
+        )
+        self.transport_info = Gauge(
+            f"{n}_transport_info",
+            "The shard's transport (websocket or webhook); always 1.",
+            ("shard", "transport"),
+            registry=r,
+        )
         self.build_info = Gauge(
             f"{n}_build_info",
             "Build information; always 1.",
@@ -306,6 +358,7 @@ class GatewayMetrics:
         )
         self.build_info.labels(qqbot_gateway.__version__, platform.python_version()).set(1)
         registry.register(_ScrapeTimeCollector(self))
+        registry.register(_WebhookScrapeCollector(self))
         if process_collectors:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -333,6 +386,9 @@ class GatewayMetrics:
             ev.ZombieDetected: self._on_zombie,  # type: ignore[dict-item]
             ev.Disconnected: self._on_disconnected,  # type: ignore[dict-item]
             ev.ShardFatal: self._on_fatal,  # type: ignore[dict-item]
+            ev.WebhookRequest: self._on_webhook_request,  # type: ignore[dict-item]
+            ev.WebhookListening: self._on_webhook_listening,  # type: ignore[dict-item]
+            ev.WebhookStopped: self._on_webhook_stopped,  # type: ignore[dict-item]
         }
 
     # --- registration --------------------------------------------------------------------
@@ -348,8 +404,10 @@ class GatewayMetrics:
         queue_capacity: int,
         state: ev.ConnectionState = ev.ConnectionState.IDLE,
         now: float | None = None,
+        transport: str = "websocket",
     ) -> None:
-        """Create every label child of ``shard`` at zero. Idempotent."""
+        """Create every label child of ``shard`` at zero. Idempotent. ``transport="webhook"``
+        adds the webhook children (every outcome at zero)."""
         if shard in self._shards:
             return
         s = str(shard)
@@ -380,6 +438,14 @@ class GatewayMetrics:
             handler_duration=self.handler_duration.labels(s),
             state=state,
         )
+        self.transport_info.labels(s, transport).set(1)
+        if transport == "webhook":
+            entry.transport = transport
+            entry.webhook_outcomes = {
+                o: self.webhook_requests.labels(s, o) for o in WEBHOOK_OUTCOMES
+            }
+            entry.webhook_ack = self.webhook_ack.labels(s)
+            entry.webhook_listening = self.webhook_listening.labels(s)
         entry.threshold.set(ack_miss_limit)
         entry.queue_capacity.set(queue_capacity)
         for st, child in entry.states.items():
@@ -504,6 +570,61 @@ class GatewayMetrics:
         if not s.disconnected_since_attempt:
             s.reconnects[reason_label(e.reason)].inc()
             s.disconnected_since_attempt = True
+
+    def _on_webhook_request(self, s: _Shard, e: ev.WebhookRequest) -> None:
+        child = s.webhook_outcomes.get(e.outcome)
+        if child is not None:
+            child.inc()
+        if e.signed:
+            s.last_callback_at = e.monotonic
+            if s.webhook_ack is not None and e.status == 200:
+                s.webhook_ack.observe(e.duration)
+
+    def _on_webhook_listening(self, s: _Shard, e: ev.WebhookListening) -> None:
+        if s.webhook_listening is not None:
+            s.webhook_listening.set(1)
+
+    def _on_webhook_stopped(self, s: _Shard, e: ev.WebhookStopped) -> None:
+        if s.webhook_listening is not None:
+            s.webhook_listening.set(0)
+
+
+class _WebhookScrapeCollector(Collector):
+    """The last validly signed callback's age and timestamp, per webhook shard, at scrape."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._m = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        age, stamp = families = self._families()
+        clock = self._m.clock
+        now, wall = clock.monotonic(), clock.wall()
+        for entry in self._m.shards.values():
+            if entry.transport != "webhook":
+                continue
+            at = entry.last_callback_at
+            age.add_metric([entry.label], max(0.0, now - (entry.started_at if at is None else at)))
+            stamp.add_metric([entry.label], 0.0 if at is None else wall - (now - at))
+        return families
+
+    @staticmethod
+    def _families() -> list[GaugeMetricFamily]:
+        n = PREFIX
+        return [
+            GaugeMetricFamily(
+                f"{n}_webhook_last_callback_age_seconds",
+                "Seconds since the last validly signed callback (since start before the first).",
+                labels=["shard"],
+            ),
+            GaugeMetricFamily(
+                f"{n}_webhook_last_callback_timestamp_seconds",
+                "Unix time of the last validly signed callback (0 before the first).",
+                labels=["shard"],
+            ),
+        ]
 
 
 class _ScrapeTimeCollector(Collector):

@@ -15,12 +15,25 @@ Spans are short and bounded; there is never one span per connection lifetime:
   log lines and outgoing calls made by handlers carry its trace id. Its trace id is the
   exemplar of ``events_dispatched_total``.
 
+Sampling (what it costs to watch every event). Spans exist only when an exporter is configured
+(:class:`~.core.Telemetry` builds no :class:`Tracing` otherwise: nobody would read them). With
+one, the provider samples with ``ParentBased(root=_Sampler)``:
+
+* connection attempts, Identify/Resume handshakes and heartbeats: always (a few per minute);
+* dispatched events: a ratio (``sample_ratio``, ``QQBOT_TRACE_SAMPLE_RATIO``), decided when the
+  event is accepted, before any span object exists, so an event sampled out costs one
+  ``random()``; replayed events (received between Resume and RESUMED) are always sampled;
+* an event sampled out whose handler fails, or runs for ``slow_handler`` seconds or more
+  (``QQBOT_TRACE_SLOW_HANDLER``), still gets its span, made after the fact from the
+  ``HandlerFailed`` / ``HandlerCompleted`` facts (start = handlers start, so without the queue
+  wait), with ``qqbot.sampled_by`` telling why it was kept.
+
 The :class:`~opentelemetry.sdk.trace.TracerProvider` belongs to :class:`Tracing` (never the
 global one), so tests stay isolated and an application's own provider is left alone. Export:
 an injected :class:`SpanExporter` (tests: ``InMemorySpanExporter``), else what the standard
 ``OTEL_*`` variables ask for (``OTEL_TRACES_EXPORTER=otlp|console|none``, or an
-``OTEL_EXPORTER_OTLP[_TRACES]_ENDPOINT`` alone), else nothing: spans still give log lines and
-exemplars their trace ids, but leave the process.
+``OTEL_EXPORTER_OTLP[_TRACES]_ENDPOINT`` alone), else nothing: then there is no tracing at all
+(no spans, no trace ids on log lines or exemplars), and no cost.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+import random
 import socket
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -45,7 +59,15 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.util.types import Attributes
 
 import qqbot_gateway
 from qqbot_gateway.adapter import events as ev
@@ -59,7 +81,43 @@ __all__ = ["TelemetryConfigError", "Tracing", "exporters_from_env"]
 #: unhandled): memory stays bounded even if handlers never run (no dispatcher, shutdown).
 DEFAULT_MAX_PENDING: Final = 4096
 
+#: Default share of dispatched events traced when an exporter is configured.
+DEFAULT_SAMPLE_RATIO: Final = 0.1
+#: Handlers running this long (seconds) are traced even when their event was sampled out.
+DEFAULT_SLOW_HANDLER: Final = 1.0
+#: Span attribute naming why a span was kept: always / ratio / replay / error / slow.
+SAMPLED_BY: Final = "qqbot.sampled_by"
+
 _EventKey = tuple[int, int | None, str | None, str]
+_NULL_CONTEXT: Final = contextlib.nullcontext()
+
+
+class _Sampler(Sampler):
+    """Root sampler: spans that carry ``qqbot.sampled_by`` were chosen by :class:`Tracing`
+    (always-sampled kinds, or an event that won its ratio draw, failed, was slow or replayed);
+    anything else (a span an application starts on this provider) gets the trace-id ratio."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        if attributes and SAMPLED_BY in attributes:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, None)
+        return self._ratio.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"QQBotSampler{{{self._ratio.get_description()}}}"
 
 
 class TelemetryConfigError(RuntimeError):
@@ -149,8 +207,17 @@ class Tracing:
         test_exporter: SpanExporter | None = None,
         clock: Clock | None = None,
         max_pending: int = DEFAULT_MAX_PENDING,
+        sample_ratio: float = DEFAULT_SAMPLE_RATIO,
+        slow_handler: float = DEFAULT_SLOW_HANDLER,
     ) -> None:
+        if not 0.0 <= sample_ratio <= 1.0:
+            raise ValueError("sample_ratio must be within 0..1")
+        if slow_handler <= 0:
+            raise ValueError("slow_handler must be positive")
         self.clock = clock or Clock()
+        self.sample_ratio = sample_ratio
+        self.slow_handler = slow_handler
+        self._random = random.random
         attributes: dict[str, Any] = {
             "service.name": service_name,
             "service.instance.id": service_instance_id or socket.gethostname(),
@@ -159,7 +226,10 @@ class Tracing:
         }
         if len(shards) == 1:
             attributes["qqbot.shard"] = shards[0]
-        self.provider = TracerProvider(resource=Resource.create(attributes))
+        self.provider = TracerProvider(
+            resource=Resource.create(attributes),
+            sampler=ParentBased(root=_Sampler(sample_ratio)),
+        )
         if test_exporter is not None:
             # Synchronous: a test sees a span as soon as it ended.
             self.provider.add_span_processor(SimpleSpanProcessor(test_exporter))
@@ -179,14 +249,22 @@ class Tracing:
         if isinstance(event, ev.EventDispatched):
             self._on_dispatched(event)
             return
+        if isinstance(event, ev.HandlerCompleted):
+            if event.duration >= self.slow_handler and not trace.get_current_span().is_recording():
+                self._after_the_fact(event, "slow", event.monotonic - event.duration)
+            return
         if isinstance(event, ev.HandlerFailed):
             span = trace.get_current_span()
-            if span.is_recording():
-                span.set_status(Status(StatusCode.ERROR, event.error_type))
-                span.add_event(
-                    "handler.failed",
-                    {"qqbot.handler": event.handler, "error.type": event.error_type},
-                )
+            after = not span.is_recording()
+            if after:
+                span = self._after_the_fact(event, "error", event.monotonic)
+            span.set_status(Status(StatusCode.ERROR, event.error_type))
+            span.add_event(
+                "handler.failed",
+                {"qqbot.handler": event.handler, "error.type": event.error_type},
+            )
+            if after:
+                span.end(end_time=self.clock.wall_ns_of(event.monotonic))
             return
         shard = event.shard
         if shard is None:
@@ -202,7 +280,11 @@ class Tracing:
                 context=trace.set_span_in_context(trace.INVALID_SPAN),
                 kind=SpanKind.CLIENT,
                 start_time=t,
-                attributes={"qqbot.shard": shard, "qqbot.heartbeat.unacked": event.unacked},
+                attributes={
+                    "qqbot.shard": shard,
+                    "qqbot.heartbeat.unacked": event.unacked,
+                    SAMPLED_BY: "always",
+                },
             )
         elif isinstance(event, ev.HeartbeatAcked):
             acked, s.heartbeat = s.heartbeat, None
@@ -223,6 +305,7 @@ class Tracing:
                     "qqbot.shard": shard,
                     "qqbot.attempt": event.attempt,
                     "qqbot.resume": event.resume,
+                    SAMPLED_BY: "always",
                 },
             )
         elif isinstance(event, ev.Connected):
@@ -238,7 +321,7 @@ class Tracing:
             self._end(s.handshake, t, error="superseded")
             parent = trace.set_span_in_context(s.attempt) if s.attempt is not None else None
             resume = isinstance(event, ev.ResumeSent)
-            attributes: dict[str, Any] = {"qqbot.shard": shard}
+            attributes: dict[str, Any] = {"qqbot.shard": shard, SAMPLED_BY: "always"}
             if isinstance(event, ev.ResumeSent):
                 attributes["qqbot.resume.seq"] = event.seq
             else:
@@ -279,7 +362,33 @@ class Tracing:
                 self._end(stopped, t, error=error)
             s.heartbeat = s.handshake = s.attempt = None
 
+    def _after_the_fact(
+        self, event: ev.HandlerCompleted | ev.HandlerFailed, why: str, started: float
+    ) -> Span:
+        """A span for an event that was sampled out but turned out worth keeping."""
+        span = self.tracer.start_span(
+            f"qqbot.event {event.event_type}",
+            context=trace.set_span_in_context(trace.INVALID_SPAN),
+            kind=SpanKind.CONSUMER,
+            start_time=self.clock.wall_ns_of(started),
+            attributes={
+                "qqbot.shard": event.shard if event.shard is not None else -1,
+                "qqbot.event.type": event.event_type,
+                SAMPLED_BY: why,
+            },
+        )
+        if why == "slow":
+            span.set_attribute("qqbot.handler.duration_s", event.monotonic - started)
+            span.end(end_time=self.clock.wall_ns_of(event.monotonic))
+        return span
+
     def _on_dispatched(self, event: ev.EventDispatched) -> None:
+        if event.replayed:
+            why = "replay"
+        elif self.sample_ratio >= 1.0 or self._random() < self.sample_ratio:
+            why = "ratio"
+        else:
+            return  # sampled out: no span, no bookkeeping (failures and slow ones come later)
         shard = event.shard if event.shard is not None else -1
         span = self.tracer.start_span(
             f"qqbot.event {event.event_type}",
@@ -292,6 +401,7 @@ class Tracing:
                 "qqbot.event.seq": event.seq if event.seq is not None else -1,
                 "qqbot.event.id": event.event_id or "",
                 "qqbot.event.replayed": event.replayed,
+                SAMPLED_BY: why,
             },
         )
         self._last_event_ctx = span.get_span_context()
@@ -314,7 +424,7 @@ class Tracing:
         """Trace ids for the sample this event produces (called right after ``observe``)."""
         ctx: trace.SpanContext | None = None
         if isinstance(event, ev.EventDispatched):
-            ctx = self._last_event_ctx
+            ctx, self._last_event_ctx = self._last_event_ctx, None
         elif isinstance(event, ev.HeartbeatAcked) and event.shard is not None:
             s = self._shards.get(event.shard)
             ctx = s.last_ack if s is not None else None
@@ -323,15 +433,15 @@ class Tracing:
         return _ids(ctx)
 
     def handler_context(self, event: GatewayEvent) -> AbstractContextManager[Any]:
-        """``client.handler_context``: the event's span is current while its handlers run."""
+        """``client.handler_context``: the event's span is current while its handlers run.
+
+        An event that was sampled out has no span: nothing is made current (a failure or a slow
+        handler still gets one after the fact, see the module docstring)."""
+        if not self._pending:
+            return _NULL_CONTEXT
         span = self._pending.pop((event.shard, event.seq, event.event_id, event.type), None)
         if span is None:
-            span = self.tracer.start_span(
-                f"qqbot.event {event.type}",
-                context=trace.set_span_in_context(trace.INVALID_SPAN),
-                kind=SpanKind.CONSUMER,
-                attributes={"qqbot.shard": event.shard, "qqbot.event.type": event.type},
-            )
+            return _NULL_CONTEXT
         return self._run_in(span)
 
     @contextlib.contextmanager

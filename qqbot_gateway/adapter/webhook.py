@@ -1,0 +1,441 @@
+"""The webhook transport's protocol core: signed HTTP callbacks in, the same events out.
+
+QQ's HTTP callback protocol (official ``bot-docs`` ``event-emit.md`` / ``sign.md``, and the
+official Go SDK ``botgo`` ``interaction/signature``):
+
+* The key is Ed25519 whose 32-byte private-key **seed** is the bot secret repeated until it is
+  at least 32 bytes long, then cut to 32 (:func:`derive_seed`; a secret shorter than 16 bytes
+  needs more than one repetition).
+* Every callback carries ``X-Signature-Ed25519`` (hex, 64 bytes, ``sig[63] & 224 == 0``) and
+  ``X-Signature-Timestamp``; the signed message is the timestamp followed by the raw body.
+* Validation (op 13, ``{"plain_token", "event_ts"}``) is answered with ``{"plain_token",
+  "signature": hex(sign(event_ts + plain_token))}``. We answer it only when the request itself
+  is signed, as botgo does: an unsigned op 13 would turn the receiver into a signing oracle
+  (``event_ts="1725442341"`` and ``plain_token='{"op":0,...}'`` make exactly the message of a
+  forged callback).
+* Dispatches (op 0) are acknowledged with ``{"op": 12, "d": 0}``; ``d: 1`` (or a non-2xx
+  status) makes the platform retry later.
+
+:class:`WebhookIntake` applies that to one request at a time, without any HTTP framework: the
+aiohttp receiver (``qqbot_gateway.telemetry.webhook``) or any other web framework hands it the
+method, headers and body, and sends back the :class:`WebhookReply`. Accepted dispatches go
+through :meth:`GatewaySession.accept_callback` (the WebSocket path's event-id dedupe window)
+into the shard's bounded handler queue; nothing waits for a handler, so the ACK is immediate.
+Every answer is one :class:`~.events.WebhookRequest` lifecycle event with its ``outcome``.
+
+Ed25519 comes from ``cryptography`` (the ``webhook`` extra), imported only when a webhook key
+is made: the WebSocket path does not need it.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from . import events as ev
+from .protocol import GatewayEvent, Op
+from .session import Deliver, Emit, GatewaySession
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+__all__ = [
+    "ACCEPTED",
+    "BAD_METHOD",
+    "BAD_SIGNATURE",
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_REPLAY_WINDOW",
+    "DUPLICATE",
+    "IGNORED",
+    "MALFORMED_JSON",
+    "MALFORMED_PAYLOAD",
+    "MISSING_SIGNATURE",
+    "NOT_FOUND",
+    "OUTCOMES",
+    "QUEUE_FULL",
+    "SIGNATURE_FAILURES",
+    "SIGNATURE_HEADER",
+    "SLOW_BODY",
+    "STALE_TIMESTAMP",
+    "TIMESTAMP_HEADER",
+    "TOO_LARGE",
+    "UNAVAILABLE",
+    "VALIDATED",
+    "WebhookConfig",
+    "WebhookIntake",
+    "WebhookKey",
+    "WebhookReply",
+    "WebhookStatus",
+    "derive_seed",
+]
+
+_log = logging.getLogger("qqbot_gateway.webhook")
+
+SIGNATURE_HEADER: Final = "X-Signature-Ed25519"
+TIMESTAMP_HEADER: Final = "X-Signature-Timestamp"
+_SEED_SIZE: Final = 32
+_SIGNATURE_SIZE: Final = 64
+
+#: 5 minutes either way, as Slack and Stripe use: enough for clock skew between QQ and the pod
+#: and for the platform's own delivery delay; a captured request is useless after it.
+DEFAULT_REPLAY_WINDOW: Final = 300.0
+#: 1 MiB. QQ's callbacks are a few KB (attachments are URLs, not bytes); a body 100x larger is
+#: not a callback, and reading it would only cost memory.
+DEFAULT_MAX_BODY: Final = 1 << 20
+
+# --- outcomes: the ``outcome`` label of qqbot_gateway_webhook_requests_total -----------------
+ACCEPTED: Final = "accepted"  # op 0 queued for the handlers, ACKed
+DUPLICATE: Final = "duplicate"  # op 0 seen already (a redelivery), ACKed and dropped
+VALIDATED: Final = "validated"  # op 13 answered with our signature
+IGNORED: Final = "ignored"  # a signed payload with an op we do not act on, ACKed
+QUEUE_FULL: Final = "queue_full"  # handler queue full: 503, the platform retries later
+UNAVAILABLE: Final = "unavailable"  # shutting down: 503, the platform retries later
+MISSING_SIGNATURE: Final = "missing_signature"  # no signature or timestamp header: 401
+BAD_SIGNATURE: Final = "bad_signature"  # malformed or wrong signature / timestamp: 401
+STALE_TIMESTAMP: Final = "stale_timestamp"  # outside the replay window: 401
+MALFORMED_JSON: Final = "malformed_json"  # signed, but not a JSON object with an int op: 400
+MALFORMED_PAYLOAD: Final = "malformed_payload"  # op 0 / 13 without the fields it needs: 400
+BAD_METHOD: Final = "bad_method"  # not POST: 405
+NOT_FOUND: Final = "not_found"  # not the callback path: 404
+TOO_LARGE: Final = "too_large"  # body over the limit: 413
+SLOW_BODY: Final = "slow_body"  # the body did not arrive within the receiver's deadline: 408
+
+OUTCOMES: Final[tuple[str, ...]] = (
+    ACCEPTED,
+    DUPLICATE,
+    VALIDATED,
+    IGNORED,
+    QUEUE_FULL,
+    UNAVAILABLE,
+    MISSING_SIGNATURE,
+    BAD_SIGNATURE,
+    STALE_TIMESTAMP,
+    MALFORMED_JSON,
+    MALFORMED_PAYLOAD,
+    BAD_METHOD,
+    NOT_FOUND,
+    TOO_LARGE,
+    SLOW_BODY,
+)
+#: Outcomes of requests that failed authentication (the signature-failure alert counts these).
+SIGNATURE_FAILURES: Final = frozenset({MISSING_SIGNATURE, BAD_SIGNATURE, STALE_TIMESTAMP})
+
+_ACK_OK: Final = b'{"op":12,"d":0}'
+#: ``d: 1`` is botgo's "handling failed, retry"; with a 503 either signal makes QQ redeliver.
+_ACK_RETRY: Final = b'{"op":12,"d":1}'
+#: Seconds a 503 asks the platform to wait (a hint; QQ's retry schedule is not documented).
+_RETRY_AFTER: Final = "1"
+
+
+def derive_seed(secret: str | bytes) -> bytes:
+    """The Ed25519 seed: the secret repeated until >= 32 bytes, cut to 32 (UTF-8 bytes)."""
+    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
+    if not raw:
+        raise ValueError("the bot secret is empty")
+    repeats = -(-_SEED_SIZE // len(raw))  # ceil: 12 bytes need 3 copies, 16 need 2
+    return (raw * repeats)[:_SEED_SIZE]
+
+
+class WebhookKey:
+    """The bot's Ed25519 key pair, derived from the bot secret. Never shows the secret."""
+
+    __slots__ = ("_private", "_public", "public_bytes")
+
+    def __init__(self, secret: str | bytes) -> None:
+        try:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        except ImportError:  # pragma: no cover - depends on the installation
+            raise RuntimeError(
+                "the webhook transport needs the 'cryptography' package: "
+                "pip install 'qqbot-gateway[webhook]'"
+            ) from None
+        self._private: Ed25519PrivateKey = Ed25519PrivateKey.from_private_bytes(derive_seed(secret))
+        self._public: Ed25519PublicKey = self._private.public_key()
+        self.public_bytes = self._public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def __repr__(self) -> str:
+        return f"WebhookKey(public={self.public_bytes.hex()})"
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message)
+
+    def sign_hex(self, timestamp: str, body: bytes) -> str:
+        """The ``X-Signature-Ed25519`` value for ``timestamp`` + ``body``."""
+        return self.sign(timestamp.encode() + body).hex()
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            self._public.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+    def validation_response(self, plain_token: str, event_ts: str) -> dict[str, str]:
+        """The answer to an op 13 validation request."""
+        signature = self.sign((event_ts + plain_token).encode()).hex()
+        return {"plain_token": plain_token, "signature": signature}
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """The receiver's settings (``QQBOT_WEBHOOK_*``). See README, "Webhook transport"."""
+
+    #: Where the receiver listens. QQ accepts callback URLs on ports 80, 443, 8080 and 8443
+    #: only; behind an ingress or proxy the receiver's own port is free (not the side port).
+    host: str = "0.0.0.0"  # noqa: S104 - the platform (or the ingress) must reach it
+    port: int = 8443
+    path: str = "/qqbot/callback"
+    #: A request whose signature timestamp is further than this from our clock is refused.
+    replay_window: float = DEFAULT_REPLAY_WINDOW
+    max_body: int = DEFAULT_MAX_BODY
+    #: TLS for direct exposure (cert chain and key, PEM); None: plain HTTP behind a proxy.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: Readiness waits for the first valid op 13 validation request.
+    require_validation: bool = False
+    #: /readyz fails after this long without a valid callback; None (default): never, because
+    #: a quiet bot is not a broken bot.
+    silence: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"webhook port {self.port} is not a TCP port")
+        if not self.path.startswith("/") or any(c.isspace() for c in self.path):
+            raise ValueError(f"webhook path must start with '/' and have no spaces: {self.path!r}")
+        if self.replay_window <= 0:
+            raise ValueError("webhook replay window must be > 0 seconds")
+        if self.max_body < 1024:
+            raise ValueError("webhook body limit must be >= 1024 bytes")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("webhook TLS needs both a certificate and a key file")
+        if self.silence is not None and self.silence <= 0:
+            raise ValueError("webhook silence must be > 0 seconds (or None)")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookReply:
+    status: int
+    body: bytes
+    outcome: str
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookStatus:
+    """A snapshot for the health evaluator (monotonic times)."""
+
+    listening: bool
+    listening_since: float | None
+    stopped: str | None  # WebhookStopped.reason once the receiver stopped
+    handlers_alive: bool
+    validated_at: float | None  # last valid op 13
+    last_valid_at: float | None  # last request with a valid signature
+    closing: bool
+
+
+class WebhookIntake:
+    """Applies the callback protocol to one request; see the module docstring.
+
+    ``deliver`` puts an accepted event into the bounded handler queue; ``queue_full`` says
+    whether it is at capacity (then the request gets a 503 and the platform retries later;
+    the event id is not remembered, so the retry is accepted). ``handlers_alive`` feeds the
+    status. ``clock`` is the event loop's (monotonic) clock, ``wall`` Unix time.
+    """
+
+    def __init__(
+        self,
+        key: WebhookKey,
+        *,
+        session: GatewaySession,
+        bus: ev.EventBus,
+        deliver: Callable[[GatewayEvent], None],
+        queue_full: Callable[[], bool],
+        handlers_alive: Callable[[], bool] = lambda: True,
+        config: WebhookConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.key = key
+        self.config = config or WebhookConfig()
+        self.session = session
+        self.shard = session.shard_id
+        self._bus = bus
+        self._deliver = deliver
+        self._queue_full = queue_full
+        self._handlers_alive = handlers_alive
+        self._clock = clock
+        self._wall = wall
+        self._listening_since: float | None = None
+        self._stopped: str | None = None
+        self._validated_at: float | None = None
+        self._last_valid_at: float | None = None
+        self._closing = False
+        self._warned_ops: set[int] = set()
+        #: Set by the receiver: whether its listening socket still serves.
+        self.serving: Callable[[], bool] = lambda: True
+
+    # --- receiver lifecycle --------------------------------------------------------------
+    def listening(self, url: str) -> None:
+        now = self._clock()
+        self._listening_since, self._stopped = now, None
+        self._bus.emit(ev.WebhookListening(shard=self.shard, monotonic=now, url=url))
+
+    def stopped(self, reason: str, error: str | None = None) -> None:
+        if self._listening_since is None and self._stopped is not None:
+            return
+        self._listening_since, self._stopped = None, reason
+        self._bus.emit(
+            ev.WebhookStopped(shard=self.shard, monotonic=self._clock(), reason=reason, error=error)
+        )
+
+    def close(self) -> None:
+        """From now on dispatches get a 503 (the platform retries them, elsewhere or later)."""
+        self._closing = True
+
+    def status(self) -> WebhookStatus:
+        return WebhookStatus(
+            listening=self._listening_since is not None and self.serving(),
+            listening_since=self._listening_since,
+            stopped=self._stopped,
+            handlers_alive=self._handlers_alive(),
+            validated_at=self._validated_at,
+            last_valid_at=self._last_valid_at,
+            closing=self._closing,
+        )
+
+    # --- requests ------------------------------------------------------------------------
+    def refuse(self, outcome: str, status: int, *, received_at: float, detail: str) -> WebhookReply:
+        """An answer decided before the body was read (method, path, size)."""
+        return self._answer(_error(status, outcome, detail), received_at, None, signed=False)
+
+    def handle(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        received_at: float | None = None,
+    ) -> WebhookReply:
+        """A POST to the callback path with this (case-insensitive) header mapping and body."""
+        start = self._clock() if received_at is None else received_at
+        signature = headers.get(SIGNATURE_HEADER)
+        timestamp = headers.get(TIMESTAMP_HEADER)
+        if not signature or not timestamp:
+            missing = SIGNATURE_HEADER if not signature else TIMESTAMP_HEADER
+            reply = _error(401, MISSING_SIGNATURE, f"missing {missing}")
+            return self._answer(reply, start, None, signed=False)
+        refused = self._authenticate(signature, timestamp, body)
+        if refused is not None:
+            return self._answer(refused, start, None, signed=False)
+        self._last_valid_at = self._clock()
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            return self._answer(_error(400, MALFORMED_JSON, "body is not JSON"), start, None)
+        op = payload.get("op") if isinstance(payload, dict) else None
+        if not isinstance(op, int) or isinstance(op, bool):
+            reply = _error(400, MALFORMED_JSON, "body is not a JSON object with an integer op")
+            return self._answer(reply, start, None)
+        if op == Op.CALLBACK_VALIDATION:
+            return self._answer(self._validate(payload), start, op)
+        if op != Op.DISPATCH:
+            if op not in self._warned_ops:
+                self._warned_ops.add(op)
+                _log.warning("webhook: ignoring a signed payload with op %d (ACKed)", op)
+            return self._answer(WebhookReply(200, _ACK_OK, IGNORED), start, op)
+        return self._answer(self._dispatch(payload), start, op)
+
+    def _authenticate(self, signature: str, timestamp: str, body: bytes) -> WebhookReply | None:
+        try:
+            sig = binascii.unhexlify(signature.strip())
+        except (binascii.Error, ValueError):
+            return _error(401, BAD_SIGNATURE, "signature is not hex")
+        if len(sig) != _SIGNATURE_SIZE or sig[63] & 224 != 0:
+            return _error(401, BAD_SIGNATURE, "signature is not a 64-byte Ed25519 signature")
+        stamp = timestamp.strip()
+        if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
+            return _error(401, BAD_SIGNATURE, "timestamp is not Unix seconds")
+        # The cheap check first: a stale request costs no signature verification.
+        skew = self._wall() - int(stamp)
+        if abs(skew) > self.config.replay_window:
+            return _error(
+                401,
+                STALE_TIMESTAMP,
+                f"timestamp is {skew:+.0f}s from now (window {self.config.replay_window:g}s)",
+            )
+        if not self.key.verify(sig, timestamp.encode() + body):
+            return _error(401, BAD_SIGNATURE, "signature does not verify")
+        return None
+
+    def _validate(self, payload: Mapping[str, Any]) -> WebhookReply:
+        d = payload.get("d")
+        plain = d.get("plain_token") if isinstance(d, dict) else None
+        event_ts = d.get("event_ts") if isinstance(d, dict) else None
+        if isinstance(event_ts, int) and not isinstance(event_ts, bool):
+            event_ts = str(event_ts)
+        if not isinstance(plain, str) or not plain or not isinstance(event_ts, str):
+            return _error(400, MALFORMED_PAYLOAD, "op 13 without plain_token and event_ts")
+        answer = self.key.validation_response(plain, event_ts)
+        first = self._validated_at is None
+        self._validated_at = self._clock()
+        if first:
+            _log.info("webhook: callback URL validated by the platform (op 13)")
+        return WebhookReply(200, json.dumps(answer).encode(), VALIDATED)
+
+    def _dispatch(self, payload: Mapping[str, Any]) -> WebhookReply:
+        if self._closing:
+            return _retry(503, UNAVAILABLE, "shutting down")
+        if self._queue_full():
+            return _retry(503, QUEUE_FULL, "handler queue full")
+        actions = self.session.accept_callback(payload, self._clock())
+        delivered = False
+        for action in actions:
+            if isinstance(action, Deliver):
+                self._deliver(action.event)
+                delivered = True
+            elif isinstance(action, Emit):
+                self._bus.emit(action.event)
+        if delivered:
+            return WebhookReply(200, _ACK_OK, ACCEPTED)
+        if any(isinstance(a, Emit) and isinstance(a.event, ev.DuplicateDropped) for a in actions):
+            return WebhookReply(200, _ACK_OK, DUPLICATE)
+        return _error(400, MALFORMED_PAYLOAD, "op 0 without a string event type 't'")
+
+    def _answer(
+        self, reply: WebhookReply, start: float, op: int | None, *, signed: bool = True
+    ) -> WebhookReply:
+        now = self._clock()
+        self._bus.emit(
+            ev.WebhookRequest(
+                shard=self.shard,
+                monotonic=now,
+                outcome=reply.outcome,
+                status=reply.status,
+                op=op,
+                duration=max(0.0, now - start),
+                signed=signed,
+                wall=self._wall(),
+            )
+        )
+        return reply
+
+
+def _error(status: int, outcome: str, detail: str) -> WebhookReply:
+    body = json.dumps({"error": outcome, "detail": detail}).encode()
+    return WebhookReply(status, body, outcome)
+
+
+def _retry(status: int, outcome: str, detail: str) -> WebhookReply:
+    _log.debug("webhook: answering %d (%s): %s", status, outcome, detail)
+    return WebhookReply(status, _ACK_RETRY, outcome, headers=(("Retry-After", _RETRY_AFTER),))

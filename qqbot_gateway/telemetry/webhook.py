@@ -1,0 +1,201 @@
+"""The webhook receiver: an aiohttp server that feeds signed callbacks to the client's intake.
+
+::
+
+    client = QQBotClient(ClientConfig(..., mode="webhook", webhook=WebhookConfig(port=8443)))
+    await client.start()
+    receiver = WebhookReceiver(client.webhook, health=lambda: telemetry.evaluate().healthy)
+    await receiver.start()          # WebhookListening: /readyz can turn ready
+    ...
+    await receiver.stop()           # after client.webhook.close(): late callbacks get a 503
+
+It has its own address (``QQBOT_WEBHOOK_ADDR``), never the side port: the side server must not
+be public, this one must be reachable by the platform (directly with TLS, or behind an ingress or
+reverse proxy over plain HTTP). What it answers, each counted by outcome
+(``qqbot_gateway_webhook_requests_total``):
+
+* ``POST <path>``: the protocol (:class:`~qqbot_gateway.adapter.webhook.WebhookIntake`): 200
+  with the op 12 ACK or the op 13 answer; 401 for a missing, bad or stale signature; 400 for a
+  signed body that is not a callback; 503 + ``Retry-After`` while the handler queue is full or
+  the process shuts down (the platform retries);
+* a body over ``max_body`` bytes: 413 (by ``Content-Length`` before reading, or while reading);
+  a body that does not arrive within :data:`BODY_DEADLINE`: 408;
+* another method on the path: 405 with ``Allow: POST``; another path: 404;
+* ``GET /healthz``: ``ok`` / ``fail`` and nothing else, for load balancers that probe the
+  serving port (the detailed report stays on the private side port).
+
+A bad request never disturbs the service: answers are computed in the request, nothing is
+buffered beyond one body, no access log, no body or signature in a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any, Final
+
+from aiohttp import web
+
+from qqbot_gateway.adapter.webhook import (
+    BAD_METHOD,
+    NOT_FOUND,
+    SLOW_BODY,
+    TOO_LARGE,
+    WebhookConfig,
+    WebhookIntake,
+)
+
+__all__ = ["BODY_DEADLINE", "WebhookReceiver"]
+
+_log = logging.getLogger("qqbot_gateway.telemetry.webhook")
+
+#: A callback body is a few KB; 10 s to deliver it is generous on any network and bounds what
+#: a slow client can hold.
+BODY_DEADLINE: Final = 10.0
+#: Keep-alive between callbacks: the platform reuses connections; idle ones are closed after this.
+_KEEPALIVE: Final = 75.0
+_HEALTH_PATH: Final = "/healthz"
+
+
+class WebhookReceiver:
+    def __init__(
+        self,
+        intake: WebhookIntake,
+        config: WebhookConfig | None = None,
+        *,
+        health: Callable[[], bool] | None = None,
+        body_deadline: float = BODY_DEADLINE,
+    ) -> None:
+        self.intake = intake
+        self.config = cfg = config or intake.config
+        self._health = health
+        self._body_deadline = body_deadline
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.host: str | None = None
+        self.port: int | None = None
+        app = web.Application(client_max_size=cfg.max_body)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.app = app
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.config.tls_cert else "http"
+
+    @property
+    def url(self) -> str | None:
+        """The callback URL as seen from this host (the platform sees the public one)."""
+        if self.host is None or self.port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.config.path}"
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cfg = self.config
+        if cfg.tls_cert is None or cfg.tls_key is None:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        return ctx
+
+    async def start(self) -> None:
+        """Listen on the configured address; raises OSError (port in use, bad TLS files)."""
+        cfg = self.config
+        ctx = self._ssl_context()
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=_KEEPALIVE,
+            shutdown_timeout=1.0,
+        )
+        await runner.setup()
+        site = web.TCPSite(
+            runner, cfg.host, cfg.port, ssl_context=ctx, reuse_address=True, backlog=512
+        )
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._site = runner, site
+        server: Any = site._server  # aiohttp exposes the bound socket (port 0) only here
+        sockname = server.sockets[0].getsockname()
+        self.host, self.port = cfg.host, int(sockname[1])
+        self.intake.serving = lambda: bool(server.is_serving())
+        self.intake.listening(self.url or "")
+        _log.info("webhook receiver listening on %s", self.url)
+
+    async def stop(self, within: float = 5.0) -> None:
+        runner, self._runner = self._runner, None
+        self._site = None
+        if runner is None:
+            return
+        self.intake.stopped("shutdown")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await runner.cleanup()
+
+    # --- requests ------------------------------------------------------------------------
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        received = loop.time()
+        cfg = self.config
+        intake = self.intake
+        if request.path != cfg.path:
+            if request.path == _HEALTH_PATH and request.method in ("GET", "HEAD"):
+                return self._healthz()
+            reply = intake.refuse(NOT_FOUND, 404, received_at=received, detail="not found")
+            return _response(reply.status, reply.body, reply.content_type)
+        if request.method != "POST":
+            reply = intake.refuse(BAD_METHOD, 405, received_at=received, detail="POST only")
+            return _response(reply.status, reply.body, reply.content_type, {"Allow": "POST"})
+        length = request.content_length
+        if length is not None and length > cfg.max_body:
+            reply = intake.refuse(TOO_LARGE, 413, received_at=received, detail="body too large")
+            return _response(reply.status, reply.body, reply.content_type, {"Connection": "close"})
+        try:
+            async with asyncio.timeout(self._body_deadline):
+                body = await _read_limited(request, cfg.max_body)
+        except TimeoutError:
+            reply = intake.refuse(SLOW_BODY, 408, received_at=received, detail="body too slow")
+            return _response(reply.status, reply.body, reply.content_type, {"Connection": "close"})
+        if body is None:
+            reply = intake.refuse(TOO_LARGE, 413, received_at=received, detail="body too large")
+            return _response(reply.status, reply.body, reply.content_type, {"Connection": "close"})
+        reply = intake.handle(request.headers, body, received_at=received)
+        return _response(reply.status, reply.body, reply.content_type, dict(reply.headers))
+
+    def _healthz(self) -> web.Response:
+        ok = True
+        if self._health is not None:
+            try:
+                ok = self._health()
+            except Exception:  # noqa: BLE001 - a failing evaluator is a failing probe
+                _log.exception("webhook receiver: health evaluation failed")
+                ok = False
+        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "fail\n")
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None once it passes ``limit`` bytes (chunked bodies have no length)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _response(
+    status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    response = web.Response(status=status, body=body, content_type=content_type, headers=headers)
+    response.headers["Cache-Control"] = "no-store"
+    return response
