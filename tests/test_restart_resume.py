@@ -186,6 +186,15 @@ class Case:
         )
         return lost, duplicated, dups
 
+    async def resume_after_kill(self, durable: int, label: str) -> None:
+        """A new process resumes; nothing is lost, and every duplicate is in the documented
+        window: above the watermark that was durable at the kill."""
+        bot = await self.bot()
+        await bot.wait(lambda: bot.saw("RESUMED"), "RESUMED", START_TIMEOUT)
+        lost, _, dups = await self.drain_and_count(bot, label)
+        assert lost == 0
+        assert all(seq > durable for seq in dups), (durable, dups)
+
 
 @pytest.fixture
 async def case(tmp_path: Path) -> AsyncIterator[Case]:
@@ -236,11 +245,7 @@ async def test_sigkill_then_restart_loses_nothing(case: Case) -> None:
     durable = case.durable_seq()
     assert durable > 0
     await asyncio.sleep(1.0)
-    second = await case.bot()
-    await second.wait(lambda: second.saw("RESUMED"), "RESUMED", START_TIMEOUT)
-    lost, _, dups = await case.drain_and_count(second, "SIGKILL + restart")
-    assert lost == 0
-    assert all(seq > durable for seq in dups), (durable, dups)
+    await case.resume_after_kill(durable, "SIGKILL + restart")
 
 
 async def test_sigkill_with_events_in_the_handler_queue(case: Case) -> None:
@@ -252,13 +257,7 @@ async def test_sigkill_with_events_in_the_handler_queue(case: Case) -> None:
     written = [w.seq for w in case.sim.written_events(shard=0)]
     queued = max(written) - max(e["seq"] for e in first.handled)
     assert queued >= 5, f"the queue held {queued} events at the kill"
-    second = await case.bot()
-    await second.wait(lambda: second.saw("RESUMED"), "RESUMED", START_TIMEOUT)
-    lost, _, dups = await case.drain_and_count(
-        second, f"SIGKILL with {queued} events in the handler queue"
-    )
-    assert lost == 0
-    assert all(seq > durable for seq in dups), (durable, dups)
+    await case.resume_after_kill(durable, f"SIGKILL with {queued} events in the handler queue")
 
 
 async def test_sigkill_during_a_checkpoint_write(case: Case, tmp_path: Path) -> None:
@@ -276,11 +275,7 @@ async def test_sigkill_during_a_checkpoint_write(case: Case, tmp_path: Path) -> 
     assert temp.exists(), "the kill interrupted a write"
     json.loads(case.state_file.read_text())  # the previous state is whole
     durable = case.durable_seq()
-    second = await case.bot()
-    await second.wait(lambda: second.saw("RESUMED"), "RESUMED", START_TIMEOUT)
-    lost, _, dups = await case.drain_and_count(second, "SIGKILL during a checkpoint write")
-    assert lost == 0
-    assert all(seq > durable for seq in dups), (durable, dups)
+    await case.resume_after_kill(durable, "SIGKILL during a checkpoint write")
 
 
 async def test_corrupt_and_foreign_state_files_mean_a_fresh_identify(case: Case) -> None:
