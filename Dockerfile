@@ -20,7 +20,8 @@ RUN groupadd --system --gid 10001 qqbot \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY qqbot_gateway ./qqbot_gateway
-RUN pip install . \
+# The webhook extra (Ed25519 from cryptography): one image for both transports.
+RUN pip install ".[webhook]" \
  && rm -rf /src
 
 WORKDIR /
@@ -29,6 +30,8 @@ USER 10001:10001
 # the session the previous one left.
 VOLUME ["/var/lib/qqbot-gateway"]
 EXPOSE 8080
+# The webhook receiver (QQBOT_TRANSPORT=webhook, QQBOT_WEBHOOK_ADDR): never the side port.
+EXPOSE 8443
 
 # For plain Docker / Compose; Kubernetes ignores it and uses the probes in the StatefulSet.
 # A 503 raises HTTPError, so the command fails exactly when /healthz does.

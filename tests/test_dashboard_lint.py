@@ -321,7 +321,10 @@ def test_dashboard_passes_the_linter(dashboard: dict[str, Any]) -> None:
 
 def test_dashboard_has_the_promised_rows_and_panels(dashboard: dict[str, Any]) -> None:
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Fleet overview", "Heartbeat", "Liveness", "Events", "Process"]
+    assert rows == ["Fleet overview", "Heartbeat", "Liveness", "Events", "Process", "Webhook"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "qqbot_gateway_transport_info" in variables["transport"]["definition"]
+    assert 'transport=~"$transport"' in variables["instance"]["definition"]
     exprs = "\n".join(
         t["expr"] for p in all_panels(dashboard) for t in p.get("targets", []) if "expr" in t
     )
@@ -341,6 +344,10 @@ def test_dashboard_has_the_promised_rows_and_panels(dashboard: dict[str, Any]) -
         "qqbot_gateway_handler_errors_total",
         "qqbot_gateway_event_loop_lag_seconds",
         "process_resident_memory_bytes",
+        "qqbot_gateway_webhook_requests_total",
+        "histogram_quantile(0.99, sum by (le) (rate(qqbot_gateway_webhook_ack_seconds_bucket",
+        "qqbot_gateway_webhook_last_callback_age_seconds",
+        "qqbot_gateway_webhook_listening",
     ):
         assert needle in exprs, needle
 

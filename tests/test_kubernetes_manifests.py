@@ -348,7 +348,7 @@ def test_dockerfile() -> None:
     users = [i[1] for i in instructions if i[0].upper() == "USER"]
     assert users and users[-1].split(":")[0] == "10001"
     assert "--uid 10001" in text
-    assert any(i[0].upper() == "RUN" and "pip install ." in i[1] for i in instructions)
+    assert any(i[0].upper() == "RUN" and 'pip install ".[webhook]"' in i[1] for i in instructions)
     assert first["EXPOSE"] == "8080"
     assert first["ENTRYPOINT"] == '["qqbot-gateway"]'
     assert first["CMD"] == '["run"]'
@@ -357,3 +357,59 @@ def test_dockerfile() -> None:
     assert "install -d -o 10001 -g 10001 -m 0700 /var/lib/qqbot-gateway" in text
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert {".git", ".venv", "tests"} <= set(ignored)
+
+
+# ------------------------------------------------------------------- webhook overlay
+
+WEBHOOK = K8S / "webhook"
+
+
+def _webhook_docs() -> dict[str, dict[str, Any]]:
+    docs = {}
+    for name in ("service.yaml", "ingress.yaml", "statefulset-patch.yaml"):
+        (doc,) = _documents(WEBHOOK / name)
+        docs[name] = doc
+    return docs
+
+
+@pytest.mark.parametrize("version", [MIN_VERSION, "latest"])
+@pytest.mark.parametrize("name", ["service.yaml", "ingress.yaml"])
+def test_webhook_service_and_ingress_validate_strictly(name: str, version: str) -> None:
+    target = _latest_version() if version == "latest" else version
+    assert kubernetes_validate.validate(_webhook_docs()[name], target, strict=True)
+
+
+def test_webhook_overlay_wires_ingress_service_and_receiver_port() -> None:
+    from qqbot_gateway.config import load_settings
+
+    kustomization = yaml.safe_load((WEBHOOK / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert kustomization["resources"] == ["../", "service.yaml", "ingress.yaml"]
+    assert [p["path"] for p in kustomization["patches"]] == ["statefulset-patch.yaml"]
+    docs = _webhook_docs()
+    patch = docs["statefulset-patch.yaml"]
+    assert patch["metadata"]["name"] == _by_kind("StatefulSet")["metadata"]["name"]
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == "gateway"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert set(env) <= {*ENV_NAMES, "QQBOT_TRANSPORT", "QQBOT_WEBHOOK_ADDR", "QQBOT_WEBHOOK_PATH"}
+    # The env, merged over the base's plain values, is a valid webhook configuration.
+    settings = load_settings(
+        env={"QQBOT_APP_ID": "1", "QQBOT_CLIENT_SECRET": "x", "QQBOT_HTTP_ADDR": "0.0.0.0:8080"}
+        | {k: v for k, v in env.items()},
+        warn=pytest.fail,
+    )
+    assert settings.transport == "webhook" and patch["spec"]["replicas"] == 1
+    assert settings.webhook_addr[1] == ports["webhook"] != 8080
+    service = docs["service.yaml"]
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "webhook"
+    assert service["spec"]["selector"] == _by_kind("Service")["spec"]["selector"]
+    (rule,) = docs["ingress.yaml"]["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == settings.webhook_path
+    assert path["backend"]["service"] == {
+        "name": service["metadata"]["name"],
+        "port": {"name": port["name"]},
+    }
+    assert docs["ingress.yaml"]["spec"]["tls"][0]["hosts"] == [rule["host"]]
