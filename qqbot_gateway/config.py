@@ -37,6 +37,7 @@ The names are a public contract (Kubernetes manifests and operators' scripts use
     QQBOT_WEBHOOK_SILENCE        seconds without a valid callback before /readyz fails (0: off)
     QQBOT_TRACE_SAMPLE_RATIO     share of events traced, 0..1, when an exporter is set (0.1)
     QQBOT_TRACE_SLOW_HANDLER     seconds after which a handler is always traced (1)
+    QQBOT_STATUS_PAGE            on | off: the status page on the side server (default on)
 
 In the TOML file the keys are the lowercase names without the prefix (``app_id``,
 ``shard_count``, ``client_secret_file``, ...); an unknown key is an error. Environment
@@ -119,6 +120,7 @@ SETTING_NAMES: Final[tuple[str, ...]] = (
     "webhook_silence",
     "trace_sample_ratio",
     "trace_slow_handler",
+    "status_page",
 )
 
 #: ``QQBOT_*`` variables that belong to other tools (the simulator, the test suite) or name the
@@ -195,6 +197,8 @@ class Settings:
     #: duration past which an event is traced anyway (failures and replays always are).
     trace_sample_ratio: float = 0.1
     trace_slow_handler: float = 1.0
+    #: The status page (``/``, ``/status``, ``/status.json``) on the side server.
+    status_page: bool = True
     #: Where each value came from, for messages: setting key -> "QQBOT_X" or "key (in file)".
     sources: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
@@ -264,6 +268,7 @@ class Settings:
             http_port=port,
             trace_sample_ratio=self.trace_sample_ratio,
             trace_slow_handler=self.trace_slow_handler,
+            status_page=self.status_page,
         )
 
 
@@ -551,6 +556,7 @@ _PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "webhook_silence": _silence,
     "trace_sample_ratio": _ratio,
     "trace_slow_handler": _positive_seconds,
+    "status_page": _bool,
 }
 
 
@@ -719,6 +725,7 @@ def load_settings(
         webhook_silence=values.get("webhook_silence"),
         trace_sample_ratio=values.get("trace_sample_ratio", 0.1),
         trace_slow_handler=values.get("trace_slow_handler", 1.0),
+        status_page=values.get("status_page", True),
         sources=tuple((key, name) for key, (_, name) in sorted(raw.items())),
     )
 

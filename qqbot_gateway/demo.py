@@ -466,6 +466,7 @@ class _Demo:
             self.telemetry = telemetry
             url = telemetry.http_url
             self.say(f"simulated QQ gateway: {sim.base_url} (heartbeat interval {interval:g}s)")
+            self.say(f"status:    {url}/   (a live page: open it in a browser)")
             self.say(f"health:    {url}/healthz   (also {url}/healthz?verbose)")
             self.say(f"readiness: {url}/readyz")
             self.say(f"metrics:   {url}/metrics")

@@ -71,6 +71,7 @@ def test_every_variable() -> None:
             "QQBOT_DRAIN_TIMEOUT": "0",
             "QQBOT_TRACE_SAMPLE_RATIO": "1",
             "QQBOT_TRACE_SLOW_HANDLER": "0.25",
+            "QQBOT_STATUS_PAGE": "off",
         }
     )
     assert s.intents == int(Intents.GUILDS | Intents.DIRECT_MESSAGE)
@@ -86,6 +87,7 @@ def test_every_variable() -> None:
     assert s.drain_timeout == 0.0
     tel = s.telemetry_config()
     assert tel.trace_sample_ratio == 1.0 and tel.trace_slow_handler == 0.25
+    assert s.status_page is False and s.telemetry_config().status_page is False
 
 
 def test_client_and_telemetry_config() -> None:
@@ -164,6 +166,7 @@ def test_secret_from_file(tmp_path: Path) -> None:
         ({"QQBOT_TRACE_SAMPLE_RATIO": "2"}, "QQBOT_TRACE_SAMPLE_RATIO: expected a number from 0"),
         ({"QQBOT_TRACE_SLOW_HANDLER": "0"}, "QQBOT_TRACE_SLOW_HANDLER: expected a positive"),
         ({"QQBOT_CLIENT_SECRET_FILE": "/nonexistent/s"}, "QQBOT_CLIENT_SECRET_FILE: file not"),
+        ({"QQBOT_STATUS_PAGE": "maybe"}, "QQBOT_STATUS_PAGE: expected true or false, got 'maybe'"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], expected: str) -> None:
@@ -289,6 +292,7 @@ def test_setting_names_match_the_contract() -> None:
         "QQBOT_WEBHOOK_SILENCE",
         "QQBOT_TRACE_SAMPLE_RATIO",
         "QQBOT_TRACE_SLOW_HANDLER",
+        "QQBOT_STATUS_PAGE",
     }
 
 

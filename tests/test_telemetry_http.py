@@ -116,7 +116,7 @@ async def test_head_404_405(rig: Rig) -> None:
         assert resp.status == 503
     status, body, _ = await rig.get("/nope")
     assert status == 404 and body == "404 Not Found\n"
-    status, _, _ = await rig.get("/")
+    status, _, _ = await rig.get("/index.html")
     assert status == 404
     async with rig.http.post(rig.url + "/healthz", data=b"x") as resp:
         assert resp.status == 405

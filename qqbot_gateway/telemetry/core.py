@@ -30,11 +30,13 @@ from qqbot_gateway.adapter import events as ev
 from ._client import ClientLike
 from ._clock import Clock
 from .health import HealthConfig, HealthEvaluator, HealthReport
+from .history import StatusHistory
 from .logs import LifecycleLogger, add_secrets, redactor
 from .looplag import DEFAULT_PERIOD, LoopLagMonitor
 from .metrics import GatewayMetrics, Verdict
 from .otel import DEFAULT_SAMPLE_RATIO, DEFAULT_SLOW_HANDLER, Tracing, exporters_from_env
 from .server import SideServer
+from .status import StatusPage
 from .store_metrics import StoreMetrics
 
 __all__ = ["Telemetry", "TelemetryConfig"]
@@ -69,6 +71,8 @@ class TelemetryConfig:
     stall_margin: float = 10.0
     #: Bound on ``stop()``: server shutdown and span flush each get at most this long.
     stop_timeout: float = 5.0
+    #: Serve the status page (``/``, ``/status``, ``/status.json``) on the side server.
+    status_page: bool = True
 
     def __post_init__(self) -> None:
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
@@ -115,6 +119,8 @@ class Telemetry:
         )
         self.store_metrics = StoreMetrics(self.registry, clock=self.clock)
         self.lifecycle_log = LifecycleLogger()
+        #: The status page's bounded history (a subscriber like the others).
+        self.history = StatusHistory(sanitize=redactor().text)
         self.server: SideServer | None = None
         self._client: ClientLike | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -123,6 +129,7 @@ class Telemetry:
         self._last_ready: bool | None = None
         self._since_eval = 0.0
         self._started = False
+        self._mode = "websocket"
 
     # --- wiring --------------------------------------------------------------------------
     @property
@@ -140,7 +147,7 @@ class Telemetry:
         self.health.transport = cfg.transport
         self.health.request_timeout = cfg.request_timeout
         self.health.status_provider = client.shard_status
-        mode = getattr(cfg, "mode", "websocket")
+        mode = self._mode = getattr(cfg, "mode", "websocket")
         if mode == "webhook":
             webhook_cfg = getattr(cfg, "webhook", None)
             self.health.webhook_status = lambda: (
@@ -180,6 +187,9 @@ class Telemetry:
             self.health.observe,
             self.lifecycle_log.observe,
         ]
+        if self.config.status_page:
+            self.history.add_shards(cfg.shards, self._now())
+            subscribers.append(self.history.observe)
         self._subscribers = tuple(subscribers)
         self._client = client
         self._unsubscribe = client.events.subscribe(self._on_event)
@@ -257,7 +267,10 @@ class Telemetry:
         port = self.config.http_port
         if port is not None:
             server = SideServer(
-                registry=self.registry, evaluate=self.evaluate, sanitize=redactor().text
+                registry=self.registry,
+                evaluate=self.evaluate,
+                sanitize=redactor().text,
+                status_page=self._status_page(),
             )
             try:
                 await server.start(self.config.http_host, port)
@@ -266,6 +279,24 @@ class Telemetry:
                 raise
             self.server = server
             _log.info("telemetry side server listening on %s", server.url)
+
+    def _status_page(self) -> StatusPage | None:
+        if not self.config.status_page:
+            return None
+        client = self._client
+        return StatusPage(
+            history=self.history,
+            evaluate=self.evaluate,
+            clock=self.clock,
+            liveness=self.health.liveness,
+            transport=self.health.transport,
+            loop_lag=self.loop_lag.current,
+            loop_lag_threshold=self.config.loop_lag_threshold,
+            shard_status=client.shard_status if client is not None else None,
+            sanitize=redactor().text,
+            service_name=self.config.service_name,
+            transport_mode=self._mode,
+        )
 
     def begin_shutdown(self) -> None:
         """``/readyz`` answers 503 from now on (call before closing the gateway)."""

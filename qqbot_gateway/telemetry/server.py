@@ -1,4 +1,5 @@
-"""The HTTP side server: ``/healthz`` (``/livez``), ``/readyz``, ``/metrics``, nothing else.
+"""The HTTP side server: ``/healthz`` (``/livez``), ``/readyz``, ``/metrics`` and the status page
+(``/``, ``/status``, ``/status.json`` and its two static files, see :mod:`.status`), nothing else.
 
 It runs on the gateway's own event loop (no thread: if the loop is wedged, the probe times out,
 which is the right answer) and is built so that requests to it never disturb the gateway:
@@ -27,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .health import Check, HealthReport
+from .status import StatusPage
 
 __all__ = ["MAX_CONNECTIONS", "REQUEST_DEADLINE", "SideServer"]
 
@@ -52,6 +54,7 @@ class SideServer:
         sanitize: Callable[[str], str] = lambda text: text,
         request_deadline: float = REQUEST_DEADLINE,
         max_connections: int = MAX_CONNECTIONS,
+        status_page: StatusPage | None = None,
     ) -> None:
         self._evaluate = evaluate
         self._sanitize = sanitize
@@ -68,6 +71,8 @@ class SideServer:
         app.router.add_get("/livez", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", make_aiohttp_handler(registry), allow_head=False)
+        if status_page is not None:
+            status_page.add_routes(app)
         self.app = app
 
     @property

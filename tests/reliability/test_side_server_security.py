@@ -5,7 +5,8 @@ query, and the slow-client watchdog. This file adds:
 
 * it listens exactly where it is configured (127.0.0.1 only: nothing on the other loopback
   addresses, the IPv6 loopback or the host's own addresses);
-* it serves nothing but ``/healthz``, ``/livez``, ``/readyz`` and ``/metrics``: a list of paths
+* it serves nothing but ``/healthz``, ``/livez``, ``/readyz``, ``/metrics`` and the status
+  page (``/``, ``/status``, ``/status.json``, ``/static/status.{js,css}``): a list of paths
   scanners and operators try (debug pages, admin pages, the simulator's control API, dotfiles,
   path traversal) are all 404, other methods on the real routes 405, none echoing the request;
 * oversized and malformed HTTP sent over a raw socket (too many headers, a huge header name,
@@ -31,7 +32,17 @@ from prometheus_client import CollectorRegistry
 
 from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
 
-ROUTES = ("/healthz", "/livez", "/readyz", "/metrics")
+ROUTES = (
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/metrics",
+    "/",
+    "/status",
+    "/status.json",
+    "/static/status.js",
+    "/static/status.css",
+)
 #: Per raw exchange; every case here is answered (or cut off) at once in practice.
 READ_TIMEOUT = 5.0
 
@@ -180,7 +191,6 @@ async def test_another_configured_address_is_honoured_too() -> None:
 
 # --- what it serves ---------------------------------------------------------------------
 PROBED_PATHS = (
-    "/",
     "/index.html",
     "/debug",
     "/debug/pprof/",
@@ -198,7 +208,17 @@ PROBED_PATHS = (
     "/config",
     "/env",
     "/server-status",
-    "/status",
+    "/status/",
+    "/status.html",
+    "/status.js",
+    "/status.json/",
+    "/static",
+    "/static/",
+    "/static/status.html",
+    "/static/status.js/",
+    "/static/status.json",
+    "/static/%2e%2e/status.json",
+    "/static/..%2fstatus.json",
     "/health",
     "/ready",
     "/live",
@@ -222,7 +242,7 @@ PROBED_PATHS = (
 
 
 @pytest.mark.parametrize("path", PROBED_PATHS)
-async def test_nothing_but_the_four_routes_is_served(tel: Telemetry, path: str) -> None:
+async def test_nothing_but_the_routes_is_served(tel: Telemetry, path: str) -> None:
     # Raw, so that the path reaches the server exactly as written (clients normalize "..").
     reply = await exchange(
         port_of(tel), f"GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode()
@@ -231,7 +251,7 @@ async def test_nothing_but_the_four_routes_is_served(tel: Telemetry, path: str) 
     assert reply.endswith(b"\r\n\r\n404 Not Found\n"), reply[-200:]
 
 
-async def test_the_four_routes_answer(tel: Telemetry) -> None:
+async def test_the_routes_answer(tel: Telemetry) -> None:
     port = port_of(tel)
     for path in ROUTES:
         reply = await exchange(
