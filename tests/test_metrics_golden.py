@@ -7,8 +7,9 @@ op 7; the client resumes, the server replays two events and one already seen, RE
 events, and a last one that ends the script. The client runs with telemetry attached as
 ``qqbot-gateway run`` wires it, and every deterministic series of the registry is compared with
 ``golden/metrics_scripted_run.json``, generated from the code before the per-event path was made
-cheaper (issue 12). Timing-dependent series (ages, timestamps, durations' sums and buckets, loop
-lag, process metrics, ``_created``) are left out; the handler-duration count is kept.
+cheaper (issue 12); series added since may come on top. Timing-dependent series (ages,
+timestamps, durations' sums and buckets, loop lag, process metrics, ``_created``) are left out;
+the handler-duration count is kept.
 
 Regenerate (only when the contract changes on purpose)::
 
@@ -182,4 +183,6 @@ async def test_metrics_after_a_scripted_run_match_the_golden_values(
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
     golden = json.loads(GOLDEN.read_text())
-    assert values == golden
+    # Every series of the contract as it was, with the same value; metrics added since (new
+    # names in docs/metrics.md) may come on top.
+    assert {name: values.get(name) for name in golden} == golden

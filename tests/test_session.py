@@ -197,15 +197,29 @@ def test_hello_timeout_and_handshake_timeout() -> None:
     assert fired.reason == p.HANDSHAKE_TIMEOUT and t == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("bad", [0, -5, "41250", None, True, float("nan"), float("inf"), [1]])
+@pytest.mark.parametrize("bad", [0, -5, "41250", None, True, [1]])
 def test_malformed_heartbeat_interval_is_a_protocol_error_not_a_storm(bad: Any) -> None:
     s = new_session()
     s.connect(0.0, "t")
-    raw = json.dumps({"op": 10, "d": {"heartbeat_interval": bad}}, allow_nan=True)
+    raw = json.dumps({"op": 10, "d": {"heartbeat_interval": bad}})
     out = s.receive(raw, 0.0)
     (c,) = closes(out)
     assert c.reason == p.PROTOCOL_ERROR
     assert not sends(out)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_json_numbers_are_not_a_hello(bad: float) -> None:
+    # NaN and Infinity are not JSON (RFC 8259): the parser refuses the frame, a violation, and
+    # without a Hello the hello deadline ends the link.
+    s = new_session(hello_timeout=5.0)
+    s.connect(0.0, "t")
+    raw = json.dumps({"op": 10, "d": {"heartbeat_interval": bad}}, allow_nan=True)
+    out = s.receive(raw, 0.0)
+    assert not closes(out) and not sends(out)
+    assert emitted(out, ev.ProtocolViolation)
+    (c,) = closes(s.tick(5.0))
+    assert c.reason == p.HELLO_TIMEOUT
 
 
 def test_tiny_interval_is_clamped() -> None:

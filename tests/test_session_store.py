@@ -262,9 +262,13 @@ async def test_a_failed_write_is_reported_and_retried() -> None:
     ckpt.handled(event(1))
     await asyncio.sleep(0.1)
     assert failures and "disk full" in failures[0].error
+    assert len(failures) == 1, "retried after a pause, not in a loop"
     store.fail = False
-    await asyncio.sleep(0.1)
-    assert store.saved and store.saved[-1].seq == 1
+    written = asyncio.Event()
+    bus.subscribe_to(ev.CheckpointWritten, lambda _: written.set())
+    async with asyncio.timeout(5):
+        await written.wait()
+    assert store.saved[-1].seq == 1
     await ckpt.close(end_session=True)
     assert store.cleared and store.closed
 

@@ -53,6 +53,9 @@ DEFAULT_MAX_EVENTS: Final = 500
 #: Re-write an unchanged state this often while a session is live (keeps ``written_at`` fresh,
 #: so the next process can tell a recent session from a stale one even on a quiet bot).
 DEFAULT_REFRESH: Final = 30.0
+#: After a failed write, the next attempt waits at least this long (a full or read-only disk
+#: must not be hammered in a loop).
+_RETRY_DELAY: Final = 0.5
 #: Event ids persisted for deduplication: the replay after a restart covers what was not
 #: durable, at most ``max_events`` and normally far fewer; 1,024 leaves a wide margin.
 DEFAULT_DEDUPE_IDS: Final = 1024
@@ -141,12 +144,15 @@ class Checkpointer:
         self._written: tuple[str | None, int] = (None, -1)
         self._last_write = 0.0  # loop time of the last successful write
         self._wake = asyncio.Event()
+        self._writer_idle = False
         self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._failing = False
         self._ended = False
         self._loop = asyncio.get_running_loop()
-        self._unsubscribe = bus.subscribe(self._on_event)
+        self._unsubscribe = bus.subscribe(
+            self._on_event, kinds=(ev.DuplicateDropped,), shard=shard_id
+        )
 
     # --- the watermark -------------------------------------------------------------------
     def restore(self, state: StoredSession) -> None:
@@ -169,12 +175,13 @@ class Checkpointer:
             self._ids.append(event.event_id)
         if event.seq is not None and event.session_id is not None:
             self.watermark.done(event.session_id, event.seq)
-        pending = self.handled_count - self.durable
-        if pending == 1 or pending >= self.max_events:
+        # Wake the writer only when it sleeps for want of work, or when the backlog is large
+        # enough to cut the batch window short: not one task wake-up per event.
+        if self._writer_idle or self.handled_count - self.durable >= self.max_events:
             self._wake.set()
 
     def _on_event(self, event: ev.LifecycleEvent) -> None:
-        if type(event) is not ev.DuplicateDropped or event.shard != self.shard_id:
+        if not isinstance(event, ev.DuplicateDropped):
             return
         session_id, seq = self._current_session(), event.seq
         if seq is None or session_id is None:
@@ -215,21 +222,27 @@ class Checkpointer:
     async def _writer(self) -> None:
         loop = self._loop
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.refresh):
-                    await self._wake.wait()
+            if self.lag == 0:
+                self._writer_idle = True
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.refresh):
+                        await self._wake.wait()
+                self._writer_idle = False
             self._wake.clear()
-            # Batch: wait out the rest of the window unless the backlog is already large.
+            # Batch: wait out the rest of the window unless the backlog grows large meanwhile.
             wait = self._last_write + self.interval - loop.time()
             if wait > 0 and self.lag < self.max_events:
-                await asyncio.sleep(wait)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                self._wake.clear()
             state = self.snapshot()
             if state is None:
                 continue
             changed = (state.session_id, state.seq) != self._written or self.lag > 0
             stale = loop.time() - self._last_write >= self.refresh
-            if changed or (stale and self._live()):
-                await self._write(state)
+            if (changed or (stale and self._live())) and not await self._write(state):
+                await asyncio.sleep(max(self.interval, _RETRY_DELAY))
 
     async def _write(self, state: StoredSession) -> bool:
         async with self._write_lock:
@@ -273,7 +286,6 @@ class Checkpointer:
         self._bus.emit(
             ev.CheckpointFailed(shard=self.shard_id, monotonic=self._loop.time(), error=detail)
         )
-        self._wake.set()  # retry with the next window
 
     async def close(self, *, end_session: bool = False) -> None:
         """Stop the writer; write the final checkpoint, or delete the state if the session was

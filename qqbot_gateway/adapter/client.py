@@ -206,6 +206,9 @@ class QQBotClient:
         self._stores: dict[int, SessionStore] = {}
         self._handlers: dict[str, list[Handler]] = {}
         self._shards: dict[int, _Shard] = {}
+        #: Per-shard counters the hot path keeps (frames, dispatches, queue depth, handler
+        #: durations); made now so that telemetry attached before start() can read them.
+        self.stats: dict[int, ev.ShardStats] = {s: ev.ShardStats(s) for s in config.shards}
         self._http: aiohttp.ClientSession | None = None
         self._ws_http: aiohttp.ClientSession | None = None
         self._tokens: TokenManager | None = None
@@ -423,7 +426,11 @@ class QQBotClient:
     def _start_webhook(self, key: WebhookKey) -> None:
         cfg = self.config
         # The session object holds the event-id dedupe window; no connection ever opens on it.
-        session = GatewaySession(shard_id=0, shard_count=1, intents=cfg.intents)
+        session = GatewaySession(
+            shard_id=0, shard_count=1, intents=cfg.intents, stats=self.stats[0]
+        )
+        bus = self.events
+        session.wants = lambda kind: bus.wants(kind, 0)
         dispatcher = Dispatcher(
             session,
             bus=self.events,
@@ -452,6 +459,7 @@ class QQBotClient:
             shard_count=cfg.shard_count,
             intents=cfg.intents,
             liveness=cfg.liveness,
+            stats=self.stats[shard_id],
         )
         assert self._ws_http is not None and self._tokens is not None
         checkpointer: Checkpointer | None = None

@@ -17,9 +17,9 @@ import contextlib
 import logging
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from aiohappyeyeballs import AddrInfoType
@@ -32,6 +32,9 @@ from .session import RESUMABLE_CLOSE_CODE, Close, Deliver, Emit, GatewaySession,
 __all__ = ["ConnectError", "GatewayConnection", "TransportConfig", "make_socket_factory"]
 
 _log = logging.getLogger("qqbot_gateway.connection")
+
+#: Our WebSocket: text frames arrive as UTF-8 bytes (``decode_text=False``).
+_WS = aiohttp.ClientWebSocketResponse[Literal[False]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +138,7 @@ class GatewayConnection:
         self._deliver = deliver
         self._loop = asyncio.get_running_loop()
         self.connection_id = uuid.uuid4().hex[:12]
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ws: _WS | None = None
         self._transport: asyncio.BaseTransport | None = None
         self._closing: Close | None = None
         self._done = asyncio.Event()
@@ -163,6 +166,8 @@ class GatewayConnection:
                     heartbeat=self._cfg.ws_ping_interval,
                     max_msg_size=self._cfg.max_frame_size,
                     autoclose=False,
+                    # Text frames as bytes: the JSON parser takes UTF-8 bytes directly.
+                    decode_text=False,
                     timeout=aiohttp.ClientWSTimeout(ws_close=self._cfg.close_timeout),
                 )
         except TimeoutError as exc:
@@ -217,13 +222,13 @@ class GatewayConnection:
         self._done.set()
 
     # --- tasks ---------------------------------------------------------------------------
-    async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _read_loop(self, ws: _WS) -> None:
         try:
             while not self._done.is_set():
                 msg = await ws.receive()
                 now = self._loop.time()
                 if msg.type is aiohttp.WSMsgType.TEXT:
-                    await self._run_actions(self._session.receive(msg.data, now))
+                    await self._run_actions(self._session.receive_text(msg.data, now))
                 elif msg.type is aiohttp.WSMsgType.BINARY:
                     await self._run_actions(self._session.receive(msg.data, now))
                 elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
@@ -273,12 +278,14 @@ class GatewayConnection:
     # --- actions -------------------------------------------------------------------------
     async def _run_actions(self, actions: list[Any]) -> None:
         for action in actions:
-            if isinstance(action, Send):
+            if isinstance(action, Deliver):  # the common case first: one per dispatch
+                self._deliver(action.event)
+            elif isinstance(action, Send):
                 await self._send(action)
             else:
-                self._execute([action])
+                self._execute((action,))
 
-    def _execute(self, actions: list[Any]) -> None:
+    def _execute(self, actions: Sequence[Any]) -> None:
         """Run the actions that need no awaiting; sends are scheduled."""
         for action in actions:
             if isinstance(action, Emit):
@@ -350,7 +357,7 @@ class GatewayConnection:
         self._execute(actions)
         self._done.set()
 
-    async def _teardown(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _teardown(self, ws: _WS) -> None:
         closing = self._closing
         if closing is not None and not closing.abort and not ws.closed:
             # A bounded close handshake with a non-1000 code keeps the session resumable.

@@ -11,6 +11,10 @@ logged and counted (:class:`~.events.HandlerFailed`) and never reaches the sessi
 
 ``on_handled`` is told about every event whose handlers have all returned or raised (the
 checkpoint watermark, :mod:`~.checkpoint`); an event cut short by a shutdown is not handled.
+
+The queue depth and each handler's duration are kept in the shard's
+:class:`~.events.ShardStats`; ``HandlerQueueDepth`` and ``HandlerCompleted`` events are built
+only when someone subscribed to them.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class Dispatcher:
         self._log_context = log_context
         self._around_event = around_event
         self._on_handled = on_handled
+        self._stats = session.stats
 
     @property
     def depth(self) -> int:
@@ -86,6 +91,7 @@ class Dispatcher:
         """Called by the reader for every accepted dispatch. Never blocks."""
         self._queue.put_nowait(event)
         depth = self._queue.qsize()
+        self._stats.queue_depth = depth
         self._publish_depth(depth)
         if depth >= self.capacity:
             if self._drained.is_set():
@@ -139,6 +145,7 @@ class Dispatcher:
             finally:
                 self._busy = False
                 depth = self._queue.qsize()
+                self._stats.queue_depth = depth
                 self._publish_depth(depth)
                 if not self._drained.is_set() and depth <= self.capacity // 2:
                     self._session.set_backpressure(False)
@@ -175,16 +182,21 @@ class Dispatcher:
                     )
                 )
             else:
-                self._bus.emit(
-                    ev.HandlerCompleted(
-                        shard=event.shard,
-                        monotonic=self._loop.time(),
-                        event_type=event.type,
-                        duration=self._loop.time() - started,
+                now = self._loop.time()
+                self._stats.count_handled(now - started)
+                if self._bus.wants(ev.HandlerCompleted, event.shard):
+                    self._bus.emit(
+                        ev.HandlerCompleted(
+                            shard=event.shard,
+                            monotonic=now,
+                            event_type=event.type,
+                            duration=now - started,
+                        )
                     )
-                )
 
     def _publish_depth(self, depth: int) -> None:
+        if not self._bus.wants(ev.HandlerQueueDepth, self._session.shard_id):
+            return
         self._bus.emit(
             ev.HandlerQueueDepth(
                 shard=self._session.shard_id,

@@ -21,17 +21,33 @@ Events (grouped)::
     auth         TokenRefreshed, TokenRefreshFailed
     store        CheckpointWritten, CheckpointFailed, RestartResume
     webhook      WebhookRequest, WebhookListening, WebhookStopped
+
+Per-event facts cost nothing unless someone listens. Four kinds happen for every frame or
+every dispatched event (:data:`PER_EVENT`: ``FrameReceived``, ``EventDispatched``,
+``HandlerQueueDepth``, ``HandlerCompleted``). The adapter keeps what they say as plain counters
+in a :class:`ShardStats` per shard (frames by op, dispatches by type, the last frame's time, the
+queue depth, handler durations in fixed buckets), which readers such as the metrics collector
+read when they need them; the event objects themselves are built only when a subscriber asked
+for their kind (:meth:`EventBus.wants`). A plain ``subscribe(callback)`` asks for everything,
+as before.
+
+The bus routes by kind and by shard: ``subscribe(callback, kinds=(...), shard=N)`` is called
+only for those, so a process with many shards does not run every shard's callbacks for every
+event.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 __all__ = [
+    "HANDLER_SECONDS_BUCKETS",
+    "PER_EVENT",
     "CheckpointFailed",
     "CheckpointWritten",
     "ConnectAttempt",
@@ -58,6 +74,7 @@ __all__ = [
     "SessionReady",
     "SessionResumed",
     "ShardFatal",
+    "ShardStats",
     "StateChanged",
     "SupervisorStopped",
     "TokenRefreshFailed",
@@ -306,40 +323,188 @@ class WebhookStopped(LifecycleEvent):
 E = TypeVar("E", bound=LifecycleEvent)
 Subscriber = Callable[[LifecycleEvent], None]
 
+#: The kinds that happen once per frame or per dispatched event; built only when wanted.
+PER_EVENT: Final[tuple[type[LifecycleEvent], ...]] = (
+    FrameReceived,
+    EventDispatched,
+    HandlerQueueDepth,
+    HandlerCompleted,
+)
 
-class EventBus:
-    """Synchronous fan-out of lifecycle events.
+#: Handler durations (seconds) are counted in these buckets by :class:`ShardStats`:
+#: 1 ms (an in-memory reply) .. 60 s (a handler this slow is a bug worth seeing).
+HANDLER_SECONDS_BUCKETS: Final = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+#: Distinct event types a shard counts separately; further new types count as ``"other"``.
+MAX_COUNTED_TYPES: Final = 256
+OTHER_TYPE: Final = "other"
 
-    Subscribers run inside ``emit`` and must be quick; one that raises is logged and kept, and
-    never affects the adapter.
+
+class ShardStats:
+    """Per-shard counters the adapter keeps on the hot path instead of per-event objects.
+
+    Written by the session (frames, dispatches, last frame) and the dispatcher (queue depth,
+    handler durations), read by whoever needs them (the metrics collector at scrape time).
+    Plain ints and floats: no locks, no clock reads, no label lookups. Everything counts from
+    the start of the process and never goes down (except ``queue_depth``).
     """
 
-    __slots__ = ("_subscribers",)
+    __slots__ = (
+        "dispatched",
+        "frames",
+        "handled",
+        "handler_buckets",
+        "handler_seconds",
+        "last_frame_at",
+        "queue_depth",
+        "shard",
+    )
+
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+        #: Frames received by opcode; ``None``: a frame that was not a JSON object with an
+        #: integer ``op`` (binary, invalid JSON, no op).
+        self.frames: dict[int | None, int] = {}
+        #: Dispatches accepted for the handlers, by event type (READY and RESUMED included;
+        #: duplicates dropped on replay are not dispatches). At most ``MAX_COUNTED_TYPES``
+        #: types; later new ones count under ``"other"``.
+        self.dispatched: dict[str, int] = {}
+        #: Loop time of the last frame of any kind, None before the first.
+        self.last_frame_at: float | None = None
+        #: Dispatched events waiting for the handlers.
+        self.queue_depth = 0
+        #: Handler runs that completed (a failure is counted by ``HandlerFailed`` instead),
+        #: their total seconds, and how many fell in each of ``HANDLER_SECONDS_BUCKETS`` (not
+        #: cumulative; the last slot is +Inf).
+        self.handled = 0
+        self.handler_seconds = 0.0
+        self.handler_buckets = [0] * (len(HANDLER_SECONDS_BUCKETS) + 1)
+
+    def count_dispatch(self, event_type: str) -> None:
+        dispatched = self.dispatched
+        count = dispatched.get(event_type)
+        if count is not None:
+            dispatched[event_type] = count + 1
+        elif len(dispatched) < MAX_COUNTED_TYPES:
+            dispatched[event_type] = 1
+        else:
+            dispatched[OTHER_TYPE] = dispatched.get(OTHER_TYPE, 0) + 1
+
+    def count_handled(self, seconds: float) -> None:
+        self.handled += 1
+        self.handler_seconds += seconds
+        self.handler_buckets[bisect.bisect_left(HANDLER_SECONDS_BUCKETS, seconds)] += 1
+
+    def apply(self, event: LifecycleEvent) -> None:
+        """Count a per-event fact that arrived as an event (a source without its own stats)."""
+        if isinstance(event, FrameReceived):
+            self.frames[event.op] = self.frames.get(event.op, 0) + 1
+            self.last_frame_at = event.monotonic
+        elif isinstance(event, EventDispatched):
+            self.count_dispatch(event.event_type)
+        elif isinstance(event, HandlerQueueDepth):
+            self.queue_depth = event.depth
+        elif isinstance(event, HandlerCompleted):
+            self.count_handled(event.duration)
+
+
+class _Subscription:
+    __slots__ = ("callback", "exclude", "kinds", "shard")
+
+    def __init__(
+        self,
+        callback: Subscriber,
+        kinds: tuple[type[LifecycleEvent], ...] | None,
+        exclude: tuple[type[LifecycleEvent], ...],
+        shard: int | None,
+    ) -> None:
+        self.callback = callback
+        self.kinds = kinds
+        self.exclude = exclude
+        self.shard = shard
+
+    def matches(self, kind: type[LifecycleEvent], shard: int | None) -> bool:
+        if self.shard is not None and self.shard != shard:
+            return False
+        if self.exclude and issubclass(kind, self.exclude):
+            return False
+        return self.kinds is None or issubclass(kind, self.kinds)
+
+
+class EventBus:
+    """Synchronous fan-out of lifecycle events, routed by kind and shard.
+
+    Subscribers run inside ``emit`` and must be quick; one that raises is logged and kept, and
+    never affects the adapter. Routes are computed once per (kind, shard) and cached until the
+    subscriptions change, so ``emit`` is one dict lookup plus the calls.
+    """
+
+    __slots__ = ("_routes", "_subscriptions")
 
     def __init__(self) -> None:
-        self._subscribers: list[Subscriber] = []
+        self._subscriptions: list[_Subscription] = []
+        self._routes: dict[tuple[type[LifecycleEvent], int | None], tuple[Subscriber, ...]] = {}
 
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Add a subscriber; returns a function that removes it."""
-        self._subscribers.append(callback)
+    def subscribe(
+        self,
+        callback: Subscriber,
+        *,
+        kinds: Iterable[type[LifecycleEvent]] | None = None,
+        exclude: Iterable[type[LifecycleEvent]] = (),
+        shard: int | None = None,
+    ) -> Callable[[], None]:
+        """Add a subscriber; returns a function that removes it.
+
+        ``kinds``: only events of these classes (and subclasses); None: every event, including
+        the per-event kinds (which are then built for every frame: a subscriber that does not
+        need them says ``exclude=PER_EVENT``). ``exclude``: never these classes.
+        ``shard``: only events of this shard (process-wide events, shard None, are not sent).
+        """
+        kind_tuple = None if kinds is None else tuple(kinds)
+        sub = _Subscription(callback, kind_tuple, tuple(exclude), shard)
+        self._subscriptions.append(sub)
+        self._routes.clear()
 
         def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
+            if sub in self._subscriptions:
+                self._subscriptions.remove(sub)
+                self._routes.clear()
 
         return unsubscribe
 
-    def subscribe_to(self, kind: type[E], callback: Callable[[E], None]) -> Callable[[], None]:
+    def subscribe_to(
+        self, kind: type[E], callback: Callable[[E], None], *, shard: int | None = None
+    ) -> Callable[[], None]:
         """Subscribe to one event class (and its subclasses) only."""
+        return self.subscribe(callback, kinds=(kind,), shard=shard)  # type: ignore[arg-type]
 
-        def filtered(event: LifecycleEvent) -> None:
-            if isinstance(event, kind):
-                callback(event)
+    def _route(self, kind: type[LifecycleEvent], shard: int | None) -> tuple[Subscriber, ...]:
+        route = self._routes.get((kind, shard))
+        if route is None:
+            route = tuple(s.callback for s in self._subscriptions if s.matches(kind, shard))
+            self._routes[(kind, shard)] = route
+        return route
 
-        return self.subscribe(filtered)
+    def wants(self, kind: type[LifecycleEvent], shard: int | None = None) -> bool:
+        """True if an event of ``kind`` for ``shard`` would reach any subscriber."""
+        return bool(self._route(kind, shard))
 
     def emit(self, event: LifecycleEvent) -> None:
-        for callback in tuple(self._subscribers):
+        for callback in self._route(type(event), event.shard):
             try:
                 callback(event)
             except Exception:  # noqa: BLE001 - a broken subscriber must not break the adapter

@@ -37,13 +37,14 @@ Liveness is layered and scaled to the server's interval (all in :class:`Liveness
 from __future__ import annotations
 
 import enum
-import json
 import math
 import platform
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+import orjson
 
 from . import events as ev
 from . import protocol as p
@@ -209,6 +210,7 @@ class GatewaySession:
         liveness: LivenessConfig | None = None,
         properties: Mapping[str, Any] | None = None,
         dedupe_window: int = 4096,
+        stats: ev.ShardStats | None = None,
     ) -> None:
         if not 0 <= shard_id < shard_count:
             raise ValueError(f"shard id {shard_id} is not in range for {shard_count} shard(s)")
@@ -229,6 +231,11 @@ class GatewaySession:
         self._dedupe_window = dedupe_window
         self._conn: _Conn | None = None
         self._backpressure = False
+        #: Per-event facts as counters (frames by op, dispatches by type, last frame time).
+        self.stats = stats if stats is not None else ev.ShardStats(shard_id)
+        #: Whether anyone listens to a per-event kind (``FrameReceived``, ``EventDispatched``):
+        #: the driver sets it to the bus's ``wants``; alone, the session emits everything.
+        self.wants: Callable[[type[ev.LifecycleEvent]], bool] = _wants_everything
 
     # --- introspection -------------------------------------------------------------------
     @property
@@ -279,28 +286,32 @@ class GatewaySession:
         return []
 
     def receive(self, data: str | bytes, now: float) -> list[Action]:
-        """One WebSocket message arrived."""
-        conn = self._require_conn()
-        out: list[Action] = []
-        conn.last_frame_at = now
+        """One WebSocket message arrived: ``str`` a text frame, ``bytes`` a binary one."""
         if isinstance(data, bytes | bytearray):
-            out.append(self._frame_event(now, None, None, len(data)))
-            out.append(self._violation(now, "binary frame (the gateway speaks JSON text)"))
-            return out
+            self._require_conn().last_frame_at = now
+            return self._bad_frame(now, len(data), "binary frame (the gateway speaks JSON text)")
+        return self.receive_text(data, now)
+
+    def receive_text(self, data: str | bytes, now: float) -> list[Action]:
+        """One text frame arrived, as ``str`` or as its UTF-8 bytes (not decoded first)."""
+        conn = self._require_conn()
+        conn.last_frame_at = now
         try:
-            payload = json.loads(data)
+            payload = orjson.loads(data)
         except (ValueError, RecursionError):  # RecursionError: nested past the parser's limit
-            out.append(self._frame_event(now, None, None, len(data)))
-            out.append(self._violation(now, "frame is not valid JSON"))
-            return out
+            return self._bad_frame(now, len(data), "frame is not valid JSON")
         op = payload.get("op") if isinstance(payload, dict) else None
         if not isinstance(op, int) or isinstance(op, bool):
-            out.append(self._frame_event(now, None, None, len(data)))
-            out.append(self._violation(now, "frame has no integer 'op'"))
-            return out
+            return self._bad_frame(now, len(data), "frame has no integer 'op'")
+        stats = self.stats
+        stats.last_frame_at = now
+        frames = stats.frames
+        frames[op] = frames.get(op, 0) + 1
         t = payload.get("t")
         event_type = t if isinstance(t, str) else None
-        out.append(self._frame_event(now, op, event_type, len(data)))
+        out: list[Action] = []
+        if self.wants(ev.FrameReceived):
+            out.append(self._frame_event(now, op, event_type, len(data)))
         if conn.phase is Phase.CLOSING:
             return out  # we are tearing this link down; nothing more is acted on
         if op == Op.HEARTBEAT_ACK:
@@ -639,6 +650,9 @@ class GatewaySession:
             session_id=self.session_id,
             replayed=replayed,
         )
+        self.stats.count_dispatch(event_type)
+        if not self.wants(ev.EventDispatched):
+            return [Deliver(event)]
         return [
             Deliver(event),
             Emit(
@@ -660,8 +674,8 @@ class GatewaySession:
         There is no connection, no heartbeat and no order: the platform retries a delivery it
         considers failed, possibly after later ones. So a duplicate is told by its event id
         alone, in the same window as WebSocket dispatches (``seq`` is passed through, never
-        used to drop one). Answers ``Deliver`` + ``EventDispatched``, or ``DuplicateDropped``,
-        or a ``ProtocolViolation`` for a dispatch without a string ``t``.
+        used to drop one). Answers ``Deliver`` (+ ``EventDispatched`` if anyone listens), or
+        ``DuplicateDropped``, or a ``ProtocolViolation`` for a dispatch without a string ``t``.
         """
         t = payload.get("t")
         if not isinstance(t, str) or not t:
@@ -687,6 +701,9 @@ class GatewaySession:
             shard=self.shard_id,
             session_id=None,
         )
+        self.stats.count_dispatch(t)
+        if not self.wants(ev.EventDispatched):
+            return [Deliver(event)]
         dispatched = ev.EventDispatched(
             shard=self.shard_id,
             monotonic=now,
@@ -740,6 +757,17 @@ class GatewaySession:
         conn.phase = Phase.CLOSING
         return action
 
+    def _bad_frame(self, now: float, size: int, detail: str) -> list[Action]:
+        """A frame that is not a JSON object with an integer op: counted, and a violation."""
+        stats = self.stats
+        stats.last_frame_at = now
+        stats.frames[None] = stats.frames.get(None, 0) + 1
+        out: list[Action] = []
+        if self.wants(ev.FrameReceived):
+            out.append(self._frame_event(now, None, None, size))
+        out.append(self._violation(now, detail))
+        return out
+
     def _frame_event(self, now: float, op: int | None, t: str | None, size: int) -> Emit:
         return Emit(
             ev.FrameReceived(shard=self.shard_id, monotonic=now, op=op, event_type=t, size=size)
@@ -752,6 +780,10 @@ class GatewaySession:
         if self._conn is None:
             raise RuntimeError("no active connection: call connect() first")
         return self._conn
+
+
+def _wants_everything(kind: type[ev.LifecycleEvent]) -> bool:
+    return True
 
 
 def _opt_str(value: Any) -> str | None:

@@ -167,7 +167,15 @@ class ShardSupervisor:
         self._restored: tuple[str, int, float] | None = None
         #: Shared with every task of this shard for log lines (see ``context``).
         self.log_context = ShardContext(self.shard)
-        self._unsubscribe = bus.subscribe(self._on_event)
+        # Only this shard's events, only the kinds it acts on: with many shards in a process,
+        # no supervisor runs for another shard's events.
+        self._unsubscribe = bus.subscribe(
+            self._on_event,
+            kinds=(ev.SessionReady, ev.SessionResumed, ev.ZombieDetected),
+            shard=self.shard,
+        )
+        shard = self.shard
+        session.wants = lambda kind: bus.wants(kind, shard)
 
     # --- public --------------------------------------------------------------------------
     @property
@@ -428,8 +436,6 @@ class ShardSupervisor:
 
     # --- events and state ----------------------------------------------------------------
     def _on_event(self, event: ev.LifecycleEvent) -> None:
-        if event.shard != self.shard:
-            return
         if isinstance(event, ev.SessionReady | ev.SessionResumed):
             self._report_restored(event)
             self._last_ready_at = event.monotonic

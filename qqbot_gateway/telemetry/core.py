@@ -116,6 +116,7 @@ class Telemetry:
             process_collectors=process_collectors,
             exemplar=self._exemplar,
             verdict=self._verdict,
+            dispatch_exemplar=self._dispatch_exemplar,
         )
         self.store_metrics = StoreMetrics(self.registry, clock=self.clock)
         self.lifecycle_log = LifecycleLogger()
@@ -123,7 +124,7 @@ class Telemetry:
         self.history = StatusHistory(sanitize=redactor().text)
         self.server: SideServer | None = None
         self._client: ClientLike | None = None
-        self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
         self._subscribers: tuple[Callable[[ev.LifecycleEvent], None], ...] = ()
         self._last_failing: frozenset[str] = frozenset()
         self._last_ready: bool | None = None
@@ -147,6 +148,11 @@ class Telemetry:
         self.health.transport = cfg.transport
         self.health.request_timeout = cfg.request_timeout
         self.health.status_provider = client.shard_status
+        # The adapter's per-shard counters, when the client keeps them (QQBotClient does): the
+        # per-event facts are then read from them and no per-event object is ever built for us.
+        stats: Mapping[int, ev.ShardStats] = getattr(client, "stats", None) or {}
+        if not all(shard in stats for shard in cfg.shards):
+            stats = {}  # all or nothing: no shard is counted both ways
         mode = self._mode = getattr(cfg, "mode", "websocket")
         if mode == "webhook":
             webhook_cfg = getattr(cfg, "webhook", None)
@@ -162,9 +168,10 @@ class Telemetry:
                 shard,
                 ack_miss_limit=cfg.liveness.ack_miss_limit,
                 queue_capacity=cfg.handler_queue_size,
+                stats=stats.get(shard),
                 transport=mode,
             )
-            self.health.add_shard(shard)
+            self.health.add_shard(shard, stats.get(shard))
             if getattr(client, "has_session_store", False):
                 self.store_metrics.register_shard(shard)
         subscribers: list[Callable[[ev.LifecycleEvent], None]] = []
@@ -189,10 +196,26 @@ class Telemetry:
         ]
         if self.config.status_page:
             self.history.add_shards(cfg.shards, self._now())
+            for shard, shard_stats in stats.items():
+                self.history.bind_stats(shard, shard_stats, cfg.handler_queue_size)
             subscribers.append(self.history.observe)
         self._subscribers = tuple(subscribers)
         self._client = client
-        self._unsubscribe = client.events.subscribe(self._on_event)
+        if not stats:
+            # A source without counters: every event, the per-event kinds counted from events.
+            self._unsubscribe.append(client.events.subscribe(self._on_event))
+            return
+        events = client.events
+        self._unsubscribe.append(events.subscribe(self._on_event, exclude=ev.PER_EVENT))
+        # The per-event kinds only for those who need each event, never for metrics or health.
+        tracing = self.tracing
+        kinds: tuple[type[ev.LifecycleEvent], ...]
+        if tracing is not None:  # sampled event spans, slow-handler spans
+            kinds = (ev.EventDispatched, ev.HandlerCompleted)
+            self._unsubscribe.append(events.subscribe(tracing.observe, kinds=kinds))
+        if self.lifecycle_log.log.isEnabledFor(logging.DEBUG):  # "frame received" lines
+            kinds = (ev.FrameReceived, ev.EventDispatched)
+            self._unsubscribe.append(events.subscribe(self.lifecycle_log.observe, kinds=kinds))
 
     def _on_event(self, event: ev.LifecycleEvent) -> None:
         for subscriber in self._subscribers:
@@ -203,6 +226,11 @@ class Telemetry:
 
     def _exemplar(self, event: ev.LifecycleEvent) -> dict[str, str] | None:
         return self.tracing.exemplar(event) if self.tracing is not None else None
+
+    def _dispatch_exemplar(self, shard: int, event_type: str) -> dict[str, str] | None:
+        if self.tracing is None:
+            return None
+        return self.tracing.dispatch_exemplar(shard, event_type)
 
     def _now(self) -> float:
         return self.clock.monotonic()
@@ -242,6 +270,8 @@ class Telemetry:
 
     def _on_lag(self, lag: float) -> None:
         self.metrics.set_loop_lag(lag)
+        if self.config.status_page:
+            self.history.sample(self._now())
         self._since_eval += self.loop_lag.period + lag
         if self._since_eval >= _EVALUATE_EVERY:
             self._since_eval = 0.0
@@ -310,9 +340,8 @@ class Telemetry:
         server, self.server = self.server, None
         if server is not None:
             await server.stop(timeout)
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        while self._unsubscribe:
+            self._unsubscribe.pop()()
         client = self._client
         if client is not None and self.tracing is not None:
             if client.handler_context == self.tracing.handler_context:

@@ -111,7 +111,9 @@ class _Shard:
     live: bool = False
     live_since: float | None = None
     live_ended: float | None = None
-    last_frame_at: float | None = None
+    last_frame_at: float | None = None  # from FrameReceived, or the connection's opening
+    #: The adapter's counters for the shard: its last frame time, read when evaluating.
+    stats: ev.ShardStats | None = None
     last_ack_at: float | None = None
     last_heartbeat_at: float | None = None
     unacked: int = 0
@@ -163,8 +165,12 @@ class HealthEvaluator:
             self.add_shard(shard)
 
     # --- inputs --------------------------------------------------------------------------
-    def add_shard(self, shard: int) -> None:
-        self._shards.setdefault(shard, _Shard())
+    def add_shard(self, shard: int, stats: ev.ShardStats | None = None) -> None:
+        """Watch ``shard``; ``stats`` (the adapter's counters) give its last frame time, so
+        that no ``FrameReceived`` event is needed per frame."""
+        s = self._shards.setdefault(shard, _Shard())
+        if stats is not None:
+            s.stats = stats
 
     def mark_started(self, now: float) -> None:
         """The grace for the first session counts from here."""
@@ -384,7 +390,9 @@ class HealthEvaluator:
                 f"{lv.ack_miss_limit}) and the next one overdue by {overdue:.1f}s"
             )
         idle = lv.idle_deadline(interval)
-        last = s.last_frame_at if s.last_frame_at is not None else s.connected_at
+        last = _last_frame(s)
+        if last is None:
+            last = s.connected_at
         if idle is not None and last is not None and now - last >= idle:
             return f"idle_timeout: no frame for {now - last:.1f}s (limit {idle:g}s)"
         return None
@@ -396,12 +404,13 @@ class HealthEvaluator:
             return Check(name, False, zombie)
         if not s.connected:
             return Check(name, True, "no connection open")
-        if s.last_frame_at is None:
+        last = _last_frame(s)
+        if last is None:
             return Check(name, True, "connected")
         return Check(
             name,
             True,
-            f"connected, last frame {max(0.0, now - s.last_frame_at):.1f}s ago, "
+            f"connected, last frame {max(0.0, now - last):.1f}s ago, "
             f"{s.unacked} heartbeat(s) outstanding",
         )
 
@@ -526,3 +535,13 @@ class HealthEvaluator:
     def _clean(self, text: str) -> str:
         text = self.sanitize(text)
         return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def _last_frame(s: _Shard) -> float | None:
+    """The later of the last frame seen as an event or counted by the adapter."""
+    counted = s.stats.last_frame_at if s.stats is not None else None
+    if counted is None:
+        return s.last_frame_at
+    if s.last_frame_at is None:
+        return counted
+    return max(counted, s.last_frame_at)

@@ -22,8 +22,14 @@ the history). Free text from events (disconnect details) passes through ``saniti
 redactor) and is cut to :data:`MAX_DETAIL` characters; handler error *messages* are not kept at
 all (only the exception type), since a handler may put anything into one.
 
-The hot path (``FrameReceived``, ``EventDispatched``) is a dict lookup and a few attribute
-updates; nothing is computed until :meth:`ShardHistory.series` is asked for.
+Per-event facts (frames, dispatches, queue depth, completed handlers) come from the adapter's
+counters (:class:`~qqbot_gateway.adapter.events.ShardStats`, bound with
+:meth:`StatusHistory.bind_stats`), read by :meth:`StatusHistory.sample` a few times a second
+(telemetry calls it from the loop-lag tick, and the status page before each document): no
+per-event object is built for the status page. The frame-age curve and the per-second buckets
+are then exact to within the sampling period (0.25 s); a shard without bound counters is fed
+by the ``FrameReceived`` / ``EventDispatched`` / ``HandlerQueueDepth`` / ``HandlerCompleted``
+events instead.
 """
 
 from __future__ import annotations
@@ -168,6 +174,12 @@ class ShardHistory:
         self.incident_count = 0
         self.fatal: str | None = None
         self.stopped: str | None = None
+        # The adapter's counters, and what the last sample had seen of them.
+        self.stats: ev.ShardStats | None = None
+        self._sampled_at = started_at
+        self._frames_seen = 0
+        self._dispatched_seen: dict[str, int] = {}
+        self._handled_seen = 0
 
     # --- hot path ------------------------------------------------------------------------
     def frame(self, t: float) -> None:
@@ -180,15 +192,47 @@ class ShardHistory:
                 return
         runs.append([t, t])
 
-    def dispatched(self, t: float, event_type: str) -> None:
+    def dispatched(self, t: float, event_type: str, count: int = 1) -> None:
         bucket = self._bucket(t)
-        bucket.events += 1
-        self.events_total += 1
+        bucket.events += count
+        self.events_total += count
         by_type = self.events_by_type
         if event_type not in by_type and len(by_type) >= MAX_EVENT_TYPES:
             event_type = _OTHER
-        by_type[event_type] = by_type.get(event_type, 0) + 1
-        bucket.by_type[event_type] = bucket.by_type.get(event_type, 0) + 1
+        by_type[event_type] = by_type.get(event_type, 0) + count
+        bucket.by_type[event_type] = bucket.by_type.get(event_type, 0) + count
+
+    def sample(self, now: float) -> None:
+        """Take in what the adapter counted since the last sample (see the module docstring)."""
+        st = self.stats
+        if st is None:
+            return
+        frames = sum(st.frames.values())
+        last = st.last_frame_at
+        if last is not None and frames != self._frames_seen:
+            runs = self.frame_runs
+            # Several frames since the last sample, the latest within one sampling period of
+            # the run: the frames kept coming (one run), as per-frame events would have shown.
+            if (
+                frames - self._frames_seen > 1
+                and runs
+                and last - runs[-1][1] <= (now - self._sampled_at) + FRAME_RESOLUTION
+            ):
+                runs[-1][1] = last
+                self.last_frame_at = last
+            else:
+                self.frame(last)
+        self._frames_seen = frames
+        seen = self._dispatched_seen
+        for event_type, count in list(st.dispatched.items()):
+            new = count - seen.get(event_type, 0)
+            if new > 0:
+                self.dispatched(now, event_type, new)
+                seen[event_type] = count
+        self.queue(now, st.queue_depth, self.queue_capacity or 0)
+        self.handled += st.handled - self._handled_seen
+        self._handled_seen = st.handled
+        self._sampled_at = now
 
     def _bucket(self, t: float) -> _Second:
         second = int(t)
@@ -532,6 +576,17 @@ class StatusHistory:
             ev.ShardFatal: self._on_fatal,
             ev.SupervisorStopped: _on_stopped,
         }
+
+    def bind_stats(self, shard: int, stats: ev.ShardStats, queue_capacity: int) -> None:
+        """Read ``shard``'s per-event facts from the adapter's counters (see :meth:`sample`)."""
+        s = self.shards.get(shard)
+        if s is not None:
+            s.stats = stats
+            s.queue_capacity = queue_capacity
+
+    def sample(self, now: float) -> None:
+        for s in self.shards.values():
+            s.sample(now)
 
     def add_shards(self, shards: Iterable[int], now: float) -> None:
         if self._started_at is None:

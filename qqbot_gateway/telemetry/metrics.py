@@ -5,10 +5,15 @@ owns it; tests build their own). Per shard, every known label child (each discon
 each zombie reason, each connection state, each resume outcome, each known opcode) is created at
 zero when the shard is registered, so ``rate()`` and ``increase()`` see the first change.
 
-The hot path (one ``FrameReceived`` per frame, one ``EventDispatched`` per event) touches only
-cached label children and plain attributes: no ``.labels()`` lookups, no clock reads. Ages and
-wall-clock timestamps of the last frame / ACK, and the health verdict gauges, are computed at
-scrape time by :class:`_ScrapeTimeCollector`.
+Nothing here runs per frame or per dispatched event. The per-event metrics
+(``frames_received_total``, ``events_dispatched_total``, ``handler_queue_depth``,
+``handler_duration_seconds``) are read at scrape time by :class:`_PerEventCollector` from the
+plain counters the adapter keeps anyway (:class:`~qqbot_gateway.adapter.events.ShardStats`);
+the rarer lifecycle events (heartbeats, state changes, disconnects, ...) update cached label
+children, never a ``.labels()`` lookup. Ages and wall-clock timestamps of the last frame / ACK,
+and the health verdict gauges, are computed at scrape time by :class:`_ScrapeTimeCollector`.
+A source without its own stats (tests feeding events) can still feed the per-event kinds to
+:meth:`GatewayMetrics.observe`: they are counted into stats the metrics keep for that shard.
 
 Label values stay bounded: a disconnect reason outside ``DISCONNECT_REASONS`` is counted under
 an existing reason (``server_close:other`` for unknown ``server_close:*``, else
@@ -24,11 +29,18 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
 
 import qqbot_gateway
 from qqbot_gateway.adapter import events as ev
@@ -75,22 +87,8 @@ HEARTBEAT_RTT_BUCKETS: Final = (
     60.0,
 )
 #: Handlers: 1 ms (an in-memory reply) .. 60 s (a handler this slow is a bug worth seeing).
-HANDLER_DURATION_BUCKETS: Final = (
-    0.001,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
+#: The adapter counts into these buckets itself (``ShardStats``).
+HANDLER_DURATION_BUCKETS: Final = ev.HANDLER_SECONDS_BUCKETS
 #: Time to answer a callback: 0.1 ms (verify + enqueue on an idle core) .. 5 s (the platform's
 #: patience is not documented; an answer this slow is worth seeing anyway).
 WEBHOOK_ACK_BUCKETS: Final = (
@@ -119,6 +117,11 @@ MAX_EVENT_TYPES: Final = 128
 _OTHER: Final = "other"
 _KNOWN_OPS: Final = tuple(str(int(op)) for op in Op)
 _OP_LABELS: Final[dict[int, str]] = {int(op): str(int(op)) for op in Op}
+_FRAME_LABELS: Final = (*_KNOWN_OPS, "invalid", _OTHER)
+_DURATION_BOUNDS: Final = (
+    *(floatToGoString(b) for b in ev.HANDLER_SECONDS_BUCKETS),  # type: ignore[no-untyped-call]
+    "+Inf",
+)
 _REASONS: Final = frozenset(DISCONNECT_REASONS)
 _RESUME_OUTCOMES: Final = ("success", "failed")
 _TOKEN_OUTCOMES: Final = ("success", "failure")
@@ -164,16 +167,13 @@ class _Shard:
     reconnects: dict[str, Counter]
     zombies: dict[str, Counter]
     states: dict[ev.ConnectionState, Gauge]
-    frames: dict[str, Counter]
-    dispatched: dict[str, Counter]
     handler_errors: dict[str, Counter]
     duplicates: Counter
     resumes: dict[str, Counter]
     identifies: Counter
-    queue_depth: Gauge
     queue_capacity: Gauge
-    handler_duration: Histogram
-    last_frame_at: float | None = None
+    #: The adapter's counters for this shard (or the metrics' own, fed by ``observe``).
+    stats: ev.ShardStats
     last_ack_at: float | None = None
     resume_pending: bool = False
     disconnected_since_attempt: bool = False
@@ -201,10 +201,12 @@ class GatewayMetrics:
         process_collectors: bool = True,
         exemplar: Callable[[ev.LifecycleEvent], dict[str, str] | None] | None = None,
         verdict: Callable[[], Verdict] | None = None,
+        dispatch_exemplar: Callable[[int, str], dict[str, str] | None] | None = None,
     ) -> None:
         self.registry = registry
         self.clock = clock or Clock()
         self.exemplar = exemplar
+        self.dispatch_exemplar = dispatch_exemplar
         self.verdict = verdict
         self._shards: dict[int, _Shard] = {}
         self._types: set[str] = set()
@@ -260,18 +262,6 @@ class GatewayMetrics:
             ("shard", "state"),
             registry=r,
         )
-        self.frames_received = Counter(
-            f"{n}_frames_received_total",
-            "Gateway frames received, by opcode.",
-            ("shard", "op"),
-            registry=r,
-        )
-        self.events_dispatched = Counter(
-            f"{n}_events_dispatched_total",
-            "Dispatch events accepted for the handlers, by event type.",
-            ("shard", "type"),
-            registry=r,
-        )
         self.events_duplicate = Counter(
             f"{n}_events_duplicate_total",
             "Replayed events dropped because they had been delivered already.",
@@ -292,12 +282,6 @@ class GatewayMetrics:
             "The latest event loop lag measurement.",
             registry=r,
         )
-        self.handler_queue_depth = Gauge(
-            f"{n}_handler_queue_depth",
-            "Dispatched events waiting for handlers.",
-            shard,
-            registry=r,
-        )
         self.handler_queue_capacity = Gauge(
             f"{n}_handler_queue_capacity",
             "Size of the bounded handler queue.",
@@ -308,13 +292,6 @@ class GatewayMetrics:
             f"{n}_handler_errors_total",
             "Handler exceptions by event type.",
             ("shard", "type"),
-            registry=r,
-        )
-        self.handler_duration = Histogram(
-            f"{n}_handler_duration_seconds",
-            "Time spent in handlers per event.",
-            shard,
-            buckets=HANDLER_DURATION_BUCKETS,
             registry=r,
         )
         self.token_refreshes = Counter(
@@ -357,6 +334,7 @@ class GatewayMetrics:
             registry=r,
         )
         self.build_info.labels(qqbot_gateway.__version__, platform.python_version()).set(1)
+        registry.register(_PerEventCollector(self))
         registry.register(_ScrapeTimeCollector(self))
         registry.register(_WebhookScrapeCollector(self))
         if process_collectors:
@@ -367,12 +345,12 @@ class GatewayMetrics:
         self._token_failed = self.token_refreshes.labels("failure")
         self._routes: dict[type[ev.LifecycleEvent], Callable[[_Shard, ev.LifecycleEvent], None]]
         self._routes = {
-            ev.FrameReceived: self._on_frame,  # type: ignore[dict-item]
-            ev.EventDispatched: self._on_dispatched,  # type: ignore[dict-item]
+            ev.FrameReceived: self._on_per_event,
+            ev.EventDispatched: self._on_per_event,
+            ev.HandlerCompleted: self._on_per_event,
             ev.HeartbeatSent: self._on_heartbeat_sent,  # type: ignore[dict-item]
             ev.HeartbeatAcked: self._on_heartbeat_acked,  # type: ignore[dict-item]
             ev.HandlerQueueDepth: self._on_queue_depth,  # type: ignore[dict-item]
-            ev.HandlerCompleted: self._on_handler_completed,  # type: ignore[dict-item]
             ev.HandlerFailed: self._on_handler_failed,  # type: ignore[dict-item]
             ev.DuplicateDropped: self._on_duplicate,  # type: ignore[dict-item]
             ev.StateChanged: self._on_state,  # type: ignore[dict-item]
@@ -404,10 +382,14 @@ class GatewayMetrics:
         queue_capacity: int,
         state: ev.ConnectionState = ev.ConnectionState.IDLE,
         now: float | None = None,
+        stats: ev.ShardStats | None = None,
         transport: str = "websocket",
     ) -> None:
         """Create every label child of ``shard`` at zero. Idempotent. ``transport="webhook"``
-        adds the webhook children (every outcome at zero)."""
+        adds the webhook children (every outcome at zero).
+
+        ``stats``: the adapter's counters for the shard (read at scrape time); None keeps the
+        metrics' own, fed by the per-event kinds given to :meth:`observe`."""
         if shard in self._shards:
             return
         s = str(shard)
@@ -425,17 +407,12 @@ class GatewayMetrics:
             reconnects={r: self.reconnects.labels(s, r) for r in DISCONNECT_REASONS},
             zombies={r: self.zombies.labels(s, r) for r in sorted(ZOMBIE_REASONS)},
             states={st: self.connection_state.labels(s, st.value) for st in ev.ConnectionState},
-            frames={
-                op: self.frames_received.labels(s, op) for op in (*_KNOWN_OPS, "invalid", _OTHER)
-            },
-            dispatched={},
             handler_errors={},
             duplicates=self.events_duplicate.labels(s),
             resumes={o: self.resumes.labels(s, o) for o in _RESUME_OUTCOMES},
             identifies=self.identifies.labels(s),
-            queue_depth=self.handler_queue_depth.labels(s),
             queue_capacity=self.handler_queue_capacity.labels(s),
-            handler_duration=self.handler_duration.labels(s),
+            stats=stats if stats is not None else ev.ShardStats(shard),
             state=state,
         )
         self.transport_info.labels(s, transport).set(1)
@@ -477,23 +454,8 @@ class GatewayMetrics:
         self._types.add(event_type)
         return event_type
 
-    def _on_frame(self, s: _Shard, e: ev.FrameReceived) -> None:
-        op = e.op
-        label = "invalid" if op is None else _OP_LABELS.get(op, _OTHER)
-        s.frames[label].inc()
-        s.last_frame_at = e.monotonic
-
-    def _on_dispatched(self, s: _Shard, e: ev.EventDispatched) -> None:
-        child = s.dispatched.get(e.event_type)
-        if child is None:
-            # Cached by label, so types past the cap share the "other" entry: bounded.
-            label = self._type_label(e.event_type)
-            child = s.dispatched.get(label)
-            if child is None:
-                child = self.events_dispatched.labels(s.label, label)
-                s.dispatched[label] = child
-        exemplar = self.exemplar(e) if self.exemplar is not None else None
-        child.inc(exemplar=exemplar)
+    def _on_per_event(self, s: _Shard, e: ev.LifecycleEvent) -> None:
+        s.stats.apply(e)
 
     def _on_heartbeat_sent(self, s: _Shard, e: ev.HeartbeatSent) -> None:
         s.hb_sent.inc()
@@ -507,11 +469,8 @@ class GatewayMetrics:
         s.rtt.observe(e.rtt, exemplar=exemplar)
 
     def _on_queue_depth(self, s: _Shard, e: ev.HandlerQueueDepth) -> None:
-        s.queue_depth.set(e.depth)
+        s.stats.apply(e)
         s.queue_capacity.set(e.capacity)
-
-    def _on_handler_completed(self, s: _Shard, e: ev.HandlerCompleted) -> None:
-        s.handler_duration.observe(e.duration)
 
     def _on_handler_failed(self, s: _Shard, e: ev.HandlerFailed) -> None:
         label = self._type_label(e.event_type)
@@ -627,6 +586,72 @@ class _WebhookScrapeCollector(Collector):
         ]
 
 
+class _PerEventCollector(Collector):
+    """The per-event metrics, read from the shards' ``ShardStats`` when Prometheus scrapes."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._m = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        m = self._m
+        frames, dispatched, depth, duration = families = self._families()
+        for entry in m.shards.values():
+            stats, shard = entry.stats, entry.label
+            by_op = dict.fromkeys(_FRAME_LABELS, 0)
+            for op, count in list(stats.frames.items()):
+                by_op[op_label(op)] += count
+            for label, count in by_op.items():
+                frames.add_metric([shard, label], count)
+            by_type: dict[str, int] = {}
+            for event_type, count in list(stats.dispatched.items()):
+                label = _OTHER if event_type == ev.OTHER_TYPE else m._type_label(event_type)
+                by_type[label] = by_type.get(label, 0) + count
+            for label, count in by_type.items():
+                exemplar = None
+                if m.dispatch_exemplar is not None:
+                    ids = m.dispatch_exemplar(entry.shard, label)
+                    exemplar = Exemplar(ids, 1.0) if ids else None
+                dispatched.add_metric([shard, label], count, exemplar=exemplar)
+            depth.add_metric([shard], stats.queue_depth)
+            cumulative, buckets = 0, []
+            for bound, count in zip(_DURATION_BOUNDS, stats.handler_buckets, strict=True):
+                cumulative += count
+                buckets.append((bound, float(cumulative)))
+            duration.add_metric([shard], buckets, stats.handler_seconds)
+        return families
+
+    @staticmethod
+    def _families() -> tuple[
+        CounterMetricFamily, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+    ]:
+        n = PREFIX
+        return (
+            CounterMetricFamily(
+                f"{n}_frames_received",
+                "Gateway frames received, by opcode.",
+                labels=["shard", "op"],
+            ),
+            CounterMetricFamily(
+                f"{n}_events_dispatched",
+                "Dispatch events accepted for the handlers, by event type.",
+                labels=["shard", "type"],
+            ),
+            GaugeMetricFamily(
+                f"{n}_handler_queue_depth",
+                "Dispatched events waiting for handlers.",
+                labels=["shard"],
+            ),
+            HistogramMetricFamily(
+                f"{n}_handler_duration_seconds",
+                "Time spent in handlers per event.",
+                labels=["shard"],
+            ),
+        )
+
+
 class _ScrapeTimeCollector(Collector):
     """Values computed when Prometheus scrapes: ages, last-seen timestamps, the verdict."""
 
@@ -645,7 +670,7 @@ class _ScrapeTimeCollector(Collector):
         frame_age, ack_age, frame_ts, ack_ts, _, ready = families
         for entry in m.shards.values():
             label = [entry.label]
-            frame_at, ack_at = entry.last_frame_at, entry.last_ack_at
+            frame_at, ack_at = entry.stats.last_frame_at, entry.last_ack_at
             frame_age.add_metric(
                 label, max(0.0, now - (entry.started_at if frame_at is None else frame_at))
             )

@@ -240,6 +240,8 @@ class Tracing:
         self._pending: OrderedDict[_EventKey, Span] = OrderedDict()
         self._max_pending = max_pending
         self._last_event_ctx: trace.SpanContext | None = None
+        #: The last sampled event span per (shard, type): exemplars of events_dispatched_total.
+        self._last_by_type: dict[tuple[int, str], trace.SpanContext] = {}
         self._closed = False
 
     # --- subscriber ----------------------------------------------------------------------
@@ -405,6 +407,10 @@ class Tracing:
             },
         )
         self._last_event_ctx = span.get_span_context()
+        if len(self._last_by_type) < 4 * DEFAULT_MAX_PENDING or (
+            (shard, event.event_type) in self._last_by_type
+        ):
+            self._last_by_type[(shard, event.event_type)] = self._last_event_ctx
         key = (shard, event.seq, event.event_id, event.event_type)
         self._pending[key] = span
         if len(self._pending) > self._max_pending:
@@ -431,6 +437,12 @@ class Tracing:
         if ctx is None or not ctx.is_valid:
             return None
         return _ids(ctx)
+
+    def dispatch_exemplar(self, shard: int, event_type: str) -> dict[str, str] | None:
+        """Trace ids of the last sampled span of this shard and event type, for the
+        ``events_dispatched_total`` exemplar read at scrape time."""
+        ctx = self._last_by_type.get((shard, event_type))
+        return _ids(ctx) if ctx is not None and ctx.is_valid else None
 
     def handler_context(self, event: GatewayEvent) -> AbstractContextManager[Any]:
         """``client.handler_context``: the event's span is current while its handlers run.

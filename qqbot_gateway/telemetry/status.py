@@ -164,6 +164,7 @@ class StatusPage:
         report = self.evaluate()
         now = self.clock.monotonic()
         wall = self.clock.wall()
+        self.history.sample(now)  # the adapter's counters, as of now
         checks = {c.name: c for c in (*report.checks, *report.readiness)}
         statuses = self._statuses()
         lag = self.loop_lag(now) if self.loop_lag is not None else None
