@@ -62,6 +62,19 @@ def client_config(sim: Simulator, **overrides: Any) -> ClientConfig:
     return ClientConfig(**base)
 
 
+async def poll_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``predicate()``'s first truthy value, polled every 20 ms; AssertionError after timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 @dataclass
 class Recorder:
     """Lifecycle events with their loop time, and the events the handlers received."""
@@ -87,14 +100,7 @@ class Harness:
         self.loop = asyncio.get_running_loop()
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = self.loop.time() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if self.loop.time() > deadline:
-                raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-            await asyncio.sleep(0.02)
+        return await poll_until(predicate, timeout, what)
 
     async def wait_event(
         self,

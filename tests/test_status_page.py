@@ -103,11 +103,11 @@ def test_frames_merge_into_runs_so_memory_is_bounded() -> None:
     t = T0
     for _ in range(100_000):  # a frame every 10 ms for 1000 s
         t += 0.01
-        rig.shard.frame(t)
+        rig.f.emit(ev.FrameReceived, t, op=0, event_type=None, size=10)
     assert len(rig.shard.frame_runs) <= 3
     for _ in range(10_000):  # then frames spaced wider than the resolution
         t += FRAME_RESOLUTION * 1.5
-        rig.shard.frame(t)
+        rig.f.emit(ev.FrameReceived, t, op=0, event_type=None, size=10)
     assert len(rig.shard.frame_runs) == rig.shard.frame_runs.maxlen
     assert rig.shard.frame_runs.maxlen <= 60.0 / FRAME_RESOLUTION + 2
     points = rig.shard.frame_age_series(t, 1.0)
@@ -381,3 +381,51 @@ async def test_the_page_can_be_switched_off() -> None:
                 assert resp.status == 200
     finally:
         await tel.stop()
+
+
+def test_ping_layer_state_from_the_session_when_the_adapter_reports_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An adapter whose session runs the ping layer (``LivenessConfig.ws_ping``) reports its
+    state with ``PingLayerChanged`` / ``PongReceived``; the page shows that state."""
+    from dataclasses import dataclass
+
+    from qqbot_gateway.adapter.session import LivenessConfig
+
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class PingLayerChanged(ev.LifecycleEvent):
+        state: str
+        detail: str
+
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class PongReceived(ev.LifecycleEvent):
+        rtt: float
+        deadline: float
+
+    monkeypatch.setattr(ev, "PingLayerChanged", PingLayerChanged, raising=False)
+    monkeypatch.setattr(ev, "PongReceived", PongReceived, raising=False)
+
+    class SessionPing:  # the settings of such an adapter, as far as the page reads them
+        def __init__(self) -> None:
+            self._base = LivenessConfig()
+            self.ws_ping = True
+            self.ping_quiet = 0.05
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._base, name)
+
+    rig = Rig()
+    rig.page.liveness = SessionPing()  # type: ignore[assignment]
+    rig.live(T0, interval=40.0)
+    rig.f.emit(PingLayerChanged, T0 + 1, state="calibrating", detail="waiting for a first pong")
+    layer = {x["name"]: x for x in rig.doc(T0 + 1)["shards"][0]["liveness_layers"]}["ws_ping"]
+    assert layer["state"] == "calibrating" and not layer["armed"]
+    rig.f.emit(PongReceived, T0 + 3, rtt=0.05, deadline=12.0)
+    rig.f.emit(PingLayerChanged, T0 + 3, state="armed", detail="")
+    layer = {x["name"]: x for x in rig.doc(T0 + 4)["shards"][0]["liveness_layers"]}["ws_ping"]
+    assert layer["state"] == "armed" and layer["armed"]
+    assert "ping after 2s of silence" in layer["detail"] and "pong within 12s" in layer["detail"]
+    assert "last pong 50 ms" in layer["detail"]
+    rig.f.disconnect(T0 + 5, "ping_timeout")
+    layer = {x["name"]: x for x in rig.doc(T0 + 6)["shards"][0]["liveness_layers"]}["ws_ping"]
+    assert layer["state"] == "idle" and not layer["armed"]

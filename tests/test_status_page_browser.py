@@ -37,6 +37,7 @@ from .cdp import Chromium, find_chromium
 from .gateway_harness import INTERVAL, SECRET, client_config, sim_config
 
 ZOMBIE_REASONS = ("ack_timeout", "idle_timeout", "ping_timeout")
+STAGE_FILES = {"live": "1-live", "zombie": "3-zombie", "recovered": "4-recovered"}
 NO_CHROMIUM = "Chromium is not installed (Debian package `chromium`; .ci/run installs it)"
 
 
@@ -77,6 +78,13 @@ LIVE = f"""(() => {{
     && document.querySelector('#overall').dataset.verdict === 'ok'
     && document.querySelectorAll('#shard-0-rtt circle.dot').length >= 2
     && document.querySelector('#shard-0-age polyline') !== null;
+}})()"""
+# Before a layer declares the zombie: heartbeats going unanswered on a live shard.
+SUSPECT = f"""(() => {{
+  const s = {SHARD};
+  return !!s && ['live', 'degraded'].includes(s.dataset.condition)
+    && !s.querySelector('.timeline .incident')
+    && s.querySelector('.facts dd.warn, .facts dd.bad') !== null;
 }})()"""
 ZOMBIE = f"""(() => {{
   const s = {SHARD};
@@ -170,7 +178,7 @@ async def _scenario(tmp: Path, chromium: str | None) -> Run:
                         return bool(await browser.evaluate(js))
 
                     await until(shown, within, f"the page to show stage {name!r}")
-                    shot = tmp / f"{len(run.shots) + 1}-{name}.png"
+                    shot = tmp / f"{STAGE_FILES[name]}.png"
                     run.shots[name] = await browser.screenshot(shot)
                     run.rendered[name] = await browser.evaluate(OUTER_HTML)
                     run.text[name] = await browser.evaluate("document.body.innerText")
@@ -191,11 +199,21 @@ async def _scenario(tmp: Path, chromium: str | None) -> Run:
                 await until(lambda: doc_shows(live), 15 * INTERVAL, "a live shard with ACKs")
                 await stage("live", browser, LIVE, 15 * INTERVAL)
 
-                sim.blackhole(current=True, new=True)
-
                 def zombie(d: dict[str, Any]) -> bool:
                     incidents = d["shards"][0]["incidents"]
                     return bool(incidents) and incidents[0]["zombie"] is not None
+
+                sim.blackhole(current=True, new=True)
+                if browser is not None:
+                    # Best effort (the window is about one interval): the page catching the
+                    # heartbeats going unanswered before a layer declares the zombie.
+                    deadline = loop.time() + 4 * INTERVAL
+                    while loop.time() < deadline and not zombie(await document("polling")):
+                        if await browser.evaluate(SUSPECT):
+                            run.shots["suspect"] = await browser.screenshot(tmp / "2-suspect.png")
+                            run.rendered["suspect"] = await browser.evaluate(OUTER_HTML)
+                            break
+                        await asyncio.sleep(0.1)
 
                 await until(lambda: doc_shows(zombie), 10 * INTERVAL, "the zombie in status.json")
                 await stage("zombie", browser, ZOMBIE, 5 * INTERVAL)
@@ -213,7 +231,7 @@ async def _scenario(tmp: Path, chromium: str | None) -> Run:
                     await browser.viewport(390, 844, mobile=True)
                     await asyncio.sleep(1.5)  # one more update at the new width
                     run.checks["phone"] = await browser.evaluate(AUDIT)
-                    run.shots["phone"] = await browser.screenshot(tmp / "4-phone.png")
+                    run.shots["phone"] = await browser.screenshot(tmp / "5-phone.png")
                     run.rendered["phone"] = await browser.evaluate(OUTER_HTML)
                     run.errors = list(browser.errors)
 
@@ -237,7 +255,18 @@ async def test_page_shows_zombie_reconnect_and_recovery(
     if find_chromium() is None:
         pytest.skip(NO_CHROMIUM)
     run = await the_run(tmp_path_factory)
-    assert set(run.shots) == {"live", "zombie", "recovered", "phone"}
+    # "suspect" (before the verdict) is caught when the page polls inside that one interval.
+    assert (
+        {"live", "zombie", "recovered", "phone"}
+        <= set(run.shots)
+        <= {
+            "live",
+            "suspect",
+            "zombie",
+            "recovered",
+            "phone",
+        }
+    )
     for path in run.shots.values():
         assert path.stat().st_size > 10_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not run.errors, run.errors  # no script error, no CSP violation, no failed load
@@ -282,7 +311,7 @@ async def test_page_and_endpoint_hold_no_secret(tmp_path_factory: pytest.TempPat
         assert len(secret) >= 8
         assert secret not in everything
     if run.browser:
-        assert len(run.rendered) == 4
+        assert len(run.rendered) >= 4
 
 
 WEBHOOK_SHOWN = """(() => {
@@ -352,7 +381,7 @@ async def test_webhook_mode_shows_the_callback_view(tmp_path: Path) -> None:
                         while not await browser.evaluate(WEBHOOK_SHOWN):
                             assert loop.time() < deadline, "the callback view did not appear"
                             await asyncio.sleep(0.2)
-                        shot = await browser.screenshot(tmp_path / "5-webhook.png")
+                        shot = await browser.screenshot(tmp_path / "6-webhook.png")
                         page_text = await browser.evaluate("document.body.innerText")
                         served.append(await browser.evaluate(OUTER_HTML))
                         assert not browser.errors, browser.errors

@@ -158,6 +158,13 @@ class ShardHistory:
         self.rtts: deque[tuple[float, float]] = deque(maxlen=MAX_RTT_SAMPLES)
         self.frame_runs: deque[list[float]] = deque(maxlen=math.ceil(window / FRAME_RESOLUTION) + 2)
         self.zombie: ZombieInfo | None = None  # declared on the open connection
+        #: The WebSocket ping layer's state on this connection, where the session reports it
+        #: (``PingLayerChanged``: off, calibrating, armed, suspended, disabled), and the last
+        #: pong's round trip and the pong deadline then in force.
+        self.ping_state: str | None = None
+        self.ping_detail: str | None = None
+        self.last_pong_rtt: float | None = None
+        self.pong_deadline: float | None = None
         # Delivery.
         self.seconds: deque[_Second] = deque(maxlen=math.ceil(window) + 1)
         self.events_total = 0
@@ -267,6 +274,17 @@ class ShardHistory:
         self.hello = False
         self.unacked = 0
         self.zombie = None
+        self.ping_state = self.ping_detail = None
+        self.last_pong_rtt = self.pong_deadline = None
+
+    def on_ping_layer(self, e: Any) -> None:
+        self.ping_state = str(getattr(e, "state", "")) or None
+        self.ping_detail = str(getattr(e, "detail", ""))[:MAX_DETAIL] or None
+
+    def on_pong(self, e: Any) -> None:
+        rtt, deadline = getattr(e, "rtt", None), getattr(e, "deadline", None)
+        self.last_pong_rtt = float(rtt) if isinstance(rtt, int | float) else None
+        self.pong_deadline = float(deadline) if isinstance(deadline, int | float) else None
 
     def on_hello(self, interval: float) -> None:
         self.hello = True
@@ -576,6 +594,15 @@ class StatusHistory:
             ev.ShardFatal: self._on_fatal,
             ev.SupervisorStopped: _on_stopped,
         }
+        # The ping layer's events, where the adapter has them (looked up by name: an adapter
+        # without a ping layer of its own emits none, and the page shows the configuration).
+        for name, route in (
+            ("PingLayerChanged", ShardHistory.on_ping_layer),
+            ("PongReceived", ShardHistory.on_pong),
+        ):
+            kind = getattr(ev, name, None)
+            if isinstance(kind, type) and issubclass(kind, ev.LifecycleEvent):
+                self._routes[kind] = route
 
     def bind_stats(self, shard: int, stats: ev.ShardStats, queue_capacity: int) -> None:
         """Read ``shard``'s per-event facts from the adapter's counters (see :meth:`sample`)."""

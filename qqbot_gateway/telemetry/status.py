@@ -415,69 +415,75 @@ class StatusPage:
         return "live", f"listening for {_human(now - (wh.listening_since or now))}; {heard}"
 
     def _layers(self, s: ShardHistory, now: float) -> list[dict[str, Any]]:
+        """The liveness layers, what each watches and whether it is armed now.
+
+        Written against both shapes of the adapter's settings: a fixed WebSocket ping
+        (``TransportConfig.ws_ping_interval``, aiohttp's ``heartbeat=``) or the session's own
+        ping layer (``LivenessConfig.ws_ping``, with its state reported by events), and a
+        fixed or an interval-derived ``TCP_USER_TIMEOUT``.
+        """
         lv, tr = self.liveness, self.transport
-        watching = s.connected and s.hello and s.interval is not None
-        interval = s.interval
-        idle = lv.idle_deadline(interval) if interval is not None else None
-        handshaking = s.state is ev.ConnectionState.HANDSHAKING
-        ping = tr.ws_ping_interval
-        layers: list[dict[str, Any]] = [
-            _layer(
-                "ack",
-                "Heartbeat ACKs (op 11)",
-                True,
-                watching,
-                f"{s.unacked} of {lv.ack_miss_limit} consecutive heartbeats unacknowledged",
-            ),
+        h = s.interval
+        watching = s.connected and s.hello and h is not None
+        idle = lv.idle_deadline(h) if h is not None else None
+        probes = getattr(lv, "ack_probes", None)
+        if isinstance(probes, int) and h is not None:
+            low = float(getattr(lv, "ack_timeout_min", 0.0)) * h
+            high = float(getattr(lv, "ack_timeout_max", 0.0)) * h
+            ack = (
+                f"each heartbeat's ACK due within {low:.3g}-{high:.3g}s, {probes} probe(s); "
+                f"{s.unacked} unacknowledged now"
+            )
+        else:
+            ack = f"{s.unacked} of {lv.ack_miss_limit} consecutive heartbeats unacknowledged"
+        handshake = (
+            f"Hello within {lv.hello_timeout:g}s, READY/RESUMED within "
+            f"{lv.handshake_deadline(h or lv.max_heartbeat_interval):g}s"
+            if lv.hello_timeout is not None
+            else "off"
+        )
+        if tr.tcp_keepalive:
+            keepalive = (
+                f"probes after {tr.tcp_keepidle}s idle, every {tr.tcp_keepintvl}s, "
+                f"{tr.tcp_keepcnt} unanswered drop the link"
+            )
+        else:
+            keepalive = "off"
+        user_timeout: float | None = tr.tcp_user_timeout
+        derive = getattr(lv, "tcp_user_timeout", None)
+        if callable(derive) and h is not None and s.hello:
+            derived = derive(h)
+            user_timeout = float(derived) if isinstance(derived, int | float) else None
+        return [
+            _layer("ack", "Heartbeat ACKs (op 11)", True, watching, ack),
             _layer(
                 "idle",
                 "Receive-idle deadline",
                 lv.idle_timeout_factor is not None,
                 watching and idle is not None,
-                (
-                    "off"
-                    if lv.idle_timeout_factor is None
-                    else f"no frame for {idle:g}s is a zombie ({lv.idle_timeout_factor:g} x "
-                    "interval)"
-                    if idle is not None
-                    else f"{lv.idle_timeout_factor:g} x interval (no Hello yet)"
-                ),
+                "off"
+                if lv.idle_timeout_factor is None
+                else f"no frame for {idle:g}s is a zombie ({lv.idle_timeout_factor:g} x interval)"
+                if idle is not None
+                else f"{lv.idle_timeout_factor:g} x interval (no Hello yet)",
             ),
             _layer(
                 "handshake",
                 "Hello and READY deadlines",
                 lv.hello_timeout is not None,
-                handshaking,
-                f"Hello within {lv.hello_timeout:g}s, READY/RESUMED within "
-                f"{lv.handshake_deadline(interval or lv.max_heartbeat_interval):g}s"
-                if lv.hello_timeout is not None
-                else "off",
+                s.state is ev.ConnectionState.HANDSHAKING,
+                handshake,
             ),
-            _layer(
-                "ws_ping",
-                "WebSocket ping/pong",
-                ping is not None,
-                s.connected and ping is not None,
-                "off" if ping is None else f"ping every {ping:g}s, pong within {ping / 2:g}s",
-            ),
-            _layer(
-                "tcp_keepalive",
-                "TCP keepalive",
-                tr.tcp_keepalive,
-                s.connected and tr.tcp_keepalive,
-                f"probes after {tr.tcp_keepidle}s idle, every {tr.tcp_keepintvl}s, "
-                f"{tr.tcp_keepcnt} unanswered drop the link"
-                if tr.tcp_keepalive
-                else "off",
-            ),
+            self._ping_layer(s),
+            _layer("tcp_keepalive", "TCP keepalive", tr.tcp_keepalive, s.connected, keepalive),
             _layer(
                 "tcp_user_timeout",
                 "TCP_USER_TIMEOUT",
-                tr.tcp_user_timeout is not None,
-                s.connected and tr.tcp_user_timeout is not None,
+                user_timeout is not None,
+                s.connected,
                 "off"
-                if tr.tcp_user_timeout is None
-                else f"data unacknowledged for {tr.tcp_user_timeout:g}s drops the link",
+                if user_timeout is None
+                else f"data unacknowledged for {user_timeout:g}s drops the link",
             ),
             _layer(
                 "event_loop",
@@ -487,7 +493,40 @@ class StatusPage:
                 f"lag above {self.loop_lag_threshold:g}s fails /healthz",
             ),
         ]
-        return layers
+
+    def _ping_layer(self, s: ShardHistory) -> dict[str, Any]:
+        lv, tr = self.liveness, self.transport
+        title = "WebSocket ping/pong"
+        session_ping = getattr(lv, "ws_ping", None)
+        if session_ping is None:  # aiohttp's heartbeat=: pings at a fixed interval
+            every = getattr(tr, "ws_ping_interval", None)
+            if not isinstance(every, int | float):
+                return _layer("ws_ping", title, False, False, "off")
+            detail = f"ping every {every:g}s, pong within {every / 2:g}s"
+            return _layer("ws_ping", title, True, s.connected, detail)
+        if not session_ping:
+            return _layer("ws_ping", title, False, False, "off")
+        parts: list[str] = []
+        quiet = getattr(lv, "ping_quiet", None)
+        if s.interval is not None and isinstance(quiet, int | float):
+            parts.append(f"ping after {quiet * s.interval:.3g}s of silence")
+        if s.pong_deadline is not None:
+            parts.append(f"pong within {s.pong_deadline:.3g}s")
+        if s.last_pong_rtt is not None:
+            parts.append(f"last pong {s.last_pong_rtt * 1000:.0f} ms")
+        if s.ping_detail:
+            parts.append(s.ping_detail)
+        state = s.ping_state if s.connected and s.ping_state else None
+        layer = _layer(
+            "ws_ping",
+            title,
+            True,
+            s.connected and state in (None, "armed"),
+            "; ".join(parts) or "the session's own ping layer",
+        )
+        if state is not None:
+            layer["state"] = state
+        return layer
 
     def _incident(self, i: Incident, now: float, wall: float) -> dict[str, Any]:
         z = i.zombie
@@ -536,7 +575,17 @@ def _rates(
 
 
 def _layer(name: str, title: str, enabled: bool, armed: bool, detail: str) -> dict[str, Any]:
-    return {"name": name, "title": title, "enabled": enabled, "armed": armed, "detail": detail}
+    """One liveness layer; ``state`` is ``armed``, ``idle`` (nothing to watch now) or ``off``,
+    or the ping layer's own word (``calibrating``, ``suspended``, ``disabled``)."""
+    state = "off" if not enabled else "armed" if armed else "idle"
+    return {
+        "name": name,
+        "title": title,
+        "enabled": enabled,
+        "armed": enabled and armed,
+        "state": state,
+        "detail": detail,
+    }
 
 
 def _r(value: float, digits: int = 2) -> float:

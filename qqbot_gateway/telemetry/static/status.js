@@ -149,7 +149,7 @@
         "figcaption",
         null,
         h("span", { id: `${id}-t`, class: "chart-title" }, title),
-        h("span", { class: "chart-max", "aria-hidden": "true" }, "max " + opts.format(max))
+        h("span", { class: "chart-max", "aria-hidden": "true" }, "scale 0\u2013" + opts.format(max))
       ),
       svg,
       h(
@@ -215,8 +215,8 @@
       "ul",
       { class: "layers" },
       layers.map((l) => {
-        const state = !l.enabled ? "off" : l.armed ? "armed" : "idle";
-        const word = { off: "off", armed: "armed", idle: "not armed" }[state];
+        const state = l.state || (!l.enabled ? "off" : l.armed ? "armed" : "idle");
+        const word = { idle: "not armed" }[state] || state;
         return h(
           "li",
           { class: "layer " + state, "data-layer": l.name },

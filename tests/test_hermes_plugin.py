@@ -1,0 +1,324 @@
+"""The hermes-agent platform plugin, loaded by the real hermes-agent through its own plugin
+discovery (``plugins: enabled:`` in a temporary HERMES_HOME), against the simulator over real
+sockets. No LLM is involved: the message handler is the one a test registers with
+``set_message_handler``, as hermes's gateway runner registers its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from qqbot_gateway.adapter.protocol import GatewayEvent
+from qqbot_gateway.config import ConfigError
+from qqbot_gateway.simulator import Simulator
+from tests.gateway_harness import APP_ID, INTERVAL, SECRET, sim_config
+from tests.hermes_harness import (
+    Watch,
+    c2c_message,
+    hermes_home,
+    load_platform,
+    plugin_config,
+)
+
+pytest.importorskip("gateway.platforms.base", reason="hermes-agent is not installed")
+
+from qqbot_gateway.integrations import hermes
+
+PLATFORM = hermes.DEFAULT_PLATFORM
+
+
+def extra_for(sim: Simulator, **more: Any) -> dict[str, Any]:
+    extra: dict[str, Any] = {
+        "app_id": APP_ID,
+        "api_base": sim.base_url,
+        "token_url": sim.token_url,
+        "dm_policy": "open",
+        "group_policy": "open",
+        "http_addr": "127.0.0.1:0",
+        "ready_timeout": 10 * INTERVAL,
+        "drain_timeout": 1,
+    }
+    extra.update(more)
+    return extra
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator(sim_config())
+    await simulator.start("127.0.0.1", 0)
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
+@asynccontextmanager
+async def started(
+    sim: Simulator, tmp_path: Path, *, secret: str = SECRET, **more: Any
+) -> AsyncIterator[tuple[Any, Watch]]:
+    """The plugin's adapter as hermes builds it, connected; disconnected at the end."""
+    env = {"QQ_CLIENT_SECRET": secret, "QQ_ALLOW_ALL_USERS": "true"}
+    with hermes_home(tmp_path / "hermes", plugin_config(PLATFORM, extra_for(sim, **more)), env):
+        adapter = load_platform(PLATFORM)
+        watch = Watch(adapter, reply=lambda e: f"re: {e.text}")
+        ok = await adapter.connect()
+        assert ok == adapter.is_connected
+        try:
+            yield adapter, watch
+        finally:
+            await adapter.disconnect()
+
+
+async def test_messages_reach_hermes_and_replies_are_passive(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    async with started(sim, tmp_path, chunk_size=80) as (adapter, watch):
+        assert isinstance(adapter, hermes.QQBotGatewayAdapter)
+        assert adapter.is_connected
+        assert watch.marks[-1][0] == "connected"
+        for event_type in hermes.MESSAGE_KINDS:
+            if event_type != "MESSAGE_CREATE":  # the simulator does not generate it
+                await sim.emit_event(event_type)
+        await watch.until(lambda: len(watch.received) == 4, 10, "four messages")
+        chat_types = sorted(e.source.chat_type for e in watch.received)
+        assert chat_types == ["dm", "dm", "group", "group"]
+        for event in watch.received:
+            assert not event.text.startswith("<@"), event.text  # mentions stripped
+            assert event.message_id and event.source.user_id
+
+        # Every reply reached the simulator as a passive reply: msg_id + msg_seq.
+        await watch.until(lambda: len(sim.messages) >= 4, 10, "four replies")
+        answered = {m.msg_id: m for m in sim.messages}
+        assert set(answered) == {e.message_id for e in watch.received}
+        assert {m.kind for m in sim.messages} == {"c2c", "group", "channel", "dms"}
+        assert all(m.msg_seq == 1 for m in sim.messages)
+
+        # A long reply is split; every chunk answers the same message with its own msg_seq.
+        await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(1, "x" * 20))
+        await watch.until(lambda: any(m.msg_id == "M00001" for m in sim.messages), 10, "echo")
+        first = len(sim.messages)
+        result = await adapter.send("MUSER00001", "word " * 40, reply_to="M00001")
+        assert result.success
+        chunks = sim.messages[first:]
+        assert len(chunks) >= 3
+        assert {m.msg_id for m in chunks} == {"M00001"}
+        seqs = [m.msg_seq for m in chunks]
+        assert len(set(seqs)) == len(seqs)
+        assert all(m.body["msg_type"] == 2 for m in chunks)  # markdown, as hermes sends it
+        # QQ takes 5 replies to one message: a reply that needs more is cut, with a note.
+        first = len(sim.messages)
+        result = await adapter.send("MUSER00001", "word " * 400, reply_to="M00001")
+        assert result.success
+        tail = sim.messages[first:]
+        assert 1 + len(chunks) + len(tail) == hermes.MAX_REPLIES_PER_MESSAGE  # echo included
+        assert "truncated" in tail[-1].body["markdown"]["content"]
+        refused = await adapter.send("MUSER00001", "one more", reply_to="M00001")
+        assert not refused.success and refused.error_kind == "rate_limited"
+
+        info = await adapter.get_chat_info("MUSER00001")
+        assert info["type"] == "dm"
+
+        # The side server runs inside the hermes process, on its own address.
+        url = adapter.telemetry.http_url
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/healthz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{url}/readyz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{url}/metrics") as resp:
+                assert "qqbot_gateway_heartbeats_sent_total" in await resp.text()
+    assert not adapter.is_connected
+
+
+async def test_blackhole_is_detected_and_resumed_with_every_message_once(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    async with started(sim, tmp_path) as (adapter, watch):
+        assert adapter.is_connected
+        for i in range(5):
+            await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(i), event_id=f"E{i}")
+        await watch.until(lambda: len(watch.received) == 5, 10, "messages before the cut")
+        marks_before = len(watch.marks)
+        assert sim.blackhole(current=True) == 1
+        for i in range(5, 25):  # sent while the link is dead: they wait in the replay buffer
+            await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(i), event_id=f"E{i}")
+        # hermes is told at once that the connection is gone ...
+        await watch.until(lambda: not adapter.is_connected, 10 * INTERVAL, "disconnected")
+        assert watch.marks[marks_before][0] == "disconnected"
+        # ... and that it is back after the resume, which replays what the cut held back.
+        await watch.until(lambda: adapter.is_connected, 15 * INTERVAL, "connected again")
+        assert [m for m, _ in watch.marks[marks_before:]] == ["disconnected", "connected"]
+        assert sim.resumes and sim.resumes[-1].outcome == "resumed"
+        for i in range(25, 30):
+            await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(i), event_id=f"E{i}")
+        await watch.until(lambda: len(watch.received) >= 30, 10, "every message")
+        await asyncio.sleep(3 * INTERVAL)  # room for a duplicate to show up
+        counts = Counter(watch.message_ids())
+        assert counts == Counter(f"M{i:05d}" for i in range(30))
+        await watch.until(lambda: len(sim.messages) >= 30, 10, "every reply")
+        assert sorted(m.msg_id for m in sim.messages) == sorted(counts)
+        assert not watch.fatal
+        assert not adapter.has_fatal_error
+
+
+@pytest.mark.parametrize("how", ["credentials", "close_4914"])
+async def test_stopped_for_good_reaches_the_fatal_handler_once(
+    sim: Simulator, tmp_path: Path, how: str
+) -> None:
+    async with started(sim, tmp_path) as (adapter, watch):
+        assert adapter.is_connected
+        if how == "credentials":
+            sim.rotate_secret("a-new-secret-hermes-does-not-know")
+            sim.expire_tokens()
+            await sim.close_connections(4004)
+        else:
+            await sim.close_connections(4914)
+        await watch.until(lambda: watch.fatal, 10 * INTERVAL, "the fatal-error handler")
+        await asyncio.sleep(3 * INTERVAL)
+        assert len(watch.fatal) == 1
+        code, retryable = watch.fatal[0]
+        assert retryable is False
+        assert code.startswith("qqbot_gateway_")
+        assert not adapter.is_connected
+        assert SECRET not in (adapter.fatal_error_message or "")
+    assert len(watch.fatal) == 1
+
+
+async def test_refused_credentials_at_startup(sim: Simulator, tmp_path: Path) -> None:
+    async with started(sim, tmp_path, secret="wrong-secret-0000") as (adapter, watch):
+        assert not adapter.is_connected
+        assert adapter.has_fatal_error
+        assert adapter.fatal_error_code == "qqbot_gateway_credentials_refused"
+        assert adapter.fatal_error_retryable is False
+        assert not watch.fatal  # connect() returned False: hermes's runner reads the error
+        assert adapter.client is None and adapter.telemetry is None  # nothing left running
+
+
+# --- settings and mapping (no sockets) ------------------------------------------------------
+
+
+def test_settings_precedence_and_errors(tmp_path: Path) -> None:
+    env = {"QQ_APP_ID": "111", "QQ_CLIENT_SECRET": "hermes-secret", "QQBOT_INTENTS": "1"}
+    s = hermes.hermes_settings({}, env)
+    assert s.service.app_id == "111"
+    assert s.service.client_secret is not None
+    assert s.service.client_secret.get() == "hermes-secret"
+    assert s.service.http_addr is None  # no side port unless asked for
+    assert s.service.intents == 1
+    s = hermes.hermes_settings(
+        {"app_id": 222, "intents": ["GUILDS"], "http_addr": "127.0.0.1:9464"},
+        {**env, "QQBOT_APP_ID": "333"},
+    )
+    assert s.service.app_id == "222"  # extra wins over QQBOT_* wins over QQ_*
+    assert s.service.http_addr == ("127.0.0.1", 9464)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-file\n")
+    s = hermes.hermes_settings({"client_secret_file": str(secret_file)}, env)
+    assert s.service.client_secret is not None
+    assert s.service.client_secret.get() == "from-file"
+    s = hermes.hermes_settings({}, {**env, "QQBOT_HERMES_HTTP_ADDR": ":0"})
+    assert s.service.http_addr == ("0.0.0.0", 0)  # noqa: S104 - what ":0" means
+    warned = hermes.hermes_settings({"dm_polcy": "open", "group_sessions_per_user": True}, env)
+    assert warned.warnings == (
+        "platforms.qqbot_gateway.extra.dm_polcy: unknown setting (did you mean dm_policy?)",
+    )
+
+    bad = {
+        "shard_count": ("x", "platforms.qqbot_gateway.extra.shard_count: expected a positive"),
+        "dm_policy": ("everyone", "platforms.qqbot_gateway.extra.dm_policy: expected one of"),
+        "api_base": ("ftp://x", "platforms.qqbot_gateway.extra.api_base: expected a http://"),
+        "markdown_support": ("maybe", "platforms.qqbot_gateway.extra.markdown_support: expected"),
+        "transport": ("webhook", "platforms.qqbot_gateway.extra.transport: the hermes plugin"),
+    }
+    for key, (value, message) in bad.items():
+        with pytest.raises(ConfigError, match="^" + re.escape(message)):
+            hermes.hermes_settings({key: value}, env)
+    with pytest.raises(ConfigError, match=r"^QQBOT_SHARD_COUNT: expected"):
+        hermes.hermes_settings({}, {**env, "QQBOT_SHARD_COUNT": "0"})
+    with pytest.raises(ConfigError, match=r"app_id: required"):
+        hermes.hermes_settings({}, {"QQ_CLIENT_SECRET": "s"})
+    with pytest.raises(ConfigError, match=r"client_secret: required") as info:
+        hermes.hermes_settings({}, {"QQ_APP_ID": "1"})
+    assert "hermes-secret" not in str(info.value)
+
+
+def _event(event_type: str, data: dict[str, Any]) -> GatewayEvent:
+    return GatewayEvent(event_type, data, 1, "e1", 0, "s1")
+
+
+def test_inbound_mapping() -> None:
+    group = hermes.inbound(
+        _event(
+            "GROUP_AT_MESSAGE_CREATE",
+            {"id": "g1", "group_openid": "G", "author": {"member_openid": "U"}, "content": " hi"},
+        )
+    )
+    assert group is not None
+    assert (group.kind, group.chat_id, group.user_id, group.chat_type, group.text) == (
+        "group",
+        "G",
+        "U",
+        "group",
+        "hi",
+    )
+    channel = hermes.inbound(
+        _event(
+            "AT_MESSAGE_CREATE",
+            {
+                "id": "c1",
+                "channel_id": "42",
+                "guild_id": "7",
+                "author": {"id": "9", "username": "nick"},
+                "content": "<@!123> what time is it",
+            },
+        )
+    )
+    assert channel is not None
+    assert (channel.kind, channel.chat_id, channel.text, channel.user_name) == (
+        "channel",
+        "42",
+        "what time is it",
+        "nick",
+    )
+    dm = hermes.inbound(
+        _event("DIRECT_MESSAGE_CREATE", {"id": "d1", "guild_id": "77", "author": {"id": "9"}})
+    )
+    assert dm is not None and (dm.kind, dm.chat_id, dm.chat_type) == ("dms", "77", "dm")
+    assert hermes.inbound(_event("READY", {"session_id": "x"})) is None
+    assert hermes.inbound(_event("C2C_MESSAGE_CREATE", {"author": {"id": "u"}})) is None
+    assert hermes.inbound(_event("C2C_MESSAGE_CREATE", "not a dict")) is None
+
+
+async def test_takes_the_builtin_name_when_asked(sim: Simulator, tmp_path: Path) -> None:
+    """``QQBOT_HERMES_PLATFORM=qqbot``: hermes builds the plugin for its ``platforms.qqbot``
+    block instead of its own QQ adapter (conversations and pairings keyed by ``qqbot`` stay)."""
+    from gateway.config import Platform
+    from gateway.platform_registry import platform_registry
+
+    env = {"QQ_CLIENT_SECRET": SECRET, "QQBOT_HERMES_PLATFORM": "qqbot"}
+    config = plugin_config("qqbot", extra_for(sim, dm_policy="pairing"))
+    try:
+        with hermes_home(tmp_path / "hermes", config, env):
+            adapter = load_platform("qqbot")
+            assert isinstance(adapter, hermes.QQBotGatewayAdapter)
+            assert adapter.platform is Platform.QQBOT
+            watch = Watch(adapter)
+            assert await adapter.connect()
+            try:
+                await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(7))
+                await watch.until(lambda: watch.received, 10, "a message")
+                assert watch.received[0].source.platform is Platform.QQBOT
+            finally:
+                await adapter.disconnect()
+    finally:
+        platform_registry.unregister("qqbot")
+    assert platform_registry.get("qqbot") is None  # hermes's own adapter is back
