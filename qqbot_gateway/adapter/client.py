@@ -74,6 +74,8 @@ _LOCK_POLL = 0.5
 #: pointless attempts, which is why it is not tighter.
 DEFAULT_SESSION_MAX_AGE = 300.0
 StoreFactory = Callable[[int], SessionStore]
+#: Event types whose handler lists are cached (a gateway inventing types cannot grow it).
+_MAX_CACHED_TYPES = 256
 
 
 class Secret:
@@ -205,6 +207,7 @@ class QQBotClient:
         self._store_factory = store_factory
         self._stores: dict[int, SessionStore] = {}
         self._handlers: dict[str, list[Handler]] = {}
+        self._handler_cache: dict[str, list[Handler]] = {}
         self._shards: dict[int, _Shard] = {}
         #: Per-shard counters the hot path keeps (frames, dispatches, queue depth, handler
         #: durations); made now so that telemetry attached before start() can read them.
@@ -238,9 +241,16 @@ class QQBotClient:
         if not callable(handler):
             raise TypeError("handler must be callable")
         self._handlers.setdefault(event_type, []).append(handler)
+        self._handler_cache.clear()
 
     def _handlers_for(self, event_type: str) -> list[Handler]:
-        return [*self._handlers.get(event_type, ()), *self._handlers.get("*", ())]
+        # Asked once per event: cached per type, dropped whenever a handler is added.
+        found = self._handler_cache.get(event_type)
+        if found is None:
+            found = [*self._handlers.get(event_type, ()), *self._handlers.get("*", ())]
+            if len(self._handler_cache) < _MAX_CACHED_TYPES:
+                self._handler_cache[event_type] = found
+        return found
 
     # --- access --------------------------------------------------------------------------
     @property
@@ -429,8 +439,7 @@ class QQBotClient:
         session = GatewaySession(
             shard_id=0, shard_count=1, intents=cfg.intents, stats=self.stats[0]
         )
-        bus = self.events
-        session.wants = lambda kind: bus.wants(kind, 0)
+        session.interest = self.events.interest(0)
         dispatcher = Dispatcher(
             session,
             bus=self.events,

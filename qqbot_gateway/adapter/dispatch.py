@@ -69,6 +69,7 @@ class Dispatcher:
         self._around_event = around_event
         self._on_handled = on_handled
         self._stats = session.stats
+        self._interest = bus.interest(session.shard_id)
 
     @property
     def depth(self) -> int:
@@ -156,7 +157,7 @@ class Dispatcher:
             started = self._loop.time()
             try:
                 result = handler(event)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     await result
             except asyncio.CancelledError:
                 raise
@@ -184,7 +185,7 @@ class Dispatcher:
             else:
                 now = self._loop.time()
                 self._stats.count_handled(now - started)
-                if self._bus.wants(ev.HandlerCompleted, event.shard):
+                if self._interest.handled:
                     self._bus.emit(
                         ev.HandlerCompleted(
                             shard=event.shard,
@@ -195,7 +196,7 @@ class Dispatcher:
                     )
 
     def _publish_depth(self, depth: int) -> None:
-        if not self._bus.wants(ev.HandlerQueueDepth, self._session.shard_id):
+        if not self._interest.queue_depth:
             return
         self._bus.emit(
             ev.HandlerQueueDepth(

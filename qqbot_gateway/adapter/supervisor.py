@@ -174,8 +174,7 @@ class ShardSupervisor:
             kinds=(ev.SessionReady, ev.SessionResumed, ev.ZombieDetected),
             shard=self.shard,
         )
-        shard = self.shard
-        session.wants = lambda kind: bus.wants(kind, shard)
+        session.interest = bus.interest(self.shard)
 
     # --- public --------------------------------------------------------------------------
     @property
