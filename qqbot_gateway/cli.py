@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-port", type=int, default=0, help="side server port on 127.0.0.1 (default: any)"
     )
     demo.add_argument("--log-level", default="WARNING", help="default WARNING")
+    demo.add_argument(
+        "--transport",
+        choices=("websocket", "webhook"),
+        default="websocket",
+        help="websocket (default: silent deaths of the gateway session) or webhook (signed "
+        "callbacks through a chaos proxy: forged, stale, replayed, failing, slow)",
+    )
 
     sim = sub.add_parser("simulate", help="run the embedded QQ gateway simulator alone")
     sim.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -171,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a session dropped without a 1000/1001 close stays resumable (default 300)",
     )
     sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="also play the platform's webhook side: validate URL (op 13), then post signed "
+        "callbacks to it at --event-rate, retrying unacknowledged ones (for a `run` with "
+        "QQBOT_TRANSPORT=webhook)",
+    )
     sim.add_argument("--log-level", default="INFO")
 
     check = sub.add_parser(
@@ -497,6 +511,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if fmt not in ("auto", "json", "console"):
         raise ConfigError(f"QQBOT_LOG_FORMAT: expected auto, json or console, got {fmt!r}")
     configure_logging(cast(Format, fmt), level, stream=demo.log_stream())
+    if args.transport == "webhook":
+        return _webhook_demo(args)
     opts = demo.DemoOptions(
         duration=args.duration,
         interval=args.interval,
@@ -510,6 +526,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     except ValueError as exc:
         raise ConfigError(f"demo: {exc}") from None
+    except OSError as exc:
+        raise CommandError(f"demo: {exc.strerror or exc}") from None
+
+
+def _webhook_demo(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("cryptography") is None:
+        raise ConfigError(
+            "--transport webhook: needs the 'cryptography' package: "
+            "pip install 'qqbot-gateway[webhook]'"
+        )
+    from qqbot_gateway import webhook_demo
+
+    duration = args.duration
+    if duration < webhook_demo.MIN_DURATION:
+        raise ConfigError(
+            f"--duration: at least {webhook_demo.MIN_DURATION:g}s for the webhook demo"
+        )
+    try:
+        return asyncio.run(
+            webhook_demo.run_webhook_demo(
+                duration=duration,
+                event_rate=max(args.event_rate, 10.0),
+                http_port=args.http_port,
+                out=sys.stdout,
+            )
+        )
     except OSError as exc:
         raise CommandError(f"demo: {exc.strerror or exc}") from None
 
@@ -556,6 +598,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             "Press Ctrl+C to stop.",
         ]
         print("\n".join(lines), flush=True)
+        if args.webhook_url:
+            print(f"Posting webhooks to {args.webhook_url}", flush=True)
+            asyncio.get_running_loop().create_task(
+                _post_webhooks(args.webhook_url, config, max(args.event_rate, 0.1)),
+                name="simulator webhook deliveries",
+            )
 
     try:
         asyncio.run(run_standalone(config, args.host, args.port, ready_callback=announce))
@@ -567,6 +615,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 # --- check --------------------------------------------------------------------------------
+
+
+async def _post_webhooks(url: str, config: Any, rate: float) -> None:
+    """The platform's side for ``simulate --webhook-url``: runs until the simulator stops."""
+    from qqbot_gateway.simulator.webhook import WebhookDeliverer
+
+    log = logging.getLogger("qqbot_gateway.simulator.webhook")
+    async with WebhookDeliverer(url, secret=config.client_secret, app_id=config.app_id) as hook:
+        while not await hook.validate():
+            log.warning("webhook validation of %s failed; retrying in 2s", url)
+            await asyncio.sleep(2.0)
+        log.info("webhook URL %s validated (op 13)", url)
+        pending: set[asyncio.Task[bool]] = set()
+        while True:
+            task = asyncio.create_task(hook.deliver(hook.make_event()))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            await asyncio.sleep(1.0 / rate)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -582,6 +648,35 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _say(text: str) -> None:
     print(text, flush=True)
+
+
+def _check_webhook(settings: Settings) -> int:
+    """``check`` with the webhook transport: there is no session to open; the platform calls us.
+    Say what the receiver will do and prove the signing key works (a round trip)."""
+    from qqbot_gateway.adapter.webhook import WebhookKey
+
+    _app_id, secret = settings.require_credentials()
+    if importlib.util.find_spec("cryptography") is None:
+        raise CommandError(
+            "webhook: the 'cryptography' package is missing: pip install 'qqbot-gateway[webhook]'",
+            EXIT_CONFIG,
+        )
+    key = WebhookKey(secret.get())
+    body = b'{"op":0,"d":{},"t":"CHECK"}'
+    if not key.verify(bytes.fromhex(key.sign_hex("0", body)), b"0" + body):
+        raise CommandError("webhook: the Ed25519 key derived from the secret does not verify")
+    host, port = settings.webhook_addr
+    scheme = "https" if settings.webhook_tls_cert else "http"
+    _say("transport:      webhook (no WebSocket session is opened)")
+    _say(f"receiver:       {scheme}://{host}:{port}{settings.webhook_path}")
+    _say("signing key:    derived from the secret, sign/verify round trip ok")
+    if port not in (80, 443, 8080, 8443) and scheme == "https":
+        _say(f"note:           QQ accepts callback URLs on ports 80, 443, 8080, 8443 only ({port})")
+    _say(
+        "next:           enter https://<public host>"
+        f"{settings.webhook_path} as the callback URL on the QQ open platform"
+    )
+    return EXIT_OK
 
 
 async def _check(settings: Settings, timeout: float) -> int:
@@ -617,6 +712,8 @@ async def _check(settings: Settings, timeout: float) -> int:
         try:
             lifetime = tokens.expires_in or 0.0
             _say(f"access token:   ok (expires in {lifetime:.0f}s)")
+            if cfg.mode == "webhook":
+                return _check_webhook(settings)
             api = OpenAPIClient(
                 base_url=settings.api_base,
                 tokens=tokens,
