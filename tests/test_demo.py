@@ -64,3 +64,36 @@ def test_demo_passes_non_interactive() -> None:
 async def test_demo_refuses_a_duration_that_cannot_fit() -> None:
     with pytest.raises(DemoTooShortError, match="too short"):
         await run_demo(DemoOptions(duration=5.0, interval=1.0))
+
+
+def test_webhook_demo_passes() -> None:
+    from qqbot_gateway.webhook_demo import MIN_DURATION
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QQBOT_", "OTEL_"))}
+    duration = f"{MIN_DURATION * SCALE:g}"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qqbot_gateway.cli",
+            "demo",
+            "--transport",
+            "webhook",
+            "--duration",
+            duration,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=MIN_DURATION * SCALE + 90,
+        check=False,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "op 13 validation:  answered with a valid signature" in out
+    for phase in ("forged and stale", "replays and duplicate storms", "failing receiver"):
+        assert f"fault: {phase}" in out
+    assert re.search(r"lost 0, duplicated 0, forged accepted 0", out), out
+    assert out.rstrip().endswith("RESULT: ok")
