@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.config import ConfigError
@@ -322,3 +323,58 @@ async def test_takes_the_builtin_name_when_asked(sim: Simulator, tmp_path: Path)
     finally:
         platform_registry.unregister("qqbot")
     assert platform_registry.get("qqbot") is None  # hermes's own adapter is back
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+async def test_inbound_attachments(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images become hermes photos, files are cached and named, QQ's voice transcript is text;
+    downloads go through hermes's SSRF guard (loopback allowed here by hermes's own switch)."""
+    from tools import url_safety
+
+    async def png(_: web.Request) -> web.Response:
+        return web.Response(body=PNG, content_type="image/png")
+
+    async def text(_: web.Request) -> web.Response:
+        return web.Response(text="hello", content_type="text/plain")
+
+    files = web.Application()
+    files.router.add_get("/a.png", png)
+    files.router.add_get("/notes.txt", text)
+    runner = web.AppRunner(files)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    attachments = [
+        {"content_type": "image/png", "url": f"{base}/a.png", "filename": "a.png"},
+        {"content_type": "text/plain", "url": f"{base}/notes.txt", "filename": "notes.txt"},
+        {"content_type": "voice", "url": f"{base}/v.silk", "asr_refer_text": "你好"},
+    ]
+    try:
+        async with started(sim, tmp_path) as (_, watch):
+            url_safety._reset_allow_private_cache()  # hermes's default: no loopback URLs
+            data = {**c2c_message(1, "refused"), "attachments": attachments[:1]}
+            await sim.emit_event("C2C_MESSAGE_CREATE", data)
+            await watch.until(lambda: watch.received, 10, "the first message")
+            assert watch.received[0].media_urls == []
+            assert "[attachment not retrieved: a.png]" in watch.received[0].text
+
+            monkeypatch.setenv("HERMES_ALLOW_PRIVATE_URLS", "true")
+            url_safety._reset_allow_private_cache()
+            data = {**c2c_message(2, "see attached"), "attachments": attachments}
+            await sim.emit_event("C2C_MESSAGE_CREATE", data)
+            await watch.until(lambda: len(watch.received) == 2, 10, "the second message")
+            event = watch.received[1]
+            assert event.message_type.value == "photo"
+            assert len(event.media_urls) == 1 and event.media_types == ["image/png"]
+            assert await asyncio.to_thread(Path(event.media_urls[0]).read_bytes) == PNG
+            assert "see attached" in event.text
+            assert "[file: notes.txt (" in event.text and "[Voice] 你好" in event.text
+    finally:
+        await runner.cleanup()
+        monkeypatch.delenv("HERMES_ALLOW_PRIVATE_URLS", raising=False)
+        url_safety._reset_allow_private_cache()

@@ -695,7 +695,8 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         from gateway.platforms.base import get_inbound_media_max_bytes
         from tools.url_safety import is_safe_url
 
-        if self._http is None or not url_is_safe(url, is_safe_url):
+        # The guard resolves the host name: off the event loop, so DNS never stalls heartbeats.
+        if self._http is None or not await asyncio.to_thread(url_is_safe, url, is_safe_url):
             _log.warning("qqbot-gateway: attachment URL refused: %s", url[:80])
             return None
         cap = get_inbound_media_max_bytes()
