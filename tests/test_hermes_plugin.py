@@ -378,3 +378,18 @@ async def test_inbound_attachments(
         await runner.cleanup()
         monkeypatch.delenv("HERMES_ALLOW_PRIVATE_URLS", raising=False)
         url_safety._reset_allow_private_cache()
+
+
+async def test_no_ready_is_a_retryable_failure_and_a_cancel_leaves_nothing(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.withhold_ready(True)
+    async with started(sim, tmp_path, ready_timeout=2 * INTERVAL) as (adapter, watch):
+        assert not adapter.is_connected
+        assert adapter.fatal_error_code == "qqbot_gateway_not_ready"
+        assert adapter.fatal_error_retryable is True  # hermes retries in the background
+        assert adapter.client is None and not watch.fatal
+        # hermes's own connect timeout cancels connect(): nothing is left running.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(adapter.connect(), timeout=INTERVAL)
+        assert adapter.client is None and adapter.telemetry is None

@@ -460,6 +460,9 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         for warning in self.settings.warnings:
             _log.warning("qqbot-gateway: %s", warning)
         service = self.settings.service
+        # A new attempt starts clean: an earlier attempt's error is not this one's.
+        self._fatal_error_code = self._fatal_error_message = None
+        self._fatal_error_retryable = True
         self._closing = False
         self._fatal_reported = False
         self._connecting = True
@@ -486,6 +489,10 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
             return await self._failed("qqbot_gateway_token_unreachable", str(exc), True)
         except OSError as exc:
             return await self._failed("qqbot_gateway_side_server", f"side server: {exc}", True)
+        except asyncio.CancelledError:
+            # hermes gave up on connect() (its own timeout): leave nothing running behind.
+            await asyncio.shield(self._shutdown())
+            raise
         finally:
             self._connecting = False
         if self.has_fatal_error:  # a shard stopped for good during the handshake
