@@ -51,7 +51,7 @@ async def run(mode: str, payloads: list[bytes]) -> float:
     client = FakeClient(FakeConfig(handler_queue_size=len(payloads) + 10))
     bus = client.events
     session = GatewaySession(intents=1 << 25)
-    session.wants = lambda kind: bus.wants(kind, 0)
+    session.interest = bus.interest(0)
     client.stats = {0: session.stats}  # type: ignore[attr-defined]
     if mode != "off":
         exporter = NullExporter() if mode.startswith("traced") else None

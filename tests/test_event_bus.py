@@ -42,7 +42,10 @@ def test_wants_follows_subscriptions() -> None:
     assert not bus.wants(ev.EventDispatched, 0) and bus.wants(ev.Disconnected, 0)
     stop_typed = bus.subscribe_to(ev.EventDispatched, lambda e: None, shard=0)
     assert bus.wants(ev.EventDispatched, 0) and not bus.wants(ev.EventDispatched, 1)
+    interest = bus.interest(0)
+    assert interest.dispatched and not interest.frames and not bus.interest(1).dispatched
     stop_typed()
+    assert not interest.dispatched
     stop()
     assert not bus.wants(ev.Disconnected, 0)
 
@@ -66,7 +69,7 @@ def _dispatch(seq: int, t: str = "C2C_MESSAGE_CREATE") -> bytes:
 
 def test_the_session_counts_and_builds_no_per_event_objects_unless_wanted() -> None:
     s = GatewaySession(intents=1 << 25)
-    s.wants = lambda kind: kind not in ev.PER_EVENT
+    s.interest = ev.Interest(False)
     s.connect(0.0, "t")
     s.receive_text(json.dumps({"op": 10, "d": {"heartbeat_interval": 1000}}), 0.1)
     ready = {"session_id": "s", "user": {"id": "1"}}
@@ -80,7 +83,10 @@ def test_the_session_counts_and_builds_no_per_event_objects_unless_wanted() -> N
     assert stats.frames == {10: 1, 0: 4, None: 1}
     assert stats.dispatched == {"READY": 1, "C2C_MESSAGE_CREATE": 1, "GROUP_AT_MESSAGE_CREATE": 1}
     assert stats.last_frame_at == 0.6
-    s.wants = lambda kind: True  # someone subscribed to everything: the events are back
+    bus = ev.EventBus()
+    s.interest = bus.interest(0)
+    assert not s.interest.frames
+    bus.subscribe(lambda e: None)  # someone subscribed to everything: the events are back
     out = s.receive_text(_dispatch(4), 0.7)
     kinds = [type(a.event) for a in out if isinstance(a, Emit)]
     assert kinds == [ev.FrameReceived, ev.EventDispatched]

@@ -9,6 +9,9 @@ half. The server then replays what we refused: nothing is lost, and memory stays
 Handlers run one event at a time per shard, in sequence order. An exception in a handler is
 logged and counted (:class:`~.events.HandlerFailed`) and never reaches the session.
 
+``on_handled`` is told about every event whose handlers have all returned or raised (the
+checkpoint watermark, :mod:`~.checkpoint`); an event cut short by a shutdown is not handled.
+
 The queue depth and each handler's duration are kept in the shard's
 :class:`~.events.ShardStats`; ``HandlerQueueDepth`` and ``HandlerCompleted`` events are built
 only when someone subscribed to them.
@@ -48,6 +51,7 @@ class Dispatcher:
         capacity: int = 1000,
         log_context: ShardContext | None = None,
         around_event: Callable[[], HandlerContext | None] = lambda: None,
+        on_handled: Callable[[GatewayEvent], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("handler queue capacity must be >= 1")
@@ -63,7 +67,9 @@ class Dispatcher:
         self._busy = False
         self._log_context = log_context
         self._around_event = around_event
+        self._on_handled = on_handled
         self._stats = session.stats
+        self._interest = bus.interest(session.shard_id)
 
     @property
     def depth(self) -> int:
@@ -135,6 +141,8 @@ class Dispatcher:
                 else:
                     with around(event):
                         await self._handle(event)
+                if self._on_handled is not None:
+                    self._on_handled(event)
             finally:
                 self._busy = False
                 depth = self._queue.qsize()
@@ -149,7 +157,7 @@ class Dispatcher:
             started = self._loop.time()
             try:
                 result = handler(event)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     await result
             except asyncio.CancelledError:
                 raise
@@ -177,7 +185,7 @@ class Dispatcher:
             else:
                 now = self._loop.time()
                 self._stats.count_handled(now - started)
-                if self._bus.wants(ev.HandlerCompleted, event.shard):
+                if self._interest.handled:
                     self._bus.emit(
                         ev.HandlerCompleted(
                             shard=event.shard,
@@ -188,7 +196,7 @@ class Dispatcher:
                     )
 
     def _publish_depth(self, depth: int) -> None:
-        if not self._bus.wants(ev.HandlerQueueDepth, self._session.shard_id):
+        if not self._interest.queue_depth:
             return
         self._bus.emit(
             ev.HandlerQueueDepth(

@@ -19,6 +19,7 @@ Events (grouped)::
     delivery     EventDispatched, DuplicateDropped, HandlerQueueDepth, HandlerFailed,
                  HandlerCompleted
     auth         TokenRefreshed, TokenRefreshFailed
+    store        CheckpointWritten, CheckpointFailed, RestartResume
     webhook      WebhookRequest, WebhookListening, WebhookStopped
 
 Per-event facts cost nothing unless someone listens. Four kinds happen for every frame or
@@ -27,8 +28,8 @@ every dispatched event (:data:`PER_EVENT`: ``FrameReceived``, ``EventDispatched`
 in a :class:`ShardStats` per shard (frames by op, dispatches by type, the last frame's time, the
 queue depth, handler durations in fixed buckets), which readers such as the metrics collector
 read when they need them; the event objects themselves are built only when a subscriber asked
-for their kind (:meth:`EventBus.wants`). A plain ``subscribe(callback)`` asks for everything,
-as before.
+for their kind (:meth:`EventBus.wants`; on the hot path the per-shard :class:`Interest` flags).
+A plain ``subscribe(callback)`` asks for everything, as before.
 
 The bus routes by kind and by shard: ``subscribe(callback, kinds=(...), shard=N)`` is called
 only for those, so a process with many shards does not run every shard's callbacks for every
@@ -47,6 +48,8 @@ from typing import Any, Final, TypeVar
 __all__ = [
     "HANDLER_SECONDS_BUCKETS",
     "PER_EVENT",
+    "CheckpointFailed",
+    "CheckpointWritten",
     "ConnectAttempt",
     "Connected",
     "ConnectionState",
@@ -62,10 +65,12 @@ __all__ = [
     "HeartbeatSent",
     "HelloReceived",
     "IdentifySent",
+    "Interest",
     "LifecycleEvent",
     "ProtocolViolation",
     "ReconnectLoopDetected",
     "ReconnectScheduled",
+    "RestartResume",
     "ResumeSent",
     "SessionReady",
     "SessionResumed",
@@ -267,6 +272,33 @@ class TokenRefreshFailed(LifecycleEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointWritten(LifecycleEvent):
+    """The session store holds the shard's state up to ``seq`` (durably)."""
+
+    seq: int
+    duration: float  # seconds the write took (in a worker thread)
+    lag: int  # events handled since the snapshot was taken (not yet durable)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointFailed(LifecycleEvent):
+    error: str  # names the file or backend, never a secret
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartResume(LifecycleEvent):
+    """What became of the session a previous process left in the store.
+
+    ``outcome``: ``resumed`` (Resume accepted), ``refused`` (op 9 or a refused resume: a new
+    session; events sent while no process was connected may be missed), ``too_old`` (older than
+    the max age: not tried), ``unusable`` (missing fields, corrupt, another app id or shard
+    count: not tried)."""
+
+    outcome: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WebhookRequest(LifecycleEvent):
     """One HTTP request to the webhook receiver, answered (see ``adapter.webhook``)."""
 
@@ -391,6 +423,20 @@ class ShardStats:
             self.count_handled(event.duration)
 
 
+class Interest:
+    """Whether anyone listens to each per-event kind, for one shard: plain attributes, read on
+    the hot path instead of asking the bus; the bus keeps them current as subscriptions change
+    (:meth:`EventBus.interest`). A fresh one (no bus) says yes to everything."""
+
+    __slots__ = ("dispatched", "frames", "handled", "queue_depth")
+
+    def __init__(self, value: bool = True) -> None:
+        self.frames = value  # FrameReceived
+        self.dispatched = value  # EventDispatched
+        self.queue_depth = value  # HandlerQueueDepth
+        self.handled = value  # HandlerCompleted
+
+
 class _Subscription:
     __slots__ = ("callback", "exclude", "kinds", "shard")
 
@@ -422,11 +468,31 @@ class EventBus:
     subscriptions change, so ``emit`` is one dict lookup plus the calls.
     """
 
-    __slots__ = ("_routes", "_subscriptions")
+    __slots__ = ("_interests", "_routes", "_subscriptions")
 
     def __init__(self) -> None:
         self._subscriptions: list[_Subscription] = []
         self._routes: dict[tuple[type[LifecycleEvent], int | None], tuple[Subscriber, ...]] = {}
+        self._interests: dict[int | None, Interest] = {}
+
+    def interest(self, shard: int | None) -> Interest:
+        """The live :class:`Interest` of ``shard``: one object per shard, kept up to date."""
+        interest = self._interests.get(shard)
+        if interest is None:
+            interest = self._interests[shard] = Interest()
+            self._refresh(shard, interest)
+        return interest
+
+    def _refresh(self, shard: int | None, interest: Interest) -> None:
+        interest.frames = self.wants(FrameReceived, shard)
+        interest.dispatched = self.wants(EventDispatched, shard)
+        interest.queue_depth = self.wants(HandlerQueueDepth, shard)
+        interest.handled = self.wants(HandlerCompleted, shard)
+
+    def _changed(self) -> None:
+        self._routes.clear()
+        for shard, interest in self._interests.items():
+            self._refresh(shard, interest)
 
     def subscribe(
         self,
@@ -446,12 +512,12 @@ class EventBus:
         kind_tuple = None if kinds is None else tuple(kinds)
         sub = _Subscription(callback, kind_tuple, tuple(exclude), shard)
         self._subscriptions.append(sub)
-        self._routes.clear()
+        self._changed()
 
         def unsubscribe() -> None:
             if sub in self._subscriptions:
                 self._subscriptions.remove(sub)
-                self._routes.clear()
+                self._changed()
 
         return unsubscribe
 

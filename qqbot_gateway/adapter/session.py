@@ -40,7 +40,7 @@ import enum
 import math
 import platform
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -140,7 +140,9 @@ class Send:
     payload: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+# Deliver and Emit are made once per dispatched event: plain slots classes (a frozen
+# dataclass's __init__ costs several times more); nobody keeps or mutates an action.
+@dataclass(slots=True)
 class Deliver:
     event: GatewayEvent
 
@@ -153,7 +155,7 @@ class Close:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Emit:
     event: ev.LifecycleEvent
 
@@ -233,9 +235,9 @@ class GatewaySession:
         self._backpressure = False
         #: Per-event facts as counters (frames by op, dispatches by type, last frame time).
         self.stats = stats if stats is not None else ev.ShardStats(shard_id)
-        #: Whether anyone listens to a per-event kind (``FrameReceived``, ``EventDispatched``):
-        #: the driver sets it to the bus's ``wants``; alone, the session emits everything.
-        self.wants: Callable[[type[ev.LifecycleEvent]], bool] = _wants_everything
+        #: Whether anyone listens to the per-event kinds (``FrameReceived``, ``EventDispatched``):
+        #: the driver sets it to the bus's ``interest(shard)``; alone, the session emits all.
+        self.interest = ev.Interest()
 
     # --- introspection -------------------------------------------------------------------
     @property
@@ -258,6 +260,19 @@ class GatewaySession:
         """Drop the session id and seq: the next connection identifies."""
         self.session_id = None
         self.seq = 0
+
+    def restore(self, session_id: str, seq: int, event_ids: Iterable[str] = ()) -> None:
+        """Adopt a session an earlier process saved (its handled-seq watermark and recently
+        handled event ids): the next connection resumes it, and a replayed event whose id is
+        among ``event_ids`` is dropped as a duplicate."""
+        if self._conn is not None and self._conn.phase is not Phase.DISCONNECTED:
+            raise RuntimeError("restore() while a connection is active")
+        self.session_id = session_id
+        self.seq = seq
+        for event_id in event_ids:
+            self._recent_ids[event_id] = None
+        while len(self._recent_ids) > self._dedupe_window:
+            self._recent_ids.popitem(last=False)
 
     def set_backpressure(self, on: bool) -> None:
         """While on, the next dispatch is refused: the connection closes without advancing
@@ -297,7 +312,7 @@ class GatewaySession:
         t = payload.get("t")
         event_type = t if isinstance(t, str) else None
         out: list[Action] = []
-        if self.wants(ev.FrameReceived):
+        if self.interest.frames:
             out.append(self._frame_event(now, op, event_type, len(data)))
         if conn.phase is Phase.CLOSING:
             return out  # we are tearing this link down; nothing more is acted on
@@ -638,7 +653,7 @@ class GatewaySession:
             replayed=replayed,
         )
         self.stats.count_dispatch(event_type)
-        if not self.wants(ev.EventDispatched):
+        if not self.interest.dispatched:
             return [Deliver(event)]
         return [
             Deliver(event),
@@ -689,7 +704,7 @@ class GatewaySession:
             session_id=None,
         )
         self.stats.count_dispatch(t)
-        if not self.wants(ev.EventDispatched):
+        if not self.interest.dispatched:
             return [Deliver(event)]
         dispatched = ev.EventDispatched(
             shard=self.shard_id,
@@ -750,7 +765,7 @@ class GatewaySession:
         stats.last_frame_at = now
         stats.frames[None] = stats.frames.get(None, 0) + 1
         out: list[Action] = []
-        if self.wants(ev.FrameReceived):
+        if self.interest.frames:
             out.append(self._frame_event(now, None, None, size))
         out.append(self._violation(now, detail))
         return out
@@ -767,10 +782,6 @@ class GatewaySession:
         if self._conn is None:
             raise RuntimeError("no active connection: call connect() first")
         return self._conn
-
-
-def _wants_everything(kind: type[ev.LifecycleEvent]) -> bool:
-    return True
 
 
 def _opt_str(value: Any) -> str | None:
