@@ -65,7 +65,12 @@ def config(sim: Simulator) -> dict[str, Any]:
             "qqbot": {"enabled": True, "extra": {**common, "client_secret": SECRET}},
             PLUGIN_PLATFORM: {
                 "enabled": True,
-                "extra": {**common, "api_base": sim.base_url, "token_url": sim.token_url},
+                "extra": {
+                    **common,
+                    "api_base": sim.base_url,
+                    "token_url": sim.token_url,
+                    "state_dir": "off",  # each scenario starts a new session
+                },
             },
         },
     }

@@ -20,9 +20,10 @@ the full list, the differences from hermes's built-in QQ adapter and a migration
 
 What hermes gets from this adapter instead of its built-in one: layered liveness (ACK tracking,
 receive-idle deadline, WebSocket ping, TCP keepalive) so a half-open link is replaced within
-two or three heartbeat intervals; resume with replayed events delivered exactly once; a bounded
-handler queue; and a connected state that tells the truth: ``_mark_disconnected`` as soon as a
-zombie is detected or a shard backs off, ``_mark_connected`` on READY/RESUMED, and a fatal error
+two or three heartbeat intervals; resume with replayed events delivered exactly once, across a
+restart of hermes too (the session store, ``QQBOT_STATE_DIR``); a bounded handler queue;
+and a connected state that tells the truth: ``_mark_disconnected`` as soon as a zombie is
+detected or a shard backs off, ``_mark_connected`` on READY/RESUMED, and a fatal error
 (``_set_fatal_error`` + ``_notify_fatal_error``, once) only when a shard stopped for good.
 """
 
@@ -68,6 +69,7 @@ from qqbot_gateway.adapter.errors import (
     ServerError,
 )
 from qqbot_gateway.adapter.protocol import GatewayEvent
+from qqbot_gateway.adapter.store import StoreError
 from qqbot_gateway.config import ENV_PREFIX, SETTING_NAMES, ConfigError, Settings, load_settings
 from qqbot_gateway.telemetry import Telemetry
 
@@ -225,6 +227,9 @@ def hermes_settings(
     names: dict[str, str] = {}  # QQBOT_X -> the name to show in a message
     for key in _SERVICE_KEYS:
         var = ENV_PREFIX + key.upper()
+        if environ.get(var, "").strip():
+            env[var] = environ[var]
+    for var in ("XDG_STATE_HOME", "HOME"):  # where the session store lives by default
         if environ.get(var, "").strip():
             env[var] = environ[var]
     if not {"QQBOT_CLIENT_SECRET", "QQBOT_CLIENT_SECRET_FILE"} & set(env):
@@ -487,6 +492,8 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
             return await self._failed("qqbot_gateway_credentials_refused", str(exc), False)
         except AuthError as exc:
             return await self._failed("qqbot_gateway_token_unreachable", str(exc), True)
+        except StoreError as exc:  # another process owns the shard's session, or the disk fails
+            return await self._failed("qqbot_gateway_session_store", str(exc), True)
         except OSError as exc:
             return await self._failed("qqbot_gateway_side_server", f"side server: {exc}", True)
         except asyncio.CancelledError:
@@ -526,7 +533,10 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         return False
 
     async def disconnect(self) -> None:
-        """Stop the shards (handlers get ``drain_timeout`` to finish) and the side server."""
+        """Stop the shards (handlers get ``drain_timeout`` to finish) and the side server.
+
+        With the session store (the default) the session stays resumable: the next start of
+        hermes resumes it and receives what QQ sent meanwhile."""
         self._closing = True
         self._mark_disconnected()
         await self._shutdown()
