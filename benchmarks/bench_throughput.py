@@ -12,6 +12,9 @@ Receivers:
 * ``run``: ``qqbot-gateway run`` itself (``python -m qqbot_gateway run --handler ...``) with
   default settings: metrics, health, logs, and tracing as shipped.
 * ``notrace``: the same wiring with ``TelemetryConfig(tracing=False)``.
+* ``traced``: ``qqbot-gateway run`` with a trace exporter configured
+  (``OTEL_TRACES_EXPORTER=console``, output discarded): 10 % of events sampled (the default),
+  spans batched and serialized in the SDK's export thread.
 * ``off``: the library alone, no telemetry attached (no subscribers).
 * ``botpy``: qq-botpy 1.2.1, ``on_c2c_message_create`` (its endpoints redirected to the flood
   server the way ``tests/test_botpy_interop.py`` does).
@@ -56,10 +59,11 @@ from aiohttp import web
 APP_ID = "1024"
 SECRET = "bench-secret"
 QQ_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
-RECEIVERS = ("run", "notrace", "off", "botpy", "bare")
+RECEIVERS = ("run", "notrace", "traced", "off", "botpy", "bare")
 LABELS = {
     "run": "`qqbot-gateway run` defaults",
     "notrace": "the same, tracing off",
+    "traced": "the same, a trace exporter configured (10 % sampled)",
     "off": "telemetry off (no subscribers)",
     "botpy": "qq-botpy 1.2.1, `on_c2c_message_create`",
     "bare": "bare aiohttp `receive()` + `json.loads`",
@@ -365,7 +369,9 @@ def _trial(
             }
             for name in [k for k in env if k.startswith("OTEL_")]:
                 del env[name]
-            if kind == "run":
+            if kind == "traced":
+                env["OTEL_TRACES_EXPORTER"] = "console"
+            if kind in ("run", "traced"):
                 argv = [
                     "-m",
                     "qqbot_gateway",
