@@ -3,7 +3,11 @@
 * ``run``: the production service. Settings from ``QQBOT_*`` variables and/or ``--config``
   (see :mod:`qqbot_gateway.config`), handlers from ``--handler module:function``, the side
   server on ``QQBOT_HTTP_ADDR``. SIGTERM/SIGINT: ``/readyz`` turns 503 at once, the gateway
-  closes, handlers drain for ``QQBOT_DRAIN_TIMEOUT``, exit 0; a second signal exits at once.
+  closes with 4000 (the session stays resumable), handlers drain for ``QQBOT_DRAIN_TIMEOUT``,
+  the final checkpoint is written to the session store (``QQBOT_STATE_DIR``), exit 0; the next
+  ``run`` resumes the session. ``--end-session`` closes with 1000 instead and deletes the
+  stored state. A second signal exits at once. A shard whose state another process holds:
+  exit 2 naming that pid (or wait, ``QQBOT_STATE_LOCK=wait``).
 * ``demo``: everything against the embedded simulator with injected faults (see
   :mod:`qqbot_gateway.demo`).
 * ``simulate``: the simulator alone, for a ``run`` in another terminal.
@@ -103,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write every event as one JSON line to stdout (logs go to stderr)",
     )
+    run.add_argument(
+        "--end-session",
+        action="store_true",
+        help="at shutdown end the gateway session (close 1000) and delete its stored state, "
+        "instead of keeping it for the next start to resume",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -139,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-port", type=int, default=0, help="side server port on 127.0.0.1 (default: any)"
     )
     demo.add_argument("--log-level", default="WARNING", help="default WARNING")
+    demo.add_argument(
+        "--transport",
+        choices=("websocket", "webhook"),
+        default="websocket",
+        help="websocket (default: silent deaths of the gateway session) or webhook (signed "
+        "callbacks through a chaos proxy: forged, stale, replayed, failing, slow)",
+    )
 
     sim = sub.add_parser("simulate", help="run the embedded QQ gateway simulator alone")
     sim.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -153,7 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--app-id", default="1024", help="the AppID bots must present")
     sim.add_argument("--event-rate", type=float, default=1.0, help="events/s per session")
     sim.add_argument("--shards", type=int, default=1, help="recommended shard count")
+    sim.add_argument(
+        "--resume-window",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="seconds a session dropped without a 1000/1001 close stays resumable (default 300)",
+    )
     sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="also play the platform's webhook side: validate URL (op 13), then post signed "
+        "callbacks to it at --event-rate, retrying unacknowledged ones (for a `run` with "
+        "QQBOT_TRANSPORT=webhook)",
+    )
     sim.add_argument("--log-level", default="INFO")
 
     check = sub.add_parser(
@@ -300,12 +331,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.print_events:
         handlers.append(print_event)
     _configure_logging(settings)
-    return asyncio.run(_run_service(settings, handlers))
+    return asyncio.run(_run_service(settings, handlers, end_session=args.end_session))
 
 
-async def _run_service(settings: Settings, handlers: list[Handler]) -> int:
+async def _run_service(
+    settings: Settings, handlers: list[Handler], *, end_session: bool = False
+) -> int:
     from qqbot_gateway.adapter.client import QQBotClient
     from qqbot_gateway.adapter.errors import AuthError, InvalidCredentialsError
+    from qqbot_gateway.adapter.store import StoreError, StoreLockedError
     from qqbot_gateway.telemetry import Telemetry, TelemetryConfigError
 
     loop = asyncio.get_running_loop()
@@ -348,6 +382,19 @@ async def _run_service(settings: Settings, handlers: list[Handler]) -> int:
             ) from None
         try:
             await client.start()
+        except StoreLockedError as exc:
+            holder = f"pid {exc.holder_pid}" if exc.holder_pid is not None else "another process"
+            raise CommandError(
+                f"{holder} already runs this shard ({exc}); stop it first, or set "
+                "QQBOT_STATE_LOCK=wait to wait for it",
+                EXIT_CONFIG,
+            ) from None
+        except StoreError as exc:
+            raise CommandError(
+                f"session store: {exc} ({settings.source('state_dir')}; a writable directory, "
+                "or off)",
+                EXIT_CONFIG,
+            ) from None
         except InvalidCredentialsError as exc:
             raise CommandError(
                 f"{exc}; check {settings.source('app_id')} and the client secret",
@@ -391,9 +438,12 @@ async def _run_service(settings: Settings, handlers: list[Handler]) -> int:
         if not stop.is_set():
             return _every_shard_stopped(client)
         _log.info(
-            "received %s: readiness is now 503; closing the gateway, draining handlers "
+            "received %s: readiness is now 503; closing the gateway (%s), draining handlers "
             "for up to %gs",
             received[0],
+            "ending the session"
+            if end_session or settings.state_dir is None
+            else "session kept for the next start",
             settings.drain_timeout,
         )
         return EXIT_OK
@@ -401,7 +451,7 @@ async def _run_service(settings: Settings, handlers: list[Handler]) -> int:
         telemetry.begin_shutdown()
         try:
             async with asyncio.timeout(settings.drain_timeout + _CLOSE_MARGIN):
-                await client.close(drain_timeout=settings.drain_timeout)
+                await client.close(drain_timeout=settings.drain_timeout, end_session=end_session)
         except TimeoutError:
             _log.warning("shutdown: the client did not close in time; exiting anyway")
         if receiver is not None:
@@ -461,6 +511,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if fmt not in ("auto", "json", "console"):
         raise ConfigError(f"QQBOT_LOG_FORMAT: expected auto, json or console, got {fmt!r}")
     configure_logging(cast(Format, fmt), level, stream=demo.log_stream())
+    if args.transport == "webhook":
+        return _webhook_demo(args)
     opts = demo.DemoOptions(
         duration=args.duration,
         interval=args.interval,
@@ -474,6 +526,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     except ValueError as exc:
         raise ConfigError(f"demo: {exc}") from None
+    except OSError as exc:
+        raise CommandError(f"demo: {exc.strerror or exc}") from None
+
+
+def _webhook_demo(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("cryptography") is None:
+        raise ConfigError(
+            "--transport webhook: needs the 'cryptography' package: "
+            "pip install 'qqbot-gateway[webhook]'"
+        )
+    from qqbot_gateway import webhook_demo
+
+    duration = args.duration
+    if duration < webhook_demo.MIN_DURATION:
+        raise ConfigError(
+            f"--duration: at least {webhook_demo.MIN_DURATION:g}s for the webhook demo"
+        )
+    try:
+        return asyncio.run(
+            webhook_demo.run_webhook_demo(
+                duration=duration,
+                event_rate=max(args.event_rate, 10.0),
+                http_port=args.http_port,
+                out=sys.stdout,
+            )
+        )
     except OSError as exc:
         raise CommandError(f"demo: {exc.strerror or exc}") from None
 
@@ -499,6 +577,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             event_rate=args.event_rate,
             shards=args.shards,
             seed=args.seed,
+            resume_window=args.resume_window,
         )
     except ValueError as exc:
         raise ConfigError(f"simulate: {exc}") from None
@@ -519,6 +598,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             "Press Ctrl+C to stop.",
         ]
         print("\n".join(lines), flush=True)
+        if args.webhook_url:
+            print(f"Posting webhooks to {args.webhook_url}", flush=True)
+            asyncio.get_running_loop().create_task(
+                _post_webhooks(args.webhook_url, config, max(args.event_rate, 0.1)),
+                name="simulator webhook deliveries",
+            )
 
     try:
         asyncio.run(run_standalone(config, args.host, args.port, ready_callback=announce))
@@ -530,6 +615,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 # --- check --------------------------------------------------------------------------------
+
+
+async def _post_webhooks(url: str, config: Any, rate: float) -> None:
+    """The platform's side for ``simulate --webhook-url``: runs until the simulator stops."""
+    from qqbot_gateway.simulator.webhook import WebhookDeliverer
+
+    log = logging.getLogger("qqbot_gateway.simulator.webhook")
+    async with WebhookDeliverer(url, secret=config.client_secret, app_id=config.app_id) as hook:
+        while not await hook.validate():
+            log.warning("webhook validation of %s failed; retrying in 2s", url)
+            await asyncio.sleep(2.0)
+        log.info("webhook URL %s validated (op 13)", url)
+        pending: set[asyncio.Task[bool]] = set()
+        while True:
+            task = asyncio.create_task(hook.deliver(hook.make_event()))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            await asyncio.sleep(1.0 / rate)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -545,6 +648,35 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _say(text: str) -> None:
     print(text, flush=True)
+
+
+def _check_webhook(settings: Settings) -> int:
+    """``check`` with the webhook transport: there is no session to open; the platform calls us.
+    Say what the receiver will do and prove the signing key works (a round trip)."""
+    from qqbot_gateway.adapter.webhook import WebhookKey
+
+    _app_id, secret = settings.require_credentials()
+    if importlib.util.find_spec("cryptography") is None:
+        raise CommandError(
+            "webhook: the 'cryptography' package is missing: pip install 'qqbot-gateway[webhook]'",
+            EXIT_CONFIG,
+        )
+    key = WebhookKey(secret.get())
+    body = b'{"op":0,"d":{},"t":"CHECK"}'
+    if not key.verify(bytes.fromhex(key.sign_hex("0", body)), b"0" + body):
+        raise CommandError("webhook: the Ed25519 key derived from the secret does not verify")
+    host, port = settings.webhook_addr
+    scheme = "https" if settings.webhook_tls_cert else "http"
+    _say("transport:      webhook (no WebSocket session is opened)")
+    _say(f"receiver:       {scheme}://{host}:{port}{settings.webhook_path}")
+    _say("signing key:    derived from the secret, sign/verify round trip ok")
+    if port not in (80, 443, 8080, 8443) and scheme == "https":
+        _say(f"note:           QQ accepts callback URLs on ports 80, 443, 8080, 8443 only ({port})")
+    _say(
+        "next:           enter https://<public host>"
+        f"{settings.webhook_path} as the callback URL on the QQ open platform"
+    )
+    return EXIT_OK
 
 
 async def _check(settings: Settings, timeout: float) -> int:
@@ -580,6 +712,8 @@ async def _check(settings: Settings, timeout: float) -> int:
         try:
             lifetime = tokens.expires_in or 0.0
             _say(f"access token:   ok (expires in {lifetime:.0f}s)")
+            if cfg.mode == "webhook":
+                return _check_webhook(settings)
             api = OpenAPIClient(
                 base_url=settings.api_base,
                 tokens=tokens,
@@ -607,7 +741,8 @@ async def _check(settings: Settings, timeout: float) -> int:
 
     shard = cfg.shards[0]
     url = settings.gateway_url or info.url
-    client = QQBotClient(replace(cfg, shard_ids=(shard,), gateway_url=url))
+    # No session store: check ends its own session and must not contend with a running service.
+    client = QQBotClient(replace(cfg, shard_ids=(shard,), gateway_url=url, state_dir=None))
     outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     interval: list[float] = []
 

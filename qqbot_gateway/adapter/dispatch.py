@@ -9,6 +9,9 @@ half. The server then replays what we refused: nothing is lost, and memory stays
 Handlers run one event at a time per shard, in sequence order. An exception in a handler is
 logged and counted (:class:`~.events.HandlerFailed`) and never reaches the session.
 
+``on_handled`` is told about every event whose handlers have all returned or raised (the
+checkpoint watermark, :mod:`~.checkpoint`); an event cut short by a shutdown is not handled.
+
 The queue depth and each handler's duration are kept in the shard's
 :class:`~.events.ShardStats`; ``HandlerQueueDepth`` and ``HandlerCompleted`` events are built
 only when someone subscribed to them.
@@ -84,6 +87,7 @@ class Dispatcher:
         capacity: int = 1000,
         log_context: ShardContext | None = None,
         around_event: Callable[[], HandlerContext | None] = lambda: None,
+        on_handled: Callable[[GatewayEvent], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("handler queue capacity must be >= 1")
@@ -99,6 +103,7 @@ class Dispatcher:
         self._busy = False
         self._log_context = log_context
         self._around_event = around_event
+        self._on_handled = on_handled
         self._stats = session.stats
         self._interest = bus.interest(session.shard_id)
 
@@ -172,6 +177,8 @@ class Dispatcher:
                 else:
                     with around(event):
                         await self._handle(event)
+                if self._on_handled is not None:
+                    self._on_handled(event)
             finally:
                 self._busy = False
                 depth = self._queue.qsize()
