@@ -476,7 +476,10 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
             client.add_handler(self._on_gateway_event, event_type)
         self._states = dict.fromkeys(client.config.shards, ev.ConnectionState.IDLE)
         self._zombies.clear()
-        self._unsubscribe = client.events.subscribe(self._on_lifecycle)
+        self._unsubscribe = client.events.subscribe(
+            self._on_lifecycle,
+            kinds=(ev.StateChanged, ev.ZombieDetected, ev.ShardFatal, ev.SupervisorStopped),
+        )
         self.client = client
         timeout = aiohttp.ClientTimeout(total=client.config.request_timeout * 3)
         self._http = aiohttp.ClientSession(timeout=timeout)
