@@ -7,7 +7,10 @@ sockets. No LLM is involved: the message handler is the one a test registers wit
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,12 +19,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.config import ConfigError
 from qqbot_gateway.simulator import Simulator
-from tests.gateway_harness import APP_ID, INTERVAL, SECRET, sim_config
+from tests.gateway_harness import APP_ID, INTERVAL, SECRET, poll_until, sim_config
 from tests.hermes_harness import (
     Watch,
     c2c_message,
@@ -430,3 +434,64 @@ async def test_a_restart_of_hermes_resumes_the_session(sim: Simulator, tmp_path:
             assert len(sim.identifies) == 1
         finally:
             await second.disconnect()
+
+
+async def test_hermes_gateway_run_end_to_end(sim: Simulator, tmp_path: Path) -> None:
+    """The real ``hermes gateway run`` (hermes's own runner, no LLM configured) with the plugin:
+    a message gets hermes's answers as passive replies, a blackhole shows in hermes's status file
+    as disconnected then connected, refused credentials make it fatal and hermes exits."""
+    home = tmp_path / "hermes"
+    home.mkdir()
+    extra = extra_for(sim, tmp_path / "state", http_addr="off")
+    (home / "config.yaml").write_text(yaml.safe_dump(plugin_config(PLATFORM, extra)))
+    env = {
+        **os.environ,
+        "HERMES_HOME": str(home),
+        "QQBOT_CLIENT_SECRET": SECRET,  # not QQ_CLIENT_SECRET: that turns hermes's own QQ on
+        "QQ_ALLOW_ALL_USERS": "true",
+    }
+    status = home / "gateway_state.json"
+
+    def state() -> str | None:
+        try:
+            return str(json.loads(status.read_text())["platforms"][PLATFORM]["state"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    hermes_cli = Path(sys.executable).with_name("hermes")
+    with (tmp_path / "gateway.log").open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            str(hermes_cli), "gateway", "run", env=env, stdout=log, stderr=log
+        )
+        try:
+            await poll_until(lambda: state() == "connected", 60, "hermes: connected")
+            await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(1, "hello hermes"))
+            # hermes's runner answers (no model configured: it says so) as passive replies.
+            await poll_until(lambda: sim.messages, 30, "hermes's answer")
+            assert all(m.msg_id == "M00001" and m.kind == "c2c" for m in sim.messages)
+            assert len({m.msg_seq for m in sim.messages}) == len(sim.messages)
+
+            seen: list[str | None] = []
+            sim.blackhole(current=True)
+
+            def went_down_and_up() -> bool:
+                now = state()
+                if not seen or seen[-1] != now:
+                    seen.append(now)
+                return seen[-2:] == ["disconnected", "connected"]
+
+            await poll_until(went_down_and_up, 20 * INTERVAL, "disconnected, then connected")
+
+            sim.rotate_secret("a-new-secret-hermes-does-not-know")
+            sim.expire_tokens()
+            await sim.close_connections(4004)
+            async with asyncio.timeout(60):
+                assert await proc.wait() == 0  # the only platform is gone: hermes exits
+            final = json.loads(status.read_text())["platforms"][PLATFORM]
+            assert final["state"] == "fatal"
+            assert final["error_code"] == "qqbot_gateway_token_error"
+            assert SECRET not in json.dumps(final)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
