@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import secrets
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Final, TextIO
 
@@ -39,7 +39,7 @@ from qqbot_gateway.simulator.webhook import (
 from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
 from qqbot_gateway.telemetry.webhook import WebhookReceiver
 
-__all__ = ["MIN_DURATION", "run_webhook_demo"]
+__all__ = ["MIN_DURATION", "WebhookStack", "run_webhook_demo", "webhook_stack"]
 
 DEMO_APP_ID: Final = "102000000"
 _LEAD_IN: Final = 1.0
@@ -48,6 +48,85 @@ _PHASES: Final = 5
 _TAIL: Final = 3.0
 MIN_DURATION: Final = _LEAD_IN + _PHASES * 1.2 + _TAIL
 _PATH: Final = "/qqbot/callback"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookStack:
+    """Everything of a webhook run on 127.0.0.1, started: see :func:`webhook_stack`."""
+
+    sim: Simulator
+    client: QQBotClient
+    telemetry: Telemetry
+    receiver: WebhookReceiver
+    proxy: ChaosProxy
+
+    @property
+    def platform_url(self) -> str:
+        """Where the platform side posts: the chaos proxy in front of the receiver."""
+        assert self.proxy.url is not None
+        return self.proxy.url
+
+    def count(self, outcome: str) -> int:
+        """``qqbot_gateway_webhook_requests_total{outcome=...}`` of shard 0."""
+        value = self.telemetry.registry.get_sample_value(
+            "qqbot_gateway_webhook_requests_total", {"shard": "0", "outcome": outcome}
+        )
+        return int(value or 0)
+
+
+@contextlib.asynccontextmanager
+async def webhook_stack(
+    secret: str,
+    *,
+    app_id: str = DEMO_APP_ID,
+    path: str = _PATH,
+    handler_queue_size: int = 1000,
+    http_port: int = 0,
+    proxy_seed: int | None = None,
+    slow_delay: float = 1.2,
+) -> AsyncIterator[WebhookStack]:
+    """The simulator (tokens and OpenAPI for replies), a webhook-mode client with telemetry and
+    its side server, the receiver, and a chaos proxy (all faults off) in front of it; stopped in
+    order on exit. Register handlers on ``stack.client`` (they may be added after start)."""
+    sim_config = SimulatorConfig(app_id=app_id, client_secret=secret, event_rate=0.0)
+    async with Simulator(sim_config) as sim:
+        client = QQBotClient(
+            ClientConfig(
+                app_id=app_id,
+                client_secret=Secret(secret),
+                api_base=sim.base_url,
+                token_url=sim.token_url,
+                mode="webhook",
+                webhook=WebhookConfig(host="127.0.0.1", port=0, path=path),
+                handler_queue_size=handler_queue_size,
+            )
+        )
+        tel = Telemetry(
+            TelemetryConfig(http_host="127.0.0.1", http_port=http_port, tracing=False),
+            process_collectors=False,
+        )
+        tel.attach(client)
+        await tel.start()
+        receiver: WebhookReceiver | None = None
+        proxy: ChaosProxy | None = None
+        try:
+            await client.start()
+            assert client.webhook is not None
+            receiver = WebhookReceiver(client.webhook, health=lambda: tel.evaluate().healthy)
+            await receiver.start()
+            assert receiver.url is not None
+            proxy = ChaosProxy(receiver.url, slow_delay=slow_delay, seed=proxy_seed)
+            await proxy.start()
+            yield WebhookStack(sim, client, tel, receiver, proxy)
+        finally:
+            if client.webhook is not None:
+                client.webhook.close()
+            await client.close(drain_timeout=2)
+            if receiver is not None:
+                await receiver.stop()
+            if proxy is not None:
+                await proxy.stop()
+            await tel.stop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,23 +162,17 @@ async def run_webhook_demo(
         out.flush()
 
     secret = secrets.token_urlsafe(9)  # 12 characters: the seed repeats it three times
-    sim_config = SimulatorConfig(app_id=DEMO_APP_ID, client_secret=secret, event_rate=0.0)
     seen: Counter[str] = Counter()
     stall = asyncio.Event()
     replies = 0
 
-    async with Simulator(sim_config) as sim:
-        client = QQBotClient(
-            ClientConfig(
-                app_id=DEMO_APP_ID,
-                client_secret=Secret(secret),
-                api_base=sim.base_url,
-                token_url=sim.token_url,
-                mode="webhook",
-                webhook=WebhookConfig(host="127.0.0.1", port=0, path=_PATH),
-                handler_queue_size=8,  # small, so the slow-handler phase fills it
-            )
-        )
+    async with webhook_stack(
+        secret,
+        handler_queue_size=8,  # small: the slow-handler phase fills it
+        http_port=http_port,
+        proxy_seed=5,
+    ) as stack:
+        client, tel, receiver, proxy = stack.client, stack.telemetry, stack.receiver, stack.proxy
 
         @client.on()
         async def handle(event: GatewayEvent) -> None:
@@ -111,24 +184,12 @@ async def run_webhook_demo(
                 await client.api.reply(event, f"webhook demo got: {event.data.get('content')}")
                 replies += 1
 
-        tel = Telemetry(
-            TelemetryConfig(http_host="127.0.0.1", http_port=http_port, tracing=False),
-            process_collectors=False,
-        )
-        tel.attach(client)
-        await tel.start()
-        await client.start()
-        assert client.webhook is not None
-        receiver = WebhookReceiver(client.webhook, health=lambda: tel.evaluate().healthy)
-        await receiver.start()
-        assert receiver.url is not None
-        proxy = ChaosProxy(receiver.url, slow_delay=1.2, seed=5)
-        await proxy.start()
-        assert proxy.url is not None
         say(f"side server:       {tel.http_url}/healthz  /readyz  /metrics")
         say(f"webhook receiver:  {receiver.url}  (the platform posts via a chaos proxy)")
         policy = DeliveryPolicy(timeout=1.0, max_attempts=30, backoff_base=0.05, backoff_cap=0.5)
-        platform = WebhookDeliverer(proxy.url, secret=secret, app_id=DEMO_APP_ID, policy=policy)
+        platform = WebhookDeliverer(
+            stack.platform_url, secret=secret, app_id=DEMO_APP_ID, policy=policy
+        )
         deliveries: list[asyncio.Task[bool]] = []
         sent: list[str] = []
         try:
@@ -174,17 +235,8 @@ async def run_webhook_demo(
         finally:
             for task in deliveries:
                 task.cancel()
-            client.webhook.close()
-            await client.close(drain_timeout=2)
-            await receiver.stop()
-            await proxy.stop()
-            await tel.stop()
 
-    def count(outcome: str) -> int:
-        value = tel.registry.get_sample_value(
-            "qqbot_gateway_webhook_requests_total", {"shard": "0", "outcome": outcome}
-        )
-        return int(value or 0)
+    count = stack.count
 
     stats = platform.stats
     lost = sum(1 for i in sent if i not in seen)

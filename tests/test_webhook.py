@@ -412,3 +412,57 @@ def test_webhook_settings_parse_and_build_the_client_config(tmp_path: Path) -> N
 def test_bad_webhook_settings_name_the_setting(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_settings(env={"QQBOT_TRANSPORT": "webhook", **env})
+
+
+async def test_receiver_serves_tls_for_direct_exposure(tmp_path: Path) -> None:
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from qqbot_gateway.simulator.webhook import WebhookDeliverer
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    f = Fixture(host="127.0.0.1", port=0, tls_cert=str(cert_file), tls_key=str(key_file))
+    f.intake._wall = __import__("time").time
+    receiver = WebhookReceiver(f.intake)
+    await receiver.start()
+    try:
+        assert receiver.url is not None and receiver.url.startswith("https://127.0.0.1:")
+        trust = ssl.create_default_context(cafile=str(cert_file))
+        url = receiver.url.replace("127.0.0.1", "localhost")
+        async with WebhookDeliverer(url, secret="s3cret", ssl=trust) as platform:
+            assert await platform.validate()
+            assert await platform.deliver(dispatch("TLS1"))
+        async with aiohttp.ClientSession() as http:  # plain HTTP on the TLS port: refused
+            with pytest.raises(aiohttp.ClientError):
+                async with http.post(receiver.url.replace("https", "http"), data=b"{}") as r:
+                    await r.read()
+    finally:
+        await receiver.stop()
+    assert [e.event_id for e in f.queue] == ["TLS1"]

@@ -19,18 +19,16 @@ from typing import Any
 import aiohttp
 import pytest
 
-from qqbot_gateway.adapter.client import ClientConfig, QQBotClient, Secret
+from qqbot_gateway.adapter.client import ClientConfig, Secret
 from qqbot_gateway.adapter.protocol import GatewayEvent
-from qqbot_gateway.adapter.webhook import WebhookConfig
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
 from qqbot_gateway.simulator.webhook import (
-    ChaosProxy,
     DeliveryPolicy,
     WebhookDeliverer,
     WebhookFaults,
 )
-from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
-from qqbot_gateway.telemetry.webhook import WebhookReceiver
+from qqbot_gateway.telemetry import Telemetry
+from qqbot_gateway.webhook_demo import webhook_stack
 from tests.test_cli import CLI, READY_TIMEOUT, ROOT, async_status, bot_env, free_port
 
 SECRET = "e2e-secret"  # 10 characters: the seed needs four repetitions
@@ -47,18 +45,11 @@ def outcome(tel: Telemetry, name: str) -> float:
 
 
 async def test_thousand_events_with_faults_reach_the_handler_exactly_once() -> None:
-    sim_config = SimulatorConfig(client_secret=SECRET, event_rate=0.0)
-    async with Simulator(sim_config) as sim:
-        config = ClientConfig(
-            app_id=sim_config.app_id,
-            client_secret=Secret(SECRET),
-            api_base=sim.base_url,
-            token_url=sim.token_url,
-            mode="webhook",
-            webhook=WebhookConfig(host="127.0.0.1", port=0, path="/cb"),
-            handler_queue_size=32,  # small: the slow handler below fills it now and then
-        )
-        client = QQBotClient(config)
+    async with webhook_stack(
+        SECRET, path="/cb", handler_queue_size=32, proxy_seed=3, slow_delay=1.5
+    ) as stack:  # a small queue: the slow moments of the handler below fill it
+        client, tel, receiver, proxy = stack.client, stack.telemetry, stack.receiver, stack.proxy
+        proxy.fail, proxy.lose_ack, proxy.slow = 0.03, 0.03, 0.01
         seen: collections.Counter[str] = collections.Counter()
         events: list[GatewayEvent] = []
 
@@ -69,22 +60,7 @@ async def test_thousand_events_with_faults_reach_the_handler_exactly_once() -> N
             if len(events) % 150 == 0:
                 await asyncio.sleep(0.2)  # a slow moment: the queue fills, callbacks get 503
 
-        tel = Telemetry(
-            TelemetryConfig(http_host="127.0.0.1", http_port=0, tracing=False),
-            process_collectors=False,
-        )
-        tel.attach(client)
-        await tel.start()
-        await client.start()
-        assert client.webhook is not None
-        receiver = WebhookReceiver(client.webhook, health=lambda: tel.evaluate().healthy)
-        await receiver.start()
         assert receiver.url is not None
-        proxy = ChaosProxy(
-            receiver.url, fail=0.03, lose_ack=0.03, slow=0.01, slow_delay=1.5, seed=3
-        )
-        await proxy.start()
-        assert proxy.url is not None
         policy = DeliveryPolicy(timeout=1.0, max_attempts=40, backoff_base=0.02, backoff_cap=0.3)
         faults = WebhookFaults(
             bad_signature=0.05,
@@ -97,6 +73,7 @@ async def test_thousand_events_with_faults_reach_the_handler_exactly_once() -> N
         probes: collections.Counter[tuple[str, int | None]] = collections.Counter()
         stop = asyncio.Event()
         health_url = f"{tel.http_url}/healthz"
+        sim = stack.sim
         receiver_health = receiver.url.replace("/cb", "/healthz")
 
         async def poll_health(http: aiohttp.ClientSession) -> None:
@@ -109,7 +86,7 @@ async def test_thousand_events_with_faults_reach_the_handler_exactly_once() -> N
             async with (
                 aiohttp.ClientSession() as http,
                 WebhookDeliverer(
-                    proxy.url, secret=SECRET, policy=policy, faults=faults, seed=11
+                    stack.platform_url, secret=SECRET, policy=policy, faults=faults, seed=11
                 ) as platform,
             ):
                 poller = asyncio.create_task(poll_health(http))
@@ -136,11 +113,6 @@ async def test_thousand_events_with_faults_reach_the_handler_exactly_once() -> N
                 await poller
         finally:
             stop.set()
-            client.webhook.close()
-            await client.close(drain_timeout=2)
-            await receiver.stop()
-            await proxy.stop()
-            await tel.stop()
 
     stats = platform.stats
     # Exactly once: every genuine event, nothing else, never twice.
