@@ -495,3 +495,22 @@ async def test_hermes_gateway_run_end_to_end(sim: Simulator, tmp_path: Path) -> 
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_images_go_out_as_native_qq_media(sim: Simulator, tmp_path: Path) -> None:
+    async with started(sim, tmp_path) as (adapter, watch):
+        await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(1))
+        await poll_until(lambda: sim.messages, 10, "the echo")
+        url = "https://images.example/cat.png"
+        result = await adapter.send_image("MUSER00001", url, caption="a cat", reply_to="M00001")
+        assert result.success
+        upload, message = sim.messages[-2:]
+        assert (upload.kind, upload.body["url"], upload.body["file_type"]) == ("c2c_file", url, 1)
+        assert message.kind == "c2c" and message.body["msg_type"] == 7
+        assert message.body["media"] == {"file_info": upload.id}
+        assert (message.msg_id, message.msg_seq) == ("M00001", 2)  # passive, after the echo
+        # A guild channel has no such upload: hermes's default (the URL as text) applies.
+        await adapter.send_image("channel:42", url, caption="a cat")
+        assert sim.messages[-1].kind == "channel"
+        assert url in sim.messages[-1].body["content"]
+        assert watch.received

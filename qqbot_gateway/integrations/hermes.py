@@ -838,6 +838,56 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         while len(self._replies) > _MAX_ROUTES:
             self._replies.popitem(last=False)
 
+    async def send_image(
+        self,
+        chat_id: str,
+        image_url: str,
+        caption: str | None = None,
+        reply_to: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> SendResult:
+        """A native QQ image (upload by URL, then a msg_type 7 passive reply) to a C2C user or a
+        group; anything else, or a failure, falls back to hermes's default (the URL as text)."""
+        client = self.client
+        kind, target = self._route(chat_id)
+        msg_id = reply_to or self._last_msg.get(chat_id)
+        usable = (
+            client is not None
+            and kind in ("c2c", "group")
+            and urlsplit(image_url).scheme in ("http", "https")
+            and (msg_id is None or self._replies.get(msg_id, 0) < MAX_REPLIES_PER_MESSAGE)
+        )
+        if client is not None and usable:
+            path = f"/v2/{'users' if kind == 'c2c' else 'groups'}/{target}/files"
+            try:
+                upload = await client.api.request(
+                    "POST", path, {"file_type": 1, "url": image_url, "srv_send_msg": False}
+                )
+                file_info = upload.get("file_info") if isinstance(upload, dict) else None
+                if not isinstance(file_info, str) or not file_info:
+                    raise ValueError("the upload answered no file_info")
+                result = await _post(
+                    client,
+                    kind,
+                    target,
+                    caption or None,
+                    msg_type=7,
+                    media={"file_info": file_info},
+                    msg_id=msg_id,
+                )
+            except (APIError, APIConnectionError, ValueError) as exc:
+                _log.warning(
+                    "qqbot-gateway: native image to %s failed (%s): sent as text", kind, exc
+                )
+            else:
+                if msg_id is not None:
+                    self._count_reply(msg_id)
+                return SendResult(success=True, message_id=result.id)
+        fallback: SendResult = await super().send_image(
+            chat_id, image_url, caption=caption, reply_to=reply_to, metadata=metadata
+        )
+        return fallback
+
     async def send_typing(self, chat_id: str, metadata: Any = None) -> None:
         """QQ's "typing" notice (C2C only, answers the chat's last message), at most every 50 s."""
         del metadata
