@@ -220,7 +220,7 @@ async def _scenario(tmp: Path, chromium: str | None) -> Run:
                         await asyncio.sleep(0.1)
 
                 await until(lambda: doc_shows(zombie), 10 * INTERVAL, "the zombie in status.json")
-                await stage("zombie", browser, ZOMBIE, 5 * INTERVAL)
+                await stage("zombie", browser, ZOMBIE, 15 * INTERVAL)
 
                 sim.unblackhole()
 
@@ -229,7 +229,7 @@ async def _scenario(tmp: Path, chromium: str | None) -> Run:
                     return sh["condition"] == "live" and sh["incidents"][0]["recovered"]
 
                 await until(lambda: doc_shows(recovered), 20 * INTERVAL, "recovery")
-                await stage("recovered", browser, RECOVERED, 5 * INTERVAL)
+                await stage("recovered", browser, RECOVERED, 15 * INTERVAL)
                 if browser is not None:
                     run.checks["audit"] = await browser.evaluate(AUDIT)
                     await browser.viewport(390, 844, mobile=True)
