@@ -307,6 +307,23 @@ def test_inbound_mapping() -> None:
         _event("DIRECT_MESSAGE_CREATE", {"id": "d1", "guild_id": "77", "author": {"id": "9"}})
     )
     assert dm is not None and (dm.kind, dm.chat_id, dm.chat_type) == ("dms", "77", "dm")
+    quoting = hermes.inbound(
+        _event(
+            "C2C_MESSAGE_CREATE",
+            {
+                "id": "q1",
+                "author": {"user_openid": "U"},
+                "content": "and this?",
+                "message_type": 103,
+                "msg_elements": [
+                    {"content": "the quoted words", "attachments": [{"content_type": "voice"}]}
+                ],
+            },
+        )
+    )
+    assert quoting is not None
+    assert quoting.quote == "the quoted words"
+    assert quoting.attachments == ({"content_type": "voice"},)
     assert hermes.inbound(_event("READY", {"session_id": "x"})) is None
     assert hermes.inbound(_event("C2C_MESSAGE_CREATE", {"author": {"id": "u"}})) is None
     assert hermes.inbound(_event("C2C_MESSAGE_CREATE", "not a dict")) is None
@@ -495,3 +512,22 @@ async def test_hermes_gateway_run_end_to_end(sim: Simulator, tmp_path: Path) -> 
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_images_go_out_as_native_qq_media(sim: Simulator, tmp_path: Path) -> None:
+    async with started(sim, tmp_path) as (adapter, watch):
+        await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(1))
+        await poll_until(lambda: sim.messages, 10, "the echo")
+        url = "https://images.example/cat.png"
+        result = await adapter.send_image("MUSER00001", url, caption="a cat", reply_to="M00001")
+        assert result.success
+        upload, message = sim.messages[-2:]
+        assert (upload.kind, upload.body["url"], upload.body["file_type"]) == ("c2c_file", url, 1)
+        assert message.kind == "c2c" and message.body["msg_type"] == 7
+        assert message.body["media"] == {"file_info": upload.id}
+        assert (message.msg_id, message.msg_seq) == ("M00001", 2)  # passive, after the echo
+        # A guild channel has no such upload: hermes's default (the URL as text) applies.
+        await adapter.send_image("channel:42", url, caption="a cat")
+        assert sim.messages[-1].kind == "channel"
+        assert url in sim.messages[-1].body["content"]
+        assert watch.received

@@ -322,6 +322,8 @@ class Inbound:
     msg_id: str
     timestamp: datetime
     attachments: tuple[dict[str, Any], ...]
+    #: Text of the message this one quotes (QQ's ``message_type`` 103, ``msg_elements``).
+    quote: str = ""
 
 
 def _str(value: Any) -> str | None:
@@ -365,7 +367,18 @@ def inbound(event: GatewayEvent) -> Inbound | None:
     if chat_id is None or user_id is None or msg_id is None:
         return None
     raw_attachments = d.get("attachments")
-    listed = raw_attachments if isinstance(raw_attachments, list) else []
+    listed = list(raw_attachments) if isinstance(raw_attachments, list) else []
+    quoted: list[str] = []
+    elements = d.get("msg_elements")
+    if str(d.get("message_type")) == "103" and isinstance(elements, list):
+        for element in elements:
+            if not isinstance(element, dict):
+                continue
+            said = element.get("content")
+            if isinstance(said, str) and said.strip():
+                quoted.append(said.strip())
+            if isinstance(element.get("attachments"), list):
+                listed += element["attachments"]  # a quoted image or voice counts too
     attachments = tuple(a for a in listed if isinstance(a, dict))
     return Inbound(
         kind=kind,
@@ -378,6 +391,7 @@ def inbound(event: GatewayEvent) -> Inbound | None:
         msg_id=msg_id,
         timestamp=_timestamp(d.get("timestamp")),
         attachments=attachments,
+        quote=" ".join(quoted),
     )
 
 
@@ -616,6 +630,8 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
             return
         self._remember(msg.chat_id, msg.kind, msg.msg_id)
         text = msg.text
+        if msg.quote:
+            text = "\n\n".join(x for x in (f"[Quoted message]:\n{msg.quote}", text) if x)
         media: list[str] = []
         media_types: list[str] = []
         if msg.attachments:
@@ -837,6 +853,56 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         self._replies[msg_id] = self._replies.pop(msg_id, 0) + 1
         while len(self._replies) > _MAX_ROUTES:
             self._replies.popitem(last=False)
+
+    async def send_image(
+        self,
+        chat_id: str,
+        image_url: str,
+        caption: str | None = None,
+        reply_to: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> SendResult:
+        """A native QQ image (upload by URL, then a msg_type 7 passive reply) to a C2C user or a
+        group; anything else, or a failure, falls back to hermes's default (the URL as text)."""
+        client = self.client
+        kind, target = self._route(chat_id)
+        msg_id = reply_to or self._last_msg.get(chat_id)
+        usable = (
+            client is not None
+            and kind in ("c2c", "group")
+            and urlsplit(image_url).scheme in ("http", "https")
+            and (msg_id is None or self._replies.get(msg_id, 0) < MAX_REPLIES_PER_MESSAGE)
+        )
+        if client is not None and usable:
+            path = f"/v2/{'users' if kind == 'c2c' else 'groups'}/{target}/files"
+            try:
+                upload = await client.api.request(
+                    "POST", path, {"file_type": 1, "url": image_url, "srv_send_msg": False}
+                )
+                file_info = upload.get("file_info") if isinstance(upload, dict) else None
+                if not isinstance(file_info, str) or not file_info:
+                    raise ValueError("the upload answered no file_info")
+                result = await _post(
+                    client,
+                    kind,
+                    target,
+                    caption or None,
+                    msg_type=7,
+                    media={"file_info": file_info},
+                    msg_id=msg_id,
+                )
+            except (APIError, APIConnectionError, ValueError) as exc:
+                _log.warning(
+                    "qqbot-gateway: native image to %s failed (%s): sent as text", kind, exc
+                )
+            else:
+                if msg_id is not None:
+                    self._count_reply(msg_id)
+                return SendResult(success=True, message_id=result.id)
+        fallback: SendResult = await super().send_image(
+            chat_id, image_url, caption=caption, reply_to=reply_to, metadata=metadata
+        )
+        return fallback
 
     async def send_typing(self, chat_id: str, metadata: Any = None) -> None:
         """QQ's "typing" notice (C2C only, answers the chat's last message), at most every 50 s."""
