@@ -146,6 +146,8 @@ class FloodServer:
             frame = json.loads(msg.data)
             if frame.get("op") == 1:
                 await ws.send_str('{"op":11}')
+            elif frame.get("op") == 6:  # a stored session resumed: refused, identify afresh
+                await ws.send_str(json.dumps({"op": 9, "d": False}))
             elif frame.get("op") == 2:
                 shard = (frame["d"].get("shard") or [0, 1])[0]
                 ready = {
@@ -366,6 +368,8 @@ def _trial(
                 "QQBOT_SHARD_COUNT": str(shards),
                 "QQBOT_HTTP_ADDR": "127.0.0.1:0",
                 "QQBOT_INTENTS": "GROUP_AND_C2C_EVENT",
+                # No session store: every trial identifies afresh (and leaves no state file).
+                "QQBOT_STATE_DIR": "off",
             }
             for name in [k for k in env if k.startswith("OTEL_")]:
                 del env[name]
