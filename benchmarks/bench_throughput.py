@@ -12,9 +12,9 @@ Receivers:
 * ``run``: ``qqbot-gateway run`` itself (``python -m qqbot_gateway run --handler ...``) with
   default settings: metrics, health, logs, and tracing as shipped.
 * ``notrace``: the same wiring with ``TelemetryConfig(tracing=False)``.
-* ``traced``: ``qqbot-gateway run`` with a trace exporter configured
-  (``OTEL_TRACES_EXPORTER=console``, output discarded): 10 % of events sampled (the default),
-  spans batched and serialized in the SDK's export thread.
+* ``traced``: ``qqbot-gateway run`` with a trace exporter configured: OTLP over HTTP
+  (protobuf) to the flood server, which accepts and drops the spans; 10 % of events sampled
+  (the default), spans batched, encoded and posted by the SDK's export thread.
 * ``off``: the library alone, no telemetry attached (no subscribers).
 * ``botpy``: qq-botpy 1.2.1, ``on_c2c_message_create`` (its endpoints redirected to the flood
   server the way ``tests/test_botpy_interop.py`` does).
@@ -123,7 +123,12 @@ class FloodServer:
         app.router.add_get("/gateway", self._gateway_bot)
         app.router.add_get("/users/@me", self._me)
         app.router.add_get("/ws", self._ws)
+        app.router.add_post("/v1/traces", self._traces)
         return app
+
+    async def _traces(self, request: web.Request) -> web.Response:
+        await request.read()  # an OTLP collector that keeps nothing
+        return web.Response(body=b"", content_type="application/x-protobuf")
 
     async def _token(self, request: web.Request) -> web.Response:
         return _json({"access_token": "bench-token", "expires_in": "7200"})
@@ -374,7 +379,8 @@ def _trial(
             for name in [k for k in env if k.startswith("OTEL_")]:
                 del env[name]
             if kind == "traced":
-                env["OTEL_TRACES_EXPORTER"] = "console"
+                env["OTEL_TRACES_EXPORTER"] = "otlp"
+                env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{port}/v1/traces"
             if kind in ("run", "traced"):
                 argv = [
                     "-m",
