@@ -13,8 +13,9 @@ Receivers:
   default settings: metrics, health, logs, and tracing as shipped.
 * ``notrace``: the same wiring with ``TelemetryConfig(tracing=False)``.
 * ``traced``: ``qqbot-gateway run`` with a trace exporter configured: OTLP over HTTP
-  (protobuf) to the flood server, which accepts and drops the spans; 10 % of events sampled
-  (the default), spans batched, encoded and posted by the SDK's export thread.
+  (protobuf) to the flood server, which accepts and drops the spans; events sampled at the
+  default 1 %, spans batched, encoded and posted by the SDK's export thread.
+* ``traced10``: the same at ``QQBOT_TRACE_SAMPLE_RATIO=0.1``.
 * ``off``: the library alone, no telemetry attached (no subscribers).
 * ``botpy``: qq-botpy 1.2.1, ``on_c2c_message_create`` (its endpoints redirected to the flood
   server the way ``tests/test_botpy_interop.py`` does).
@@ -59,11 +60,12 @@ from aiohttp import web
 APP_ID = "1024"
 SECRET = "bench-secret"
 QQ_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
-RECEIVERS = ("run", "notrace", "traced", "off", "botpy", "bare")
+RECEIVERS = ("run", "notrace", "traced", "traced10", "off", "botpy", "bare")
 LABELS = {
     "run": "`qqbot-gateway run` defaults",
     "notrace": "the same, tracing off",
-    "traced": "the same, a trace exporter configured (10 % sampled)",
+    "traced": "the same, a trace exporter configured (1 % sampled, the default)",
+    "traced10": "the same, a trace exporter configured (10 % sampled)",
     "off": "telemetry off (no subscribers)",
     "botpy": "qq-botpy 1.2.1, `on_c2c_message_create`",
     "bare": "bare aiohttp `receive()` + `json.loads`",
@@ -378,10 +380,12 @@ def _trial(
             }
             for name in [k for k in env if k.startswith("OTEL_")]:
                 del env[name]
-            if kind == "traced":
+            if kind.startswith("traced"):
+                if kind == "traced10":
+                    env["QQBOT_TRACE_SAMPLE_RATIO"] = "0.1"
                 env["OTEL_TRACES_EXPORTER"] = "otlp"
                 env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{port}/v1/traces"
-            if kind in ("run", "traced"):
+            if kind in ("run", "traced", "traced10"):
                 argv = [
                     "-m",
                     "qqbot_gateway",

@@ -83,7 +83,7 @@ __all__ = ["TelemetryConfigError", "Tracing", "exporters_from_env"]
 DEFAULT_MAX_PENDING: Final = 4096
 
 #: Default share of dispatched events traced when an exporter is configured.
-DEFAULT_SAMPLE_RATIO: Final = 0.1
+DEFAULT_SAMPLE_RATIO: Final = 0.01
 #: Handlers running this long (seconds) are traced even when their event was sampled out.
 DEFAULT_SLOW_HANDLER: Final = 1.0
 #: Span attribute naming why a span was kept: always / ratio / replay / error / slow.
