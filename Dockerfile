@@ -8,12 +8,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     QQBOT_HTTP_ADDR=0.0.0.0:8080 \
-    QQBOT_LOG_FORMAT=json
+    QQBOT_LOG_FORMAT=json \
+    QQBOT_STATE_DIR=/var/lib/qqbot-gateway
 
 # An unprivileged user with a fixed uid/gid, matching runAsUser in deploy/kubernetes.
 RUN groupadd --system --gid 10001 qqbot \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-      --shell /usr/sbin/nologin qqbot
+      --shell /usr/sbin/nologin qqbot \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/qqbot-gateway
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -24,6 +26,9 @@ RUN pip install ".[webhook]" \
 
 WORKDIR /
 USER 10001:10001
+# The session store (see QQBOT_STATE_DIR): mount a volume here so that a new container resumes
+# the session the previous one left.
+VOLUME ["/var/lib/qqbot-gateway"]
 EXPOSE 8080
 # The webhook receiver (QQBOT_TRANSPORT=webhook, QQBOT_WEBHOOK_ADDR): never the side port.
 EXPOSE 8443

@@ -3,7 +3,11 @@
 * ``run``: the production service. Settings from ``QQBOT_*`` variables and/or ``--config``
   (see :mod:`qqbot_gateway.config`), handlers from ``--handler module:function``, the side
   server on ``QQBOT_HTTP_ADDR``. SIGTERM/SIGINT: ``/readyz`` turns 503 at once, the gateway
-  closes, handlers drain for ``QQBOT_DRAIN_TIMEOUT``, exit 0; a second signal exits at once.
+  closes with 4000 (the session stays resumable), handlers drain for ``QQBOT_DRAIN_TIMEOUT``,
+  the final checkpoint is written to the session store (``QQBOT_STATE_DIR``), exit 0; the next
+  ``run`` resumes the session. ``--end-session`` closes with 1000 instead and deletes the
+  stored state. A second signal exits at once. A shard whose state another process holds:
+  exit 2 naming that pid (or wait, ``QQBOT_STATE_LOCK=wait``).
 * ``demo``: everything against the embedded simulator with injected faults (see
   :mod:`qqbot_gateway.demo`).
 * ``simulate``: the simulator alone, for a ``run`` in another terminal.
@@ -103,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write every event as one JSON line to stdout (logs go to stderr)",
     )
+    run.add_argument(
+        "--end-session",
+        action="store_true",
+        help="at shutdown end the gateway session (close 1000) and delete its stored state, "
+        "instead of keeping it for the next start to resume",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -160,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--app-id", default="1024", help="the AppID bots must present")
     sim.add_argument("--event-rate", type=float, default=1.0, help="events/s per session")
     sim.add_argument("--shards", type=int, default=1, help="recommended shard count")
+    sim.add_argument(
+        "--resume-window",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="seconds a session dropped without a 1000/1001 close stays resumable (default 300)",
+    )
     sim.add_argument("--seed", type=int, default=None)
     sim.add_argument(
         "--webhook-url",
@@ -314,12 +331,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.print_events:
         handlers.append(print_event)
     _configure_logging(settings)
-    return asyncio.run(_run_service(settings, handlers))
+    return asyncio.run(_run_service(settings, handlers, end_session=args.end_session))
 
 
-async def _run_service(settings: Settings, handlers: list[Handler]) -> int:
+async def _run_service(
+    settings: Settings, handlers: list[Handler], *, end_session: bool = False
+) -> int:
     from qqbot_gateway.adapter.client import QQBotClient
     from qqbot_gateway.adapter.errors import AuthError, InvalidCredentialsError
+    from qqbot_gateway.adapter.store import StoreError, StoreLockedError
     from qqbot_gateway.telemetry import Telemetry, TelemetryConfigError
 
     loop = asyncio.get_running_loop()
@@ -362,6 +382,19 @@ async def _run_service(settings: Settings, handlers: list[Handler]) -> int:
             ) from None
         try:
             await client.start()
+        except StoreLockedError as exc:
+            holder = f"pid {exc.holder_pid}" if exc.holder_pid is not None else "another process"
+            raise CommandError(
+                f"{holder} already runs this shard ({exc}); stop it first, or set "
+                "QQBOT_STATE_LOCK=wait to wait for it",
+                EXIT_CONFIG,
+            ) from None
+        except StoreError as exc:
+            raise CommandError(
+                f"session store: {exc} ({settings.source('state_dir')}; a writable directory, "
+                "or off)",
+                EXIT_CONFIG,
+            ) from None
         except InvalidCredentialsError as exc:
             raise CommandError(
                 f"{exc}; check {settings.source('app_id')} and the client secret",
@@ -405,9 +438,12 @@ async def _run_service(settings: Settings, handlers: list[Handler]) -> int:
         if not stop.is_set():
             return _every_shard_stopped(client)
         _log.info(
-            "received %s: readiness is now 503; closing the gateway, draining handlers "
+            "received %s: readiness is now 503; closing the gateway (%s), draining handlers "
             "for up to %gs",
             received[0],
+            "ending the session"
+            if end_session or settings.state_dir is None
+            else "session kept for the next start",
             settings.drain_timeout,
         )
         return EXIT_OK
@@ -415,7 +451,7 @@ async def _run_service(settings: Settings, handlers: list[Handler]) -> int:
         telemetry.begin_shutdown()
         try:
             async with asyncio.timeout(settings.drain_timeout + _CLOSE_MARGIN):
-                await client.close(drain_timeout=settings.drain_timeout)
+                await client.close(drain_timeout=settings.drain_timeout, end_session=end_session)
         except TimeoutError:
             _log.warning("shutdown: the client did not close in time; exiting anyway")
         if receiver is not None:
@@ -541,6 +577,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             event_rate=args.event_rate,
             shards=args.shards,
             seed=args.seed,
+            resume_window=args.resume_window,
         )
     except ValueError as exc:
         raise ConfigError(f"simulate: {exc}") from None
@@ -704,7 +741,8 @@ async def _check(settings: Settings, timeout: float) -> int:
 
     shard = cfg.shards[0]
     url = settings.gateway_url or info.url
-    client = QQBotClient(replace(cfg, shard_ids=(shard,), gateway_url=url))
+    # No session store: check ends its own session and must not contend with a running service.
+    client = QQBotClient(replace(cfg, shard_ids=(shard,), gateway_url=url, state_dir=None))
     outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     interval: list[float] = []
 

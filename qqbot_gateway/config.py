@@ -20,6 +20,12 @@ The names are a public contract (Kubernetes manifests and operators' scripts use
     QQBOT_WS_PING_INTERVAL       WebSocket ping interval in seconds, 0 disables (30)
     QQBOT_HANDLER_QUEUE_SIZE     bounded handler queue per shard              (1000)
     QQBOT_DRAIN_TIMEOUT          seconds handlers get to finish at shutdown   (10)
+    QQBOT_STATE_DIR              session store directory, "off" disables it
+                                 (default $XDG_STATE_HOME/qqbot-gateway, i.e.
+                                 ~/.local/state/qqbot-gateway when XDG_STATE_HOME is unset)
+    QQBOT_SESSION_MAX_AGE        seconds a stored session is worth resuming   (300)
+    QQBOT_STATE_LOCK             fail | wait: another process owns the shard  (default fail)
+    QQBOT_CHECKPOINT_INTERVAL    seconds between checkpoint writes (batching) (0.1)
     QQBOT_TRANSPORT              websocket | webhook                          (default websocket)
     QQBOT_WEBHOOK_ADDR           callback receiver host:port, never the side port (0.0.0.0:8443)
     QQBOT_WEBHOOK_PATH           the callback path                        (default /qqbot/callback)
@@ -73,6 +79,7 @@ __all__ = [
     "SETTING_NAMES",
     "ConfigError",
     "Settings",
+    "default_state_dir",
     "load_settings",
 ]
 
@@ -98,6 +105,10 @@ SETTING_NAMES: Final[tuple[str, ...]] = (
     "ws_ping_interval",
     "handler_queue_size",
     "drain_timeout",
+    "state_dir",
+    "session_max_age",
+    "state_lock",
+    "checkpoint_interval",
     "transport",
     "webhook_addr",
     "webhook_path",
@@ -167,6 +178,12 @@ class Settings:
     ws_ping_interval: float | None = 30.0
     handler_queue_size: int = 1000
     drain_timeout: float = 10.0
+    #: Session store directory; None when ``QQBOT_STATE_DIR=off``. :func:`load_settings`
+    #: fills in the default (:func:`default_state_dir`).
+    state_dir: str | None = None
+    session_max_age: float = 300.0
+    state_lock: str = "fail"
+    checkpoint_interval: float = 0.1
     transport: str = "websocket"
     webhook_addr: tuple[str, int] = ("0.0.0.0", 8443)  # noqa: S104 - the platform must reach it
     webhook_path: str = _DEFAULT_WEBHOOK_PATH
@@ -221,6 +238,10 @@ class Settings:
             liveness=LivenessConfig(ack_miss_limit=self.ack_miss_limit),
             transport=TransportConfig(ws_ping_interval=self.ws_ping_interval),
             handler_queue_size=self.handler_queue_size,
+            state_dir=self.state_dir,
+            session_max_age=self.session_max_age,
+            state_lock=self.state_lock,
+            checkpoint_interval=self.checkpoint_interval,
             mode=self.transport,
             webhook=WebhookConfig(
                 host=self.webhook_addr[0],
@@ -477,6 +498,32 @@ def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[Any],
     return parse
 
 
+def _state_dir(raw: Any) -> str | None:
+    text = _text(raw).strip()
+    if not text:
+        raise ValueError("expected a directory or off, got nothing")
+    if text.lower() == "off":
+        return None
+    return str(Path(text).expanduser())
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> str:
+    """``$XDG_STATE_HOME/qqbot-gateway``, else ``~/.local/state/qqbot-gateway``.
+
+    The XDG state directory, not the working directory: a session belongs to the bot (app id
+    and shard), not to the directory a process happens to start in, so two processes of one bot
+    on one machine must find the same state (and the same lock) wherever they were started; the
+    XDG spec defines the state directory as data that should persist between restarts of an
+    application. Containers set ``QQBOT_STATE_DIR`` to a mounted volume.
+    """
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_STATE_HOME", "").strip()
+    if xdg and Path(xdg).is_absolute():
+        return str(Path(xdg) / "qqbot-gateway")
+    home = env.get("HOME", "").strip() or str(Path.home())
+    return str(Path(home) / ".local" / "state" / "qqbot-gateway")
+
+
 _PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "app_id": _app_id,
     "intents": _intents,
@@ -494,6 +541,10 @@ _PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "ws_ping_interval": _seconds_or_zero,
     "handler_queue_size": _positive_int,
     "drain_timeout": _non_negative_seconds,
+    "state_dir": _state_dir,
+    "session_max_age": _positive_seconds,
+    "state_lock": _choice(("fail", "wait")),
+    "checkpoint_interval": _non_negative_seconds,
     "transport": _choice(_TRANSPORTS),
     "webhook_addr": _webhook_addr,
     "webhook_path": _webhook_path,
@@ -659,6 +710,10 @@ def load_settings(
         ws_ping_interval=values["ws_ping_interval"] if "ws_ping_interval" in values else 30.0,
         handler_queue_size=values.get("handler_queue_size", 1000),
         drain_timeout=values.get("drain_timeout", 10.0),
+        state_dir=values["state_dir"] if "state_dir" in values else default_state_dir(env),
+        session_max_age=values.get("session_max_age", 300.0),
+        state_lock=values.get("state_lock", "fail"),
+        checkpoint_interval=values.get("checkpoint_interval", 0.1),
         transport=transport,
         webhook_addr=webhook_addr,
         webhook_path=values.get("webhook_path", _DEFAULT_WEBHOOK_PATH),

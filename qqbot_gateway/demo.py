@@ -8,7 +8,12 @@ demo injects, one after the other:
 * **blackhole**: the gateway goes silent without closing (the silent death);
 * **op 7**: the gateway asks for a reconnect;
 * **stopped ACKs**: heartbeats are received, never acknowledged;
-* **server close 4009**: the gateway closes the connection (session expired, resumable).
+* **server close 4009**: the gateway closes the connection (session expired, resumable);
+* **process restart**: the adapter is stopped mid-stream as an orchestrator stops it (SIGTERM:
+  readiness 503, close 4000, drain, final checkpoint to the session store) and, one interval
+  later, a brand-new client and side server start from the session store and resume the
+  session: the events sent while no adapter was connected are replayed. (SIGKILL restarts are
+  measured by ``tests/test_restart_resume.py``, see docs/session-store.md.)
 
 For each it measures how long detection took (injection to ``Disconnected``), how long recovery
 took (injection to ``SessionResumed`` / ``SessionReady``), and compares the events the simulator
@@ -25,6 +30,7 @@ import contextlib
 import logging
 import secrets
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -93,7 +99,12 @@ def _min_slot(interval: float) -> float:
 
 def minimum_duration(interval: float) -> float:
     """The shortest ``--duration`` the fault schedule fits in at this interval."""
-    return _STARTUP_BUDGET + _lead_in(interval) + 4 * _min_slot(interval) + _tail(interval)
+    return (
+        _STARTUP_BUDGET
+        + _lead_in(interval)
+        + len(_faults()) * _min_slot(interval)
+        + _tail(interval)
+    )
 
 
 @dataclass(slots=True)
@@ -151,7 +162,7 @@ class _Fault:
         self,
         name: str,
         description: str,
-        inject: Callable[[Simulator], Awaitable[int]],
+        inject: Callable[[Simulator], Awaitable[int]] | None,
         on_detected: Callable[[Simulator], None] | None = None,
         on_recovered: Callable[[Simulator], None] | None = None,
     ) -> None:
@@ -201,6 +212,8 @@ def _faults() -> list[_Fault]:
             on_detected=lambda sim: sim.resume_acks(),
         ),
         _Fault("server close 4009", "the gateway closes: session timed out", _close_4009),
+        # Injected by the demo itself (it replaces its client): see _Demo._restart.
+        _Fault("process restart", "the adapter is stopped and a new one started", None),
     ]
 
 
@@ -244,7 +257,10 @@ class _Demo:
         self.total_emitted = self.total_delivered = self.total_lost = self.total_duplicated = 0
         self.live: Live | None = None
         self.telemetry: Telemetry | None = None
+        self.client: QQBotClient | None = None
         self.sim: Simulator | None = None
+        #: The session store of the demo's adapters (a temporary directory per run).
+        self.state_dir = ""
         interactive = opts.interactive
         if interactive is None:
             interactive = bool(getattr(out, "isatty", lambda: False)())
@@ -451,19 +467,12 @@ class _Demo:
             )
         )
         self.sim = sim
+        self.secret = secret
         await sim.start("127.0.0.1", 0)
-        client: QQBotClient | None = None
-        telemetry: Telemetry | None = None
+        state = tempfile.TemporaryDirectory(prefix="qqbot-demo-state-")
+        self.state_dir = state.name
         try:
-            client = QQBotClient(self._client_config(sim, secret))
-            client.add_handler(self.handler)
-            client.events.subscribe(self.observe)
-            telemetry = Telemetry(
-                TelemetryConfig(http_host="127.0.0.1", http_port=opts.http_port),
-            )
-            telemetry.attach(client)
-            await telemetry.start()
-            self.telemetry = telemetry
+            client, telemetry = await self._start_adapter(opts.http_port)
             url = telemetry.http_url
             self.say(f"simulated QQ gateway: {sim.base_url} (heartbeat interval {interval:g}s)")
             self.say(f"status:    {url}/   (a live page: open it in a browser)")
@@ -487,16 +496,51 @@ class _Demo:
                 await self._schedule(sim)
         finally:
             self.phase = "stopping"
-            if telemetry is not None:
-                telemetry.begin_shutdown()
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.close(drain_timeout=2.0)
-            if telemetry is not None:
-                with contextlib.suppress(Exception):
-                    await telemetry.stop()
+            # The demo is over: end the session (close 1000), nothing is left for a next run.
+            await self._stop_adapter(end_session=True)
             await sim.stop()
+            state.cleanup()
         return self.summarize()
+
+    async def _start_adapter(self, http_port: int) -> tuple[QQBotClient, Telemetry]:
+        """A client and its side server, as one ``qqbot-gateway run`` process has them."""
+        assert self.sim is not None
+        client = QQBotClient(self._client_config(self.sim, self.secret))
+        client.add_handler(self.handler)
+        client.events.subscribe(self.observe)
+        telemetry = Telemetry(TelemetryConfig(http_host="127.0.0.1", http_port=http_port))
+        telemetry.attach(client)
+        self.client, self.telemetry = client, telemetry
+        await telemetry.start()
+        return client, telemetry
+
+    async def _stop_adapter(self, *, end_session: bool) -> None:
+        client, telemetry = self.client, self.telemetry
+        if telemetry is not None:
+            telemetry.begin_shutdown()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close(drain_timeout=2.0, end_session=end_session)
+        if telemetry is not None:
+            with contextlib.suppress(Exception):
+                await telemetry.stop()
+
+    async def _restart(self, result: FaultResult) -> int:
+        """The "process restart" fault: stop the adapter as SIGTERM does (the session is kept
+        in the store), leave the gateway without a client for one interval, start a new one."""
+        telemetry = self.telemetry
+        port = telemetry.server.port if telemetry and telemetry.server else None
+        await self._stop_adapter(end_session=False)
+        result.detected_at = self.loop.time()
+        result.detect_reason = "stopped (session kept)"
+        after = result.detected_at - (result.injected_at or result.detected_at)
+        self.say(f"adapter stopped in {after:.2f}s; the session is in the store")
+        self.detected.set()
+        await asyncio.sleep(self.interval)  # events keep coming while no adapter is connected
+        self.say("starting a new adapter from the session store")
+        client, _ = await self._start_adapter(port or 0)
+        await client.start()
+        return 1
 
     def _client_config(self, sim: Simulator, secret: str) -> ClientConfig:
         interval = self.interval
@@ -512,6 +556,7 @@ class _Demo:
                 handshake_timeout_min=max(2.0, 3 * interval),
             ),
             transport=TransportConfig(connect_timeout=5.0, close_timeout=0.5, send_timeout=2.0),
+            state_dir=self.state_dir,
             # Backoff scaled like everything else (production: 1 s base, 60 s cap).
             reconnect=ReconnectPolicy(
                 backoff_base=0.25 * interval,
@@ -598,7 +643,7 @@ class _Demo:
         self.current = (fault, result)
         self.say(f"injecting fault: {fault.name} ({fault.description})")
         try:
-            count = await fault.inject(sim)
+            count = await (self._restart(result) if fault.inject is None else fault.inject(sim))
         except Exception as exc:  # noqa: BLE001 - reported in the summary, the demo goes on
             result.injected_at = None
             result.note = f"injection failed: {exc}"

@@ -28,6 +28,8 @@ PLUGIN = "qqbot-gateway"
 def hermes_home(path: Path, config: dict[str, Any], env: dict[str, str]) -> Iterator[Path]:
     """``HERMES_HOME=path`` with ``config.yaml`` and extra environment, restored afterwards."""
     path.mkdir(parents=True, exist_ok=True)
+    # The gateway's session store lives in this hermes home: no test resumes another's session.
+    env = {"QQBOT_STATE_DIR": str(path / "qqbot-state"), **env}
     (path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     saved = {k: os.environ.get(k) for k in (*env, "HERMES_HOME")}
     os.environ.update(env)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -41,9 +43,16 @@ async def slow_handler(event: Any) -> None:
     await asyncio.sleep(0.3)
 
 
+#: Session state of the subprocesses: a fresh directory per environment, so that no test
+#: resumes (or contends for the lock of) a session another test left behind.
+_STATE_ROOT = tempfile.TemporaryDirectory(prefix="qqbot-test-state-")
+_state_dirs = itertools.count()
+
+
 def clean_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QQBOT_", "OTEL_"))}
     env["PYTHONUNBUFFERED"] = "1"
+    env["QQBOT_STATE_DIR"] = os.path.join(_STATE_ROOT.name, str(next(_state_dirs)))
     env.update(overrides)
     return env
 

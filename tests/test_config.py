@@ -277,6 +277,10 @@ def test_setting_names_match_the_contract() -> None:
         "QQBOT_WS_PING_INTERVAL",
         "QQBOT_HANDLER_QUEUE_SIZE",
         "QQBOT_DRAIN_TIMEOUT",
+        "QQBOT_STATE_DIR",
+        "QQBOT_SESSION_MAX_AGE",
+        "QQBOT_STATE_LOCK",
+        "QQBOT_CHECKPOINT_INTERVAL",
         "QQBOT_TRANSPORT",
         "QQBOT_WEBHOOK_ADDR",
         "QQBOT_WEBHOOK_PATH",
@@ -290,6 +294,35 @@ def test_setting_names_match_the_contract() -> None:
         "QQBOT_TRACE_SLOW_HANDLER",
         "QQBOT_STATUS_PAGE",
     }
+
+
+def test_session_store_settings() -> None:
+    # The default: the XDG state directory, else ~/.local/state.
+    s = load({"XDG_STATE_HOME": "/var/state", "HOME": "/home/bot"})
+    assert s.state_dir == "/var/state/qqbot-gateway"
+    s = load({"HOME": "/home/bot"})
+    assert s.state_dir == "/home/bot/.local/state/qqbot-gateway"
+    assert (s.session_max_age, s.state_lock, s.checkpoint_interval) == (300.0, "fail", 0.1)
+    cfg = s.client_config()
+    assert (cfg.state_dir, cfg.session_max_age, cfg.state_lock) == (s.state_dir, 300.0, "fail")
+    s = load({"QQBOT_STATE_DIR": "OFF"})
+    assert s.state_dir is None and s.client_config().state_dir is None
+    s = load(
+        {
+            "QQBOT_STATE_DIR": "/data",
+            "QQBOT_SESSION_MAX_AGE": "60",
+            "QQBOT_STATE_LOCK": "wait",
+            "QQBOT_CHECKPOINT_INTERVAL": "0",
+        }
+    )
+    assert (s.state_dir, s.session_max_age, s.state_lock, s.checkpoint_interval) == (
+        "/data",
+        60.0,
+        "wait",
+        0.0,
+    )
+    assert "QQBOT_STATE_LOCK: expected one of fail, wait" in error({"QQBOT_STATE_LOCK": "x"})
+    assert "QQBOT_SESSION_MAX_AGE" in error({"QQBOT_SESSION_MAX_AGE": "0"})
 
 
 def test_readme_documents_every_variable() -> None:

@@ -47,7 +47,7 @@ def test_demo_passes_non_interactive() -> None:
     for path in ("/healthz", "/readyz", "/metrics"):
         assert re.search(rf"http://127\.0\.0\.1:\d+{path}", out), path
     # Each fault was injected, detected and recovered from.
-    for fault in ("blackhole", "op 7", "stopped ACKs", "server close 4009"):
+    for fault in ("blackhole", "op 7", "stopped ACKs", "server close 4009", "process restart"):
         assert f"injecting fault: {fault}" in out
         row = next(line for line in out.splitlines() if line.startswith(f"│ {fault} "))
         assert row.rstrip().endswith("│ ok     │"), row
@@ -58,7 +58,11 @@ def test_demo_passes_non_interactive() -> None:
     emitted, delivered, lost, duplicated = map(int, totals.groups())
     assert emitted > 0 and delivered == emitted
     assert lost == 0 and duplicated == 0
-    assert "PASS: 4/4 faults detected, 4/4 recovered, 0 events lost, 0 duplicated" in out
+    # The adapter was replaced mid-stream and the new one resumed from the session store.
+    assert "starting a new adapter from the session store" in out
+    row = next(line for line in out.splitlines() if line.startswith("│ process restart "))
+    assert "resumed" in row, row
+    assert "PASS: 5/5 faults detected, 5/5 recovered, 0 events lost, 0 duplicated" in out
 
 
 async def test_demo_refuses_a_duration_that_cannot_fit() -> None:

@@ -37,6 +37,8 @@ ENV_NAMES = {
     "QQBOT_LOG_LEVEL",
     "QQBOT_API_BASE",
     "QQBOT_TOKEN_URL",
+    "QQBOT_DRAIN_TIMEOUT",
+    "QQBOT_STATE_DIR",
 }
 QQ_HEARTBEAT_INTERVAL = 41.25
 
@@ -173,6 +175,23 @@ def test_env_names_are_the_config_contract(container: dict[str, Any]) -> None:
     # The secret never appears as a literal env var.
     assert "QQBOT_CLIENT_SECRET" not in env
     assert "secretKeyRef" in env["QQBOT_APP_ID"]["valueFrom"]
+
+
+def test_session_state_survives_pod_restarts(
+    sts: dict[str, Any], container: dict[str, Any]
+) -> None:
+    env = _env(container)
+    state_dir = env["QQBOT_STATE_DIR"]["value"]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == state_dir)
+    assert not mount.get("readOnly", False)
+    # A claim per ordinal (not an emptyDir): it outlives the pod, so rolling updates resume.
+    volumes = {v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert mount["name"] not in volumes
+    claims = {c["metadata"]["name"]: c for c in sts["spec"]["volumeClaimTemplates"]}
+    assert claims[mount["name"]]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # The grace period covers the drain, the close (5 s) and the side server's stop (5 s).
+    grace = sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= float(env["QQBOT_DRAIN_TIMEOUT"]["value"]) + 10 + 5
 
 
 def test_client_secret_is_a_mounted_secret_file(
@@ -333,6 +352,9 @@ def test_dockerfile() -> None:
     assert first["EXPOSE"] == "8080"
     assert first["ENTRYPOINT"] == '["qqbot-gateway"]'
     assert first["CMD"] == '["run"]'
+    # The user has no home: the session store gets its own directory, owned by the user.
+    assert "QQBOT_STATE_DIR=/var/lib/qqbot-gateway" in text
+    assert "install -d -o 10001 -g 10001 -m 0700 /var/lib/qqbot-gateway" in text
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert {".git", ".venv", "tests"} <= set(ignored)
 

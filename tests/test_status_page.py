@@ -23,7 +23,12 @@ from qqbot_gateway.telemetry.history import (
     StatusHistory,
 )
 from qqbot_gateway.telemetry.logs import Redactor
-from qqbot_gateway.telemetry.status import CONTENT_SECURITY_POLICY, SCHEMA, StatusPage
+from qqbot_gateway.telemetry.status import (
+    CONTENT_SECURITY_POLICY,
+    DOCUMENT_REUSE,
+    SCHEMA,
+    StatusPage,
+)
 
 from .test_telemetry_support import CS, SECRET, FakeClient, FakeClock, Feeder
 
@@ -429,3 +434,25 @@ def test_ping_layer_state_from_the_session_when_the_adapter_reports_it(
     rig.f.disconnect(T0 + 5, "ping_timeout")
     layer = {x["name"]: x for x in rig.doc(T0 + 6)["shards"][0]["liveness_layers"]}["ws_ping"]
     assert layer["state"] == "idle" and not layer["armed"]
+
+
+async def test_requests_close_together_share_one_document() -> None:
+    rig = Rig()
+    rig.live(T0)
+    built = []
+    document = rig.page.document
+
+    def counted() -> dict[str, Any]:
+        built.append(rig.clock.now)
+        return document()
+
+    rig.page.document = counted  # type: ignore[method-assign]
+    request: Any = None  # the handler reads nothing from the request
+    rig.clock.now = T0 + 1
+    bodies = [(await rig.page._serve_document(request)).text for _ in range(5)]
+    rig.clock.now = T0 + 1 + DOCUMENT_REUSE / 2
+    bodies.append((await rig.page._serve_document(request)).text)
+    assert built == [T0 + 1] and len(set(bodies)) == 1
+    rig.clock.now = T0 + 1 + DOCUMENT_REUSE
+    later = (await rig.page._serve_document(request)).text
+    assert built == [T0 + 1, T0 + 1 + DOCUMENT_REUSE] and later != bodies[0]

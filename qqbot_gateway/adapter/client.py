@@ -15,6 +15,13 @@
 
 Lifecycle events (``qqbot_gateway.adapter.events``) are published on ``client.events``.
 
+**Across processes.** With ``ClientConfig(state_dir=...)`` (the service's default, see
+``QQBOT_STATE_DIR``) each shard keeps its session in a store (:mod:`.store`, :mod:`.checkpoint`):
+``start()`` takes the shard's lock, and resumes a stored session younger than
+``session_max_age``; ``close()`` keeps the session resumable (close code 4000, handlers drained,
+final checkpoint) unless ``close(end_session=True)`` ends it (close 1000, state deleted). Another
+backend plugs in through ``QQBotClient(config, store_factory=...)``.
+
 With ``mode="webhook"`` the client opens no WebSocket: QQ posts signed callbacks instead, and
 ``client.webhook`` (a :class:`~.webhook.WebhookIntake`) turns each request into the same events
 for the same handlers. Serve it with :class:`qqbot_gateway.telemetry.webhook.WebhookReceiver`
@@ -36,11 +43,13 @@ import aiohttp
 from . import events as ev
 from .api import OpenAPIClient
 from .auth import TokenManager
+from .checkpoint import DEFAULT_INTERVAL, Checkpointer
 from .connection import TransportConfig, make_socket_factory
 from .context import ShardContext
 from .dispatch import Dispatcher, Handler, HandlerContext
-from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, Intents, parse_intents
+from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, GatewayEvent, Intents, parse_intents
 from .session import GatewaySession, LivenessConfig
+from .store import FileSessionStore, SessionStore, StoreError, StoreLockedError, age_of
 from .supervisor import ReconnectPolicy, ShardStatus, ShardSupervisor
 from .webhook import WebhookConfig, WebhookIntake, WebhookKey
 
@@ -55,6 +64,16 @@ MODES = ("websocket", "webhook")
 
 #: QQ's session start window: at most ``max_concurrency`` identifies per this many seconds.
 _SESSION_START_WINDOW = 5.0
+#: While waiting for another process's lock on a shard's state, try again this often.
+_LOCK_POLL = 0.5
+#: Default bound on the age of a stored session worth resuming (``QQBOT_SESSION_MAX_AGE``):
+#: 300 s covers every restart path the store exists for (a SIGTERM restart or a rolling update
+#: takes seconds; a crash loop's back-off is capped at 300 s by the kubelet). The platform
+#: documents no resume window (PROTOCOL.md), so trying a stale session costs one op 9 round
+#: trip and a WARNING, while skipping a live one would lose its backlog: the bound only avoids
+#: pointless attempts, which is why it is not tighter.
+DEFAULT_SESSION_MAX_AGE = 300.0
+StoreFactory = Callable[[int], SessionStore]
 #: Event types whose handler lists are cached (a gateway inventing types cannot grow it).
 _MAX_CACHED_TYPES = 256
 
@@ -105,6 +124,15 @@ class ClientConfig:
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     handler_queue_size: int = 1000
     request_timeout: float = 10.0
+    #: Session store directory (one file and one lock per shard); None: no store, sessions end
+    #: with the process (the library default; the service defaults to a directory).
+    state_dir: str | None = None
+    #: A stored session older than this (seconds) is not resumed.
+    session_max_age: float = DEFAULT_SESSION_MAX_AGE
+    #: Another live process holds a shard's state: ``"fail"`` (StoreLockedError) or ``"wait"``.
+    state_lock: str = "fail"
+    #: Checkpoint batch window in seconds (see :mod:`.checkpoint`).
+    checkpoint_interval: float = DEFAULT_INTERVAL
     #: "websocket" (the gateway session) or "webhook" (signed HTTP callbacks; one logical
     #: shard 0: the platform shards nothing for callbacks).
     mode: str = "websocket"
@@ -129,6 +157,10 @@ class ClientConfig:
             raise ValueError("shard_ids contains duplicates")
         if self.handler_queue_size < 1:
             raise ValueError("handler_queue_size must be >= 1")
+        if self.session_max_age <= 0 or self.checkpoint_interval < 0:
+            raise ValueError("session_max_age must be > 0 and checkpoint_interval >= 0")
+        if self.state_lock not in ("fail", "wait"):
+            raise ValueError("state_lock must be 'fail' or 'wait'")
 
     @property
     def shards(self) -> tuple[int, ...]:
@@ -136,22 +168,44 @@ class ClientConfig:
 
 
 class _Shard:
-    __slots__ = ("dispatcher", "session", "supervisor")
+    __slots__ = ("checkpointer", "dispatcher", "session", "supervisor")
 
     def __init__(
-        self, session: GatewaySession, supervisor: ShardSupervisor, dispatcher: Dispatcher
+        self,
+        session: GatewaySession,
+        supervisor: ShardSupervisor,
+        dispatcher: Dispatcher,
+        checkpointer: Checkpointer | None,
     ) -> None:
         self.session = session
         self.supervisor = supervisor
         self.dispatcher = dispatcher
+        self.checkpointer = checkpointer
 
 
 class QQBotClient:
     """Runs the configured shards; see the module docstring."""
 
-    def __init__(self, config: ClientConfig, *, bus: ev.EventBus | None = None) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        bus: ev.EventBus | None = None,
+        store_factory: StoreFactory | None = None,
+    ) -> None:
         self.config = config
         self.events = bus or ev.EventBus()
+        state_dir = config.state_dir
+        if config.mode != "websocket":
+            store_factory = None  # callbacks have no gateway session to keep
+        elif store_factory is None and state_dir is not None:
+
+            def file_store(shard: int) -> SessionStore:
+                return FileSessionStore(state_dir, config.app_id, shard)
+
+            store_factory = file_store
+        self._store_factory = store_factory
+        self._stores: dict[int, SessionStore] = {}
         self._handlers: dict[str, list[Handler]] = {}
         self._handler_cache: dict[str, list[Handler]] = {}
         self._shards: dict[int, _Shard] = {}
@@ -220,6 +274,11 @@ class QQBotClient:
         return self._shards[shard].dispatcher.depth
 
     @property
+    def has_session_store(self) -> bool:
+        """True if the shards keep their sessions in a store (see the module docstring)."""
+        return self._store_factory is not None
+
+    @property
     def supervisors(self) -> dict[int, ShardSupervisor]:
         return {sid: shard.supervisor for sid, shard in self._shards.items()}
 
@@ -232,6 +291,13 @@ class QQBotClient:
         if cfg.mode == "webhook":
             # First: a missing ``cryptography`` fails here, before any connection is opened.
             self._webhook_key = WebhookKey(cfg.client_secret.get())
+        # Owning the shards' state fails fast too, before any network traffic.
+        try:
+            await self._acquire_stores()
+        except BaseException:
+            self._release_stores()
+            self._closed.set()
+            raise
         timeout = aiohttp.ClientTimeout(total=cfg.request_timeout)
         self._http = aiohttp.ClientSession(timeout=timeout)
         # The gateway gets its own connector: sockets with keepalive and TCP_USER_TIMEOUT.
@@ -263,6 +329,7 @@ class QQBotClient:
             return
         for shard_id in cfg.shards:
             self._shards[shard_id] = self._make_shard(shard_id)
+            self._restore(self._shards[shard_id])
         self._starter = asyncio.create_task(self._start_shards(), name="qqbot shard starter")
 
     async def _start_shards(self) -> None:
@@ -281,7 +348,90 @@ class QQBotClient:
             if index and index % concurrency == 0:
                 await asyncio.sleep(_SESSION_START_WINDOW)
             shard.dispatcher.start()
+            if shard.checkpointer is not None:
+                shard.checkpointer.start()
             shard.supervisor.start()
+
+    # --- the session store ---------------------------------------------------------------
+    async def _acquire_stores(self) -> None:
+        if self._store_factory is None:
+            return
+        for shard_id in self.config.shards:
+            store = self._store_factory(shard_id)
+            waiting_logged = False
+            while True:
+                try:
+                    await asyncio.to_thread(store.acquire)
+                    break
+                except StoreLockedError as exc:
+                    if self.config.state_lock != "wait":
+                        raise
+                    if not waiting_logged:
+                        _log.warning("shard %d: %s; waiting for it to exit", shard_id, exc)
+                        waiting_logged = True
+                await asyncio.sleep(_LOCK_POLL)
+            self._stores[shard_id] = store
+
+    def _release_stores(self) -> None:
+        for store in self._stores.values():
+            with contextlib.suppress(Exception):
+                store.close()
+        self._stores.clear()
+
+    def _restore(self, shard: _Shard) -> None:
+        """Adopt the session a previous process stored for this shard, if it is usable."""
+        store, ckpt = self._stores.get(shard.session.shard_id), shard.checkpointer
+        if store is None or ckpt is None:
+            return
+        sid, cfg = shard.session.shard_id, self.config
+
+        def unusable(why: str, outcome: str = "unusable") -> None:
+            _log.warning(
+                "shard %d: not resuming the stored session: %s; identifying afresh", sid, why
+            )
+            self.events.emit(
+                ev.RestartResume(
+                    shard=sid,
+                    monotonic=asyncio.get_running_loop().time(),
+                    outcome=outcome,
+                    detail=why,
+                )
+            )
+
+        try:
+            state = store.load()
+        except StoreError as exc:
+            unusable(str(exc))
+            return
+        if state is None:
+            return
+        if state.app_id != cfg.app_id:
+            unusable(f"{store.location} belongs to app id {state.app_id!r}, not this bot")
+            return
+        if (state.shard_id, state.shard_count) != (sid, cfg.shard_count):
+            unusable(
+                f"{store.location} is for shard {state.shard_id} of {state.shard_count}, "
+                f"this process runs shard {sid} of {cfg.shard_count}"
+            )
+            return
+        age = age_of(state)
+        if age > cfg.session_max_age:
+            unusable(
+                f"it was saved {age:.0f}s ago (max age {cfg.session_max_age:g}s, "
+                "QQBOT_SESSION_MAX_AGE); events sent since may be missed",
+                "too_old",
+            )
+            return
+        shard.session.restore(state.session_id, state.seq, state.event_ids)
+        ckpt.restore(state)
+        shard.supervisor.expect_restored(state.session_id, state.seq, age)
+        _log.info(
+            "shard %d: resuming session %s at seq %d (saved %.1fs ago)",
+            sid,
+            state.session_id,
+            state.seq,
+            age,
+        )
 
     def _start_webhook(self, key: WebhookKey) -> None:
         cfg = self.config
@@ -321,13 +471,32 @@ class QQBotClient:
             stats=self.stats[shard_id],
         )
         assert self._ws_http is not None and self._tokens is not None
+        checkpointer: Checkpointer | None = None
+        store = self._stores.get(shard_id)
+        if store is not None:
+            checkpointer = Checkpointer(
+                store,
+                app_id=cfg.app_id,
+                shard_id=shard_id,
+                shard_count=cfg.shard_count,
+                bus=self.events,
+                interval=cfg.checkpoint_interval,
+                live=lambda: supervisor.state is ev.ConnectionState.READY,
+                current_session=lambda: session.session_id,
+            )
+
+        def deliver(event: GatewayEvent) -> None:
+            if checkpointer is not None:
+                checkpointer.accepted(event)
+            dispatcher.put(event)
+
         supervisor = ShardSupervisor(
             session,
             tokens=self._tokens,
             gateway_url=self._gateway_url,
             ws_http=self._ws_http,
             bus=self.events,
-            deliver=lambda event: dispatcher.put(event),
+            deliver=deliver,
             transport=cfg.transport,
             policy=cfg.reconnect,
             wait_for_drain=lambda: dispatcher.wait_for_drain(),
@@ -339,8 +508,9 @@ class QQBotClient:
             capacity=cfg.handler_queue_size,
             log_context=supervisor.log_context,
             around_event=lambda: self.handler_context,
+            on_handled=checkpointer.handled if checkpointer is not None else None,
         )
-        return _Shard(session, supervisor, dispatcher)
+        return _Shard(session, supervisor, dispatcher, checkpointer)
 
     async def _gateway_url(self) -> str:
         if self.config.gateway_url is not None:
@@ -349,8 +519,13 @@ class QQBotClient:
         info = await self.api.get_gateway_bot(retries=0)
         return info.url
 
-    async def close(self, drain_timeout: float = 5.0) -> None:
-        """Stop every shard (WebSocket closed cleanly), let handlers drain, release sockets."""
+    async def close(self, drain_timeout: float = 5.0, *, end_session: bool = False) -> None:
+        """Stop every shard, let handlers drain, write the final checkpoints, release sockets.
+
+        With a session store the WebSocket closes with 4000 and the session stays resumable
+        for the next process; ``end_session=True`` (or no store) closes with 1000, which ends
+        the session, and deletes the stored state.
+        """
         if self._closing:
             await self._closed.wait()
             return
@@ -360,8 +535,9 @@ class QQBotClient:
                 self._starter.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._starter
+            keep = not end_session and bool(self._stores)
             await asyncio.gather(
-                *(shard.supervisor.stop() for shard in self._shards.values()),
+                *(s.supervisor.stop(end_session=not keep) for s in self._shards.values()),
                 return_exceptions=True,
             )
             if self.webhook is not None:
@@ -373,6 +549,15 @@ class QQBotClient:
                 *(dispatcher.close(drain_timeout) for dispatcher in dispatchers),
                 return_exceptions=True,
             )
+            await asyncio.gather(
+                *(
+                    s.checkpointer.close(end_session=end_session)
+                    for s in self._shards.values()
+                    if s.checkpointer is not None
+                ),
+                return_exceptions=True,
+            )
+            self._release_stores()
             if self._tokens is not None:
                 await self._tokens.close()
             for http in (self._ws_http, self._http):

@@ -228,7 +228,11 @@ class GatewayConnection:
                 msg = await ws.receive()
                 now = self._loop.time()
                 if msg.type is aiohttp.WSMsgType.TEXT:
-                    await self._run_actions(self._session.receive_text(msg.data, now))
+                    actions = self._session.receive_text(msg.data, now)
+                    if len(actions) == 1 and type(actions[0]) is Deliver:
+                        self._deliver(actions[0].event)  # a dispatch: no coroutine for it
+                    else:
+                        await self._run_actions(actions)
                 elif msg.type is aiohttp.WSMsgType.BINARY:
                     await self._run_actions(self._session.receive(msg.data, now))
                 elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):

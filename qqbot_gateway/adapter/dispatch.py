@@ -9,6 +9,9 @@ half. The server then replays what we refused: nothing is lost, and memory stays
 Handlers run one event at a time per shard, in sequence order. An exception in a handler is
 logged and counted (:class:`~.events.HandlerFailed`) and never reaches the session.
 
+``on_handled`` is told about every event whose handlers have all returned or raised (the
+checkpoint watermark, :mod:`~.checkpoint`); an event cut short by a shutdown is not handled.
+
 The queue depth and each handler's duration are kept in the shard's
 :class:`~.events.ShardStats`; ``HandlerQueueDepth`` and ``HandlerCompleted`` events are built
 only when someone subscribed to them.
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -38,6 +42,41 @@ Handler = Callable[[GatewayEvent], Awaitable[Any] | Any]
 HandlerContext = Callable[[GatewayEvent], AbstractContextManager[Any]]
 
 
+class _EventQueue:
+    """The handler queue: one producer (the reader), one consumer (the handler task).
+
+    ``asyncio.Queue`` does more per item than this needs (task accounting, putter wake-ups for
+    a bound we enforce ourselves): a deque and one waiter future cost a third as much.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[GatewayEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: GatewayEvent) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> GatewayEvent:
+        while not self._items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -48,6 +87,7 @@ class Dispatcher:
         capacity: int = 1000,
         log_context: ShardContext | None = None,
         around_event: Callable[[], HandlerContext | None] = lambda: None,
+        on_handled: Callable[[GatewayEvent], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("handler queue capacity must be >= 1")
@@ -55,7 +95,7 @@ class Dispatcher:
         self._bus = bus
         self._handlers = handlers
         self.capacity = capacity
-        self._queue: asyncio.Queue[GatewayEvent] = asyncio.Queue()
+        self._queue = _EventQueue()
         self._drained = asyncio.Event()
         self._drained.set()
         self._loop = asyncio.get_running_loop()
@@ -63,6 +103,7 @@ class Dispatcher:
         self._busy = False
         self._log_context = log_context
         self._around_event = around_event
+        self._on_handled = on_handled
         self._stats = session.stats
         self._interest = bus.interest(session.shard_id)
 
@@ -136,6 +177,8 @@ class Dispatcher:
                 else:
                     with around(event):
                         await self._handle(event)
+                if self._on_handled is not None:
+                    self._on_handled(event)
             finally:
                 self._busy = False
                 depth = self._queue.qsize()

@@ -19,6 +19,7 @@ Events (grouped)::
     delivery     EventDispatched, DuplicateDropped, HandlerQueueDepth, HandlerFailed,
                  HandlerCompleted
     auth         TokenRefreshed, TokenRefreshFailed
+    store        CheckpointWritten, CheckpointFailed, RestartResume
     webhook      WebhookRequest, WebhookListening, WebhookStopped
 
 Per-event facts cost nothing unless someone listens. Four kinds happen for every frame or
@@ -47,6 +48,8 @@ from typing import Any, Final, TypeVar
 __all__ = [
     "HANDLER_SECONDS_BUCKETS",
     "PER_EVENT",
+    "CheckpointFailed",
+    "CheckpointWritten",
     "ConnectAttempt",
     "Connected",
     "ConnectionState",
@@ -67,6 +70,7 @@ __all__ = [
     "ProtocolViolation",
     "ReconnectLoopDetected",
     "ReconnectScheduled",
+    "RestartResume",
     "ResumeSent",
     "SessionReady",
     "SessionResumed",
@@ -265,6 +269,33 @@ class TokenRefreshFailed(LifecycleEvent):
     error: str
     code: int | None
     retry_in: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointWritten(LifecycleEvent):
+    """The session store holds the shard's state up to ``seq`` (durably)."""
+
+    seq: int
+    duration: float  # seconds the write took (in a worker thread)
+    lag: int  # events handled since the snapshot was taken (not yet durable)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointFailed(LifecycleEvent):
+    error: str  # names the file or backend, never a secret
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartResume(LifecycleEvent):
+    """What became of the session a previous process left in the store.
+
+    ``outcome``: ``resumed`` (Resume accepted), ``refused`` (op 9 or a refused resume: a new
+    session; events sent while no process was connected may be missed), ``too_old`` (older than
+    the max age: not tried), ``unusable`` (missing fields, corrupt, another app id or shard
+    count: not tried)."""
+
+    outcome: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

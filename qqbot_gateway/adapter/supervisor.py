@@ -164,6 +164,7 @@ class ShardSupervisor:
         self._fatal_message: str | None = None
         self._last_reason: str | None = None
         self._url: str | None = None
+        self._restored: tuple[str, int, float] | None = None
         #: Shared with every task of this shard for log lines (see ``context``).
         self.log_context = ShardContext(self.shard)
         # Only this shard's events, only the kinds it acts on: with many shards in a process,
@@ -204,13 +205,25 @@ class ShardSupervisor:
             raise RuntimeError("supervisor already started")
         self._task = asyncio.create_task(self._run(), name=f"qqbot supervisor shard {self.shard}")
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Close the connection cleanly (1000: the session ends) and stop. Bounded."""
+    def expect_restored(self, session_id: str, seq: int, age: float) -> None:
+        """The session was restored from the store: report whether the platform took it back
+        (a :class:`~.events.RestartResume` and a log line once READY or RESUMED arrives)."""
+        self._restored = (session_id, seq, age)
+
+    async def stop(self, timeout: float = 5.0, *, end_session: bool = True) -> None:
+        """Close the connection and stop. Bounded.
+
+        ``end_session``: close with 1000, which ends the session on the platform. Otherwise
+        close with our resumable code (4000) so that the next process can resume it.
+        """
         self._stopping = True
         self._wake.set()
         conn = self._conn
         if conn is not None:
-            conn.request_close("shutdown", "client shutting down", code=1000)
+            if end_session:
+                conn.request_close("shutdown", "client shutting down", code=1000)
+            else:
+                conn.request_close("shutdown", "client restarting; session kept for resume")
         task = self._task
         if task is not None and not task.done():
             try:
@@ -423,6 +436,7 @@ class ShardSupervisor:
     # --- events and state ----------------------------------------------------------------
     def _on_event(self, event: ev.LifecycleEvent) -> None:
         if isinstance(event, ev.SessionReady | ev.SessionResumed):
+            self._report_restored(event)
             self._last_ready_at = event.monotonic
             self.log_context.session_id = event.session_id
             self._set_state(ev.ConnectionState.READY)
@@ -445,6 +459,41 @@ class ShardSupervisor:
                 event.idle_for,
                 event.heartbeat_interval,
             )
+
+    def _report_restored(self, event: ev.SessionReady | ev.SessionResumed) -> None:
+        restored, self._restored = self._restored, None
+        if restored is None:
+            return
+        session_id, seq, age = restored
+        if isinstance(event, ev.SessionResumed):
+            outcome = "resumed"
+            detail = f"session {session_id} resumed from seq {seq}"
+            _log.info(
+                "shard %d: resumed the session a previous process left (seq %d, saved %.1fs "
+                "before this start); %d events replayed",
+                self.shard,
+                seq,
+                age,
+                event.replayed,
+            )
+        else:
+            outcome = "refused"
+            detail = f"session {session_id} could not be resumed; new session {event.session_id}"
+            _log.warning(
+                "shard %d: the stored session %s (seq %d, saved %.1fs before this start) could "
+                "not be resumed; identified as a new session: events sent after seq %d while no "
+                "process was connected may be missed (the gap is unknown)",
+                self.shard,
+                session_id,
+                seq,
+                age,
+                seq,
+            )
+        self._emit(
+            ev.RestartResume(
+                shard=self.shard, monotonic=event.monotonic, outcome=outcome, detail=detail
+            )
+        )
 
     def _set_state(self, new: ev.ConnectionState) -> None:
         old = self._state

@@ -37,6 +37,7 @@ from .metrics import GatewayMetrics, Verdict
 from .otel import DEFAULT_SAMPLE_RATIO, DEFAULT_SLOW_HANDLER, Tracing, exporters_from_env
 from .server import SideServer
 from .status import StatusPage
+from .store_metrics import StoreMetrics
 
 __all__ = ["Telemetry", "TelemetryConfig"]
 
@@ -117,6 +118,7 @@ class Telemetry:
             verdict=self._verdict,
             dispatch_exemplar=self._dispatch_exemplar,
         )
+        self.store_metrics = StoreMetrics(self.registry, clock=self.clock)
         self.lifecycle_log = LifecycleLogger()
         #: The status page's bounded history (a subscriber like the others).
         self.history = StatusHistory(sanitize=redactor().text)
@@ -170,6 +172,8 @@ class Telemetry:
                 transport=mode,
             )
             self.health.add_shard(shard, stats.get(shard))
+            if getattr(client, "has_session_store", False):
+                self.store_metrics.register_shard(shard)
         subscribers: list[Callable[[ev.LifecycleEvent], None]] = []
         if self.tracing_enabled:
             self.tracing = Tracing(
@@ -184,7 +188,12 @@ class Telemetry:
             )
             subscribers.append(self.tracing.observe)  # first: metrics read its exemplars
             client.handler_context = self.tracing.handler_context
-        subscribers += [self.metrics.observe, self.health.observe, self.lifecycle_log.observe]
+        subscribers += [
+            self.metrics.observe,
+            self.store_metrics.observe,
+            self.health.observe,
+            self.lifecycle_log.observe,
+        ]
         if self.config.status_page:
             self.history.add_shards(cfg.shards, self._now())
             for shard, shard_stats in stats.items():

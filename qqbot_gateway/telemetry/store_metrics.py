@@ -1,0 +1,137 @@
+"""Prometheus collectors for the session store (checkpoints, resumes after a restart).
+
+Kept apart from :mod:`.metrics` (the per-frame hot path) because these change at most a few
+times a second per shard. Fed by the adapter's lifecycle events ``CheckpointWritten``,
+``CheckpointFailed`` and ``RestartResume``; shards are registered only when the client runs
+with a session store, so a process without one exports no misleading checkpoint age.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from qqbot_gateway.adapter import events as ev
+
+from ._clock import Clock
+
+__all__ = ["RESTART_RESUME_OUTCOMES", "StoreMetrics"]
+
+_PREFIX: Final = "qqbot_gateway"
+#: Every outcome of :class:`~qqbot_gateway.adapter.events.RestartResume`.
+RESTART_RESUME_OUTCOMES: Final = ("resumed", "refused", "too_old", "unusable")
+
+
+@dataclass(slots=True)
+class _Shard:
+    label: str
+    started_at: float
+    last_write_at: float | None = None
+
+
+class StoreMetrics:
+    """``observe(event)`` is the lifecycle subscriber; ``register_shard`` creates children."""
+
+    def __init__(self, registry: CollectorRegistry, *, clock: Clock | None = None) -> None:
+        self.clock = clock or Clock()
+        self._shards: dict[int, _Shard] = {}
+        n, r = _PREFIX, registry
+        self.writes = Counter(
+            f"{n}_checkpoint_writes_total",
+            "Session checkpoints written durably to the store.",
+            ("shard",),
+            registry=r,
+        )
+        self.failures = Counter(
+            f"{n}_checkpoint_failures_total",
+            "Session checkpoint writes that failed (retried with the next batch).",
+            ("shard",),
+            registry=r,
+        )
+        self.seq = Gauge(
+            f"{n}_checkpoint_seq",
+            "The durable handled-sequence watermark: every event up to it is handled and saved.",
+            ("shard",),
+            registry=r,
+        )
+        self.lag = Gauge(
+            f"{n}_checkpoint_lag_events",
+            "Events handled while the last checkpoint was being written (not yet durable).",
+            ("shard",),
+            registry=r,
+        )
+        self.restart_resumes = Counter(
+            f"{n}_restart_resumes_total",
+            "What became of the session a previous process stored, by outcome.",
+            ("shard", "outcome"),
+            registry=r,
+        )
+        registry.register(_AgeCollector(self))
+
+    def register_shard(self, shard: int, *, now: float | None = None) -> None:
+        if shard in self._shards:
+            return
+        label = str(shard)
+        started = self.clock.monotonic() if now is None else now
+        self._shards[shard] = _Shard(label=label, started_at=started)
+        self.writes.labels(label)
+        self.failures.labels(label)
+        self.seq.labels(label)
+        self.lag.labels(label)
+        for outcome in RESTART_RESUME_OUTCOMES:
+            self.restart_resumes.labels(label, outcome)
+
+    def observe(self, event: ev.LifecycleEvent) -> None:
+        kind = type(event)
+        if kind is not ev.CheckpointWritten and kind is not ev.CheckpointFailed:
+            if kind is not ev.RestartResume:
+                return
+        if event.shard is None:
+            return
+        s = self._shards.get(event.shard)
+        if s is None:
+            return
+        if isinstance(event, ev.CheckpointWritten):
+            s.last_write_at = event.monotonic
+            self.writes.labels(s.label).inc()
+            self.seq.labels(s.label).set(event.seq)
+            self.lag.labels(s.label).set(event.lag)
+        elif isinstance(event, ev.CheckpointFailed):
+            self.failures.labels(s.label).inc()
+        elif isinstance(event, ev.RestartResume):
+            outcome = event.outcome if event.outcome in RESTART_RESUME_OUTCOMES else "unusable"
+            self.restart_resumes.labels(s.label, outcome).inc()
+
+    def ages(self) -> Iterable[tuple[str, float]]:
+        now = self.clock.monotonic()
+        for s in self._shards.values():
+            since = s.started_at if s.last_write_at is None else s.last_write_at
+            yield s.label, max(0.0, now - since)
+
+
+class _AgeCollector(Collector):
+    def __init__(self, metrics: StoreMetrics) -> None:
+        self._m = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        for label, age in self._m.ages():
+            family.add_metric([label], age)
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            f"{_PREFIX}_checkpoint_age_seconds",
+            "Seconds since the last durable checkpoint, computed at scrape (since the shard "
+            "started before the first).",
+            labels=["shard"],
+        )

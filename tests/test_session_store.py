@@ -1,0 +1,340 @@
+"""The session store, the handled-seq watermark and the checkpointer, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from qqbot_gateway.adapter import events as ev
+from qqbot_gateway.adapter.checkpoint import Checkpointer, Watermark
+from qqbot_gateway.adapter.client import ClientConfig, QQBotClient, Secret
+from qqbot_gateway.adapter.protocol import GatewayEvent
+from qqbot_gateway.adapter.session import GatewaySession
+from qqbot_gateway.adapter.store import (
+    FileSessionStore,
+    StoredSession,
+    StoreError,
+    StoreLockedError,
+)
+from qqbot_gateway.simulator import Simulator, SimulatorConfig
+
+STATE = StoredSession(
+    app_id="1024",
+    shard_id=0,
+    shard_count=1,
+    session_id="s-1",
+    seq=42,
+    event_ids=("a", "b"),
+    written_at=1.0e9,
+)
+
+
+# --- the file store -------------------------------------------------------------------------
+
+
+def test_round_trip_is_atomic_and_private(tmp_path: Path) -> None:
+    store = FileSessionStore(tmp_path, "1024", 0)
+    assert store.load() is None  # nothing yet: not an error
+    store.acquire()
+    store.save(STATE)
+    assert store.load() == STATE
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in store.directory.iterdir()) == ["shard-0.json", "shard-0.lock"]
+    store.save(replace(STATE, seq=43))
+    assert store.load() == replace(STATE, seq=43)
+    store.clear()
+    assert store.load() is None
+    store.close()
+    store.close()  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty"),
+        (b'{"format": "qqbot-gateway-session/1", "app_id": "1', "not valid JSON"),
+        (b"\x00\xff garbage", "not valid JSON"),
+        (b'{"format": "other/2"}', "not a qqbot-gateway-session/1 file"),
+        (b'["a list"]', "not a qqbot-gateway-session/1 file"),
+        (
+            json.dumps({**json.loads(STATE.to_json()), "seq": "42"}).encode(),
+            "wrong type",
+        ),
+        (
+            json.dumps({**json.loads(STATE.to_json()), "shard": [0]}).encode(),
+            "wrong type",
+        ),
+        (
+            json.dumps({**json.loads(STATE.to_json()), "session_id": ""}).encode(),
+            "wrong type",
+        ),
+    ],
+)
+def test_unreadable_state_is_a_store_error_naming_the_file(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    store = FileSessionStore(tmp_path, "1024", 0)
+    store.directory.mkdir(parents=True)
+    store.path.write_bytes(content)
+    with pytest.raises(StoreError) as info:
+        store.load()
+    assert str(store.path) in str(info.value) and reason in str(info.value)
+
+
+def test_a_stray_temporary_file_is_ignored_and_replaced(tmp_path: Path) -> None:
+    store = FileSessionStore(tmp_path, "1024", 0)
+    store.acquire()
+    store.save(STATE)
+    temp = store.directory / ".shard-0.json.tmp"
+    temp.write_bytes(b'{"half a wri')  # a crash in the middle of a write
+    assert store.load() == STATE
+    store.save(replace(STATE, seq=50))
+    assert not temp.exists() and store.load() == replace(STATE, seq=50)
+    store.close()
+
+
+def test_one_owner_per_shard(tmp_path: Path) -> None:
+    first = FileSessionStore(tmp_path, "1024", 0)
+    first.acquire()
+    second = FileSessionStore(tmp_path, "1024", 0)
+    with pytest.raises(StoreLockedError) as info:
+        second.acquire()
+    assert info.value.holder_pid == os.getpid()
+    assert f"pid {os.getpid()}" in str(info.value)
+    # Another shard or another app is independent.
+    FileSessionStore(tmp_path, "1024", 1).acquire()
+    FileSessionStore(tmp_path, "2048", 0).acquire()
+    first.close()  # the kernel lock goes with the descriptor
+    second.acquire()
+    second.close()
+
+
+def test_an_unusable_directory_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="cannot create"):
+        FileSessionStore(blocker, "1024", 0).acquire()
+
+
+def test_app_id_cannot_escape_the_directory(tmp_path: Path) -> None:
+    store = FileSessionStore(tmp_path, "../../etc", 0)
+    assert store.directory.parent == tmp_path
+
+
+# --- the watermark --------------------------------------------------------------------------
+
+
+def test_watermark_moves_only_over_a_done_prefix() -> None:
+    wm = Watermark("s", 10)
+    for seq in (11, 12, 13):
+        wm.accepted("s", seq)
+    wm.done("s", 12)
+    assert (wm.session_id, wm.seq) == ("s", 10)  # 11 is still in flight
+    wm.done("s", 11)
+    assert wm.seq == 12
+    wm.skipped("s", 14)  # a duplicate behind 13: waits for 13
+    assert wm.seq == 12
+    wm.done("s", 13)
+    assert wm.seq == 14 and wm.in_flight == 0
+
+
+def test_watermark_follows_a_new_session_in_stream_order() -> None:
+    wm = Watermark("old", 5)
+    wm.accepted("old", 6)
+    wm.accepted("new", 1)
+    wm.done("new", 1)
+    assert (wm.session_id, wm.seq) == ("old", 5)
+    wm.done("old", 6)
+    assert (wm.session_id, wm.seq) == ("new", 1)
+
+
+# --- the checkpointer -----------------------------------------------------------------------
+
+
+class MemoryStore:
+    """A SessionStore in memory that can be told to fail."""
+
+    location = "memory"
+
+    def __init__(self) -> None:
+        self.saved: list[StoredSession] = []
+        self.cleared = False
+        self.closed = False
+        self.fail = False
+
+    def acquire(self) -> None:
+        pass
+
+    def load(self) -> StoredSession | None:
+        return self.saved[-1] if self.saved else None
+
+    def save(self, state: StoredSession) -> None:
+        if self.fail:
+            raise StoreError("memory: disk full")
+        time.sleep(0.002)
+        self.saved.append(state)
+
+    def clear(self) -> None:
+        self.cleared = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def event(seq: int, session: str = "s-1") -> GatewayEvent:
+    return GatewayEvent(
+        type="C2C_MESSAGE_CREATE",
+        data={},
+        seq=seq,
+        event_id=f"id-{seq}",
+        shard=0,
+        session_id=session,
+        replayed=False,
+    )
+
+
+def checkpointer(store: MemoryStore, bus: ev.EventBus, **kw: float) -> Checkpointer:
+    return Checkpointer(
+        store,
+        app_id="1024",
+        shard_id=0,
+        shard_count=1,
+        bus=bus,
+        current_session=lambda: "s-1",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_writes_are_batched_and_follow_the_handlers() -> None:
+    store, bus = MemoryStore(), ev.EventBus()
+    written: list[ev.CheckpointWritten] = []
+    bus.subscribe_to(ev.CheckpointWritten, written.append)
+    ckpt = checkpointer(store, bus, interval=0.05)
+    ckpt.start()
+    for seq in range(1, 201):
+        ckpt.accepted(event(seq))
+    for seq in range(1, 101):
+        ckpt.handled(event(seq))
+        if seq % 10 == 0:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.2)
+    assert store.saved and store.saved[-1].seq == 100  # never past the handled prefix
+    assert len(store.saved) < 20, "batched, not one write per event"
+    assert store.saved[-1].event_ids[-1] == "id-100"
+    assert written[-1].seq == 100 and ckpt.lag == 0
+    for seq in range(101, 201):
+        ckpt.handled(event(seq))
+    await ckpt.close()
+    assert store.saved[-1].seq == 200 and store.closed and not store.cleared
+
+
+async def test_duplicates_past_the_stream_count_as_done() -> None:
+    store, bus = MemoryStore(), ev.EventBus()
+    ckpt = checkpointer(store, bus)
+    ckpt.restore(replace(STATE, session_id="s-1", seq=10))
+    ckpt.accepted(event(11))
+    ckpt.handled(event(11))
+    # The platform replays 12, whose id the previous process handled: dropped, yet done.
+    bus.emit(ev.DuplicateDropped(shard=0, monotonic=0.0, event_type="X", seq=12, event_id="id-12"))
+    # A replayed copy of 11 (already tracked) must not count twice.
+    bus.emit(ev.DuplicateDropped(shard=0, monotonic=0.0, event_type="X", seq=11, event_id="id-11"))
+    ckpt.accepted(event(13))
+    assert ckpt.watermark.seq == 12
+    await ckpt.close()
+    assert store.saved[-1].seq == 12
+
+
+async def test_a_failed_write_is_reported_and_retried() -> None:
+    store, bus = MemoryStore(), ev.EventBus()
+    failures: list[ev.CheckpointFailed] = []
+    bus.subscribe_to(ev.CheckpointFailed, failures.append)
+    store.fail = True
+    ckpt = checkpointer(store, bus, interval=0.01)
+    ckpt.start()
+    ckpt.accepted(event(1))
+    ckpt.handled(event(1))
+    await asyncio.sleep(0.1)
+    assert failures and "disk full" in failures[0].error
+    assert len(failures) == 1, "retried after a pause, not in a loop"
+    store.fail = False
+    written = asyncio.Event()
+    bus.subscribe_to(ev.CheckpointWritten, lambda _: written.set())
+    async with asyncio.timeout(5):
+        await written.wait()
+    assert store.saved[-1].seq == 1
+    await ckpt.close(end_session=True)
+    assert store.cleared and store.closed
+
+
+# --- the client: what it does with a stored session -----------------------------------------
+
+
+async def run_client(
+    tmp_path: Path, sim: Simulator, *, max_age: float = 300.0
+) -> tuple[list[ev.RestartResume], bool]:
+    config = ClientConfig(
+        app_id=sim.config.app_id,
+        client_secret=Secret(sim.config.client_secret),
+        api_base=sim.base_url,
+        token_url=sim.token_url,
+        gateway_url=sim.ws_url,
+        state_dir=str(tmp_path),
+        session_max_age=max_age,
+    )
+    client = QQBotClient(config)
+    outcomes: list[ev.RestartResume] = []
+    client.events.subscribe_to(ev.RestartResume, outcomes.append)
+    ready = asyncio.Event()
+    client.events.subscribe_to(ev.SessionReady, lambda _: ready.set())
+    await client.start()
+    try:
+        async with asyncio.timeout(20):
+            await ready.wait()
+    finally:
+        await client.close()
+    return outcomes, client.has_session_store
+
+
+@pytest.mark.parametrize(
+    ("state", "outcome", "why"),
+    [
+        (replace(STATE, shard_count=2), "unusable", "shard 0 of 2"),
+        (replace(STATE, app_id="999"), "unusable", "app id '999'"),
+        (replace(STATE, written_at=time.time() - 600), "too_old", "max age 300s"),
+    ],
+)
+async def test_a_stored_session_that_does_not_fit_is_not_resumed(
+    tmp_path: Path,
+    state: StoredSession,
+    outcome: str,
+    why: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FileSessionStore(tmp_path, "1024", 0)
+    store.acquire()
+    store.save(state)
+    store.close()
+    config = SimulatorConfig(app_id="1024", heartbeat_interval_ms=1000)
+    async with Simulator(config) as sim:
+        outcomes, has_store = await run_client(tmp_path, sim)
+        assert not sim.resumes and len(sim.identifies) == 1
+    assert has_store
+    assert [o.outcome for o in outcomes] == [outcome]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(why in w and "identifying afresh" in w for w in warnings), warnings
+    # The new session replaced the unusable state.
+    assert FileSessionStore(tmp_path, "1024", 0).load() is not None
+
+
+def test_session_restore_seeds_the_dedupe_window() -> None:
+    session = GatewaySession(intents=1, dedupe_window=3)
+    session.restore("s-1", 7, ["a", "b", "c", "d"])
+    assert session.can_resume and session.seq == 7
+    assert list(session._recent_ids) == ["b", "c", "d"]
