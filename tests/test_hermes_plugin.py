@@ -307,6 +307,23 @@ def test_inbound_mapping() -> None:
         _event("DIRECT_MESSAGE_CREATE", {"id": "d1", "guild_id": "77", "author": {"id": "9"}})
     )
     assert dm is not None and (dm.kind, dm.chat_id, dm.chat_type) == ("dms", "77", "dm")
+    quoting = hermes.inbound(
+        _event(
+            "C2C_MESSAGE_CREATE",
+            {
+                "id": "q1",
+                "author": {"user_openid": "U"},
+                "content": "and this?",
+                "message_type": 103,
+                "msg_elements": [
+                    {"content": "the quoted words", "attachments": [{"content_type": "voice"}]}
+                ],
+            },
+        )
+    )
+    assert quoting is not None
+    assert quoting.quote == "the quoted words"
+    assert quoting.attachments == ({"content_type": "voice"},)
     assert hermes.inbound(_event("READY", {"session_id": "x"})) is None
     assert hermes.inbound(_event("C2C_MESSAGE_CREATE", {"author": {"id": "u"}})) is None
     assert hermes.inbound(_event("C2C_MESSAGE_CREATE", "not a dict")) is None

@@ -322,6 +322,8 @@ class Inbound:
     msg_id: str
     timestamp: datetime
     attachments: tuple[dict[str, Any], ...]
+    #: Text of the message this one quotes (QQ's ``message_type`` 103, ``msg_elements``).
+    quote: str = ""
 
 
 def _str(value: Any) -> str | None:
@@ -365,7 +367,18 @@ def inbound(event: GatewayEvent) -> Inbound | None:
     if chat_id is None or user_id is None or msg_id is None:
         return None
     raw_attachments = d.get("attachments")
-    listed = raw_attachments if isinstance(raw_attachments, list) else []
+    listed = list(raw_attachments) if isinstance(raw_attachments, list) else []
+    quoted: list[str] = []
+    elements = d.get("msg_elements")
+    if str(d.get("message_type")) == "103" and isinstance(elements, list):
+        for element in elements:
+            if not isinstance(element, dict):
+                continue
+            said = element.get("content")
+            if isinstance(said, str) and said.strip():
+                quoted.append(said.strip())
+            if isinstance(element.get("attachments"), list):
+                listed += element["attachments"]  # a quoted image or voice counts too
     attachments = tuple(a for a in listed if isinstance(a, dict))
     return Inbound(
         kind=kind,
@@ -378,6 +391,7 @@ def inbound(event: GatewayEvent) -> Inbound | None:
         msg_id=msg_id,
         timestamp=_timestamp(d.get("timestamp")),
         attachments=attachments,
+        quote=" ".join(quoted),
     )
 
 
@@ -616,6 +630,8 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
             return
         self._remember(msg.chat_id, msg.kind, msg.msg_id)
         text = msg.text
+        if msg.quote:
+            text = "\n\n".join(x for x in (f"[Quoted message]:\n{msg.quote}", text) if x)
         media: list[str] = []
         media_types: list[str] = []
         if msg.attachments:
