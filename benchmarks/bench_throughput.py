@@ -12,6 +12,9 @@ Receivers:
 * ``run``: ``qqbot-gateway run`` itself (``python -m qqbot_gateway run --handler ...``) with
   default settings: metrics, health, logs, and tracing as shipped.
 * ``notrace``: the same wiring with ``TelemetryConfig(tracing=False)``.
+* ``traced``: ``qqbot-gateway run`` with a trace exporter configured
+  (``OTEL_TRACES_EXPORTER=console``, output discarded): 10 % of events sampled (the default),
+  spans batched and serialized in the SDK's export thread.
 * ``off``: the library alone, no telemetry attached (no subscribers).
 * ``botpy``: qq-botpy 1.2.1, ``on_c2c_message_create`` (its endpoints redirected to the flood
   server the way ``tests/test_botpy_interop.py`` does).
@@ -20,9 +23,13 @@ Receivers:
 Trials are interleaved (receiver order rotates per round) so that the noise of a shared machine
 falls on every receiver alike; the report gives medians. ``--shards`` also runs ``run`` with one
 shard and with 50 shards in one process (same total events) and compares CPU per event.
+``--tree NAME=DIR`` (repeatable) also runs the ``run`` and ``off`` receivers (and ``run`` x50
+with ``--shards``) from another checkout, e.g. the commit before a change, in the same rounds:
+before/after side by side (copy this file into that checkout's ``benchmarks/`` first).
 A script, not a test::
 
     .venv/bin/python -m benchmarks.bench_throughput [--events 60000] [--rounds 3] [--shards]
+        [--tree before=/tmp/before]
 """
 
 from __future__ import annotations
@@ -52,10 +59,11 @@ from aiohttp import web
 APP_ID = "1024"
 SECRET = "bench-secret"
 QQ_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
-RECEIVERS = ("run", "notrace", "off", "botpy", "bare")
+RECEIVERS = ("run", "notrace", "traced", "off", "botpy", "bare")
 LABELS = {
     "run": "`qqbot-gateway run` defaults",
     "notrace": "the same, tracing off",
+    "traced": "the same, a trace exporter configured (10 % sampled)",
     "off": "telemetry off (no subscribers)",
     "botpy": "qq-botpy 1.2.1, `on_c2c_message_create`",
     "bare": "bare aiohttp `receive()` + `json.loads`",
@@ -329,7 +337,9 @@ class Result:
         return self.cpu / self.events * 1e6
 
 
-def _trial(kind: str, events: int, warmup: int, shards: int, timeout: float) -> Result:
+def _trial(
+    kind: str, events: int, warmup: int, shards: int, timeout: float, root: Path = _ROOT
+) -> Result:
     per_shard = -(-(events + warmup) // shards)
     total = per_shard * shards
     server = subprocess.Popen(
@@ -359,7 +369,9 @@ def _trial(kind: str, events: int, warmup: int, shards: int, timeout: float) -> 
             }
             for name in [k for k in env if k.startswith("OTEL_")]:
                 del env[name]
-            if kind == "run":
+            if kind == "traced":
+                env["OTEL_TRACES_EXPORTER"] = "console"
+            if kind in ("run", "traced"):
                 argv = [
                     "-m",
                     "qqbot_gateway",
@@ -371,7 +383,7 @@ def _trial(kind: str, events: int, warmup: int, shards: int, timeout: float) -> 
                 argv = ["-m", "benchmarks.bench_throughput", "receive", kind, str(port)]
             receiver = subprocess.Popen(
                 [sys.executable, *argv],
-                cwd=_ROOT,
+                cwd=root,
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -443,49 +455,74 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--receivers", default=",".join(RECEIVERS))
     parser.add_argument("--shards", action="store_true", help="also 1 vs 50 shards (run)")
     parser.add_argument("--timeout", type=float, default=180.0, help="per trial, seconds")
+    parser.add_argument(
+        "--tree", action="append", default=[], metavar="NAME=DIR", help="another checkout"
+    )
     args = parser.parse_args(argv)
+    trees: dict[str, Path] = {}
+    for spec in args.tree:
+        name, sep, path = spec.partition("=")
+        if not sep or not (Path(path) / "benchmarks" / "bench_throughput.py").is_file():
+            parser.error(f"--tree {spec!r}: expected NAME=DIR with benchmarks/bench_throughput.py")
+        trees[name] = Path(path).resolve()
     kinds = [k.strip() for k in args.receivers.split(",") if k.strip()]
     unknown = set(kinds) - set(RECEIVERS)
     if unknown:
         parser.error(f"unknown receivers: {', '.join(sorted(unknown))}")
     print(_versions())
     results: dict[str, list[Result]] = {k: [] for k in kinds}
-    plans = [(k, 1) for k in kinds]
+    plans: list[tuple[str, int, Path]] = [(k, 1, _ROOT) for k in kinds]
     if args.shards:
         results["run x50"] = []
         if "run" not in kinds:
             results["run"] = []
-            plans.append(("run", 1))
-        plans.append(("run x50", 50))
+            plans.append(("run", 1, _ROOT))
+        plans.append(("run x50", 50, _ROOT))
+    for tree, path in trees.items():
+        for kind, shards in [("run", 1), ("off", 1)] + ([("run x50", 50)] if args.shards else []):
+            results[f"{tree}: {kind}"] = []
+            plans.append((f"{tree}: {kind}", shards, path))
     for round_no in range(args.rounds):
         shift = round_no % len(plans)
-        for name, shards in plans[shift:] + plans[:shift]:
-            kind = name.split()[0]
-            r = _trial(kind, args.events, args.warmup, shards, args.timeout)
+        for name, shards, root in plans[shift:] + plans[:shift]:
+            kind = name.split(": ")[-1].split()[0]
+            r = _trial(kind, args.events, args.warmup, shards, args.timeout, root)
             results[name].append(r)
             print(
-                f"round {round_no + 1} {name:8s} {r.rate:9.0f} events/s {r.cpu_us:6.1f} us/event",
+                f"round {round_no + 1} {name:14s} {r.rate:9.0f} events/s {r.cpu_us:6.1f} us/event",
                 flush=True,
             )
     base = _median(results["botpy"])[0] if results.get("botpy") else None
     print()
-    print("| receiver | events/s (median) | CPU µs per event | vs qq-botpy |")
-    print("|---|---|---|---|")
+    print(
+        "| receiver | events/s (median) | CPU µs per event | vs qq-botpy (events/s) "
+        "| vs qq-botpy (CPU per event) |"
+    )
+    print("|---|---|---|---|---|")
+    base_cpu = _median(results["botpy"])[1] if results.get("botpy") else None
     for name, rs in results.items():
-        if not rs or name == "run x50":
+        if not rs or name.endswith("x50"):
             continue
         rate, cpu = _median(rs)
         ratio = f"{rate / base:.2f}x" if base else ""
-        print(f"| {LABELS[name]} | {rate:,.0f} | {cpu:.1f} | {ratio} |")
+        cpu_ratio = f"{base_cpu / cpu:.2f}x" if base_cpu else ""
+        tree, _, kind = name.rpartition(": ")
+        label = f"{tree}: {LABELS[kind]}" if tree else LABELS[kind]
+        print(f"| {label} | {rate:,.0f} | {cpu:.1f} | {ratio} | {cpu_ratio} |")
     if results.get("run") and results.get("off"):
         run_rate, off_rate = _median(results["run"])[0], _median(results["off"])[0]
         print(f"\ntelemetry cost (run defaults vs off): {1 - run_rate / off_rate:+.1%} events/s")
-    if results.get("run x50"):
-        one, fifty = _median(results["run"])[1], _median(results["run x50"])[1]
-        print(
-            f"1 vs 50 shards (run defaults): {one:.1f} vs {fifty:.1f} CPU µs per event "
-            f"({fifty / one - 1:+.1%})"
-        )
+    if results.get("run") and results.get("off"):
+        run_cpu, off_cpu = _median(results["run"])[1], _median(results["off"])[1]
+        print(f"telemetry cost (run defaults vs off): {run_cpu / off_cpu - 1:+.1%} CPU per event")
+    for prefix in ["", *(f"{tree}: " for tree in trees)]:
+        if results.get(f"{prefix}run x50"):
+            one = _median(results[f"{prefix}run"])[1]
+            fifty = _median(results[f"{prefix}run x50"])[1]
+            print(
+                f"{prefix}1 vs 50 shards (run defaults): {one:.1f} vs {fifty:.1f} CPU µs per "
+                f"event ({fifty / one - 1:+.1%})"
+            )
 
 
 if __name__ == "__main__":

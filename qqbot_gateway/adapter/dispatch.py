@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -41,6 +42,41 @@ _log = logging.getLogger("qqbot_gateway.dispatch")
 Handler = Callable[[GatewayEvent], Awaitable[Any] | Any]
 #: Wraps the handling of one event, e.g. to make a tracing span current while handlers run.
 HandlerContext = Callable[[GatewayEvent], AbstractContextManager[Any]]
+
+
+class _EventQueue:
+    """The handler queue: one producer (the reader), one consumer (the handler task).
+
+    ``asyncio.Queue`` does more per item than this needs (task accounting, putter wake-ups for
+    a bound we enforce ourselves): a deque and one waiter future cost a third as much.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[GatewayEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: GatewayEvent) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> GatewayEvent:
+        while not self._items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
 
 class Dispatcher:
@@ -61,7 +97,7 @@ class Dispatcher:
         self._bus = bus
         self._handlers = handlers
         self.capacity = capacity
-        self._queue: asyncio.Queue[GatewayEvent] = asyncio.Queue()
+        self._queue = _EventQueue()
         self._drained = asyncio.Event()
         self._drained.set()
         self._loop = asyncio.get_running_loop()

@@ -191,8 +191,11 @@ class SideServer:
         status = 200 if ok else 503
         clean = [Check(c.name, c.ok, self._sanitize(c.reason)) for c in checks]
         if "verbose" in request.query:
+            # kube-apiserver style, with the reason after passing checks too: the liveness
+            # layer lines carry their state (ping armed, RTT, deadlines) only there.
             lines = [
-                f"[+]{c.name} ok" if c.ok else f"[-]{c.name} failed: {c.reason}" for c in clean
+                f"[+]{c.name} ok: {c.reason}" if c.ok else f"[-]{c.name} failed: {c.reason}"
+                for c in clean
             ]
             lines.append(f"{what} check {'passed' if ok else 'failed'}")
             return web.Response(status=status, text="\n".join(lines) + "\n")
