@@ -65,7 +65,12 @@ def config(sim: Simulator) -> dict[str, Any]:
             "qqbot": {"enabled": True, "extra": {**common, "client_secret": SECRET}},
             PLUGIN_PLATFORM: {
                 "enabled": True,
-                "extra": {**common, "api_base": sim.base_url, "token_url": sim.token_url},
+                "extra": {
+                    **common,
+                    "api_base": sim.base_url,
+                    "token_url": sim.token_url,
+                    "state_dir": "off",  # each scenario starts a new session
+                },
             },
         },
     }
@@ -190,12 +195,14 @@ async def scenario(
                 )
             return rows
     finally:
-        for adapter in adapters.values():
-            try:
-                async with asyncio.timeout(15):
-                    await adapter.disconnect()
-            except (TimeoutError, Exception) as exc:  # noqa: BLE001 - report, keep going
-                print(f"disconnect failed: {exc!r}", file=sys.stderr)
+        # Still inside the same HERMES_HOME: a disconnect writes hermes's status file.
+        with hermes_home(home / name, config(sim), env):
+            for adapter in adapters.values():
+                try:
+                    async with asyncio.timeout(15):
+                        await adapter.disconnect()
+                except (TimeoutError, Exception) as exc:  # noqa: BLE001 - report, keep going
+                    print(f"disconnect failed: {exc!r}", file=sys.stderr)
         await sim.stop()
 
 

@@ -7,7 +7,10 @@ sockets. No LLM is involved: the message handler is the one a test registers wit
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,11 +19,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
+from aiohttp import web
 
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.config import ConfigError
 from qqbot_gateway.simulator import Simulator
-from tests.gateway_harness import APP_ID, INTERVAL, SECRET, sim_config
+from tests.gateway_harness import APP_ID, INTERVAL, SECRET, poll_until, sim_config
 from tests.hermes_harness import (
     Watch,
     c2c_message,
@@ -36,8 +41,9 @@ from qqbot_gateway.integrations import hermes
 PLATFORM = hermes.DEFAULT_PLATFORM
 
 
-def extra_for(sim: Simulator, **more: Any) -> dict[str, Any]:
+def extra_for(sim: Simulator, state_dir: Path, **more: Any) -> dict[str, Any]:
     extra: dict[str, Any] = {
+        "state_dir": str(state_dir),
         "app_id": APP_ID,
         "api_base": sim.base_url,
         "token_url": sim.token_url,
@@ -67,7 +73,11 @@ async def started(
 ) -> AsyncIterator[tuple[Any, Watch]]:
     """The plugin's adapter as hermes builds it, connected; disconnected at the end."""
     env = {"QQ_CLIENT_SECRET": secret, "QQ_ALLOW_ALL_USERS": "true"}
-    with hermes_home(tmp_path / "hermes", plugin_config(PLATFORM, extra_for(sim, **more)), env):
+    with hermes_home(
+        tmp_path / "hermes",
+        plugin_config(PLATFORM, extra_for(sim, tmp_path / "state", **more)),
+        env,
+    ):
         adapter = load_platform(PLATFORM)
         watch = Watch(adapter, reply=lambda e: f"re: {e.text}")
         ok = await adapter.connect()
@@ -213,6 +223,10 @@ def test_settings_precedence_and_errors(tmp_path: Path) -> None:
     assert s.service.client_secret is not None
     assert s.service.client_secret.get() == "hermes-secret"
     assert s.service.http_addr is None  # no side port unless asked for
+    assert hermes.hermes_settings({}, {**env, "XDG_STATE_HOME": "/var/x"}).service.state_dir == (
+        "/var/x/qqbot-gateway"  # the service's default: one owner per bot and shard per machine
+    )
+    assert hermes.hermes_settings({"state_dir": "off"}, env).service.state_dir is None
     assert s.service.intents == 1
     s = hermes.hermes_settings(
         {"app_id": 222, "intents": ["GUILDS"], "http_addr": "127.0.0.1:9464"},
@@ -293,6 +307,23 @@ def test_inbound_mapping() -> None:
         _event("DIRECT_MESSAGE_CREATE", {"id": "d1", "guild_id": "77", "author": {"id": "9"}})
     )
     assert dm is not None and (dm.kind, dm.chat_id, dm.chat_type) == ("dms", "77", "dm")
+    quoting = hermes.inbound(
+        _event(
+            "C2C_MESSAGE_CREATE",
+            {
+                "id": "q1",
+                "author": {"user_openid": "U"},
+                "content": "and this?",
+                "message_type": 103,
+                "msg_elements": [
+                    {"content": "the quoted words", "attachments": [{"content_type": "voice"}]}
+                ],
+            },
+        )
+    )
+    assert quoting is not None
+    assert quoting.quote == "the quoted words"
+    assert quoting.attachments == ({"content_type": "voice"},)
     assert hermes.inbound(_event("READY", {"session_id": "x"})) is None
     assert hermes.inbound(_event("C2C_MESSAGE_CREATE", {"author": {"id": "u"}})) is None
     assert hermes.inbound(_event("C2C_MESSAGE_CREATE", "not a dict")) is None
@@ -305,7 +336,7 @@ async def test_takes_the_builtin_name_when_asked(sim: Simulator, tmp_path: Path)
     from gateway.platform_registry import platform_registry
 
     env = {"QQ_CLIENT_SECRET": SECRET, "QQBOT_HERMES_PLATFORM": "qqbot"}
-    config = plugin_config("qqbot", extra_for(sim, dm_policy="pairing"))
+    config = plugin_config("qqbot", extra_for(sim, tmp_path / "state", dm_policy="pairing"))
     try:
         with hermes_home(tmp_path / "hermes", config, env):
             adapter = load_platform("qqbot")
@@ -322,3 +353,181 @@ async def test_takes_the_builtin_name_when_asked(sim: Simulator, tmp_path: Path)
     finally:
         platform_registry.unregister("qqbot")
     assert platform_registry.get("qqbot") is None  # hermes's own adapter is back
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+async def test_inbound_attachments(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images become hermes photos, files are cached and named, QQ's voice transcript is text;
+    downloads go through hermes's SSRF guard (loopback allowed here by hermes's own switch)."""
+    from tools import url_safety
+
+    async def png(_: web.Request) -> web.Response:
+        return web.Response(body=PNG, content_type="image/png")
+
+    async def text(_: web.Request) -> web.Response:
+        return web.Response(text="hello", content_type="text/plain")
+
+    files = web.Application()
+    files.router.add_get("/a.png", png)
+    files.router.add_get("/notes.txt", text)
+    runner = web.AppRunner(files)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    attachments = [
+        {"content_type": "image/png", "url": f"{base}/a.png", "filename": "a.png"},
+        {"content_type": "text/plain", "url": f"{base}/notes.txt", "filename": "notes.txt"},
+        {"content_type": "voice", "url": f"{base}/v.silk", "asr_refer_text": "你好"},
+    ]
+    try:
+        async with started(sim, tmp_path) as (_, watch):
+            url_safety._reset_allow_private_cache()  # hermes's default: no loopback URLs
+            data = {**c2c_message(1, "refused"), "attachments": attachments[:1]}
+            await sim.emit_event("C2C_MESSAGE_CREATE", data)
+            await watch.until(lambda: watch.received, 10, "the first message")
+            assert watch.received[0].media_urls == []
+            assert "[attachment not retrieved: a.png]" in watch.received[0].text
+
+            monkeypatch.setenv("HERMES_ALLOW_PRIVATE_URLS", "true")
+            url_safety._reset_allow_private_cache()
+            data = {**c2c_message(2, "see attached"), "attachments": attachments}
+            await sim.emit_event("C2C_MESSAGE_CREATE", data)
+            await watch.until(lambda: len(watch.received) == 2, 10, "the second message")
+            event = watch.received[1]
+            assert event.message_type.value == "photo"
+            assert len(event.media_urls) == 1 and event.media_types == ["image/png"]
+            assert await asyncio.to_thread(Path(event.media_urls[0]).read_bytes) == PNG
+            assert "see attached" in event.text
+            assert "[file: notes.txt (" in event.text and "[Voice] 你好" in event.text
+    finally:
+        await runner.cleanup()
+        monkeypatch.delenv("HERMES_ALLOW_PRIVATE_URLS", raising=False)
+        url_safety._reset_allow_private_cache()
+
+
+async def test_no_ready_is_a_retryable_failure_and_a_cancel_leaves_nothing(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.withhold_ready(True)
+    async with started(sim, tmp_path, ready_timeout=2 * INTERVAL) as (adapter, watch):
+        assert not adapter.is_connected
+        assert adapter.fatal_error_code == "qqbot_gateway_not_ready"
+        assert adapter.fatal_error_retryable is True  # hermes retries in the background
+        assert adapter.client is None and not watch.fatal
+        # hermes's own connect timeout cancels connect(): nothing is left running.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(adapter.connect(), timeout=INTERVAL)
+        assert adapter.client is None and adapter.telemetry is None
+
+
+async def test_a_restart_of_hermes_resumes_the_session(sim: Simulator, tmp_path: Path) -> None:
+    """The session store: hermes stops (the session stays resumable), messages keep coming,
+    hermes starts again and gets them, each once, from a resume."""
+    env = {"QQ_CLIENT_SECRET": SECRET, "QQ_ALLOW_ALL_USERS": "true"}
+    config = plugin_config(PLATFORM, extra_for(sim, tmp_path / "state"))
+    with hermes_home(tmp_path / "hermes", config, env):
+        first = load_platform(PLATFORM)
+        before = Watch(first)
+        assert await first.connect()
+        for i in range(3):
+            await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(i), event_id=f"R{i}")
+        await before.until(lambda: len(before.received) == 3, 10, "messages before the stop")
+        await first.disconnect()
+        for i in range(3, 8):  # nobody connected: QQ keeps them for a resume
+            await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(i), event_id=f"R{i}")
+        second = load_platform(PLATFORM)
+        after = Watch(second)
+        assert await second.connect()
+        try:
+            await after.until(lambda: len(after.received) >= 5, 10, "messages sent while down")
+            await asyncio.sleep(2 * INTERVAL)  # room for a duplicate to show up
+            assert sorted(after.message_ids()) == [f"M{i:05d}" for i in range(3, 8)]
+            assert sim.resumes and sim.resumes[-1].outcome == "resumed"
+            assert len(sim.identifies) == 1
+        finally:
+            await second.disconnect()
+
+
+async def test_hermes_gateway_run_end_to_end(sim: Simulator, tmp_path: Path) -> None:
+    """The real ``hermes gateway run`` (hermes's own runner, no LLM configured) with the plugin:
+    a message gets hermes's answers as passive replies, a blackhole shows in hermes's status file
+    as disconnected then connected, refused credentials make it fatal and hermes exits."""
+    home = tmp_path / "hermes"
+    home.mkdir()
+    extra = extra_for(sim, tmp_path / "state", http_addr="off")
+    (home / "config.yaml").write_text(yaml.safe_dump(plugin_config(PLATFORM, extra)))
+    env = {
+        **os.environ,
+        "HERMES_HOME": str(home),
+        "QQBOT_CLIENT_SECRET": SECRET,  # not QQ_CLIENT_SECRET: that turns hermes's own QQ on
+        "QQ_ALLOW_ALL_USERS": "true",
+    }
+    status = home / "gateway_state.json"
+
+    def state() -> str | None:
+        try:
+            return str(json.loads(status.read_text())["platforms"][PLATFORM]["state"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    hermes_cli = Path(sys.executable).with_name("hermes")
+    with (tmp_path / "gateway.log").open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            str(hermes_cli), "gateway", "run", env=env, stdout=log, stderr=log
+        )
+        try:
+            await poll_until(lambda: state() == "connected", 60, "hermes: connected")
+            await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(1, "hello hermes"))
+            # hermes's runner answers (no model configured: it says so) as passive replies.
+            await poll_until(lambda: sim.messages, 30, "hermes's answer")
+            assert all(m.msg_id == "M00001" and m.kind == "c2c" for m in sim.messages)
+            assert len({m.msg_seq for m in sim.messages}) == len(sim.messages)
+
+            seen: list[str | None] = []
+            sim.blackhole(current=True)
+
+            def went_down_and_up() -> bool:
+                now = state()
+                if not seen or seen[-1] != now:
+                    seen.append(now)
+                return seen[-2:] == ["disconnected", "connected"]
+
+            await poll_until(went_down_and_up, 20 * INTERVAL, "disconnected, then connected")
+
+            sim.rotate_secret("a-new-secret-hermes-does-not-know")
+            sim.expire_tokens()
+            await sim.close_connections(4004)
+            async with asyncio.timeout(60):
+                assert await proc.wait() == 0  # the only platform is gone: hermes exits
+            final = json.loads(status.read_text())["platforms"][PLATFORM]
+            assert final["state"] == "fatal"
+            assert final["error_code"] == "qqbot_gateway_token_error"
+            assert SECRET not in json.dumps(final)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_images_go_out_as_native_qq_media(sim: Simulator, tmp_path: Path) -> None:
+    async with started(sim, tmp_path) as (adapter, watch):
+        await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(1))
+        await poll_until(lambda: sim.messages, 10, "the echo")
+        url = "https://images.example/cat.png"
+        result = await adapter.send_image("MUSER00001", url, caption="a cat", reply_to="M00001")
+        assert result.success
+        upload, message = sim.messages[-2:]
+        assert (upload.kind, upload.body["url"], upload.body["file_type"]) == ("c2c_file", url, 1)
+        assert message.kind == "c2c" and message.body["msg_type"] == 7
+        assert message.body["media"] == {"file_info": upload.id}
+        assert (message.msg_id, message.msg_seq) == ("M00001", 2)  # passive, after the echo
+        # A guild channel has no such upload: hermes's default (the URL as text) applies.
+        await adapter.send_image("channel:42", url, caption="a cat")
+        assert sim.messages[-1].kind == "channel"
+        assert url in sim.messages[-1].body["content"]
+        assert watch.received

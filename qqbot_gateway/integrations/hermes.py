@@ -20,9 +20,10 @@ the full list, the differences from hermes's built-in QQ adapter and a migration
 
 What hermes gets from this adapter instead of its built-in one: layered liveness (ACK tracking,
 receive-idle deadline, WebSocket ping, TCP keepalive) so a half-open link is replaced within
-two or three heartbeat intervals; resume with replayed events delivered exactly once; a bounded
-handler queue; and a connected state that tells the truth: ``_mark_disconnected`` as soon as a
-zombie is detected or a shard backs off, ``_mark_connected`` on READY/RESUMED, and a fatal error
+two or three heartbeat intervals; resume with replayed events delivered exactly once, across a
+restart of hermes too (the session store, ``QQBOT_STATE_DIR``); a bounded handler queue;
+and a connected state that tells the truth: ``_mark_disconnected`` as soon as a zombie is
+detected or a shard backs off, ``_mark_connected`` on READY/RESUMED, and a fatal error
 (``_set_fatal_error`` + ``_notify_fatal_error``, once) only when a shard stopped for good.
 """
 
@@ -68,6 +69,7 @@ from qqbot_gateway.adapter.errors import (
     ServerError,
 )
 from qqbot_gateway.adapter.protocol import GatewayEvent
+from qqbot_gateway.adapter.store import StoreError
 from qqbot_gateway.config import ENV_PREFIX, SETTING_NAMES, ConfigError, Settings, load_settings
 from qqbot_gateway.telemetry import Telemetry
 
@@ -227,6 +229,9 @@ def hermes_settings(
         var = ENV_PREFIX + key.upper()
         if environ.get(var, "").strip():
             env[var] = environ[var]
+    for var in ("XDG_STATE_HOME", "HOME"):  # where the session store lives by default
+        if environ.get(var, "").strip():
+            env[var] = environ[var]
     if not {"QQBOT_CLIENT_SECRET", "QQBOT_CLIENT_SECRET_FILE"} & set(env):
         if environ.get("QQ_CLIENT_SECRET", "").strip():
             env["QQBOT_CLIENT_SECRET"] = environ["QQ_CLIENT_SECRET"]
@@ -317,6 +322,8 @@ class Inbound:
     msg_id: str
     timestamp: datetime
     attachments: tuple[dict[str, Any], ...]
+    #: Text of the message this one quotes (QQ's ``message_type`` 103, ``msg_elements``).
+    quote: str = ""
 
 
 def _str(value: Any) -> str | None:
@@ -360,7 +367,18 @@ def inbound(event: GatewayEvent) -> Inbound | None:
     if chat_id is None or user_id is None or msg_id is None:
         return None
     raw_attachments = d.get("attachments")
-    listed = raw_attachments if isinstance(raw_attachments, list) else []
+    listed = list(raw_attachments) if isinstance(raw_attachments, list) else []
+    quoted: list[str] = []
+    elements = d.get("msg_elements")
+    if str(d.get("message_type")) == "103" and isinstance(elements, list):
+        for element in elements:
+            if not isinstance(element, dict):
+                continue
+            said = element.get("content")
+            if isinstance(said, str) and said.strip():
+                quoted.append(said.strip())
+            if isinstance(element.get("attachments"), list):
+                listed += element["attachments"]  # a quoted image or voice counts too
     attachments = tuple(a for a in listed if isinstance(a, dict))
     return Inbound(
         kind=kind,
@@ -373,6 +391,7 @@ def inbound(event: GatewayEvent) -> Inbound | None:
         msg_id=msg_id,
         timestamp=_timestamp(d.get("timestamp")),
         attachments=attachments,
+        quote=" ".join(quoted),
     )
 
 
@@ -460,6 +479,9 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         for warning in self.settings.warnings:
             _log.warning("qqbot-gateway: %s", warning)
         service = self.settings.service
+        # A new attempt starts clean: an earlier attempt's error is not this one's.
+        self._fatal_error_code = self._fatal_error_message = None
+        self._fatal_error_retryable = True
         self._closing = False
         self._fatal_reported = False
         self._connecting = True
@@ -487,8 +509,14 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
             return await self._failed("qqbot_gateway_credentials_refused", str(exc), False)
         except AuthError as exc:
             return await self._failed("qqbot_gateway_token_unreachable", str(exc), True)
+        except StoreError as exc:  # another process owns the shard's session, or the disk fails
+            return await self._failed("qqbot_gateway_session_store", str(exc), True)
         except OSError as exc:
             return await self._failed("qqbot_gateway_side_server", f"side server: {exc}", True)
+        except asyncio.CancelledError:
+            # hermes gave up on connect() (its own timeout): leave nothing running behind.
+            await asyncio.shield(self._shutdown())
+            raise
         finally:
             self._connecting = False
         if self.has_fatal_error:  # a shard stopped for good during the handshake
@@ -522,7 +550,10 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         return False
 
     async def disconnect(self) -> None:
-        """Stop the shards (handlers get ``drain_timeout`` to finish) and the side server."""
+        """Stop the shards (handlers get ``drain_timeout`` to finish) and the side server.
+
+        With the session store (the default) the session stays resumable: the next start of
+        hermes resumes it and receives what QQ sent meanwhile."""
         self._closing = True
         self._mark_disconnected()
         await self._shutdown()
@@ -599,6 +630,8 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
             return
         self._remember(msg.chat_id, msg.kind, msg.msg_id)
         text = msg.text
+        if msg.quote:
+            text = "\n\n".join(x for x in (f"[Quoted message]:\n{msg.quote}", text) if x)
         media: list[str] = []
         media_types: list[str] = []
         if msg.attachments:
@@ -698,7 +731,8 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         from gateway.platforms.base import get_inbound_media_max_bytes
         from tools.url_safety import is_safe_url
 
-        if self._http is None or not url_is_safe(url, is_safe_url):
+        # The guard resolves the host name: off the event loop, so DNS never stalls heartbeats.
+        if self._http is None or not await asyncio.to_thread(url_is_safe, url, is_safe_url):
             _log.warning("qqbot-gateway: attachment URL refused: %s", url[:80])
             return None
         cap = get_inbound_media_max_bytes()
@@ -819,6 +853,56 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         self._replies[msg_id] = self._replies.pop(msg_id, 0) + 1
         while len(self._replies) > _MAX_ROUTES:
             self._replies.popitem(last=False)
+
+    async def send_image(
+        self,
+        chat_id: str,
+        image_url: str,
+        caption: str | None = None,
+        reply_to: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> SendResult:
+        """A native QQ image (upload by URL, then a msg_type 7 passive reply) to a C2C user or a
+        group; anything else, or a failure, falls back to hermes's default (the URL as text)."""
+        client = self.client
+        kind, target = self._route(chat_id)
+        msg_id = reply_to or self._last_msg.get(chat_id)
+        usable = (
+            client is not None
+            and kind in ("c2c", "group")
+            and urlsplit(image_url).scheme in ("http", "https")
+            and (msg_id is None or self._replies.get(msg_id, 0) < MAX_REPLIES_PER_MESSAGE)
+        )
+        if client is not None and usable:
+            path = f"/v2/{'users' if kind == 'c2c' else 'groups'}/{target}/files"
+            try:
+                upload = await client.api.request(
+                    "POST", path, {"file_type": 1, "url": image_url, "srv_send_msg": False}
+                )
+                file_info = upload.get("file_info") if isinstance(upload, dict) else None
+                if not isinstance(file_info, str) or not file_info:
+                    raise ValueError("the upload answered no file_info")
+                result = await _post(
+                    client,
+                    kind,
+                    target,
+                    caption or None,
+                    msg_type=7,
+                    media={"file_info": file_info},
+                    msg_id=msg_id,
+                )
+            except (APIError, APIConnectionError, ValueError) as exc:
+                _log.warning(
+                    "qqbot-gateway: native image to %s failed (%s): sent as text", kind, exc
+                )
+            else:
+                if msg_id is not None:
+                    self._count_reply(msg_id)
+                return SendResult(success=True, message_id=result.id)
+        fallback: SendResult = await super().send_image(
+            chat_id, image_url, caption=caption, reply_to=reply_to, metadata=metadata
+        )
+        return fallback
 
     async def send_typing(self, chat_id: str, metadata: Any = None) -> None:
         """QQ's "typing" notice (C2C only, answers the chat's last message), at most every 50 s."""

@@ -59,6 +59,10 @@ SCHEMA_VERSION: Final = 1
 _AGE_POINTS: Final = 150
 #: "Events per second now" averages over this many whole seconds.
 _RATE_NOW: Final = 10
+#: Requests within this many seconds of a built document get the same body: however many
+#: pages poll (or whoever floods the route), at most four documents a second are built (each
+#: costs about 2 ms per shard with five full minutes of history).
+DOCUMENT_REUSE: Final = 0.25
 
 #: The browser may load nothing but the page's own script, stylesheet and JSON.
 CONTENT_SECURITY_POLICY: Final = (
@@ -125,6 +129,7 @@ class StatusPage:
         self.sanitize = sanitize
         self.service_name = service_name
         self.started_at = clock.monotonic() if started_at is None else started_at
+        self._cached: tuple[float, str] | None = None
         self._page = _load("status.html", "text/html")
         self._assets = {name: _load(name, kind) for name, kind in _ASSETS.items()}
 
@@ -151,7 +156,13 @@ class StatusPage:
         )
 
     async def _serve_document(self, request: web.Request) -> web.Response:
-        body = json.dumps(self.document(), separators=(",", ":"), allow_nan=False)
+        now = self.clock.monotonic()
+        cached = self._cached
+        if cached is not None and 0.0 <= now - cached[0] < DOCUMENT_REUSE:
+            body = cached[1]
+        else:
+            body = json.dumps(self.document(), separators=(",", ":"), allow_nan=False)
+            self._cached = (now, body)
         return web.Response(
             text=body,
             content_type="application/json",
@@ -415,27 +426,22 @@ class StatusPage:
         return "live", f"listening for {_human(now - (wh.listening_since or now))}; {heard}"
 
     def _layers(self, s: ShardHistory, now: float) -> list[dict[str, Any]]:
-        """The liveness layers, what each watches and whether it is armed now.
-
-        Written against both shapes of the adapter's settings: a fixed WebSocket ping
-        (``TransportConfig.ws_ping_interval``, aiohttp's ``heartbeat=``) or the session's own
-        ping layer (``LivenessConfig.ws_ping``, with its state reported by events), and a
-        fixed or an interval-derived ``TCP_USER_TIMEOUT``.
-        """
+        """The liveness layers, what each watches and whether it is armed now."""
         lv, tr = self.liveness, self.transport
         h = s.interval
         watching = s.connected and s.hello and h is not None
         idle = lv.idle_deadline(h) if h is not None else None
-        probes = getattr(lv, "ack_probes", None)
-        if isinstance(probes, int) and h is not None:
-            low = float(getattr(lv, "ack_timeout_min", 0.0)) * h
-            high = float(getattr(lv, "ack_timeout_max", 0.0)) * h
+        if h is not None:
             ack = (
-                f"each heartbeat's ACK due within {low:.3g}-{high:.3g}s, {probes} probe(s); "
+                f"each heartbeat's ACK due within {lv.ack_timeout_min * h:.3g}-"
+                f"{lv.ack_timeout_max * h:.3g}s, {lv.ack_probes} probe(s); "
                 f"{s.unacked} unacknowledged now"
             )
         else:
-            ack = f"{s.unacked} of {lv.ack_miss_limit} consecutive heartbeats unacknowledged"
+            ack = (
+                f"ACK due within {lv.ack_timeout_min:g}-{lv.ack_timeout_max:g} x interval, "
+                f"{lv.ack_probes} probe(s) (no Hello yet)"
+            )
         handshake = (
             f"Hello within {lv.hello_timeout:g}s, READY/RESUMED within "
             f"{lv.handshake_deadline(h or lv.max_heartbeat_interval):g}s"
@@ -449,11 +455,10 @@ class StatusPage:
             )
         else:
             keepalive = "off"
-        user_timeout: float | None = tr.tcp_user_timeout
-        derive = getattr(lv, "tcp_user_timeout", None)
-        if callable(derive) and h is not None and s.hello:
-            derived = derive(h)
-            user_timeout = float(derived) if isinstance(derived, int | float) else None
+        # Until Hello the socket has the transport's value; after it, one derived from H.
+        user_timeout = lv.tcp_user_timeout(h) if h is not None and s.hello else None
+        if user_timeout is None:
+            user_timeout = tr.tcp_user_timeout
         return [
             _layer("ack", "Heartbeat ACKs (op 11)", True, watching, ack),
             _layer(
@@ -483,7 +488,7 @@ class StatusPage:
                 s.connected,
                 "off"
                 if user_timeout is None
-                else f"data unacknowledged for {user_timeout:g}s drops the link",
+                else f"data unacknowledged for {user_timeout:.3g}s drops the link",
             ),
             _layer(
                 "event_loop",
@@ -495,35 +500,24 @@ class StatusPage:
         ]
 
     def _ping_layer(self, s: ShardHistory) -> dict[str, Any]:
-        lv, tr = self.liveness, self.transport
+        """The session's WebSocket ping layer, with the state the session reports for it."""
+        lv = self.liveness
         title = "WebSocket ping/pong"
-        session_ping = getattr(lv, "ws_ping", None)
-        if session_ping is None:  # aiohttp's heartbeat=: pings at a fixed interval
-            every = getattr(tr, "ws_ping_interval", None)
-            if not isinstance(every, int | float):
-                return _layer("ws_ping", title, False, False, "off")
-            detail = f"ping every {every:g}s, pong within {every / 2:g}s"
-            return _layer("ws_ping", title, True, s.connected, detail)
-        if not session_ping:
+        if not lv.ws_ping:
             return _layer("ws_ping", title, False, False, "off")
         parts: list[str] = []
-        quiet = getattr(lv, "ping_quiet", None)
-        if s.interval is not None and isinstance(quiet, int | float):
-            parts.append(f"ping after {quiet * s.interval:.3g}s of silence")
+        if s.interval is not None:
+            parts.append(f"ping after {lv.ping_quiet * s.interval:.3g}s of silence")
         if s.pong_deadline is not None:
             parts.append(f"pong within {s.pong_deadline:.3g}s")
         if s.last_pong_rtt is not None:
-            parts.append(f"last pong {s.last_pong_rtt * 1000:.0f} ms")
+            parts.append(f"last pong {s.last_pong_rtt * 1000:.2g} ms")
         if s.ping_detail:
             parts.append(s.ping_detail)
         state = s.ping_state if s.connected and s.ping_state else None
-        layer = _layer(
-            "ws_ping",
-            title,
-            True,
-            s.connected and state in (None, "armed"),
-            "; ".join(parts) or "the session's own ping layer",
-        )
+        # Before its first report the layer waits for Hello (its cadence derives from it).
+        armed = s.connected and (state == "armed" or (state is None and s.hello))
+        layer = _layer("ws_ping", title, True, armed, "; ".join(parts) or "waiting for Hello")
         if state is not None:
             layer["state"] = state
         return layer

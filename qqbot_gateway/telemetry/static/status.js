@@ -704,6 +704,7 @@
     const el = document.getElementById("freshness");
     if (lastOk === null) return;
     const age = (Date.now() - lastOk) / 1000;
+    document.body.classList.toggle("stale", failures > 0);
     if (failures === 0) {
       el.className = "freshness muted";
       el.textContent = `Updated ${clock(lastDoc.generated_at)}; live, once a second.`;
@@ -712,7 +713,9 @@
       el.textContent =
         `No answer from the gateway process for ${dur(age)} (last update ` +
         `${clock(lastDoc.generated_at)}): the figures below are stale, the process may be down.`;
-      document.getElementById("overall").dataset.verdict = "unknown";
+      const overall = document.getElementById("overall");
+      overall.dataset.verdict = "unknown";
+      overall.textContent = "Unknown: the gateway process does not answer.";
     }
   }
 
