@@ -490,3 +490,22 @@ async def test_receiver_bounds_slow_headers_and_connection_count() -> None:
         assert f.intake.status().listening  # and the receiver still serves
     finally:
         await receiver.stop()
+
+
+def test_refusals_are_logged_once_then_at_most_every_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    f = Fixture()
+    with caplog.at_level("WARNING", logger="qqbot_gateway.webhook"):
+        for _ in range(3):
+            f.post(dispatch(), sign=False)
+        f.post(dispatch(), ts=NOW - 3600)
+        f.clock += 61
+        f.post(dispatch(), sign=False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("webhook: refused 1 missing_signature (")
+    assert lines[1].startswith(
+        "webhook: refused 3 missing_signature, 1 stale_timestamp in the last 61s ("
+    )
+    assert "s3cret" not in "".join(lines)

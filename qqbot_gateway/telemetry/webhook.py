@@ -68,6 +68,9 @@ _HEALTH_PATH: Final = "/healthz"
 
 
 class WebhookReceiver:
+    """Serves a :class:`~qqbot_gateway.adapter.webhook.WebhookIntake` over HTTP(S); see the
+    module docstring. ``health`` answers ``GET /healthz`` on the receiver's port."""
+
     def __init__(
         self,
         intake: WebhookIntake,
