@@ -35,7 +35,7 @@ The names are a public contract (Kubernetes manifests and operators' scripts use
     QQBOT_WEBHOOK_MAX_BODY       largest accepted callback body in bytes      (1048576)
     QQBOT_WEBHOOK_REQUIRE_VALIDATION  true: /readyz waits for the platform's op 13 (false)
     QQBOT_WEBHOOK_SILENCE        seconds without a valid callback before /readyz fails (0: off)
-    QQBOT_TRACE_SAMPLE_RATIO     share of events traced, 0..1, when an exporter is set (0.1)
+    QQBOT_TRACE_SAMPLE_RATIO     share of events traced, 0..1, when an exporter is set (0.01)
     QQBOT_TRACE_SLOW_HANDLER     seconds after which a handler is always traced (1)
     QQBOT_STATUS_PAGE            on | off: the status page on the side server (default on)
 
@@ -101,8 +101,8 @@ SETTING_NAMES: Final[tuple[str, ...]] = (
     "api_base",
     "token_url",
     "gateway_url",
-    "ack_miss_limit",
-    "ws_ping_interval",
+    "ack_probes",
+    "ws_ping",
     "handler_queue_size",
     "drain_timeout",
     "state_dir",
@@ -127,6 +127,19 @@ SETTING_NAMES: Final[tuple[str, ...]] = (
 #: file itself: no typo warning for these.
 _OTHER_VARIABLES: Final = frozenset({"QQBOT_CONFIG"})
 _OTHER_PREFIXES: Final = ("QQBOT_SIM_", "QQBOT_TEST_")
+
+#: Settings that no longer exist, with what replaces them: an error, not a warning, because
+#: silently ignoring e.g. ``ws_ping_interval = 0`` would leave a layer on that was meant off.
+_REMOVED: Final[dict[str, str]] = {
+    "ack_miss_limit": (
+        "removed: each heartbeat now has an ACK deadline derived from the interval; "
+        "use ack_probes (extra heartbeats sent while one waits for its ACK, default 2)"
+    ),
+    "ws_ping_interval": (
+        "removed: the ping cadence now derives from the heartbeat interval; "
+        "use ws_ping = on|off (default on)"
+    ),
+}
 
 _LOG_FORMATS: Final = ("auto", "json", "console")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -173,9 +186,9 @@ class Settings:
     api_base: str = DEFAULT_API_BASE
     token_url: str = DEFAULT_TOKEN_URL
     gateway_url: str | None = None
-    ack_miss_limit: int = LivenessConfig().ack_miss_limit
-    #: None: the aiohttp WebSocket ping layer is off (``QQBOT_WS_PING_INTERVAL=0``).
-    ws_ping_interval: float | None = 30.0
+    ack_probes: int = LivenessConfig().ack_probes
+    #: False: the WebSocket ping layer is off (``QQBOT_WS_PING=off``).
+    ws_ping: bool = True
     handler_queue_size: int = 1000
     drain_timeout: float = 10.0
     #: Session store directory; None when ``QQBOT_STATE_DIR=off``. :func:`load_settings`
@@ -195,7 +208,7 @@ class Settings:
     webhook_silence: float | None = None
     #: Tracing (only with an exporter, ``OTEL_*``): share of events traced, and the handler
     #: duration past which an event is traced anyway (failures and replays always are).
-    trace_sample_ratio: float = 0.1
+    trace_sample_ratio: float = 0.01
     trace_slow_handler: float = 1.0
     #: The status page (``/``, ``/status``, ``/status.json``) on the side server.
     status_page: bool = True
@@ -235,8 +248,8 @@ class Settings:
             api_base=self.api_base,
             token_url=self.token_url,
             gateway_url=self.gateway_url,
-            liveness=LivenessConfig(ack_miss_limit=self.ack_miss_limit),
-            transport=TransportConfig(ws_ping_interval=self.ws_ping_interval),
+            liveness=LivenessConfig(ack_probes=self.ack_probes, ws_ping=self.ws_ping),
+            transport=TransportConfig(),
             handler_queue_size=self.handler_queue_size,
             state_dir=self.state_dir,
             session_max_age=self.session_max_age,
@@ -320,6 +333,13 @@ def _positive_seconds(raw: Any) -> float:
     value = _number(raw, "a positive number of seconds")
     if value <= 0:
         raise ValueError(f"expected a positive number of seconds, got {_show(raw)}")
+    return value
+
+
+def _ack_probes(raw: Any) -> int:
+    value = _int(raw, "an integer from 0 to 10")
+    if not 0 <= value <= 10:
+        raise ValueError(f"expected an integer from 0 to 10, got {_show(raw)}")
     return value
 
 
@@ -537,8 +557,8 @@ _PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "api_base": _url(("http", "https")),
     "token_url": _url(("http", "https")),
     "gateway_url": _url(("ws", "wss")),
-    "ack_miss_limit": _positive_int,
-    "ws_ping_interval": _seconds_or_zero,
+    "ack_probes": _ack_probes,
+    "ws_ping": _bool,
     "handler_queue_size": _positive_int,
     "drain_timeout": _non_negative_seconds,
     "state_dir": _state_dir,
@@ -577,6 +597,8 @@ def _read_file(path: Path) -> dict[str, Any]:
     if set(data) == {"qqbot"} and isinstance(data["qqbot"], dict):
         data = data["qqbot"]
     for key in data:
+        if key in _REMOVED:
+            raise ConfigError(f"{key} (in {path}): {_REMOVED[key]}")
         if key not in SETTING_NAMES:
             hint = _close_match(key, SETTING_NAMES)
             raise ConfigError(
@@ -592,6 +614,9 @@ def _close_match(name: str, options: tuple[str, ...]) -> str:
 
 def _warn_unknown_env(env: Mapping[str, str], warn: Callable[[str], None]) -> None:
     known = {ENV_PREFIX + key.upper() for key in SETTING_NAMES}
+    for key, why in _REMOVED.items():
+        if env.get(ENV_PREFIX + key.upper(), "").strip():
+            raise ConfigError(f"{ENV_PREFIX + key.upper()}: {why}")
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name in known or name in _OTHER_VARIABLES:
             continue
@@ -706,8 +731,8 @@ def load_settings(
         api_base=values.get("api_base", DEFAULT_API_BASE),
         token_url=values.get("token_url", DEFAULT_TOKEN_URL),
         gateway_url=values.get("gateway_url"),
-        ack_miss_limit=values.get("ack_miss_limit", LivenessConfig().ack_miss_limit),
-        ws_ping_interval=values["ws_ping_interval"] if "ws_ping_interval" in values else 30.0,
+        ack_probes=values.get("ack_probes", LivenessConfig().ack_probes),
+        ws_ping=values.get("ws_ping", True),
         handler_queue_size=values.get("handler_queue_size", 1000),
         drain_timeout=values.get("drain_timeout", 10.0),
         state_dir=values["state_dir"] if "state_dir" in values else default_state_dir(env),
@@ -723,7 +748,7 @@ def load_settings(
         webhook_max_body=values.get("webhook_max_body", 1 << 20),
         webhook_require_validation=values.get("webhook_require_validation", False),
         webhook_silence=values.get("webhook_silence"),
-        trace_sample_ratio=values.get("trace_sample_ratio", 0.1),
+        trace_sample_ratio=values.get("trace_sample_ratio", 0.01),
         trace_slow_handler=values.get("trace_slow_handler", 1.0),
         status_page=values.get("status_page", True),
         sources=tuple((key, name) for key, (_, name) in sorted(raw.items())),

@@ -92,9 +92,10 @@ def _tail(interval: float) -> float:
 
 
 def _min_slot(interval: float) -> float:
-    """Per fault: detection takes at most 3 intervals (two unacked heartbeats, then the third
-    is due), recovery a backoff and a handshake, then the link proves itself for a while."""
-    return 4 * interval + 1.0
+    """Per fault: detection takes at most 1.4 intervals (stopped ACKs: the next heartbeat, then
+    its ACK deadline; a blackhole 0.35 with the ping layer armed), recovery a backoff and a
+    handshake, then the link proves itself for a while."""
+    return 3 * interval + 1.0
 
 
 def minimum_duration(interval: float) -> float:

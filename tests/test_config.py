@@ -44,11 +44,11 @@ def test_defaults() -> None:
     assert s.api_base == "https://api.sgroup.qq.com"
     assert s.token_url == "https://bots.qq.com/app/getAppAccessToken"
     assert s.gateway_url is None
-    assert s.ack_miss_limit == 2
-    assert s.ws_ping_interval == 30.0
+    assert s.ack_probes == 2
+    assert s.ws_ping is True
     assert s.handler_queue_size == 1000
     assert s.drain_timeout == 10.0
-    assert s.trace_sample_ratio == 0.1 and s.trace_slow_handler == 1.0
+    assert s.trace_sample_ratio == 0.01 and s.trace_slow_handler == 1.0
 
 
 def test_every_variable() -> None:
@@ -65,8 +65,8 @@ def test_every_variable() -> None:
             "QQBOT_API_BASE": "https://sandbox.api.sgroup.qq.com/",
             "QQBOT_TOKEN_URL": "http://127.0.0.1:9/app/getAppAccessToken",
             "QQBOT_GATEWAY_URL": "wss://api.sgroup.qq.com/websocket",
-            "QQBOT_ACK_MISS_LIMIT": "3",
-            "QQBOT_WS_PING_INTERVAL": "0",
+            "QQBOT_ACK_PROBES": "3",
+            "QQBOT_WS_PING": "off",
             "QQBOT_HANDLER_QUEUE_SIZE": "50",
             "QQBOT_DRAIN_TIMEOUT": "0",
             "QQBOT_TRACE_SAMPLE_RATIO": "1",
@@ -81,8 +81,8 @@ def test_every_variable() -> None:
     assert s.log_format == "json" and s.log_level == "DEBUG"
     assert s.api_base == "https://sandbox.api.sgroup.qq.com"
     assert s.gateway_url == "wss://api.sgroup.qq.com/websocket"
-    assert s.ack_miss_limit == 3
-    assert s.ws_ping_interval is None
+    assert s.ack_probes == 3
+    assert s.ws_ping is False
     assert s.handler_queue_size == 50
     assert s.drain_timeout == 0.0
     tel = s.telemetry_config()
@@ -95,8 +95,8 @@ def test_client_and_telemetry_config() -> None:
         {
             "QQBOT_SHARD_COUNT": "2",
             "QQBOT_SHARD_ID": "1",
-            "QQBOT_ACK_MISS_LIMIT": "3",
-            "QQBOT_WS_PING_INTERVAL": "0",
+            "QQBOT_ACK_PROBES": "0",
+            "QQBOT_WS_PING": "off",
             "QQBOT_HTTP_ADDR": "[::1]:9100",
             "QQBOT_LIVENESS_GRACE": "60",
         }
@@ -104,8 +104,8 @@ def test_client_and_telemetry_config() -> None:
     cfg = s.client_config()
     assert cfg.app_id == "102030405" and cfg.client_secret.get() == "very-secret-value"
     assert cfg.shards == (1,) and cfg.shard_count == 2
-    assert cfg.liveness.ack_miss_limit == 3
-    assert cfg.transport.ws_ping_interval is None
+    assert cfg.liveness.ack_probes == 0
+    assert cfg.liveness.ws_ping is False
     tel = s.telemetry_config()
     assert (tel.http_host, tel.http_port) == ("::1", 9100)
     assert tel.liveness_grace == 60.0
@@ -159,8 +159,8 @@ def test_secret_from_file(tmp_path: Path) -> None:
         ({"QQBOT_API_BASE": "ftp://x"}, "QQBOT_API_BASE: expected a http:// or https:// URL"),
         ({"QQBOT_TOKEN_URL": "bots.qq.com"}, "QQBOT_TOKEN_URL: expected a http://"),
         ({"QQBOT_GATEWAY_URL": "http://x/ws"}, "QQBOT_GATEWAY_URL: expected a ws:// or wss://"),
-        ({"QQBOT_ACK_MISS_LIMIT": "0"}, "QQBOT_ACK_MISS_LIMIT: expected a positive integer"),
-        ({"QQBOT_WS_PING_INTERVAL": "-1"}, "QQBOT_WS_PING_INTERVAL: expected a number of"),
+        ({"QQBOT_ACK_PROBES": "-1"}, "QQBOT_ACK_PROBES: expected an integer from 0 to 10"),
+        ({"QQBOT_WS_PING": "30"}, "QQBOT_WS_PING: expected true or false"),
         ({"QQBOT_HANDLER_QUEUE_SIZE": "1.5"}, "QQBOT_HANDLER_QUEUE_SIZE: expected a positive"),
         ({"QQBOT_DRAIN_TIMEOUT": "soon"}, "QQBOT_DRAIN_TIMEOUT: expected a number of seconds"),
         ({"QQBOT_TRACE_SAMPLE_RATIO": "2"}, "QQBOT_TRACE_SAMPLE_RATIO: expected a number from 0"),
@@ -192,14 +192,14 @@ def test_toml_file_and_env_precedence(tmp_path: Path) -> None:
         tmp_path,
         'app_id = "42"\nclient_secret = "file-secret"\nshard_count = 3\nshard_id = [0, 2]\n'
         'intents = ["GUILDS", "GROUP_AND_C2C_EVENT"]\nhttp_addr = "127.0.0.1:9999"\n'
-        "liveness_grace = 30\nws_ping_interval = 0\n",
+        "liveness_grace = 30\nws_ping = false\n",
     )
     s = load_settings(path, env={"QQBOT_SHARD_COUNT": "5"}, warn=print)
     assert s.app_id == "42" and s.client_secret == Secret("file-secret")
     assert s.shard_count == 5 and s.shard_ids == (0, 2)
     assert s.intents == int(Intents.GUILDS | Intents.GROUP_AND_C2C_EVENT)
     assert s.http_addr == ("127.0.0.1", 9999)
-    assert s.liveness_grace == 30.0 and s.ws_ping_interval is None
+    assert s.liveness_grace == 30.0 and s.ws_ping is False
     # The environment's secret (either spelling) replaces the file's.
     secret = tmp_path / "s"
     secret.write_text("env-file-secret", encoding="utf-8")
@@ -273,8 +273,8 @@ def test_setting_names_match_the_contract() -> None:
         "QQBOT_API_BASE",
         "QQBOT_TOKEN_URL",
         "QQBOT_GATEWAY_URL",
-        "QQBOT_ACK_MISS_LIMIT",
-        "QQBOT_WS_PING_INTERVAL",
+        "QQBOT_ACK_PROBES",
+        "QQBOT_WS_PING",
         "QQBOT_HANDLER_QUEUE_SIZE",
         "QQBOT_DRAIN_TIMEOUT",
         "QQBOT_STATE_DIR",
@@ -331,3 +331,25 @@ def test_readme_documents_every_variable() -> None:
         "QQBOT_" + key.upper() for key in SETTING_NAMES if "QQBOT_" + key.upper() not in readme
     ]
     assert not missing, f"README.md does not document {missing}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "replacement"),
+    [("QQBOT_ACK_MISS_LIMIT", "ack_probes"), ("QQBOT_WS_PING_INTERVAL", "ws_ping")],
+)
+def test_removed_liveness_settings_are_an_error_naming_the_replacement(
+    variable: str, replacement: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=f"{variable}: removed: .*use {replacement}"):
+        load({variable: "0"})
+    key = variable.removeprefix("QQBOT_").lower()
+    path = write(tmp_path, f"{key} = 0\n")
+    with pytest.raises(ConfigError, match=f"{key} \\(in .*\\): removed"):
+        load_settings(path, env={}, warn=print)
+
+
+@pytest.mark.parametrize(("raw", "message"), [("maybe", "true or false"), ("11", "0 to 10")])
+def test_bad_liveness_values(raw: str, message: str) -> None:
+    variable = "QQBOT_WS_PING" if message == "true or false" else "QQBOT_ACK_PROBES"
+    with pytest.raises(ConfigError, match=f"{variable}: expected .*{message}"):
+        load({variable: raw})

@@ -31,8 +31,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from qqbot_gateway.adapter.client import ClientConfig, QQBotClient, Secret
-from qqbot_gateway.adapter.connection import TransportConfig
 from qqbot_gateway.adapter.protocol import GatewayEvent
+from qqbot_gateway.adapter.session import LivenessConfig
 from qqbot_gateway.adapter.supervisor import ReconnectPolicy
 from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
 
@@ -148,7 +148,7 @@ async def test_metrics_after_a_scripted_run_match_the_golden_values(
         api_base=base,
         token_url=f"{base}/app/getAppAccessToken",
         gateway_url=f"ws://127.0.0.1:{gateway.port}/ws",
-        transport=TransportConfig(ws_ping_interval=None),
+        liveness=LivenessConfig(ws_ping=False),
         reconnect=ReconnectPolicy(backoff_base=0.01, backoff_cap=0.05),
     )
     client = QQBotClient(config)

@@ -98,7 +98,7 @@ def test_hello_sends_identify_with_token_intents_shard_and_properties() -> None:
 
 
 def test_ready_then_heartbeats_carry_last_seq_or_null() -> None:
-    s = new_session()
+    s = new_session(ws_ping=False)
     s.connect(0.0, "t")
     s.receive(hello(), 0.0)
     # before any dispatch, d is null
@@ -123,25 +123,48 @@ def test_ack_resets_and_reports_rtt() -> None:
     assert s.unacked == 0
 
 
-@pytest.mark.parametrize("limit", [1, 2, 3])
-def test_zombie_after_n_consecutive_unacked_heartbeats(limit: int) -> None:
-    s = identified(ack_miss_limit=limit, idle_timeout_factor=None)
-    t = 0.0
-    for n in range(limit):
-        t += I
-        out = s.tick(t)
-        assert sends(out), f"heartbeat {n + 1} expected"
-        assert not closes(out)
-    t += I
-    out = s.tick(t)
+def test_unanswered_heartbeat_is_probed_then_declared_dead_at_its_deadline() -> None:
+    """The ACK deadline at its floor (0.4 H), two probes evenly inside it, then ack_timeout."""
+    s = identified(idle_timeout_factor=None, ws_ping=False)
+    assert sends(s.tick(I)) == [{"op": 1, "d": 1}]
+    assert s.next_deadline() == pytest.approx(I + 0.4 / 3)
+    assert closes(s.tick(I + 0.1)) == [] and sends(s.tick(I + 0.1)) == []
+    assert sends(s.tick(I + 0.4 / 3)) == [{"op": 1, "d": 1}]  # probe 1
+    assert s.next_deadline() == pytest.approx(I + 0.8 / 3)
+    assert sends(s.tick(I + 0.8 / 3)) == [{"op": 1, "d": 1}]  # probe 2
+    assert s.next_deadline() == pytest.approx(1.4 * I)
+    assert closes(s.tick(1.4 * I - 1e-6)) == []
+    out = s.tick(1.4 * I)
     (close,) = closes(out)
     assert close.reason == p.ACK_TIMEOUT and close.abort
     assert close.code != 1000
     (zombie,) = emitted(out, ev.ZombieDetected)
-    assert zombie.unacked == limit
-    outcome = s.connection_lost(t + 0.01, None)
+    assert zombie.unacked == 3
+    outcome = s.connection_lost(1.4 * I + 0.01, None)
     assert outcome.reason == p.ACK_TIMEOUT
     assert outcome.action is CloseAction.RESUME and outcome.resumable
+
+
+def test_any_ack_before_the_deadline_answers_the_round() -> None:
+    s = identified(idle_timeout_factor=None, ws_ping=False)
+    s.tick(I)
+    s.tick(I + 0.4 / 3)  # probe
+    out = s.receive(ACK, I + 0.35)  # the first heartbeat's ACK, late, or the probe's
+    (acked,) = emitted(out, ev.HeartbeatAcked)
+    assert acked.rtt == pytest.approx(0.35)  # from the heartbeat that opened the round
+    assert s.unacked == 0
+    assert s.next_deadline() == pytest.approx(2 * I)
+    assert closes(s.tick(1.4 * I)) == []
+    # the RTT sample is taken from the first heartbeat: an upper bound, the safe side
+    rtt = s.ack_rtt
+    assert rtt is not None and rtt.samples == 1 and rtt.srtt == pytest.approx(0.35)
+
+
+def test_without_probes_the_deadline_is_a_single_wait() -> None:
+    s = identified(idle_timeout_factor=None, ws_ping=False, ack_probes=0)
+    s.tick(I)
+    assert s.next_deadline() == pytest.approx(1.4 * I)
+    assert closes(s.tick(1.4 * I))[0].reason == p.ACK_TIMEOUT
 
 
 def test_events_without_acks_still_make_a_zombie() -> None:
@@ -156,7 +179,8 @@ def test_events_without_acks_still_make_a_zombie() -> None:
         if closes(out):
             fired = closes(out)[0]
     assert fired is not None and fired.reason == p.ACK_TIMEOUT
-    assert t <= 3 * I + 1e-9
+    # the heartbeat at I, its ACK deadline 0.4 H later, seen at the next I/4 step
+    assert t <= 1.4 * I + I / 4 + 1e-9
 
 
 def test_silence_is_detected_by_the_idle_layer_within_bounds() -> None:
@@ -171,9 +195,10 @@ def test_silence_is_detected_by_the_idle_layer_within_bounds() -> None:
         t = nxt
         for c in closes(s.tick(t)):
             fired = c
-    assert fired.reason in (p.IDLE_TIMEOUT, p.ACK_TIMEOUT)
-    # last frame at I+0.01; detection at most 3 intervals after the link died
-    assert t - (I + 0.01) <= 3 * I
+    # No pong ever came, so the ping layer never armed: the ACK layer decides. Last frame at
+    # I+0.01; the next heartbeat at 2 I, its ACK deadline at 2.4 I.
+    assert fired.reason == p.ACK_TIMEOUT
+    assert t - (I + 0.01) <= 1.4 * I
 
 
 def test_hello_timeout_and_handshake_timeout() -> None:
@@ -185,7 +210,7 @@ def test_hello_timeout_and_handshake_timeout() -> None:
     assert c.reason == p.HELLO_TIMEOUT
     s.connection_lost(2.0, None)
 
-    s = new_session(handshake_timeout=3.0, idle_timeout_factor=None, ack_miss_limit=5)
+    s = new_session(handshake_timeout=3.0, idle_timeout_factor=None)
     s.connect(0.0, "t")
     s.receive(hello(), 0.0)
     t, fired = 0.0, None
@@ -375,7 +400,7 @@ def test_unknown_event_types_pass_through() -> None:
 
 
 def test_heartbeats_never_faster_than_the_interval_after_a_stall() -> None:
-    s = identified(idle_timeout_factor=None, ack_miss_limit=100)
+    s = identified(idle_timeout_factor=None)
     sent_at = []
     for t in (I, 5 * I, 5 * I + 0.01, 5 * I + 0.5, 6 * I, 6.2 * I):
         if sends(s.tick(t)):
@@ -390,8 +415,8 @@ def test_session_validation() -> None:
         GatewaySession(shard_id=2, shard_count=2, intents=1)
     with pytest.raises(ValueError, match="unknown intent"):
         GatewaySession(intents="GUILDS|NOPE")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="ack_miss_limit"):
-        LivenessConfig(ack_miss_limit=0)
+    with pytest.raises(ValueError, match="ack_timeout_min"):
+        LivenessConfig(ack_timeout_min=0)
     s = new_session()
     with pytest.raises(RuntimeError):
         s.receive(ACK, 0.0)

@@ -10,11 +10,14 @@ implementation:
 * nothing raises out of the state machine;
 * one handshake per connection: never both Identify (op 2) and Resume (op 6), never twice;
 * heartbeats (op 1) only after Hello, the first one interval after Hello, then never closer
-  together than the interval clamped into ``[min_heartbeat_interval, max_heartbeat_interval]``;
+  together than the interval clamped into ``[min_heartbeat_interval, max_heartbeat_interval]``,
+  except ACK probes: at most ``ack_probes`` per unanswered heartbeat, inside its ACK deadline;
+* WebSocket pings only after Hello, never more often than every ``ping_quiet`` x interval (the
+  driver never answers them here, so the ping layer never arms: it must never judge);
 * a zombie is always ended within the documented bound: no frame for the idle deadline, or
-  ``ack_miss_limit`` heartbeats unacknowledged when the next one is due, produces a ``Close``
-  with a reason in ``ZOMBIE_REASONS`` (and a ``ZombieDetected``), and never earlier than the
-  rule allows (no false positive on a healthy link);
+  a heartbeat unanswered past its ACK deadline (at most ``ack_timeout_max`` x interval),
+  produces a ``Close`` with a reason in ``ZOMBIE_REASONS`` (and a ``ZombieDetected``), and
+  never earlier than the rule allows (no false positive on a healthy link);
 * every ``Close`` and every ``Outcome`` carries a reason from ``DISCONNECT_REASONS``;
 * after a ``Close`` nothing more is sent or delivered on that connection;
 * a dispatch is delivered at most once (by sequence number within a session, and by event id).
@@ -42,6 +45,8 @@ from qqbot_gateway.adapter.session import (
     Outcome,
     Phase,
     Send,
+    SendPing,
+    TuneSocket,
 )
 
 #: Float slack for comparing times computed along different paths.
@@ -325,7 +330,9 @@ scripts = st.lists(connections(), min_size=1, max_size=4).map(
 
 liveness_configs = st.builds(
     LivenessConfig,
-    ack_miss_limit=st.integers(min_value=1, max_value=4),
+    ack_probes=st.integers(min_value=0, max_value=3),
+    ack_timeout_min=st.sampled_from([0.2, 0.4, 0.6]),
+    ws_ping=st.booleans(),
     idle_timeout_factor=st.none() | st.floats(min_value=1.05, max_value=6.0),
     idle_timeout_max=st.sampled_from([180.0, 5.0, 1.0]),
     hello_timeout=st.sampled_from([10.0, 0.5, 3.0]),
@@ -359,6 +366,12 @@ class ConnModel:
     ack_ref: float | None = None
     heartbeats: list[float] = field(default_factory=list)
     since_ack: int = 0
+    #: The regular heartbeat that opened the ACK round now waiting (None: all answered).
+    round_at: float | None = None
+    probes: int = 0
+    #: Send times of op 1 frames not matched to an op 11 yet (the server answers in order).
+    owed: list[float] = field(default_factory=list)
+    last_ping_at: float | None = None
     handshakes: list[int] = field(default_factory=list)
     closed: Close | None = None
     closed_at: float | None = None
@@ -436,9 +449,15 @@ class Driver:
         payload = _loads(data)
         op = payload.get("op") if isinstance(payload, dict) else None
         if conn.closed is None and op == 11 and isinstance(op, int) and not isinstance(op, bool):
-            if phase_before in (Phase.AWAIT_READY, Phase.READY):
-                conn.ack_ref = self.now
-                conn.since_ack = 0
+            if phase_before in (Phase.AWAIT_READY, Phase.READY) and conn.interval is not None:
+                interval = conn.interval
+                conn.owed = [t for t in conn.owed if t >= self.now - interval]
+                sent_at = conn.owed.pop(0) if conn.owed else None
+                # An op 11 owed by an earlier round does not answer the one open now.
+                if conn.round_at is not None and (sent_at is None or sent_at >= conn.round_at):
+                    conn.ack_ref = self.now
+                    conn.since_ack = 0
+                    conn.round_at = None
         if isinstance(payload, dict) and op == 0 and isinstance(data, str):
             self.dispatches.append(data)
         if isinstance(payload, dict):
@@ -500,9 +519,19 @@ class Driver:
             a.event for a in out if isinstance(a, Emit) and isinstance(a.event, ev.HelloReceived)
         ]
         for action in out:
-            assert isinstance(action, Send | Deliver | Close | Emit), action
+            assert isinstance(action, Send | SendPing | TuneSocket | Deliver | Close | Emit), action
+            if isinstance(action, SendPing | TuneSocket):
+                assert conn.hello_at is not None and conn.interval is not None, "before Hello"
+            if isinstance(action, SendPing):
+                # No pong ever comes here, so the layer stays calibrating: one ping at a
+                # time, never more often than every ping_quiet x interval.
+                quiet = self.lv.ping_quiet * conn.interval  # type: ignore[operator]
+                ref = conn.last_ping_at if conn.last_ping_at is not None else conn.hello_at
+                assert self.lv.ws_ping, "a ping with the ping layer off"
+                assert ref is not None and self.now - ref >= quiet - EPS, "pings too often"
+                conn.last_ping_at = self.now
             if conn.closed is not None:
-                assert not isinstance(action, Send | Deliver | Close), (
+                assert not isinstance(action, Send | SendPing | Deliver | Close), (
                     f"{action} after the connection was closed ({conn.closed.reason})"
                 )
             if isinstance(action, Close):
@@ -562,18 +591,27 @@ class Driver:
             if op == 6:
                 assert isinstance(d.get("session_id"), str), payload
             return
-        # op 1
+        # op 1: a regular heartbeat, or a probe while one waits for its ACK
         interval = conn.interval
         assert interval is not None and interval >= MIN_INTERVAL
         previous = conn.heartbeats[-1] if conn.heartbeats else conn.hello_at
-        assert self.now - previous >= interval - EPS, (
-            f"heartbeat at {self.now} only {self.now - previous:.6f}s after "
-            f"{'the previous one' if conn.heartbeats else 'Hello'} (interval {interval})"
-        )
         d = payload.get("d")
         assert d is None or (isinstance(d, int) and 0 < d <= self.max_seq_seen), payload
-        conn.heartbeats.append(self.now)
         conn.since_ack += 1
+        conn.owed.append(self.now)
+        if self.now - previous >= interval - EPS:
+            conn.heartbeats.append(self.now)
+            if conn.round_at is None:
+                conn.round_at, conn.probes = self.now, 0
+            return
+        assert conn.round_at is not None, (
+            f"heartbeat at {self.now} only {self.now - previous:.6f}s after "
+            f"{'the previous one' if conn.heartbeats else 'Hello'} (interval {interval}) "
+            "and no heartbeat waits for its ACK"
+        )
+        conn.probes += 1
+        assert conn.probes <= self.lv.ack_probes, "more ACK probes than configured"
+        assert self.now - conn.round_at < self.lv.ack_timeout_max * interval + EPS
 
     def check_deliver(self, conn: ConnModel, event: Any) -> None:
         if event.type in LIFECYCLE_TYPES:
@@ -593,9 +631,13 @@ class Driver:
     def check_zombie_not_premature(self, conn: ConnModel, close: Close) -> None:
         assert conn.interval is not None
         if close.reason == p.ACK_TIMEOUT:
-            assert conn.since_ack >= self.lv.ack_miss_limit, (
-                f"ack_timeout with only {conn.since_ack} heartbeats unacknowledged"
+            assert conn.round_at is not None, "ack_timeout with every heartbeat answered"
+            waited = self.now - conn.round_at
+            assert waited >= self.lv.ack_timeout_min * conn.interval - EPS, (
+                f"ack_timeout after {waited:.3f}s, below the floor"
             )
+        elif close.reason == p.PING_TIMEOUT:
+            pytest.fail("ping_timeout although no pong ever proved the server answers pings")
         elif close.reason == p.IDLE_TIMEOUT:
             idle = self.lv.idle_deadline(conn.interval)
             assert idle is not None
@@ -628,8 +670,11 @@ class Driver:
                 "and the connection is still open"
             )
         if not conn.stalled:
-            # The (limit+1)-th heartbeat due after the last ACK finds `limit` outstanding.
-            bound = conn.ack_ref + (lv.ack_miss_limit + 1) * conn.interval
+            # A heartbeat at most one interval after the last ACK, its deadline at most
+            # ack_timeout_max intervals after it.
+            bound = conn.ack_ref + (1 + lv.ack_timeout_max) * conn.interval
+            if conn.round_at is not None:
+                bound = min(bound, conn.round_at + lv.ack_timeout_max * conn.interval)
             assert self.now < bound + EPS, (
                 f"{conn.since_ack} heartbeats unacked, last ACK at {conn.ack_ref}, "
                 f"now {self.now}: past the ack bound {bound}"
@@ -722,8 +767,8 @@ def healthy_then_dead(draw: st.DrawFn) -> DeadLinkCase:
     if mode == "events_without_acks":
         share = draw(st.floats(min_value=0.05, max_value=0.9))
         gap = share * interval
-        # Enough events to outlast the ACK bound (limit + 1 intervals) by one interval.
-        for _ in range(int((liveness.ack_miss_limit + 2) / share) + 1):
+        # Enough events to outlast the ACK bound (1 + ack_timeout_max intervals) by one more.
+        for _ in range(int((liveness.ack_timeout_max + 3) / share) + 1):
             seq += 1
             dead.append(Advance(gap))
             dead.append(Frame(_dumps({"op": 0, "s": seq, "t": "GROUP_AT_MESSAGE_CREATE", "d": {}})))
@@ -766,9 +811,10 @@ def test_a_dead_link_is_always_ended_within_the_documented_bound(case: DeadLinkC
     close, closed_at = conn.closed, conn.closed_at
     assert close is not None and closed_at is not None, "the zombie was never detected"
     assert close.reason in p.ZOMBIE_REASONS, close
-    # The documented bound: ACK tracking ends it by the (limit+1)-th heartbeat due after the
-    # last ACK; the idle layer by the idle deadline after the last frame, whichever is first.
-    bound = last_ack + (liveness.ack_miss_limit + 1) * interval
+    # The documented bound: the next heartbeat at most one interval after the last ACK, its
+    # deadline at most ack_timeout_max intervals later (at ack_timeout_min while the measured
+    # RTT is small); the idle layer by the idle deadline after the last frame; first wins.
+    bound = last_ack + (1 + liveness.ack_timeout_max) * interval
     idle = liveness.idle_deadline(interval)
     if mode == "silent" and idle is not None:
         bound = min(bound, died_at + idle)
@@ -792,7 +838,7 @@ def _ready_session(ms: int, **liveness: Any) -> GatewaySession:
 def test_tick_at_the_idle_deadline_settles_it() -> None:
     """``next_deadline()`` says ``last_frame + idle``; ``tick()`` at exactly that time must act
     on it (close, or move the deadline), or a timer driven by those two spins."""
-    s = _ready_session(150, idle_timeout_factor=1.25, ack_miss_limit=5)
+    s = _ready_session(150, idle_timeout_factor=1.25, ws_ping=False)
     last_frame = 0.05707498555027215  # (last_frame + 0.25) - last_frame < 0.25 in floats
     s.receive(_dumps({"op": 11}), last_frame)
     now = 0.0

@@ -18,7 +18,7 @@ class World:
         self.lag = lag
         self.health = HealthEvaluator(
             shards=(0,),
-            liveness=LivenessConfig(),  # ack_miss_limit 2, idle 2.5 x interval
+            liveness=LivenessConfig(),  # ACK deadline <= 0.9 x interval, idle 2.5 x interval
             config=HealthConfig(liveness_grace=GRACE, loop_lag_threshold=1.0, stall_margin=5.0),
             status_provider=self.client.shard_status,
             loop_lag=lambda now: self.lag,
@@ -79,11 +79,11 @@ def test_readiness_needs_a_recent_ack() -> None:
     w.f.heartbeat(11.0)
     w.f.ack(11.02)
     w.f.emit(ev.FrameReceived, 12.5, op=0, event_type="X", size=1)  # not an ACK
-    # (ack_miss_limit + 0.5) x interval = 2.5 s after the last ACK.
-    assert w.at(13.5).ready
-    r = w.at(13.6)
+    # (1 + ack_timeout_max + 0.5) x interval = 2.4 s after the last ACK.
+    assert w.at(13.4).ready
+    r = w.at(13.5)
     assert not r.ready
-    assert check(r, "shard/0/ready") == (False, "no heartbeat ACK for 2.6s (limit 2.5s)")
+    assert check(r, "shard/0/ready") == (False, "no heartbeat ACK for 2.5s (limit 2.4s)")
 
 
 def test_ack_zombie_fails_until_torn_down_and_reconnect_recovers() -> None:
@@ -91,13 +91,17 @@ def test_ack_zombie_fails_until_torn_down_and_reconnect_recovers() -> None:
     w.live(10.0)
     w.f.heartbeat(11.0, unacked=1)
     w.f.emit(ev.FrameReceived, 11.5, op=0, event_type="X", size=1)  # keeps idle away
-    w.f.heartbeat(12.0, unacked=2)
-    w.f.emit(ev.FrameReceived, 12.5, op=0, event_type="X", size=1)
-    assert w.at(12.9).healthy  # 2 outstanding, but the next is not due yet
-    r = w.at(13.0)
+    w.f.heartbeat(11.5, unacked=2)  # a probe
+    w.f.emit(ev.FrameReceived, 11.9, op=0, event_type="X", size=1)
+    # The session should have acted at its deadline (at most 0.9 s); the evidence alone says
+    # so once the heartbeat has waited a whole interval.
+    assert w.at(11.99).healthy
+    r = w.at(12.0)
     assert not r.healthy and not r.ready
     ok, reason = check(r, "shard/0/connection")
-    assert not ok and reason.startswith("ack_timeout: 2 consecutive heartbeats unacknowledged")
+    assert not ok and reason.startswith("ack_timeout: heartbeat unanswered for 1.0s")
+    assert check(r, "shard/0/liveness/ack")[0] is False
+    assert check(r, "shard/0/liveness/ping")[0] is True
     # The session declares it: still failing until the connection is gone.
     w.f.emit(
         ev.ZombieDetected,
@@ -109,6 +113,7 @@ def test_ack_zombie_fails_until_torn_down_and_reconnect_recovers() -> None:
     )
     reason = check(w.at(13.01), "shard/0/connection")[1]
     assert reason.startswith("ack_timeout: zombie connection declared")
+    assert check(w.at(13.01), "shard/0/liveness/ack")[1] == reason
     w.f.disconnect(13.02, "ack_timeout")
     w.state(13.02, CS.BACKOFF, next_attempt_at=13.5)
     r = w.at(13.1)
@@ -265,3 +270,34 @@ def test_reasons_are_sanitized() -> None:
     w.state(1.0, CS.FATAL, task_alive=False, fatal_message="access token refused: hunter2")
     reason = check(w.at(1.1), "shard/0/supervisor")[1]
     assert "hunter2" not in reason and "[REDACTED]" in reason
+
+
+def test_liveness_layers_are_reported_one_line_each() -> None:
+    w = World()
+    w.live(10.0)
+    w.f.emit(ev.PingLayerChanged, 10.1, state="armed", detail="the server answers pings")
+    w.f.emit(ev.PongReceived, 10.1, rtt=0.004, deadline=0.3)
+    r = w.at(10.5)
+    assert r.healthy
+    assert check(r, "shard/0/liveness/ping") == (
+        True,
+        "armed: RTT 4 ms, probe after 0.05s = 0.05 H quiet, pong deadline 0.3s = 0.30 H",
+    )
+    ack = check(r, "shard/0/liveness/ack")[1]
+    assert ack.startswith("ACK deadline 0.4s = 0.40 H to 0.9s = 0.90 H per heartbeat, 2 probe(s)")
+    assert check(r, "shard/0/liveness/idle")[1].endswith("limit 2.5s = 2.50 H")
+    assert check(r, "shard/0/liveness/tcp") == (True, "TCP_USER_TIMEOUT 1s = 1.00 H")
+    w.f.emit(ev.PingLayerChanged, 11.0, state="disabled", detail="pings go unanswered")
+    assert check(w.at(11.1), "shard/0/liveness/ping") == (True, "disabled: pings go unanswered")
+    w.f.emit(
+        ev.ZombieDetected,
+        11.2,
+        reason="ping_timeout",
+        unacked=0,
+        idle_for=0.4,
+        heartbeat_interval=1,
+    )
+    r = w.at(11.3)
+    assert not r.healthy
+    assert check(r, "shard/0/liveness/ping")[0] is False
+    assert check(r, "shard/0/liveness/ack")[0] is True

@@ -4,6 +4,10 @@ Deliberately thin. It owns the clock (``loop.time()``), two named tasks per conn
 reader, which is the only caller of ``receive()``, and the timer, which sleeps until the
 session's next deadline), and the socket. Everything the protocol decides is in ``session``.
 
+The WebSocket ping layer is the session's too: aiohttp's own ``heartbeat=`` and ``autoping`` are
+off; the driver sends the pings the session asks for (:class:`~.session.SendPing`), answers the
+server's pings itself and reports every pong with its arrival time. It never judges liveness.
+
 Closing never waits on the peer for long: a zombie is torn down with ``transport.abort()`` at
 once, and every other close is a WebSocket close bounded by ``close_timeout`` followed by an
 abort. A close on a dead link is itself a silent hang otherwise (the seed adapter froze for good
@@ -17,7 +21,7 @@ import contextlib
 import logging
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,7 +31,17 @@ from aiohappyeyeballs import AddrInfoType
 from . import events as ev
 from . import protocol as p
 from .protocol import GatewayEvent
-from .session import RESUMABLE_CLOSE_CODE, Close, Deliver, Emit, GatewaySession, Outcome, Send
+from .session import (
+    RESUMABLE_CLOSE_CODE,
+    Close,
+    Deliver,
+    Emit,
+    GatewaySession,
+    Outcome,
+    Send,
+    SendPing,
+    TuneSocket,
+)
 
 __all__ = ["ConnectError", "GatewayConnection", "TransportConfig", "make_socket_factory"]
 
@@ -47,19 +61,15 @@ class TransportConfig:
     send_timeout: float = 5.0
     #: A graceful close waits at most this long for the peer, then the socket is aborted.
     close_timeout: float = 1.0
-    #: aiohttp ``heartbeat=``: WebSocket ping every N seconds, pong expected within N/2.
-    #: 30 s: well inside the NAT idle timeouts seen in the wild (60 s and up), and cheap.
-    #: Whether QQ answers pings is unverified, so this layer can be switched off.
-    ws_ping_interval: float | None = 30.0
     #: SO_KEEPALIVE with these timings (Linux): probes start after idle, every interval,
     #: and the kernel drops the link after count unanswered probes.
     tcp_keepalive: bool = True
     tcp_keepidle: int = 30
     tcp_keepintvl: int = 10
     tcp_keepcnt: int = 3
-    #: TCP_USER_TIMEOUT (Linux): sent data unacknowledged by the peer's kernel for this long
-    #: kills the socket. 60 s: longer than any heartbeat layer at QQ's 41.25 s interval would
-    #: need on a lossy but live link, and a hard backstop if the loop itself is starved.
+    #: TCP_USER_TIMEOUT (Linux) until Hello: sent data unacknowledged by the peer's kernel for
+    #: this long kills the socket. After Hello the session derives it from the interval
+    #: (``LivenessConfig.tcp_user_timeout``) and the driver sets that instead.
     tcp_user_timeout: float | None = 60.0
     #: Frames above this size are a protocol error (the connection is dropped and resumed).
     max_frame_size: int = 4 * 1024 * 1024
@@ -68,8 +78,6 @@ class TransportConfig:
         for name in ("connect_timeout", "send_timeout", "close_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.ws_ping_interval is not None and self.ws_ping_interval <= 0:
-            raise ValueError("ws_ping_interval must be positive (or None to disable)")
         if self.tcp_user_timeout is not None and self.tcp_user_timeout <= 0:
             raise ValueError("tcp_user_timeout must be positive (or None to disable)")
         if self.max_frame_size < 1024:
@@ -161,9 +169,12 @@ class GatewayConnection:
         shard = self._session.shard_id
         try:
             async with asyncio.timeout(self._cfg.connect_timeout):
+                # heartbeat=None, autoping=False: pings are the session's layer, and pongs
+                # must reach it (aiohttp swallows them with autoping on).
                 ws = await self._http.ws_connect(
                     self._url,
-                    heartbeat=self._cfg.ws_ping_interval,
+                    heartbeat=None,
+                    autoping=False,
                     max_msg_size=self._cfg.max_frame_size,
                     autoclose=False,
                     # Text frames as bytes: the JSON parser takes UTF-8 bytes directly.
@@ -235,6 +246,11 @@ class GatewayConnection:
                         await self._run_actions(actions)
                 elif msg.type is aiohttp.WSMsgType.BINARY:
                     await self._run_actions(self._session.receive(msg.data, now))
+                elif msg.type is aiohttp.WSMsgType.PONG:
+                    self._execute(self._session.receive_pong(msg.data, now))
+                elif msg.type is aiohttp.WSMsgType.PING:
+                    self._execute(self._session.receive_ping(now))
+                    await self._pong(ws, msg.data)
                 elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
                     code = msg.data if isinstance(msg.data, int) else ws.close_code
                     self._server_gone(code, str(msg.extra or ""))
@@ -286,6 +302,8 @@ class GatewayConnection:
                 self._deliver(action.event)
             elif isinstance(action, Send):
                 await self._send(action)
+            elif isinstance(action, SendPing):
+                await self._ping(action.payload)
             else:
                 self._execute((action,))
 
@@ -293,24 +311,67 @@ class GatewayConnection:
         """Run the actions that need no awaiting; sends are scheduled."""
         for action in actions:
             if isinstance(action, Emit):
+                if isinstance(action.event, ev.PingLayerChanged):
+                    self._log_ping_layer(action.event)
                 self._bus.emit(action.event)
             elif isinstance(action, Deliver):
                 self._deliver(action.event)
             elif isinstance(action, Close):
                 self._closing = action
                 self._done.set()
+            elif isinstance(action, TuneSocket):
+                self._tune_socket(action)
             elif isinstance(action, Send):
                 # Only reached from synchronous paths (connect/close requests), which never
                 # produce sends; kept for completeness.
                 asyncio.ensure_future(self._send(action))  # noqa: RUF006
 
+    def _log_ping_layer(self, event: ev.PingLayerChanged) -> None:
+        # Once per connection at most: a server that ignores pings is worth one WARNING (the
+        # layer is off for the connection), an RTT too high for the interval an INFO.
+        level = {"disabled": logging.WARNING, "suspended": logging.INFO}.get(
+            event.state, logging.DEBUG
+        )
+        _log.log(
+            level,
+            "shard %d: WebSocket ping layer %s: %s",
+            self._session.shard_id,
+            event.state,
+            event.detail,
+        )
+
     async def _send(self, action: Send) -> None:
         ws = self._ws
-        if ws is None or self._done.is_set():
+        if ws is not None:
+            payload = action.payload
+            await self._write(lambda: ws.send_json(payload))
+
+    async def _ping(self, payload: bytes) -> None:
+        ws = self._ws
+        if ws is not None:
+            await self._write(lambda: ws.ping(payload))
+
+    async def _pong(self, ws: _WS, payload: bytes) -> None:
+        await self._write(lambda: ws.pong(payload))
+
+    def _tune_socket(self, action: TuneSocket) -> None:
+        transport = self._transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        seconds = action.tcp_user_timeout
+        if sock is None or seconds is None or not hasattr(socket, "TCP_USER_TIMEOUT"):
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+        except OSError:
+            _log.debug("could not set TCP_USER_TIMEOUT", exc_info=True)
+
+    async def _write(self, frame: Callable[[], Awaitable[None]]) -> None:
+        """Write one frame (bounded by ``send_timeout``); a failure closes the link."""
+        if self._done.is_set():
             return
         try:
             async with self._send_lock, asyncio.timeout(self._cfg.send_timeout):
-                await ws.send_json(action.payload)
+                await frame()
         except TimeoutError:
             self._execute(
                 self._session.close_requested(
@@ -334,31 +395,14 @@ class GatewayConnection:
         self._done.set()
 
     def _on_error(self, exc: Any) -> None:
-        if isinstance(exc, aiohttp.ServerTimeoutError):
-            reason, detail = p.PING_TIMEOUT, "no WebSocket pong in time"
-        elif (
+        if (
             isinstance(exc, aiohttp.WebSocketError)
             and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
         ):
             reason, detail = p.PROTOCOL_ERROR, f"frame over {self._cfg.max_frame_size} bytes"
         else:
             reason, detail = p.NETWORK_ERROR, f"WebSocket error: {type(exc).__name__}"
-        if reason == p.PING_TIMEOUT:
-            actions = self._session.close_requested(reason, detail, abort=True)
-            # The ping layer is a liveness layer like the others: report it as a zombie.
-            self._bus.emit(
-                ev.ZombieDetected(
-                    shard=self._session.shard_id,
-                    monotonic=self._loop.time(),
-                    reason=reason,
-                    unacked=self._session.unacked,
-                    idle_for=0.0,
-                    heartbeat_interval=self._session.heartbeat_interval or 0.0,
-                )
-            )
-        else:
-            actions = self._session.close_requested(reason, detail, abort=True)
-        self._execute(actions)
+        self._execute(self._session.close_requested(reason, detail, abort=True))
         self._done.set()
 
     async def _teardown(self, ws: _WS) -> None:

@@ -14,7 +14,8 @@ Events (grouped)::
     connection   ConnectAttempt, Connected, HelloReceived, IdentifySent, ResumeSent,
                  SessionReady, SessionResumed, StateChanged, Disconnected, ReconnectScheduled,
                  ReconnectLoopDetected, ShardFatal, SupervisorStopped
-    liveness     HeartbeatSent, HeartbeatAcked, ZombieDetected
+    liveness     HeartbeatSent, HeartbeatAcked, ZombieDetected, PingSent, PongReceived,
+                 PingLayerChanged
     frames       FrameReceived, ProtocolViolation
     delivery     EventDispatched, DuplicateDropped, HandlerQueueDepth, HandlerFailed,
                  HandlerCompleted
@@ -67,6 +68,9 @@ __all__ = [
     "IdentifySent",
     "Interest",
     "LifecycleEvent",
+    "PingLayerChanged",
+    "PingSent",
+    "PongReceived",
     "ProtocolViolation",
     "ReconnectLoopDetected",
     "ReconnectScheduled",
@@ -173,6 +177,23 @@ class ZombieDetected(LifecycleEvent):
     unacked: int
     idle_for: float  # seconds since the last frame of any kind
     heartbeat_interval: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PingSent(LifecycleEvent):
+    outstanding: int  # pings awaiting a pong, this one included
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PongReceived(LifecycleEvent):
+    rtt: float  # seconds since the ping this pong answers
+    deadline: float  # the pong deadline now in force (seconds), derived from the RTT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PingLayerChanged(LifecycleEvent):
+    state: str  # a session.PingState value: off, calibrating, armed, suspended, disabled
+    detail: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

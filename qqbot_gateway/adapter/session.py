@@ -24,13 +24,32 @@ through::
                   v
               DISCONNECTED  -> an Outcome telling the supervisor what to do next
 
-Liveness is layered and scaled to the server's interval (all in :class:`LivenessConfig`):
+Liveness is layered; every verdict is taken here, with explicit times, and every timer is a
+fraction of the server's heartbeat interval H (or derived from a measured round-trip time and
+then floored and capped in H), so a test at H = 1 s runs exactly the production logic
+(:class:`LivenessConfig`):
 
-* **ACK tracking.** When a heartbeat is due and ``ack_miss_limit`` heartbeats are already
-  outstanding (sent, no op 11 since), the link is a zombie (``ack_timeout``). Heartbeats are
-  counted, not wall time: a stalled event loop delays the verdict instead of faking one.
-* **Receive idle.** No frame of any kind for ``idle_timeout_factor`` x interval (``idle_timeout``).
-  The server ACKs every heartbeat, so a healthy link is never silent that long.
+* **WebSocket ping** (``ping_timeout``), the fast layer. Probe only when the link is quiet: when
+  no frame has arrived for ``ping_quiet`` x H, the session asks the driver to send a ping
+  (:class:`SendPing`), and again every ``ping_quiet`` x H while the silence lasts. The pong is
+  expected within a deadline computed like TCP's retransmission timeout (RFC 6298: smoothed RTT
+  + 4 x RTT variance), floored and capped in H. The link is dead when no frame of any kind
+  arrived within that deadline of the first ping sent into the silence. The layer calibrates
+  itself: it judges nothing until a first pong proves the server answers pings (``armed``; the
+  calibration ping goes out ``ping_quiet`` x H after Hello even on a busy link); if
+  pings go unanswered while other frames prove the link alive, it turns itself off for the
+  connection (``disabled``, one ``PingLayerChanged``), so a server that ignores pings cannot
+  cause a reconnect; while the smoothed RTT is too high for H it stands by (``suspended``)
+  rather than guess.
+* **ACK deadline** (``ack_timeout``). Each heartbeat (op 1, one per H) must be answered by an
+  op 11 within a deadline derived from the measured ACK RTT the same way, floored and capped in
+  H. While it waits, the session re-sends the heartbeat ``ack_probes`` times (evenly inside the
+  deadline), so one ACK lost or delayed by the server does not cost a reconnect; any op 11
+  answers the round, and its RTT is taken from the heartbeat that opened the round.
+* **Receive idle** (``idle_timeout``): no frame of any kind for ``idle_timeout_factor`` x H, the
+  backstop when the layers above cannot judge (for instance a wedged heartbeat).
+* **Kernel**: the session answers Hello with a :class:`TuneSocket` carrying ``TCP_USER_TIMEOUT``
+  derived from H, for the driver to set on the socket.
 * Hello and READY/RESUMED deadlines for a handshake that never completes.
 """
 
@@ -39,7 +58,7 @@ from __future__ import annotations
 import enum
 import math
 import platform
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -59,7 +78,11 @@ __all__ = [
     "LivenessConfig",
     "Outcome",
     "Phase",
+    "PingState",
+    "RttEstimator",
     "Send",
+    "SendPing",
+    "TuneSocket",
 ]
 
 #: Close code we use for every close we start ourselves. Anything but 1000/1001 keeps the
@@ -69,22 +92,57 @@ RESUMABLE_CLOSE_CODE: Final = 4000
 
 @dataclass(frozen=True, slots=True)
 class LivenessConfig:
-    """Timing rules. Every value derived from Hello's interval is scaled, then capped.
+    """Timing rules. Every timer is a fraction of the heartbeat interval H from Hello (after
+    clamping H), or derived from a measured round-trip time and then floored and capped in H.
 
-    ``None`` disables a layer (not allowed for ``ack_miss_limit``: ACK tracking is the one
-    layer the protocol itself defines).
+    ``None`` disables a layer where allowed (the ACK layer is the one the protocol itself
+    defines and cannot be disabled). The defaults come from the numbers in
+    ``benchmarks/bench_detection.md``: a half-open link is declared dead within
+    ``ping_quiet + ping_timeout_min`` (0.35 H) while the ping layer is armed, a server that
+    stops ACKing within ``1 + ack_timeout_min`` (1.4 H), with no false positive over a
+    10-minute run with ACK and pong latency of median 50 ms, jitter to 10x, 1 % spikes to
+    0.2 H and 100 ms event loop stalls, at H = 1 s.
     """
 
-    #: N consecutive heartbeats without an op 11 make a zombie. 2, not 1: a single late ACK
-    #: (GC pause, a congested hop, a slow gateway node) must not cost a reconnect, while two
-    #: in a row bound detection to [2, 3) intervals by this layer alone.
-    ack_miss_limit: int = 2
-    #: No frame at all for this many intervals makes a zombie. 2.5: the server ACKs every
-    #: heartbeat, so a healthy link is never silent for more than one interval plus one RTT;
-    #: 2.5 tolerates one lost or late ACK and still fires before the ACK layer on a dead link.
+    #: ACK deadline per heartbeat, in H: RFC 6298 RTO of the ACK RTT, clamped into
+    #: [min, max]. The floor 0.4 H: with ``ack_probes`` = 2, a false positive needs the ACK
+    #: late by more than 0.4 H *and* both probes' ACKs late by 0.27 H and 0.13 H (about 3e-6 per
+    #: heartbeat under the benchmark's latency model); it bounds "server stops ACKing" to 1.4 H.
+    #: The cap 0.9 H: a measured RTT can stretch the deadline that far, never into the next
+    #: heartbeat.
+    ack_timeout_min: float = 0.4
+    ack_timeout_max: float = 0.9
+    #: Extra heartbeats sent while a heartbeat waits for its ACK, evenly inside the deadline.
+    ack_probes: int = 2
+    #: The WebSocket ping layer. False switches it off (``QQBOT_WS_PING=off``).
+    ws_ping: bool = True
+    #: Probe after this much silence, in H (and again after each such silence). 0.05 H: one
+    #: ping per ~2 s of silence at QQ's 41.25 s, negligible; several pings in flight before a
+    #: verdict, so one slow pong is not a false positive.
+    ping_quiet: float = 0.05
+    #: Pong deadline, in H: RFC 6298 RTO of the ping RTT clamped into [min, max]. 0.3 H floor:
+    #: at H = 1 s it tolerates the benchmark's 10x jitter (500 ms pongs) because six pings sent
+    #: into the silence must all be late; 0.45 cap keeps ping_quiet + deadline within 0.5 H.
+    ping_timeout_min: float = 0.3
+    ping_timeout_max: float = 0.45
+    #: The layer stands by (``suspended``) while the smoothed ping RTT exceeds this, in H, and
+    #: arms again below 3/4 of it: a link that slow leaves the pong deadline no margin over
+    #: the RTT. Judged on the smoothed RTT, not on the RTO, so jitter alone never suspends it.
+    ping_suspend_rtt: float = 0.2
+    #: Pings that go without a pong for ``ping_lost_after`` x H while other frames prove the
+    #: link alive, in a row, after which the layer turns itself off for the connection.
+    ping_unanswered_limit: int = 3
+    ping_lost_after: float = 1.0
+    #: No frame at all for this many intervals makes a zombie. 2.5: the backstop behind the
+    #: ACK layer (which judges by 1.9 H at most); a healthy link is never silent that long.
     idle_timeout_factor: float | None = 2.5
     #: Absolute cap on the idle deadline, whatever the interval.
     idle_timeout_max: float = 180.0
+    #: TCP_USER_TIMEOUT set on the socket after Hello: this many H, at least the floor in
+    #: seconds (kernel retransmissions need time on a lossy but live link). 1 H: the kernel
+    #: layer never fires before the ping layer, and bounds a starved loop's dead socket.
+    tcp_user_timeout_factor: float | None = 1.0
+    tcp_user_timeout_min: float = 1.0
     #: Hello's interval is clamped into this range: a malformed tiny value must never become
     #: a heartbeat storm, a huge one must not disable liveness.
     min_heartbeat_interval: float = 0.2
@@ -103,10 +161,24 @@ class LivenessConfig:
     max_identify_rejections: int = 3
 
     def __post_init__(self) -> None:
-        if self.ack_miss_limit < 1:
-            raise ValueError("ack_miss_limit must be at least 1")
+        if not 0 < self.ack_timeout_min <= self.ack_timeout_max < 1.0:
+            raise ValueError("need 0 < ack_timeout_min <= ack_timeout_max < 1 (in intervals)")
+        if not 0 <= self.ack_probes <= 10:
+            raise ValueError("ack_probes must be between 0 and 10")
+        if not 0 < self.ping_quiet < 1.0:
+            raise ValueError("ping_quiet must be between 0 and 1 (in intervals)")
+        if not 0 < self.ping_timeout_min <= self.ping_timeout_max < 1.0:
+            raise ValueError("need 0 < ping_timeout_min <= ping_timeout_max < 1 (in intervals)")
+        if not 0 < self.ping_suspend_rtt < self.ping_timeout_max:
+            raise ValueError("need 0 < ping_suspend_rtt < ping_timeout_max (in intervals)")
+        if self.ping_unanswered_limit < 1:
+            raise ValueError("ping_unanswered_limit must be at least 1")
+        if self.ping_lost_after <= self.ping_timeout_max:
+            raise ValueError("ping_lost_after must exceed ping_timeout_max (in intervals)")
         if self.idle_timeout_factor is not None and self.idle_timeout_factor <= 1.0:
             raise ValueError("idle_timeout_factor must be greater than 1 (or None to disable)")
+        if self.tcp_user_timeout_factor is not None and self.tcp_user_timeout_factor <= 0:
+            raise ValueError("tcp_user_timeout_factor must be positive (or None to disable)")
         if not 0 < self.min_heartbeat_interval <= self.max_heartbeat_interval:
             raise ValueError("need 0 < min_heartbeat_interval <= max_heartbeat_interval")
         for name in ("hello_timeout", "handshake_timeout"):
@@ -115,6 +187,11 @@ class LivenessConfig:
                 raise ValueError(f"{name} must be positive (or None)")
         if self.max_resume_failures < 1 or self.max_identify_rejections < 1:
             raise ValueError("max_resume_failures and max_identify_rejections must be >= 1")
+
+    @property
+    def ack_miss_limit(self) -> int:
+        """Heartbeats outstanding (the heartbeat and its probes) when the ACK layer fires."""
+        return 1 + self.ack_probes
 
     def handshake_deadline(self, interval: float) -> float:
         if self.handshake_timeout is not None:
@@ -125,6 +202,68 @@ class LivenessConfig:
         if self.idle_timeout_factor is None:
             return None
         return min(self.idle_timeout_factor * interval, self.idle_timeout_max)
+
+    def ack_deadline(self, interval: float, rto: float | None) -> float:
+        """Seconds a heartbeat may wait for its ACK (probes included)."""
+        return _clamp(rto, self.ack_timeout_min * interval, self.ack_timeout_max * interval)
+
+    def pong_deadline(self, interval: float, rto: float | None) -> float:
+        """Seconds the first ping sent into a silence may wait for any frame."""
+        return _clamp(rto, self.ping_timeout_min * interval, self.ping_timeout_max * interval)
+
+    def worst_case(self, interval: float) -> dict[str, float]:
+        """Worst-case detection per layer at the floors, in seconds (for reports)."""
+        out = {
+            p.PING_TIMEOUT: (self.ping_quiet + self.ping_timeout_min) * interval,
+            p.ACK_TIMEOUT: (1.0 + self.ack_timeout_min) * interval,
+        }
+        idle = self.idle_deadline(interval)
+        if idle is not None:
+            out[p.IDLE_TIMEOUT] = idle
+        return out
+
+    def tcp_user_timeout(self, interval: float) -> float | None:
+        if self.tcp_user_timeout_factor is None:
+            return None
+        return max(self.tcp_user_timeout_factor * interval, self.tcp_user_timeout_min)
+
+
+def _clamp(value: float | None, low: float, high: float) -> float:
+    return low if value is None else min(max(value, low), high)
+
+
+class RttEstimator:
+    """RFC 6298 section 2: smoothed RTT and RTT variance (alpha 1/8, beta 1/4)."""
+
+    __slots__ = ("rttvar", "samples", "srtt")
+
+    def __init__(self) -> None:
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.samples = 0
+
+    def sample(self, rtt: float) -> None:
+        rtt = max(rtt, 0.0)
+        self.samples += 1
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+            return
+        self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+        self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+    def rto(self) -> float | None:
+        """srtt + 4 x rttvar, or None before the first sample."""
+        return None if self.srtt is None else self.srtt + 4 * self.rttvar
+
+
+class PingState(enum.Enum):
+    """The WebSocket ping layer of one connection."""
+
+    OFF = "off"  # switched off by configuration
+    CALIBRATING = "calibrating"  # pinging, judging nothing until a first pong
+    ARMED = "armed"  # the server answers pings: a silent link past the deadline is dead
+    SUSPENDED = "suspended"  # measured RTT exceeds the cap: standing by, not judging
+    DISABLED = "disabled"  # pings go unanswered while the link is alive: off for this conn
 
 
 class Phase(enum.Enum):
@@ -160,7 +299,21 @@ class Emit:
     event: ev.LifecycleEvent
 
 
-Action = Send | Deliver | Close | Emit
+@dataclass(frozen=True, slots=True)
+class SendPing:
+    """Send a WebSocket ping with this payload; report its pong with ``receive_pong``."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TuneSocket:
+    """Set ``TCP_USER_TIMEOUT`` on the connection's socket (seconds; None leaves it)."""
+
+    tcp_user_timeout: float | None
+
+
+Action = Send | SendPing | TuneSocket | Deliver | Close | Emit
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +344,20 @@ class _Conn:
     next_heartbeat_at: float | None = None
     last_heartbeat_at: float | None = None
     unacked: int = 0
+    # ACK layer: the oldest unanswered heartbeat of this round, its deadline, probes sent
+    ack_round_at: float | None = None
+    ack_deadline_at: float | None = None
+    probes_sent: int = 0
+    ack_rtt: RttEstimator = field(default_factory=RttEstimator)
+    # send times of the op 1 frames not matched to an op 11 yet (the server answers in order)
+    acks_owed: deque[float] = field(default_factory=deque)
+    # ping layer: payload -> (sent at, pong deadline in seconds), oldest first
+    ping_state: PingState = PingState.OFF
+    pings: dict[bytes, tuple[float, float]] = field(default_factory=dict)
+    ping_counter: int = 0
+    last_ping_at: float | None = None
+    pings_unanswered: int = 0
+    ping_rtt: RttEstimator = field(default_factory=RttEstimator)
     resuming: bool = False
     resume_sent_at: float | None = None
     replayed: int = 0
@@ -251,6 +418,18 @@ class GatewaySession:
     @property
     def unacked(self) -> int:
         return self._conn.unacked if self._conn else 0
+
+    @property
+    def ping_state(self) -> PingState:
+        return self._conn.ping_state if self._conn else PingState.OFF
+
+    @property
+    def ping_rtt(self) -> RttEstimator | None:
+        return self._conn.ping_rtt if self._conn else None
+
+    @property
+    def ack_rtt(self) -> RttEstimator | None:
+        return self._conn.ack_rtt if self._conn else None
 
     @property
     def can_resume(self) -> bool:
@@ -333,6 +512,33 @@ class GatewaySession:
         # unknown ops pass through rather than break the session.
         return out
 
+    def receive_pong(self, payload: bytes, now: float) -> list[Action]:
+        """A WebSocket pong arrived (``payload`` as received)."""
+        conn = self._require_conn()
+        conn.last_frame_at = now
+        if conn.phase is Phase.CLOSING:
+            return []
+        sent = conn.pings.pop(bytes(payload), None)
+        if sent is None:
+            return []  # unsolicited (RFC 6455 allows it) or already given up: a frame, no more
+        interval = conn.interval
+        assert interval is not None  # pings are only sent after Hello
+        rtt = now - sent[0]
+        conn.ping_rtt.sample(rtt)
+        conn.pings_unanswered = 0
+        deadline = self.liveness.pong_deadline(interval, conn.ping_rtt.rto())
+        out: list[Action] = [
+            Emit(ev.PongReceived(shard=self.shard_id, monotonic=now, rtt=rtt, deadline=deadline))
+        ]
+        out.extend(self._judge_ping_layer(conn, now))
+        return out
+
+    def receive_ping(self, now: float) -> list[Action]:
+        """The server sent a WebSocket ping (the driver answers it): proof of a live link."""
+        conn = self._require_conn()
+        conn.last_frame_at = now
+        return []
+
     def tick(self, now: float) -> list[Action]:
         """Run the timers that are due."""
         conn = self._conn
@@ -345,15 +551,40 @@ class GatewaySession:
                 return [self._close(conn, p.HELLO_TIMEOUT, detail, abort=True)]
             return []
         assert conn.interval is not None and conn.hello_at is not None
-        idle = lv.idle_deadline(conn.interval)
+        interval = conn.interval
+        idle = lv.idle_deadline(interval)
         if idle is not None and now >= conn.last_frame_at + idle:
             return self._zombie(conn, p.IDLE_TIMEOUT, now, f"no frame for {idle:g}s")
+        verdict = self._ping_verdict(conn)
+        if verdict is not None and now >= verdict[0]:
+            sent_at, deadline, n = verdict[1], verdict[2], len(conn.pings)
+            detail = (
+                f"no frame for {now - conn.last_frame_at:.3f}s: {n} ping(s) unanswered, the "
+                f"first sent {now - sent_at:.3f}s ago (pong deadline {deadline:.3f}s = "
+                f"{deadline / interval:.2f} H)"
+            )
+            return self._zombie(conn, p.PING_TIMEOUT, now, detail)
+        if conn.ack_deadline_at is not None and now >= conn.ack_deadline_at:
+            assert conn.ack_round_at is not None
+            waited = now - conn.ack_round_at
+            limit = conn.ack_deadline_at - conn.ack_round_at
+            detail = (
+                f"heartbeat unacknowledged for {waited:.3f}s, {conn.probes_sent} probe(s) too "
+                f"(ACK deadline {limit:.3f}s = {limit / interval:.2f} H)"
+            )
+            return self._zombie(conn, p.ACK_TIMEOUT, now, detail)
         out: list[Action] = []
         if conn.next_heartbeat_at is not None and now >= conn.next_heartbeat_at:
-            if conn.unacked >= lv.ack_miss_limit:
-                detail = f"{conn.unacked} consecutive heartbeats unacknowledged"
-                return self._zombie(conn, p.ACK_TIMEOUT, now, detail)
             out.extend(self._heartbeat(conn, now))
+        else:
+            probe_at = self._next_probe_at(conn)
+            if probe_at is not None and now >= probe_at:
+                conn.probes_sent += 1
+                out.extend(self._send_heartbeat(conn, now))
+        out.extend(self._ping_housekeeping(conn, now))
+        ping_at = self._next_ping_at(conn)
+        if ping_at is not None and now >= ping_at:
+            out.extend(self._ping(conn, now))
         if conn.phase is Phase.AWAIT_READY:
             limit = lv.handshake_deadline(conn.interval)
             if now >= conn.hello_at + limit:
@@ -372,7 +603,19 @@ class GatewaySession:
         if conn.phase is Phase.AWAIT_HELLO:
             return None if lv.hello_timeout is None else conn.opened_at + lv.hello_timeout
         assert conn.interval is not None and conn.hello_at is not None
-        deadlines = [conn.next_heartbeat_at] if conn.next_heartbeat_at is not None else []
+        candidates = [
+            conn.next_heartbeat_at,
+            conn.ack_deadline_at,
+            self._next_probe_at(conn),
+            self._next_ping_at(conn),
+        ]
+        verdict = self._ping_verdict(conn)
+        if verdict is not None:
+            candidates.append(verdict[0])
+        if conn.pings:
+            first_sent = next(iter(conn.pings.values()))[0]
+            candidates.append(first_sent + lv.ping_lost_after * conn.interval)
+        deadlines = [t for t in candidates if t is not None]
         idle = lv.idle_deadline(conn.interval)
         if idle is not None:
             deadlines.append(conn.last_frame_at + idle)
@@ -504,6 +747,14 @@ class GatewaySession:
                 )
             )
         ]
+        user_timeout = lv.tcp_user_timeout(interval)
+        if user_timeout is not None:
+            out.append(TuneSocket(user_timeout))
+        if lv.ws_ping:
+            detail = "waiting for a first pong to prove the server answers pings"
+            out.append(self._set_ping_state(conn, PingState.CALIBRATING, now, detail))
+        else:
+            out.append(self._set_ping_state(conn, PingState.OFF, now, "switched off"))
         token = f"QQBot {conn.token}"
         if self.session_id is not None:
             conn.resuming = True
@@ -534,11 +785,28 @@ class GatewaySession:
         return out
 
     def _on_ack(self, conn: _Conn, now: float) -> list[Action]:
-        out: list[Action] = []
-        if conn.unacked > 0 and conn.last_heartbeat_at is not None:
-            rtt = now - conn.last_heartbeat_at
-            out.append(Emit(ev.HeartbeatAcked(shard=self.shard_id, monotonic=now, rtt=rtt)))
+        # The server answers op 1 frames in order: this op 11 answers the oldest one owed. Its
+        # RTT is a sample even when a probe was sent (dropping those, as Karn's rule would, keeps
+        # the estimate below any RTT past the first probe: a slowly rising RTT would then end
+        # in a false verdict). An ACK owed by an earlier round (a probe's, arriving after the
+        # next heartbeat) is a sample but does not answer the round that is open now.
+        if conn.interval is None:
+            return []  # before Hello nothing was sent: an op 11 now answers nothing
+        owed = conn.acks_owed
+        while owed and owed[0] < now - conn.interval:
+            owed.popleft()  # more than H old: that ACK is not coming; do not match against it
+        sent_at = owed.popleft() if owed else None
+        if sent_at is not None:
+            conn.ack_rtt.sample(now - sent_at)
+        round_at = conn.ack_round_at
+        if round_at is None or (sent_at is not None and sent_at < round_at):
+            return []
         conn.unacked = 0
+        out: list[Action] = [
+            Emit(ev.HeartbeatAcked(shard=self.shard_id, monotonic=now, rtt=now - round_at))
+        ]
+        conn.ack_round_at = conn.ack_deadline_at = None
+        conn.probes_sent = 0
         return out
 
     def _on_invalid_session(self, conn: _Conn, d: Any, now: float) -> list[Action]:
@@ -712,17 +980,134 @@ class GatewaySession:
 
     # --- helpers -------------------------------------------------------------------------
     def _heartbeat(self, conn: _Conn, now: float) -> list[Action]:
+        """The regular heartbeat, once per interval; it opens an ACK round if none is open."""
         assert conn.interval is not None
-        conn.unacked += 1
-        conn.last_heartbeat_at = now
         # Scheduled from now, not from the previous due time: after a stalled loop we never
         # fire a burst of catch-up heartbeats faster than the interval.
         conn.next_heartbeat_at = now + conn.interval
+        if conn.ack_round_at is None:
+            conn.ack_round_at = now
+            conn.probes_sent = 0
+            limit = self.liveness.ack_deadline(conn.interval, conn.ack_rtt.rto())
+            conn.ack_deadline_at = now + limit
+        return self._send_heartbeat(conn, now)
+
+    def _send_heartbeat(self, conn: _Conn, now: float) -> list[Action]:
+        conn.unacked += 1
+        conn.last_heartbeat_at = now
+        conn.acks_owed.append(now)
         d = self.seq if self.seq > 0 else None
         return [
             Send(p.frame(Op.HEARTBEAT, d)),
             Emit(ev.HeartbeatSent(shard=self.shard_id, monotonic=now, seq=d, unacked=conn.unacked)),
         ]
+
+    def _next_probe_at(self, conn: _Conn) -> float | None:
+        """When the next ACK probe is due (evenly spaced inside the ACK deadline)."""
+        probes = self.liveness.ack_probes
+        if conn.ack_round_at is None or conn.ack_deadline_at is None:
+            return None
+        if conn.probes_sent >= probes:
+            return None
+        span = conn.ack_deadline_at - conn.ack_round_at
+        return conn.ack_round_at + span * (conn.probes_sent + 1) / (probes + 1)
+
+    def _next_ping_at(self, conn: _Conn) -> float | None:
+        """When the next ping is due: after ``ping_quiet`` x H without a frame or a ping.
+
+        Calibrating, one ping at a time, ``ping_quiet`` x H after Hello (or after the previous
+        one was given up) whatever the traffic: a busy link is never quiet, and the layer must
+        be armed before the link goes silent.
+        """
+        state = conn.ping_state
+        if state in (PingState.OFF, PingState.DISABLED) or conn.interval is None:
+            return None
+        quiet = self.liveness.ping_quiet * conn.interval
+        if state is PingState.CALIBRATING:
+            if conn.pings:
+                return None
+            start = conn.last_ping_at if conn.last_ping_at is not None else conn.hello_at
+            assert start is not None
+            return start + quiet
+        ref = conn.last_frame_at
+        if conn.last_ping_at is not None and conn.last_ping_at > ref:
+            ref = conn.last_ping_at
+        return ref + quiet
+
+    def _ping_verdict(self, conn: _Conn) -> tuple[float, float, float] | None:
+        """(verdict time, sent at, deadline) of the first ping sent into the current silence,
+        while the layer is armed; None if there is none."""
+        if conn.ping_state is not PingState.ARMED:
+            return None
+        for sent_at, deadline in conn.pings.values():
+            if sent_at >= conn.last_frame_at:
+                return sent_at + deadline, sent_at, deadline
+        return None
+
+    def _ping(self, conn: _Conn, now: float) -> list[Action]:
+        assert conn.interval is not None
+        conn.ping_counter += 1
+        payload = b"qqbot-%d" % conn.ping_counter
+        deadline = self.liveness.pong_deadline(conn.interval, conn.ping_rtt.rto())
+        conn.pings[payload] = (now, deadline)
+        conn.last_ping_at = now
+        return [
+            SendPing(payload),
+            Emit(ev.PingSent(shard=self.shard_id, monotonic=now, outstanding=len(conn.pings))),
+        ]
+
+    def _ping_housekeeping(self, conn: _Conn, now: float) -> list[Action]:
+        """Give up on pings unanswered for ``ping_lost_after`` x H; if the link was alive
+        meanwhile (a frame arrived after the ping), the server is not answering pings."""
+        assert conn.interval is not None
+        lost_after = self.liveness.ping_lost_after * conn.interval
+        alive_misses = 0
+        for payload, (sent_at, _) in list(conn.pings.items()):
+            if now < sent_at + lost_after:
+                break
+            del conn.pings[payload]
+            if conn.last_frame_at > sent_at:
+                alive_misses += 1
+        if not alive_misses:
+            return []
+        conn.pings_unanswered += alive_misses
+        limit = self.liveness.ping_unanswered_limit
+        if conn.pings_unanswered < limit or conn.ping_state in (PingState.OFF, PingState.DISABLED):
+            return []
+        conn.pings.clear()
+        detail = (
+            f"{conn.pings_unanswered} WebSocket pings went unanswered while the link was alive: "
+            "the server does not answer pings; the ping layer is off for this connection"
+        )
+        return [self._set_ping_state(conn, PingState.DISABLED, now, detail)]
+
+    def _judge_ping_layer(self, conn: _Conn, now: float) -> list[Action]:
+        """After a pong: armed, or suspended while the smoothed RTT is too high for H."""
+        if conn.ping_state in (PingState.OFF, PingState.DISABLED):
+            return []
+        assert conn.interval is not None
+        srtt = conn.ping_rtt.srtt or 0.0
+        limit = self.liveness.ping_suspend_rtt * conn.interval
+        if conn.ping_state is PingState.SUSPENDED:
+            if srtt >= 0.75 * limit:
+                return []
+        elif srtt > limit:
+            detail = (
+                f"smoothed ping RTT {srtt:.3f}s exceeds {limit:.3f}s "
+                f"({self.liveness.ping_suspend_rtt:g} H): standing by, the ACK layer judges"
+            )
+            return [self._set_ping_state(conn, PingState.SUSPENDED, now, detail)]
+        if conn.ping_state is PingState.ARMED:
+            return []
+        detail = f"the server answers pings (RTT {srtt:.3f}s)"
+        return [self._set_ping_state(conn, PingState.ARMED, now, detail)]
+
+    def _set_ping_state(self, conn: _Conn, state: PingState, now: float, detail: str) -> Emit:
+        conn.ping_state = state
+        event = ev.PingLayerChanged(
+            shard=self.shard_id, monotonic=now, state=state.value, detail=detail
+        )
+        return Emit(event)
 
     def _zombie(self, conn: _Conn, reason: str, now: float, detail: str) -> list[Action]:
         assert conn.interval is not None

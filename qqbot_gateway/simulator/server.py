@@ -40,6 +40,7 @@ from qqbot_gateway.simulator.faults import (
     RAW_FRAME_KINDS,
     FaultState,
     GatewayFault,
+    LatencyModel,
     RefuseMode,
     TokenFault,
 )
@@ -660,6 +661,45 @@ class Simulator:
     def resume_acks(self) -> None:
         self.faults.acks_stopped = False
 
+    def ignore_pings(self, on: bool = True) -> None:
+        """WebSocket pings are read and dropped: no pong (the rest of the link is healthy)."""
+        self.faults.pings_ignored = on
+
+    def set_reply_latency(
+        self,
+        median: float | None = 0.05,
+        *,
+        jitter: float = 10.0,
+        spike_rate: float = 0.0,
+        spike: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        """Delay each op 11 and each pong by a draw of :class:`LatencyModel` (None: off)."""
+        self.faults.reply_latency = (
+            None
+            if median is None
+            else LatencyModel(median, jitter, spike_rate=spike_rate, spike=spike, seed=seed)
+        )
+
+    def _reply_later(self, conn: _Conn, reply: Callable[[], None]) -> None:
+        model = self.faults.reply_latency
+        delay = model.sample() if model is not None else 0.0
+        if delay <= 0:
+            reply()
+            return
+
+        def fire() -> None:
+            if not conn.closing and not conn.blackholed and not conn.ws.closed:
+                reply()
+
+        asyncio.get_running_loop().call_later(delay, fire)
+
+    def _pong(self, conn: _Conn, data: bytes) -> None:
+        def send() -> None:
+            self._spawn(_send_pong(conn.ws, data), f"simulator pong conn {conn.conn_id}")
+
+        self._reply_later(conn, send)
+
     def blackhole(self, *, current: bool = True, new: bool = False) -> int:
         """Silence connections: no byte written, none read, no close. Returns how many.
 
@@ -1108,6 +1148,17 @@ class Simulator:
                 self.stop_acks()
             case "resume_acks":
                 self.resume_acks()
+            case "ignore_pings":
+                self.ignore_pings(bool(p.get("on", True)))
+            case "latency":
+                median = p.get("median", 0.05)
+                self.set_reply_latency(
+                    None if median is None else float(median),
+                    jitter=float(p.get("jitter", 10.0)),
+                    spike_rate=float(p.get("spike_rate", 0.0)),
+                    spike=float(p.get("spike", 0.0)),
+                    seed=None if p.get("seed") is None else int(p["seed"]),
+                )
             case "blackhole":
                 return self.blackhole(current=bool(p.get("current", True)), new=bool(p.get("new")))
             case "unblackhole" | "heal":
@@ -1232,7 +1283,11 @@ class Simulator:
             if conn.blackholed:
                 continue  # bytes that were already buffered before the blackhole: dropped
             if msg.type is WSMsgType.PING:
-                await ws.pong(msg.data)
+                if not self.faults.pings_ignored:
+                    if self.faults.reply_latency is None:
+                        await ws.pong(msg.data)
+                    else:
+                        self._pong(conn, msg.data)
             elif msg.type is WSMsgType.TEXT:
                 self._on_text(conn, msg.data)
             elif msg.type is WSMsgType.BINARY:
@@ -1402,7 +1457,7 @@ class Simulator:
         acked = not self.faults.acks_stopped
         conn.record.heartbeats.append(HeartbeatRecord(conn.conn_id, d, now, acked))
         if acked:
-            self._send_frame(conn, {"op": int(Op.HEARTBEAT_ACK)})
+            self._reply_later(conn, lambda: self._send_frame(conn, {"op": int(Op.HEARTBEAT_ACK)}))
 
     def _on_identify(self, conn: _Conn, d: Any) -> None:
         now = self._now()
@@ -1588,3 +1643,8 @@ def _reset_transport(request: web.Request) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+async def _send_pong(ws: web.WebSocketResponse, data: bytes) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.pong(data)

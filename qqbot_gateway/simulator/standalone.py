@@ -66,6 +66,8 @@ control API (on the simulator's port; bind it to 127.0.0.1, the default):
   POST /_sim/reset            every fault off
   POST /_sim/faults           {"fault": NAME, ...params}; NAME is one of
       stop_acks | resume_acks | blackhole {current, new} | heal | close {code, reason}
+      ignore_pings {on} | latency {median, jitter, spike_rate, spike, seed} (op 11 and pong
+      delays; median null: off)
       reconnect (op 7) | invalid_session {resumable, close_code} | delay {seconds}
       refuse {mode: "503"|"reset"} | accept | expire_tokens
       token {mode: "500"|"error_200"|"malformed", delay, expires_in}

@@ -8,9 +8,13 @@ Liveness (``/healthz``, ``/livez``) fails, per DESIGN.md principle 5, when
 
 * ``shard/<n>/connection``: a zombie connection exists and has not been torn down: the session
   declared one (``ZombieDetected``) and no ``Disconnected`` / new ``Connected`` followed yet, or
-  the evidence says so although the session did not act (a wedged timer): ``ack_miss_limit``
-  heartbeats outstanding when the next one is due, or no frame for the idle deadline, both
-  derived from ``client.config.liveness`` and the interval in Hello;
+  the evidence says so although the session did not act (a wedged timer): a heartbeat still
+  unanswered a whole interval after it was sent (its ACK deadline is at most 0.9 of that), or
+  no frame for the idle deadline, both derived from ``client.config.liveness`` and the interval
+  in Hello;
+* ``shard/<n>/liveness/<layer>`` (``ping``, ``ack``, ``idle``, ``tcp``): one line per liveness
+  layer with its state and timers (the ping layer: off, calibrating, armed with its RTT and
+  pong deadline, suspended or disabled); a layer fails while its own verdict is pending;
 * ``shard/<n>/session``: no live session (READY/RESUMED) for longer than ``liveness_grace``,
   counted from start or from the end of the last live session (a visible reconnect within the
   grace is healthy: a QQ outage must not become a restart storm);
@@ -33,9 +37,8 @@ and the shard checks are replaced by:
 
 Readiness (``/readyz``) is ``ok`` only while every shard of this process is READY with a recent
 ACK (``shard/<n>/ready``) and :meth:`begin_shutdown` has not been called (``shutdown``). "Recent"
-is ``(ack_miss_limit + 0.5) x interval`` since the last ACK (or since the session went live): one
-late or lost ACK is tolerated, as the session tolerates it, and readiness drops about half an
-interval before the ACK layer declares the zombie.
+is ``(1 + ack_timeout_max + 0.5) x interval`` since the last ACK (or since the session went
+live): the next heartbeat, its longest ACK deadline, and half an interval of slack.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class HealthConfig:
     #: A supervisor in BACKOFF this long past its next attempt has stalled. 10 s: far more than
     #: a busy loop delays a timer, far less than the grace.
     stall_margin: float = 10.0
-    #: Readiness wants an ACK within (ack_miss_limit + this) intervals.
+    #: Readiness wants an ACK within (1 + ack_timeout_max + this) intervals.
     ready_ack_slack: float = 0.5
 
     def __post_init__(self) -> None:
@@ -116,7 +119,12 @@ class _Shard:
     stats: ev.ShardStats | None = None
     last_ack_at: float | None = None
     last_heartbeat_at: float | None = None
+    round_at: float | None = None  # the oldest heartbeat still waiting for its ACK
     unacked: int = 0
+    ping_state: str = "off"
+    ping_detail: str = ""
+    ping_rtt: float | None = None
+    pong_deadline: float | None = None
     zombie_reason: str | None = None
     zombie_at: float | None = None
     last_reason: str | None = None
@@ -196,12 +204,21 @@ class HealthEvaluator:
         elif isinstance(event, ev.HeartbeatSent):
             s.unacked = event.unacked
             s.last_heartbeat_at = t
+            if s.round_at is None:
+                s.round_at = t
         elif isinstance(event, ev.HeartbeatAcked):
             s.unacked = 0
             s.last_ack_at = t
+            s.round_at = None
+        elif isinstance(event, ev.PongReceived):
+            s.ping_rtt, s.pong_deadline = event.rtt, event.deadline
+        elif isinstance(event, ev.PingLayerChanged):
+            s.ping_state, s.ping_detail = event.state, event.detail
         elif isinstance(event, ev.Connected):
             s.connected, s.connected_at, s.last_frame_at = True, t, t
             s.interval, s.unacked, s.last_heartbeat_at, s.last_ack_at = None, 0, None, None
+            s.round_at = s.ping_rtt = s.pong_deadline = None
+            s.ping_state, s.ping_detail = "off", ""
             s.zombie_reason = s.zombie_at = None
         elif isinstance(event, ev.HelloReceived):
             s.interval = event.heartbeat_interval
@@ -215,6 +232,7 @@ class HealthEvaluator:
             s.connected = s.live = False
             s.zombie_reason = s.zombie_at = None
             s.unacked = 0
+            s.round_at = None
             s.last_reason = event.reason
         elif isinstance(event, ev.StateChanged):
             s.state, s.state_since = event.new, t
@@ -248,6 +266,7 @@ class HealthEvaluator:
         for shard, s in sorted(self._shards.items()):
             status = statuses.get(shard)
             checks.append(self._connection_check(shard, s, now))
+            checks.extend(self._layer_checks(shard, s, now))
             checks.append(self._session_check(shard, s, status, now))
             checks.append(self._supervisor_check(shard, s, status, now))
             ready = self._ready_check(shard, s, status, now)
@@ -379,15 +398,11 @@ class HealthEvaluator:
         if interval is None:
             return None  # no Hello yet: the hello timeout and the supervisor check cover it
         lv = self.liveness
-        if (
-            s.unacked >= lv.ack_miss_limit
-            and s.last_heartbeat_at is not None
-            and now >= s.last_heartbeat_at + interval
-        ):
-            overdue = now - s.last_heartbeat_at - interval
+        if s.round_at is not None and now >= s.round_at + interval:
             return (
-                f"ack_timeout: {s.unacked} consecutive heartbeats unacknowledged (limit "
-                f"{lv.ack_miss_limit}) and the next one overdue by {overdue:.1f}s"
+                f"ack_timeout: heartbeat unanswered for {now - s.round_at:.1f}s ({s.unacked} "
+                f"sent since the last ACK; its deadline is at most "
+                f"{lv.ack_timeout_max * interval:g}s)"
             )
         idle = lv.idle_deadline(interval)
         last = _last_frame(s)
@@ -396,6 +411,61 @@ class HealthEvaluator:
         if idle is not None and last is not None and now - last >= idle:
             return f"idle_timeout: no frame for {now - last:.1f}s (limit {idle:g}s)"
         return None
+
+    def _layer_checks(self, shard: int, s: _Shard, now: float) -> list[Check]:
+        """One check per liveness layer: its state and timers, in seconds and in H."""
+        base = f"shard/{shard}/liveness"
+        names = ("ping", "ack", "idle", "tcp")
+        interval = s.interval
+        if not s.connected or interval is None:
+            why = "no connection open" if not s.connected else "waiting for Hello"
+            return [Check(f"{base}/{n}", True, why) for n in names]
+        lv = self.liveness
+        fired = s.zombie_reason
+        zombie = self._zombie(s, now)
+
+        def seconds(value: float) -> str:
+            return f"{value:.3g}s = {value / interval:.2f} H"
+
+        ping = s.ping_state
+        if ping == "armed" and s.pong_deadline is not None:
+            rtt_ms = (s.ping_rtt or 0.0) * 1000
+            ping = (
+                f"armed: RTT {rtt_ms:.0f} ms, probe after {seconds(lv.ping_quiet * interval)} "
+                f"quiet, pong deadline {seconds(s.pong_deadline)}"
+            )
+        elif s.ping_detail:
+            ping = f"{ping}: {s.ping_detail}"
+        ack_floor = lv.ack_deadline(interval, None)
+        ack = (
+            f"ACK deadline {seconds(ack_floor)} to {seconds(lv.ack_timeout_max * interval)} per "
+            f"heartbeat, {lv.ack_probes} probe(s); {s.unacked} outstanding"
+        )
+        if s.last_ack_at is not None:
+            ack += f", last ACK {max(0.0, now - s.last_ack_at):.1f}s ago"
+        idle_limit = lv.idle_deadline(interval)
+        last = s.last_frame_at if s.last_frame_at is not None else s.connected_at or now
+        idle = (
+            "off"
+            if idle_limit is None
+            else f"last frame {max(0.0, now - last):.1f}s ago, limit {seconds(idle_limit)}"
+        )
+        user_timeout = lv.tcp_user_timeout(interval)
+        tcp = "off" if user_timeout is None else f"TCP_USER_TIMEOUT {seconds(user_timeout)}"
+        out = []
+        for name, text in zip(names, (ping, ack, idle, tcp), strict=True):
+            reason = f"{name}_timeout"
+            failing = fired == reason or (
+                fired is None and zombie is not None and zombie.startswith(reason)
+            )
+            out.append(
+                Check(
+                    f"{base}/{name}",
+                    not failing,
+                    self._clean((zombie or text) if failing else text),
+                )
+            )
+        return out
 
     def _connection_check(self, shard: int, s: _Shard, now: float) -> Check:
         name = f"shard/{shard}/connection"
@@ -516,7 +586,7 @@ class HealthEvaluator:
         ref = max(s.last_ack_at or -math.inf, s.live_since or -math.inf)
         if interval is None or ref == -math.inf:
             return Check(name, True, "session live")
-        limit = (self.liveness.ack_miss_limit + self.config.ready_ack_slack) * interval
+        limit = (1 + self.liveness.ack_timeout_max + self.config.ready_ack_slack) * interval
         age = max(0.0, now - ref)
         what = "last ACK" if s.last_ack_at is not None and s.last_ack_at >= ref else "session live"
         if age > limit:

@@ -24,7 +24,7 @@ an existing reason (``server_close:other`` for unknown ``server_close:*``, else
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -172,6 +172,11 @@ class _Shard:
     resumes: dict[str, Counter]
     identifies: Counter
     queue_capacity: Gauge
+    probes: Counter
+    pings: Counter
+    ping_rtt: Histogram
+    ping_armed: Gauge
+    ping_disabled: Counter
     #: The adapter's counters for this shard (or the metrics' own, fed by ``observe``).
     stats: ev.ShardStats
     last_ack_at: float | None = None
@@ -242,6 +247,39 @@ class GatewayMetrics:
             "Time from a heartbeat to its ACK.",
             shard,
             buckets=HEARTBEAT_RTT_BUCKETS,
+            registry=r,
+        )
+        self.heartbeat_probes = Counter(
+            f"{n}_heartbeat_probes_total",
+            "Extra heartbeats sent while one waited for its ACK (a late or lost ACK).",
+            shard,
+            registry=r,
+        )
+        self.ws_pings_sent = Counter(
+            f"{n}_ws_pings_sent_total",
+            "WebSocket pings sent (only when the link was quiet).",
+            shard,
+            registry=r,
+        )
+        self.ws_ping_rtt = Histogram(
+            f"{n}_ws_ping_rtt_seconds",
+            "Time from a WebSocket ping to its pong.",
+            shard,
+            buckets=HEARTBEAT_RTT_BUCKETS,
+            registry=r,
+        )
+        self.ws_ping_armed = Gauge(
+            f"{n}_ws_ping_armed",
+            "1 while the WebSocket ping layer judges the current connection (the server "
+            "answers pings), 0 otherwise (off, calibrating, suspended, disabled, no connection).",
+            shard,
+            registry=r,
+        )
+        self.ws_ping_disabled = Counter(
+            f"{n}_ws_ping_disabled_total",
+            "Connections on which the ping layer turned itself off: pings went unanswered "
+            "while the link was alive.",
+            shard,
             registry=r,
         )
         self.reconnects = Counter(
@@ -362,6 +400,9 @@ class GatewayMetrics:
             ev.SessionResumed: self._on_resumed,  # type: ignore[dict-item]
             ev.SessionReady: self._on_ready,  # type: ignore[dict-item]
             ev.ZombieDetected: self._on_zombie,  # type: ignore[dict-item]
+            ev.PingSent: self._on_ping_sent,  # type: ignore[dict-item]
+            ev.PongReceived: self._on_pong,  # type: ignore[dict-item]
+            ev.PingLayerChanged: self._on_ping_layer,  # type: ignore[dict-item]
             ev.Disconnected: self._on_disconnected,  # type: ignore[dict-item]
             ev.ShardFatal: self._on_fatal,  # type: ignore[dict-item]
             ev.WebhookRequest: self._on_webhook_request,  # type: ignore[dict-item]
@@ -412,6 +453,11 @@ class GatewayMetrics:
             resumes={o: self.resumes.labels(s, o) for o in _RESUME_OUTCOMES},
             identifies=self.identifies.labels(s),
             queue_capacity=self.handler_queue_capacity.labels(s),
+            probes=self.heartbeat_probes.labels(s),
+            pings=self.ws_pings_sent.labels(s),
+            ping_rtt=self.ws_ping_rtt.labels(s),
+            ping_armed=self.ws_ping_armed.labels(s),
+            ping_disabled=self.ws_ping_disabled.labels(s),
             stats=stats if stats is not None else ev.ShardStats(shard),
             state=state,
         )
@@ -460,6 +506,19 @@ class GatewayMetrics:
     def _on_heartbeat_sent(self, s: _Shard, e: ev.HeartbeatSent) -> None:
         s.hb_sent.inc()
         s.unacked.set(e.unacked)
+        if e.unacked > 1:
+            s.probes.inc()
+
+    def _on_ping_sent(self, s: _Shard, e: ev.PingSent) -> None:
+        s.pings.inc()
+
+    def _on_pong(self, s: _Shard, e: ev.PongReceived) -> None:
+        s.ping_rtt.observe(e.rtt)
+
+    def _on_ping_layer(self, s: _Shard, e: ev.PingLayerChanged) -> None:
+        s.ping_armed.set(1 if e.state == "armed" else 0)
+        if e.state == "disabled":
+            s.ping_disabled.inc()
 
     def _on_heartbeat_acked(self, s: _Shard, e: ev.HeartbeatAcked) -> None:
         s.hb_acks.inc()
@@ -519,6 +578,7 @@ class GatewayMetrics:
         s.reconnects[reason_label(e.reason)].inc()
         s.disconnected_since_attempt = True
         s.unacked.set(0)
+        s.ping_armed.set(0)
         if s.resume_pending:
             s.resume_pending = False
             s.resumes["failed"].inc()
@@ -548,14 +608,23 @@ class GatewayMetrics:
             s.webhook_listening.set(0)
 
 
-class _WebhookScrapeCollector(Collector):
-    """The last validly signed callback's age and timestamp, per webhook shard, at scrape."""
+class _ReadAtScrape(Collector):
+    """A collector computing its families from ``GatewayMetrics`` when Prometheus scrapes;
+    subclasses give ``_families()`` (empty, for ``describe``) and ``collect()``."""
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._m = metrics
 
     def describe(self) -> Iterable[Metric]:
-        return self._families()
+        return list(self._families())
+
+    @staticmethod
+    def _families() -> Sequence[Metric]:
+        raise NotImplementedError
+
+
+class _WebhookScrapeCollector(_ReadAtScrape):
+    """The last validly signed callback's age and timestamp, per webhook shard, at scrape."""
 
     def collect(self) -> Iterable[Metric]:
         age, stamp = families = self._families()
@@ -586,14 +655,8 @@ class _WebhookScrapeCollector(Collector):
         ]
 
 
-class _PerEventCollector(Collector):
+class _PerEventCollector(_ReadAtScrape):
     """The per-event metrics, read from the shards' ``ShardStats`` when Prometheus scrapes."""
-
-    def __init__(self, metrics: GatewayMetrics) -> None:
-        self._m = metrics
-
-    def describe(self) -> Iterable[Metric]:
-        return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
         m = self._m
@@ -652,14 +715,8 @@ class _PerEventCollector(Collector):
         )
 
 
-class _ScrapeTimeCollector(Collector):
+class _ScrapeTimeCollector(_ReadAtScrape):
     """Values computed when Prometheus scrapes: ages, last-seen timestamps, the verdict."""
-
-    def __init__(self, metrics: GatewayMetrics) -> None:
-        self._m = metrics
-
-    def describe(self) -> Iterable[Metric]:
-        return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()

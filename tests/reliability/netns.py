@@ -134,6 +134,53 @@ class Namespace:
             self.run(_IPTABLES, "-w", "-I", chain, flag, self.ifname, "-j", "DROP")
         self.blocked = f"iptables:{direction}"
 
+    def block_flows(self, ports: list[int]) -> None:
+        """Drop every packet of these TCP flows (our local ``ports``), both ways: a NAT or load
+        balancer that forgot the connections. New connections pass."""
+        if not ports:
+            raise ValueError("no flow to block")
+        listed = "{ " + ", ".join(str(port) for port in ports) + " }"
+        rules = [f"table inet {_TABLE} {{"]
+        for hook, match in (("input", "dport"), ("output", "sport")):
+            rules.append(
+                f"  chain {hook} {{ type filter hook {hook} priority -300; policy accept; "
+                f"tcp {match} {listed} drop; }}"
+            )
+        rules.append("}")
+        if _NFT is not None:
+            proc = subprocess.run(
+                self.cmd(_NFT, "-f", "-"),
+                input="\n".join(rules) + "\n",
+                capture_output=True,
+                text=True,
+                timeout=15,
+                check=False,
+            )
+            if proc.returncode == 0:
+                self.blocked = "nft"
+                return
+            if _IPTABLES is None:
+                raise RuntimeError(f"nft failed: {proc.stderr.strip()}")
+        assert _IPTABLES is not None
+        for port in ports:
+            self.run(
+                _IPTABLES, "-w", "-I", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP"
+            )
+            self.run(
+                _IPTABLES, "-w", "-I", "OUTPUT", "-p", "tcp", "--sport", str(port), "-j", "DROP"
+            )
+        self.blocked = "iptables-flow:" + ",".join(str(port) for port in ports)
+
+    def established_ports(self, peer_port: int) -> list[int]:
+        """Local ports of this namespace's ESTABLISHED TCP connections to ``peer_port``."""
+        out = self.run("ss", "-tnH", "state", "established").stdout
+        ports = []
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) >= 4 and fields[3].rsplit(":", 1)[-1] == str(peer_port):
+                ports.append(int(fields[2].rsplit(":", 1)[-1]))
+        return ports
+
     def unblock(self) -> None:
         kind, self.blocked = self.blocked, None
         if kind is None:
@@ -143,6 +190,13 @@ class Namespace:
             self.run(_NFT, "delete", "table", "inet", _TABLE)
             return
         assert _IPTABLES is not None
+        if kind.startswith("iptables-flow:"):
+            for port in kind.split(":", 1)[1].split(","):
+                self.run(_IPTABLES, "-w", "-D", "INPUT", "-p", "tcp", "--dport", port, "-j", "DROP")
+                self.run(
+                    _IPTABLES, "-w", "-D", "OUTPUT", "-p", "tcp", "--sport", port, "-j", "DROP"
+                )
+            return
         direction = kind.split(":", 1)[1]
         chains = {
             "both": ("INPUT", "OUTPUT"),
@@ -387,7 +441,7 @@ except KeyboardInterrupt:
 """
 
 #: The adapter: ``QQBotClient`` against the simulator. argv: base_url token_url ws_url
-#: interval_s [ws_ping_s] (WebSocket ping off unless given). Prints one JSON line per
+#: interval_s [ws_ping on|off] (default on). Prints one JSON line per
 #: lifecycle event that matters here and one per delivered dispatch; runs until SIGTERM.
 CLIENT_SCRIPT = r"""
 import asyncio, json, signal, sys
@@ -407,10 +461,11 @@ KINDS = {
     ev.ZombieDetected: "zombie", ev.Disconnected: "disconnected",
     ev.ReconnectScheduled: "reconnect_scheduled", ev.DuplicateDropped: "duplicate",
     ev.HeartbeatSent: "heartbeat", ev.HeartbeatAcked: "ack", ev.ShardFatal: "fatal",
-    ev.SupervisorStopped: "supervisor_stopped",
+    ev.SupervisorStopped: "supervisor_stopped", ev.PingLayerChanged: "ping_layer",
 }
 FIELDS = ("reason", "close_code", "detail", "resumable", "session_id", "replayed", "unacked",
-          "idle_for", "heartbeat_interval", "seq", "rtt", "delay", "mode", "message", "error")
+          "idle_for", "heartbeat_interval", "seq", "rtt", "delay", "mode", "message", "error",
+          "state")
 
 def on_event(event):
     kind = KINDS.get(type(event))
@@ -420,18 +475,17 @@ def on_event(event):
 
 async def main():
     base, token_url, ws_url, interval = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-    ws_ping = float(sys.argv[5]) if len(sys.argv) > 5 else None
+    ws_ping = len(sys.argv) <= 5 or sys.argv[5] == "on"
     config = ClientConfig(
         app_id="102030405",
         client_secret=Secret("netns-secret"),
         api_base=base,
         token_url=token_url,
         gateway_url=ws_url,
-        liveness=LivenessConfig(hello_timeout=3 * interval, handshake_timeout_min=3 * interval),
-        # Without ws_ping the session's own layers (ACK tracking, receive idle) must do it.
-        transport=TransportConfig(
-            connect_timeout=1.5, close_timeout=0.5, send_timeout=2.0, ws_ping_interval=ws_ping
-        ),
+        # Without ws_ping the session's other layers (ACK deadline, receive idle) must do it.
+        liveness=LivenessConfig(hello_timeout=3 * interval, handshake_timeout_min=3 * interval,
+                                ws_ping=ws_ping),
+        transport=TransportConfig(connect_timeout=1.5, close_timeout=0.5, send_timeout=2.0),
         reconnect=ReconnectPolicy(backoff_base=0.1, backoff_cap=0.5, healthy_after=2 * interval,
                                   quick_lifetime=0.2 * interval),
     )

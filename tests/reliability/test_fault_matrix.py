@@ -307,6 +307,15 @@ async def finish(
     return b
 
 
+#: Seconds of scheduling slack a loaded 2-core machine may add to a liveness verdict.
+SLACK = 0.25
+
+
+def within(intervals: float) -> float:
+    """A detection bound in intervals: the design's worst case plus ``SLACK``."""
+    return intervals + SLACK / IV
+
+
 def reason_is(*reasons: str) -> Callable[[ev.Disconnected], bool]:
     return lambda e: e.reason in reasons
 
@@ -320,9 +329,10 @@ async def test_half_open_link() -> None:
         pr.inject()
         assert h.sim.blackhole() == 1
         zombie = await pr.first(ev.ZombieDetected, 8 * IV)
-        assert zombie.reason in p.ZOMBIE_REASONS
-        # Worst case by design: 2.5 intervals after the last frame (events flow at 20/s).
-        assert pr.intervals(zombie) <= 3.5
+        # The simulator answers pings: the ping layer is armed and fires first. Worst case by
+        # design 0.05 H of quiet, then the pong deadline at its floor (0.3 H).
+        assert zombie.reason == p.PING_TIMEOUT
+        assert pr.intervals(zombie) <= within(0.35)
         back = await pr.recovered(15 * IV)
         assert isinstance(back, ev.SessionResumed)
         assert len(h.sim.sessions_created) == 1
@@ -348,9 +358,10 @@ async def test_server_stops_acking_but_keeps_sending() -> None:
         pr.inject()
         h.sim.stop_acks()
         zombie = await pr.first(ev.ZombieDetected, 8 * IV)
-        assert zombie.reason == p.ACK_TIMEOUT  # events kept arriving: idle never fired
-        assert zombie.unacked == 2
-        assert pr.intervals(zombie) <= 3.5
+        assert zombie.reason == p.ACK_TIMEOUT  # events and pongs kept arriving
+        assert zombie.unacked == 3  # the heartbeat and its two probes
+        # the next heartbeat within 1 H, its ACK deadline (floor) 0.4 H later
+        assert pr.intervals(zombie) <= within(1.4)
         back = await pr.recovered(15 * IV)
         assert isinstance(back, ev.SessionResumed)
         await finish(
@@ -375,8 +386,10 @@ async def test_server_stops_sending_anything() -> None:
         # reading heartbeats and generating events: a write-side blackhole.
         h.sim.set_outgoing_delay(120.0)
         zombie = await pr.first(ev.ZombieDetected, 8 * IV)
-        assert zombie.reason in (p.IDLE_TIMEOUT, p.ACK_TIMEOUT)
-        assert pr.intervals(zombie) <= 3.5
+        # Pongs still flow (the WebSocket layer answers them, not the gateway's writer), so
+        # the link is alive for the ping and idle layers: the ACK deadline decides.
+        assert zombie.reason == p.ACK_TIMEOUT
+        assert pr.intervals(zombie) <= within(1.4)
         back = await pr.recovered(15 * IV)
         assert isinstance(back, ev.SessionResumed)
         await finish(
