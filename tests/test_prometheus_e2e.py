@@ -7,6 +7,9 @@ dashboards/prometheus/rules.yml every second. The test then
 * checks that every recording rule and every dashboard query (template variables replaced by
   the real job / instance / shard, ``$__rate_interval`` by 4 s) returns data, and that every
   template variable's ``label_values`` selector finds its label;
+* runs a webhook-transport client next to it (the simulator's platform side posting signed
+  callbacks, some forged), scraped as a second target, so that the dashboard's Webhook row
+  and the transport variable are checked against live data too;
 * injects a silent death (the simulator blackholes the connection and every new one) and waits
   until the QQBotGatewaySilentDisconnect expression is true and Prometheus has the alert
   pending. The rule is scale-free (ACK age in heartbeat intervals, 4 of them), so it is the
@@ -41,7 +44,9 @@ pytest.importorskip(
 from qqbot_gateway.adapter.client import QQBotClient
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.simulator import Simulator
+from qqbot_gateway.simulator.webhook import WebhookDeliverer, WebhookFaults
 from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
+from qqbot_gateway.webhook_demo import webhook_stack
 
 from .gateway_harness import INTERVAL, client_config, sim_config
 from .test_dashboard_lint import DASHBOARD, all_panels
@@ -74,19 +79,22 @@ def _rules() -> list[dict[str, Any]]:
 
 def _substitute(expr: str, instance: str) -> str:
     out = expr.replace("$__rate_interval", RATE_INTERVAL)
-    for name, value in (("job", JOB), ("instance", instance), ("shard", "0")):
+    values = (("job", JOB), ("instance", instance), ("shard", "0"), ("transport", ".*"))
+    for name, value in values:
         out = out.replace(f"${{{name}}}", value).replace(f"${name}", value)
     assert "$" not in out, out
     return out
 
 
-def _dashboard_queries(instance: str) -> dict[str, str]:
+def _dashboard_queries(instance: str, webhook_instance: str) -> dict[str, str]:
+    """Every panel query; the webhook panels against the webhook-transport target."""
     dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     queries: dict[str, str] = {}
     for panel in all_panels(dash):
         for target in panel.get("targets", []):
             key = f"{panel['title']} [{target['refId']}]"
-            queries[key] = _substitute(target["expr"], instance)
+            webhook = "qqbot_gateway_webhook_" in target["expr"]
+            queries[key] = _substitute(target["expr"], webhook_instance if webhook else instance)
     return queries
 
 
@@ -103,13 +111,17 @@ def _variable_selectors(instance: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-async def _start_prometheus(tmp: Path, target: str) -> tuple[asyncio.subprocess.Process, str]:
+async def _start_prometheus(tmp: Path, *targets: str) -> tuple[asyncio.subprocess.Process, str]:
     assert PROMETHEUS is not None
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
         "rule_files": [str(RULES)],
         "scrape_configs": [
-            {"job_name": JOB, "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}
+            {
+                "job_name": JOB,
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": list(targets)}],
+            }
         ],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -156,6 +168,20 @@ async def _until(
         await asyncio.sleep(0.25)
 
 
+WEBHOOK_SECRET = "prometheus-e2e-webhook"
+
+
+async def _feed_webhooks(url: str) -> None:
+    """The platform side for the webhook target: signed callbacks, a fifth of them also forged."""
+    faults = WebhookFaults(bad_signature=0.2)
+    async with WebhookDeliverer(url, secret=WEBHOOK_SECRET, faults=faults, seed=1) as platform:
+        while not await platform.validate():  # noqa: ASYNC110 - polls a remote endpoint
+            await asyncio.sleep(0.5)
+        while True:
+            await platform.deliver(platform.make_event())
+            await asyncio.sleep(0.1)
+
+
 async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
     sim = Simulator(sim_config(event_rate=5.0))
     await sim.start("127.0.0.1", 0)
@@ -175,11 +201,16 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
     )
     tel.attach(client)
     proc: asyncio.subprocess.Process | None = None
+    hook_cm = webhook_stack(WEBHOOK_SECRET, path="/cb")
+    feeder: asyncio.Task[None] | None = None
     try:
         await tel.start()
         await client.start()
+        hook = await hook_cm.__aenter__()
+        feeder = asyncio.create_task(_feed_webhooks(hook.platform_url))
         target = str(urlsplit(str(tel.http_url)).netloc)
-        proc, prom = await _start_prometheus(tmp_path, target)
+        hook_target = str(urlsplit(str(hook.telemetry.http_url)).netloc)
+        proc, prom = await _start_prometheus(tmp_path, target, hook_target)
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
 
@@ -240,7 +271,7 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
 
             # ---- every recording rule and every dashboard query returns data
             checks = {f"rule {r['record']}": r["record"] for r in _rules() if "record" in r}
-            checks.update(_dashboard_queries(target))
+            checks.update(_dashboard_queries(target, hook_target))
             missing: dict[str, str] = {}
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 20
@@ -272,6 +303,11 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
     finally:
         if proc is not None:
             await _stop(proc)
+        if feeder is not None:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+        await hook_cm.__aexit__(None, None, None)
         tel.begin_shutdown()
         await client.close(drain_timeout=1.0)
         await tel.stop()

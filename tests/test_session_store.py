@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from qqbot_gateway.adapter import events as ev
-from qqbot_gateway.adapter.checkpoint import Checkpointer, Watermark
+from qqbot_gateway.adapter.checkpoint import Checkpointer
 from qqbot_gateway.adapter.client import ClientConfig, QQBotClient, Secret
+from qqbot_gateway.adapter.dispatch import Dispatcher
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.session import GatewaySession
 from qqbot_gateway.adapter.store import (
@@ -128,33 +129,6 @@ def test_app_id_cannot_escape_the_directory(tmp_path: Path) -> None:
     assert store.directory.parent == tmp_path
 
 
-# --- the watermark --------------------------------------------------------------------------
-
-
-def test_watermark_moves_only_over_a_done_prefix() -> None:
-    wm = Watermark("s", 10)
-    for seq in (11, 12, 13):
-        wm.accepted("s", seq)
-    wm.done("s", 12)
-    assert (wm.session_id, wm.seq) == ("s", 10)  # 11 is still in flight
-    wm.done("s", 11)
-    assert wm.seq == 12
-    wm.skipped("s", 14)  # a duplicate behind 13: waits for 13
-    assert wm.seq == 12
-    wm.done("s", 13)
-    assert wm.seq == 14 and wm.in_flight == 0
-
-
-def test_watermark_follows_a_new_session_in_stream_order() -> None:
-    wm = Watermark("old", 5)
-    wm.accepted("old", 6)
-    wm.accepted("new", 1)
-    wm.done("new", 1)
-    assert (wm.session_id, wm.seq) == ("old", 5)
-    wm.done("old", 6)
-    assert (wm.session_id, wm.seq) == ("new", 1)
-
-
 # --- the checkpointer -----------------------------------------------------------------------
 
 
@@ -188,7 +162,7 @@ class MemoryStore:
         self.closed = True
 
 
-def event(seq: int, session: str = "s-1") -> GatewayEvent:
+def event(seq: int | None, session: str = "s-1") -> GatewayEvent:
     return GatewayEvent(
         type="C2C_MESSAGE_CREATE",
         data={},
@@ -200,76 +174,142 @@ def event(seq: int, session: str = "s-1") -> GatewayEvent:
     )
 
 
-def checkpointer(store: MemoryStore, bus: ev.EventBus, **kw: float) -> Checkpointer:
-    return Checkpointer(
-        store,
-        app_id="1024",
-        shard_id=0,
-        shard_count=1,
-        bus=bus,
-        current_session=lambda: "s-1",
-        **kw,  # type: ignore[arg-type]
-    )
+class Shard:
+    """A real dispatcher wired to a checkpointer as the client does it; the handler can be
+    held at one sequence number (``hold``) until ``release()``."""
+
+    def __init__(self, store: MemoryStore, **kw: float) -> None:
+        self.store, self.bus = store, ev.EventBus()
+        self.session = GatewaySession(intents=1)
+        self.session.session_id, self.session.seq = "s-1", 0
+        self.hold: int | None = None
+        self.gate = asyncio.Event()
+        self.ckpt = Checkpointer(
+            store,
+            app_id="1024",
+            shard_id=0,
+            shard_count=1,
+            bus=self.bus,
+            current_session=lambda: (self.session.session_id, self.session.seq),
+            accepted_count=lambda: self.ckpt.progress.handled + self.dispatcher.outstanding,
+            **kw,  # type: ignore[arg-type]
+        )
+        self.dispatcher = Dispatcher(
+            self.session,
+            bus=self.bus,
+            handlers=lambda t: [self.handler],
+            capacity=100_000,
+            progress=self.ckpt.progress,
+        )
+        self.dispatcher.start()
+
+    async def handler(self, e: GatewayEvent) -> None:
+        if e.seq is not None and e.seq == self.hold:
+            await self.gate.wait()
+
+    def put(self, *seqs: int | None) -> None:
+        for seq in seqs:
+            if seq is not None:
+                self.session.seq = seq
+            self.dispatcher.put(event(seq))
+
+    def duplicate(self, seq: int) -> None:
+        self.bus.emit(
+            ev.DuplicateDropped(
+                shard=0, monotonic=0.0, event_type="X", seq=seq, event_id=f"id-{seq}"
+            )
+        )
+
+    async def settle(self) -> None:
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    def seq(self) -> int:
+        snapshot = self.ckpt.snapshot()
+        assert snapshot is not None
+        return snapshot.seq
+
+    async def close(self, **kw: bool) -> None:
+        self.gate.set()
+        await self.dispatcher.close(2.0)
+        await self.ckpt.close(**kw)
+
+
+async def test_the_watermark_moves_only_past_handled_events() -> None:
+    shard = Shard(MemoryStore())
+    shard.hold = 3
+    shard.put(1, 2, 3, 4, 5)
+    await shard.settle()
+    assert shard.seq() == 2  # 3 is inside its handler, 4 and 5 wait behind it
+    assert shard.ckpt.progress.ids[-1] == "id-2"
+    shard.gate.set()
+    await shard.settle()
+    assert shard.seq() == 5
+    shard.put(None)  # RESUMED: holds its place, moves nothing
+    await shard.settle()
+    assert shard.seq() == 5 and shard.ckpt.handled_count == 6
+    await shard.close()
+
+
+async def test_a_duplicate_counts_as_done_in_its_place_in_the_stream() -> None:
+    shard = Shard(MemoryStore())
+    shard.ckpt.restore(replace(STATE, session_id="s-1", seq=10))
+    shard.session.seq = 10
+    shard.hold = 11
+    shard.put(11)
+    await shard.settle()
+    # The platform replays 12, whose id the previous process handled: dropped, in the stream
+    # behind 11, which is still in its handler.
+    shard.duplicate(12)
+    assert shard.seq() == 10
+    shard.duplicate(11)  # a copy of an event already accepted: no place of its own
+    shard.gate.set()
+    await shard.settle()
+    assert shard.seq() == 12
+    shard.put(13)
+    await shard.settle()
+    assert shard.seq() == 13
+    await shard.close()
 
 
 async def test_writes_are_batched_and_follow_the_handlers() -> None:
-    store, bus = MemoryStore(), ev.EventBus()
+    store = MemoryStore()
     written: list[ev.CheckpointWritten] = []
-    bus.subscribe_to(ev.CheckpointWritten, written.append)
-    ckpt = checkpointer(store, bus, interval=0.05)
-    ckpt.start()
+    shard = Shard(store, interval=0.05)
+    shard.bus.subscribe_to(ev.CheckpointWritten, written.append)
+    shard.ckpt.start()
+    shard.hold = 101
     for seq in range(1, 201):
-        ckpt.accepted(event(seq))
-    for seq in range(1, 101):
-        ckpt.handled(event(seq))
+        shard.put(seq)
         if seq % 10 == 0:
             await asyncio.sleep(0.005)
     await asyncio.sleep(0.2)
     assert store.saved and store.saved[-1].seq == 100  # never past the handled prefix
     assert len(store.saved) < 20, "batched, not one write per event"
     assert store.saved[-1].event_ids[-1] == "id-100"
-    assert written[-1].seq == 100 and ckpt.lag == 0
-    for seq in range(101, 201):
-        ckpt.handled(event(seq))
-    await ckpt.close()
+    assert written[-1].seq == 100 and shard.ckpt.lag == 0
+    await shard.close()
     assert store.saved[-1].seq == 200 and store.closed and not store.cleared
 
 
-async def test_duplicates_past_the_stream_count_as_done() -> None:
-    store, bus = MemoryStore(), ev.EventBus()
-    ckpt = checkpointer(store, bus)
-    ckpt.restore(replace(STATE, session_id="s-1", seq=10))
-    ckpt.accepted(event(11))
-    ckpt.handled(event(11))
-    # The platform replays 12, whose id the previous process handled: dropped, yet done.
-    bus.emit(ev.DuplicateDropped(shard=0, monotonic=0.0, event_type="X", seq=12, event_id="id-12"))
-    # A replayed copy of 11 (already tracked) must not count twice.
-    bus.emit(ev.DuplicateDropped(shard=0, monotonic=0.0, event_type="X", seq=11, event_id="id-11"))
-    ckpt.accepted(event(13))
-    assert ckpt.watermark.seq == 12
-    await ckpt.close()
-    assert store.saved[-1].seq == 12
-
-
 async def test_a_failed_write_is_reported_and_retried() -> None:
-    store, bus = MemoryStore(), ev.EventBus()
+    store = MemoryStore()
+    shard = Shard(store, interval=0.01)
     failures: list[ev.CheckpointFailed] = []
-    bus.subscribe_to(ev.CheckpointFailed, failures.append)
+    shard.bus.subscribe_to(ev.CheckpointFailed, failures.append)
+    written = asyncio.Event()
+    shard.bus.subscribe_to(ev.CheckpointWritten, lambda _: written.set())
     store.fail = True
-    ckpt = checkpointer(store, bus, interval=0.01)
-    ckpt.start()
-    ckpt.accepted(event(1))
-    ckpt.handled(event(1))
+    shard.ckpt.start()
+    shard.put(1)
     await asyncio.sleep(0.1)
     assert failures and "disk full" in failures[0].error
     assert len(failures) == 1, "retried after a pause, not in a loop"
     store.fail = False
-    written = asyncio.Event()
-    bus.subscribe_to(ev.CheckpointWritten, lambda _: written.set())
     async with asyncio.timeout(5):
         await written.wait()
     assert store.saved[-1].seq == 1
-    await ckpt.close(end_session=True)
+    await shard.close(end_session=True)
     assert store.cleared and store.closed
 
 

@@ -7,24 +7,36 @@ moves past sequence S only when S and every event before it on the shard has bee
 handlers returned or raised) or dropped as a duplicate. A new process resumes from the
 watermark, so every event still in the queue (or inside a handler) at a crash is replayed.
 
+The dispatcher hands events to the handlers one at a time, in stream order (``dispatch.py``),
+so the events handled so far are always a prefix of the events accepted: the watermark is the
+sequence number of the last handled event, or of a duplicate dropped after it (a duplicate sits
+in the stream behind the events accepted before it, and is "done" once they are handled). A
+dispatcher that ran handlers concurrently would need a per-event completion set instead.
+
 **Deduplication across processes.** The ids of the most recently handled events are persisted
 with the watermark and loaded into the session's dedupe window: an event the platform
 re-delivers under a new sequence number, or one handled past a gap in the watermark, is dropped
 instead of reaching a handler twice.
 
-**Writes.** Never on the read loop: a writer task hands a snapshot to a worker thread
-(``asyncio.to_thread``) that writes it atomically. Batched: at most one write per ``interval``
-seconds, sooner once ``max_events`` events are pending; while a session is live and nothing
-happens the state is re-written every ``refresh`` seconds so its age stays meaningful. A
-failed write is logged (WARNING, once per failure streak), counted, and retried with the next
-batch; it never stops the shard.
+**Per event, almost nothing.** The dispatcher updates a :class:`Progress` (a count, the
+last handled event, a bounded ``deque`` of ids) with a few attribute stores per event, no call,
+and holds no event alive; the reader does nothing at all. The writer task reads the progress
+every ``interval`` seconds and writes.
+
+**Writes.** Never on the read loop: the writer task writes atomically with the two ``fsync``
+calls in a worker thread (a store without an async ``save_async`` is called wholly in a worker
+thread, ``asyncio.to_thread``). Batched: at most one write per ``interval`` seconds; while a
+session is live and nothing happens the state is re-written every ``refresh`` seconds so its
+age stays meaningful. A failed write is logged (WARNING, once per failure streak), counted, and
+retried after a pause; it never stops the shard.
 
 **The guarantee** (docs/reliability.md, "Across processes"): at least once. An event reaches a
 handler a second time only if the process dies (SIGKILL, OOM kill, power loss) after its
 handlers completed and before the next checkpoint write finished: at most the events handled in
-the last ``interval`` seconds (or ``max_events``), plus an event whose handler was running at
-the moment of death (it runs again from the start). A SIGTERM/SIGINT shutdown drains the queue
-and writes a final checkpoint, so a restart after it hands no event to a handler twice.
+the last ``interval`` seconds (plus the duration of a write), plus an event whose handler was
+running at the moment of death (it runs again from the start). A SIGTERM/SIGINT shutdown
+drains the queue and writes a final checkpoint, so a restart after it hands no event to a
+handler twice.
 """
 
 from __future__ import annotations
@@ -38,18 +50,17 @@ from collections.abc import Callable
 from typing import Final
 
 from . import events as ev
-from .protocol import GatewayEvent
 from .store import SessionStore, StoredSession, StoreError
 
-__all__ = ["Checkpointer", "Watermark"]
+__all__ = ["Checkpointer", "Progress"]
 
 _log = logging.getLogger("qqbot_gateway.checkpoint")
 
 #: Default batch window: at 20 events/s about two events per write, at 1,000/s about 100; the
 #: window bounds the duplicates a SIGKILL can cause (see the module docstring).
 DEFAULT_INTERVAL: Final = 0.1
-#: A backlog this large is written at once, whatever the window.
-DEFAULT_MAX_EVENTS: Final = 500
+#: The writer never polls faster than this, whatever the window (``interval`` 0 in tests).
+_MIN_POLL: Final = 0.005
 #: Re-write an unchanged state this often while a session is live (keeps ``written_at`` fresh,
 #: so the next process can tell a recent session from a stale one even on a quiet bot).
 DEFAULT_REFRESH: Final = 30.0
@@ -57,55 +68,44 @@ DEFAULT_REFRESH: Final = 30.0
 #: must not be hammered in a loop).
 _RETRY_DELAY: Final = 0.5
 #: Event ids persisted for deduplication: the replay after a restart covers what was not
-#: durable, at most ``max_events`` and normally far fewer; 1,024 leaves a wide margin.
+#: durable (one batch window); 1,024 ids leave a wide margin over a window's events at the
+#: rates a shard sees, and cost about 0.1 ms of JSON per write.
 DEFAULT_DEDUPE_IDS: Final = 1024
 
 
-class Watermark:
-    """The highest sequence S such that every accepted event up to S is done.
+class _Position:
+    """A place in the stream that is not a handled event: a restored state, a duplicate."""
 
-    Events are registered in stream order (:meth:`accepted`, :meth:`skipped` for duplicates)
-    and completed in any order (:meth:`done`). Keyed by session: a new session (after an
-    Identify) starts its own numbering, and the watermark moves to it once every event of the
-    old session is done.
-    """
+    __slots__ = ("seq", "session_id")
 
-    __slots__ = ("_done", "_pending", "seq", "session_id")
-
-    def __init__(self, session_id: str | None = None, seq: int = 0) -> None:
+    def __init__(self, session_id: str | None, seq: int | None) -> None:
         self.session_id = session_id
         self.seq = seq
-        self._pending: deque[tuple[str, int]] = deque()
-        self._done: set[tuple[str, int]] = set()
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
 
-    def accepted(self, session_id: str, seq: int) -> None:
-        self._pending.append((session_id, seq))
+class Progress:
+    """What the dispatcher has handled, updated inline per event (see ``dispatch.py``).
 
-    def skipped(self, session_id: str, seq: int) -> None:
-        """A duplicate dropped before the queue: done at once (in its stream position)."""
-        key = (session_id, seq)
-        self._pending.append(key)
-        self._done.add(key)
-        self._advance()
+    ``handled``: events handled so far; ``last``: the last handled event with a sequence
+    number (anything with ``session_id`` and ``seq``); ``remember``: appends an event id to the
+    bounded dedupe window ``ids``.
+    """
 
-    def done(self, session_id: str, seq: int) -> None:
-        self._done.add((session_id, seq))
-        self._advance()
+    __slots__ = ("handled", "ids", "last", "remember")
 
-    def _advance(self) -> None:
-        pending, done = self._pending, self._done
-        while pending and pending[0] in done:
-            key = pending.popleft()
-            done.discard(key)
-            self.session_id, self.seq = key
+    def __init__(self, dedupe_ids: int = DEFAULT_DEDUPE_IDS) -> None:
+        self.handled = 0
+        self.last: _Position | object = _Position(None, 0)
+        self.ids: deque[str] = deque(maxlen=dedupe_ids)
+        self.remember: Callable[[str], None] = self.ids.append
 
 
 class Checkpointer:
-    """Tracks one shard's watermark and writes it to ``store``. See the module docstring."""
+    """Tracks one shard's watermark and writes it to ``store``. See the module docstring.
+
+    ``accepted_count()`` is how many events the dispatcher has accepted so far (handled, queued
+    or in a handler); ``current_session()`` the session's id and its accepted ``seq``.
+    """
 
     def __init__(
         self,
@@ -116,35 +116,34 @@ class Checkpointer:
         shard_count: int,
         bus: ev.EventBus,
         interval: float = DEFAULT_INTERVAL,
-        max_events: int = DEFAULT_MAX_EVENTS,
         refresh: float = DEFAULT_REFRESH,
         dedupe_ids: int = DEFAULT_DEDUPE_IDS,
         live: Callable[[], bool] = lambda: True,
-        current_session: Callable[[], str | None] = lambda: None,
+        current_session: Callable[[], tuple[str | None, int]] = lambda: (None, 0),
+        accepted_count: Callable[[], int] = lambda: 0,
     ) -> None:
-        if interval < 0 or refresh <= 0 or max_events < 1 or dedupe_ids < 0:
-            raise ValueError("need interval >= 0, refresh > 0, max_events >= 1, dedupe_ids >= 0")
+        if interval < 0 or refresh <= 0 or dedupe_ids < 0:
+            raise ValueError("need interval >= 0, refresh > 0, dedupe_ids >= 0")
         self.store = store
         self.app_id = app_id
         self.shard_id = shard_id
         self.shard_count = shard_count
         self.interval = interval
-        self.max_events = max_events
         self.refresh = refresh
         self._bus = bus
         self._live = live
         self._current_session = current_session
-        #: The last (session id, seq) registered with the watermark, in stream order.
-        self._registered: tuple[str | None, int] = (None, 0)
-        self.watermark = Watermark()
-        self._ids: deque[str] = deque(maxlen=dedupe_ids)
-        #: Events handled so far, and how many of them the last durable write covered.
-        self.handled_count = 0
+        self._accepted_count = accepted_count
+        #: Updated by the dispatcher; read here.
+        self.progress = Progress(dedupe_ids)
+        #: Duplicates placed in the stream: (events accepted before it, its position).
+        self._duplicates: deque[tuple[int, _Position]] = deque()
+        self._after: tuple[int, _Position] | None = None  # the latest duplicate that is done
+        self._last_duplicate: tuple[str | None, int] = (None, 0)
+        #: How many handled events the last durable write covered.
         self.durable = 0
         self._written: tuple[str | None, int] = (None, -1)
         self._last_write = 0.0  # loop time of the last successful write
-        self._wake = asyncio.Event()
-        self._writer_idle = False
         self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._failing = False
@@ -157,59 +156,62 @@ class Checkpointer:
     # --- the watermark -------------------------------------------------------------------
     def restore(self, state: StoredSession) -> None:
         """Start from a state a previous process left (the session resumes it)."""
-        self.watermark = Watermark(state.session_id, state.seq)
-        self._ids.extend(state.event_ids)
+        self.progress.last = _Position(state.session_id, state.seq)
+        self.progress.ids.extend(state.event_ids)
         self._written = (state.session_id, state.seq)
-        self._registered = (state.session_id, state.seq)
-
-    def accepted(self, event: GatewayEvent) -> None:
-        """Called by the reader for every event put on the handler queue (stream order)."""
-        if event.seq is not None and event.session_id is not None:
-            self.watermark.accepted(event.session_id, event.seq)
-            self._registered = (event.session_id, event.seq)
-
-    def handled(self, event: GatewayEvent) -> None:
-        """Called by the dispatcher once the event's handlers returned or raised."""
-        self.handled_count += 1
-        if event.event_id is not None:
-            self._ids.append(event.event_id)
-        if event.seq is not None and event.session_id is not None:
-            self.watermark.done(event.session_id, event.seq)
-        # Wake the writer only when it sleeps for want of work, or when the backlog is large
-        # enough to cut the batch window short: not one task wake-up per event.
-        if self._writer_idle or self.handled_count - self.durable >= self.max_events:
-            self._wake.set()
+        self._last_duplicate = (state.session_id, state.seq)
 
     def _on_event(self, event: ev.LifecycleEvent) -> None:
-        if not isinstance(event, ev.DuplicateDropped):
+        if not isinstance(event, ev.DuplicateDropped) or event.seq is None:
             return
-        session_id, seq = self._current_session(), event.seq
-        if seq is None or session_id is None:
+        session_id, accepted_seq = self._current_session()
+        if session_id is None:
             return
-        last_session, last_seq = self._registered
-        # Only a duplicate past everything registered takes a place of its own in the stream
+        last_session, last_seq = self._last_duplicate
+        newest = max(accepted_seq, last_seq if last_session == session_id else 0)
+        # Only a duplicate past everything accepted takes a place of its own in the stream
         # (e.g. a replayed event whose id the previous process handled); one at or below it
-        # is a copy of an event already tracked, which completes on its own.
-        if session_id != last_session or seq > last_seq:
-            self.watermark.skipped(session_id, seq)
-            self._registered = (session_id, seq)
+        # is a copy of an event already accepted, which completes on its own.
+        if event.seq > newest:
+            self._duplicates.append((self._accepted_count(), _Position(session_id, event.seq)))
+            self._last_duplicate = (session_id, event.seq)
+
+    def position(self) -> tuple[str | None, int]:
+        """The watermark: (session id, seq) up to which everything is handled."""
+        progress, duplicates = self.progress, self._duplicates
+        handled = progress.handled
+        while duplicates and duplicates[0][0] <= handled:
+            self._after = duplicates.popleft()
+        last: object = progress.last
+        after = self._after
+        # A duplicate placed after every handled event is the newest position. One placed
+        # before some handled event is behind it, unless that event had no seq (RESUMED): then
+        # the position stays at the event before the duplicate, which only means the duplicate
+        # is replayed (and dropped by id) once more after a restart.
+        if after is not None and after[0] == handled:
+            last = after[1]
+        return getattr(last, "session_id", None), getattr(last, "seq", None) or 0
+
+    @property
+    def handled_count(self) -> int:
+        return self.progress.handled
 
     @property
     def lag(self) -> int:
         """Events handled but not yet covered by a durable write."""
-        return self.handled_count - self.durable
+        return self.progress.handled - self.durable
 
     def snapshot(self) -> StoredSession | None:
-        wm = self.watermark
-        if wm.session_id is None:
+        session_id, seq = self.position()
+        if session_id is None:
             return None
         return StoredSession(
             app_id=self.app_id,
             shard_id=self.shard_id,
             shard_count=self.shard_count,
-            session_id=wm.session_id,
-            seq=wm.seq,
-            event_ids=tuple(self._ids),
+            session_id=session_id,
+            seq=seq,
+            event_ids=tuple(self.progress.ids),
             written_at=time.time(),
         )
 
@@ -220,38 +222,32 @@ class Checkpointer:
         )
 
     async def _writer(self) -> None:
-        loop = self._loop
+        loop, poll = self._loop, max(self.interval, _MIN_POLL)
         while True:
-            if self.lag == 0:
-                self._writer_idle = True
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.refresh):
-                        await self._wake.wait()
-                self._writer_idle = False
-            self._wake.clear()
-            # Batch: wait out the rest of the window unless the backlog grows large meanwhile.
-            wait = self._last_write + self.interval - loop.time()
-            if wait > 0 and self.lag < self.max_events:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._wake.wait()
-                self._wake.clear()
-            state = self.snapshot()
-            if state is None:
+            await asyncio.sleep(poll)
+            position = self.position()
+            if position[0] is None:
                 continue
-            changed = (state.session_id, state.seq) != self._written or self.lag > 0
+            changed = position != self._written or self.lag > 0
             stale = loop.time() - self._last_write >= self.refresh
-            if (changed or (stale and self._live())) and not await self._write(state):
+            if not changed and not (stale and self._live()):
+                continue
+            state = self.snapshot()
+            if state is not None and not await self._write(state):
                 await asyncio.sleep(max(self.interval, _RETRY_DELAY))
 
     async def _write(self, state: StoredSession) -> bool:
         async with self._write_lock:
             if self._ended:
                 return False
-            covered = self.handled_count
+            covered = self.progress.handled  # what the snapshot was taken from
             started = self._loop.time()
             try:
-                await asyncio.to_thread(self.store.save, state)
+                save_async = getattr(self.store, "save_async", None)
+                if save_async is not None:
+                    await save_async(state)
+                else:
+                    await asyncio.to_thread(self.store.save, state)
             except Exception as exc:  # noqa: BLE001 - a failed write is retried, never fatal
                 self._on_failure(exc)
                 return False

@@ -47,7 +47,7 @@ from .checkpoint import DEFAULT_INTERVAL, Checkpointer
 from .connection import TransportConfig, make_socket_factory
 from .context import ShardContext
 from .dispatch import Dispatcher, Handler, HandlerContext
-from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, GatewayEvent, Intents, parse_intents
+from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, Intents, parse_intents
 from .session import GatewaySession, LivenessConfig
 from .store import FileSessionStore, SessionStore, StoreError, StoreLockedError, age_of
 from .supervisor import ReconnectPolicy, ShardStatus, ShardSupervisor
@@ -482,13 +482,13 @@ class QQBotClient:
                 bus=self.events,
                 interval=cfg.checkpoint_interval,
                 live=lambda: supervisor.state is ev.ConnectionState.READY,
-                current_session=lambda: session.session_id,
+                current_session=lambda: (session.session_id, session.seq),
+                accepted_count=lambda: handled() + dispatcher.outstanding,
             )
+            progress = checkpointer.progress
 
-        def deliver(event: GatewayEvent) -> None:
-            if checkpointer is not None:
-                checkpointer.accepted(event)
-            dispatcher.put(event)
+            def handled() -> int:
+                return progress.handled
 
         supervisor = ShardSupervisor(
             session,
@@ -496,7 +496,7 @@ class QQBotClient:
             gateway_url=self._gateway_url,
             ws_http=self._ws_http,
             bus=self.events,
-            deliver=deliver,
+            deliver=lambda event: dispatcher.put(event),
             transport=cfg.transport,
             policy=cfg.reconnect,
             wait_for_drain=lambda: dispatcher.wait_for_drain(),
@@ -508,7 +508,7 @@ class QQBotClient:
             capacity=cfg.handler_queue_size,
             log_context=supervisor.log_context,
             around_event=lambda: self.handler_context,
-            on_handled=checkpointer.handled if checkpointer is not None else None,
+            progress=checkpointer.progress if checkpointer is not None else None,
         )
         return _Shard(session, supervisor, dispatcher, checkpointer)
 

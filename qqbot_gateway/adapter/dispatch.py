@@ -9,8 +9,9 @@ half. The server then replays what we refused: nothing is lost, and memory stays
 Handlers run one event at a time per shard, in sequence order. An exception in a handler is
 logged and counted (:class:`~.events.HandlerFailed`) and never reaches the session.
 
-``on_handled`` is told about every event whose handlers have all returned or raised (the
-checkpoint watermark, :mod:`~.checkpoint`); an event cut short by a shutdown is not handled.
+With a session store, ``progress`` (a :class:`~.checkpoint.Progress`) is updated inline for
+every event whose handlers have all returned or raised: the checkpoint watermark relies on this
+one-at-a-time, in-order handling. An event cut short by a shutdown is not handled.
 
 The queue depth and each handler's duration are kept in the shard's
 :class:`~.events.ShardStats`; ``HandlerQueueDepth`` and ``HandlerCompleted`` events are built
@@ -29,6 +30,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from . import events as ev
+from .checkpoint import Progress
 from .context import ShardContext, current_shard
 from .protocol import GatewayEvent
 from .session import GatewaySession
@@ -87,7 +89,7 @@ class Dispatcher:
         capacity: int = 1000,
         log_context: ShardContext | None = None,
         around_event: Callable[[], HandlerContext | None] = lambda: None,
-        on_handled: Callable[[GatewayEvent], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("handler queue capacity must be >= 1")
@@ -103,7 +105,7 @@ class Dispatcher:
         self._busy = False
         self._log_context = log_context
         self._around_event = around_event
-        self._on_handled = on_handled
+        self._progress = progress
         self._stats = session.stats
         self._interest = bus.interest(session.shard_id)
 
@@ -115,6 +117,11 @@ class Dispatcher:
     def running(self) -> bool:
         """True while the handler task runs (started and neither finished nor crashed)."""
         return self._task is not None and not self._task.done()
+
+    @property
+    def outstanding(self) -> int:
+        """Events accepted and not yet handled: queued, or in a handler now."""
+        return self._queue.qsize() + (1 if self._busy else 0)
 
     @property
     def idle(self) -> bool:
@@ -177,8 +184,14 @@ class Dispatcher:
                 else:
                     with around(event):
                         await self._handle(event)
-                if self._on_handled is not None:
-                    self._on_handled(event)
+                progress = self._progress
+                if progress is not None:  # inline, no call: this runs for every event
+                    progress.handled += 1
+                    if event.seq is not None:
+                        progress.last = event
+                    event_id = event.event_id
+                    if event_id is not None:
+                        progress.remember(event_id)
             finally:
                 self._busy = False
                 depth = self._queue.qsize()
