@@ -70,6 +70,9 @@ from qqbot_gateway.adapter.errors import (
 )
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.store import StoreError
+from qqbot_gateway.config import (
+    _REMOVED as REMOVED_SETTINGS,  # the service's retired settings, with what replaces them
+)
 from qqbot_gateway.config import ENV_PREFIX, SETTING_NAMES, ConfigError, Settings, load_settings
 from qqbot_gateway.telemetry import Telemetry
 
@@ -217,6 +220,11 @@ def hermes_settings(
     extra = dict(extra or {})
     environ = os.environ if environ is None else environ
     where = f"platforms.{platform}.extra"
+    for key, why in REMOVED_SETTINGS.items():  # an error: ignoring one would change behaviour
+        if key in extra:
+            raise ConfigError(f"{where}.{key}: {why}")
+        if environ.get(ENV_PREFIX + key.upper(), "").strip():
+            raise ConfigError(f"{ENV_PREFIX + key.upper()}: {why}")
     transport = extra.get("transport")
     if transport is not None and str(transport).strip().lower() != "websocket":
         raise ConfigError(
