@@ -19,12 +19,13 @@ Every ``QQBOT_*`` setting of the service (see :mod:`qqbot_gateway.config`) is ac
 the full list, the differences from hermes's built-in QQ adapter and a migration path.
 
 What hermes gets from this adapter instead of its built-in one: layered liveness (ACK tracking,
-receive-idle deadline, WebSocket ping, TCP keepalive) so a half-open link is replaced within
-two or three heartbeat intervals; resume with replayed events delivered exactly once, across a
-restart of hermes too (the session store, ``QQBOT_STATE_DIR``); a bounded handler queue;
-and a connected state that tells the truth: ``_mark_disconnected`` as soon as a zombie is
-detected or a shard backs off, ``_mark_connected`` on READY/RESUMED, and a fatal error
-(``_set_fatal_error`` + ``_notify_fatal_error``, once) only when a shard stopped for good.
+receive-idle deadline, WebSocket ping, TCP keepalive) so a half-open link is replaced within a
+fraction of a heartbeat interval (about 1.4 against a server that ignores pings); resume with
+replayed events delivered exactly once, across a restart of hermes too (the session store,
+``QQBOT_STATE_DIR``); a bounded handler queue; and a connected state that tells the truth:
+``_mark_disconnected`` as soon as a zombie is detected or a shard backs off, ``_mark_connected``
+on READY/RESUMED, and a fatal error (``_set_fatal_error`` + ``_notify_fatal_error``, once) only
+when a shard stopped for good.
 """
 
 from __future__ import annotations
