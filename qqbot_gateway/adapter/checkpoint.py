@@ -223,6 +223,8 @@ class Checkpointer:
 
     async def _writer(self) -> None:
         loop, poll = self._loop, max(self.interval, _MIN_POLL)
+        # Start the worker thread now: creating it under load can take a GIL round of its own.
+        await asyncio.to_thread(int)
         while True:
             await asyncio.sleep(poll)
             position = self.position()
