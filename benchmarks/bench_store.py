@@ -8,7 +8,7 @@ cost). "On" wires a :class:`~qqbot_gateway.adapter.checkpoint.Checkpointer` exac
 ``QQBotClient`` does (the dispatcher updates its progress per handled event) over the real
 :class:`~qqbot_gateway.adapter.store.FileSessionStore` in a temporary directory: atomic
 writes with ``fsync`` of the file and the directory, batched by the default 100 ms window,
-the ``fsync`` calls in a worker thread.
+in a worker thread.
 
 1. **Throughput**: a flood as fast as the loop takes it; store off and on interleaved, rounds
    repeated, medians compared (a shared 2-core machine: noise falls on both alike).
@@ -313,7 +313,7 @@ def main() -> None:
         "jobs). In process, no sockets: a real `GatewaySession`, action loop and `Dispatcher` "
         "with a no-op handler (the adapter's own per-event cost, the worst case for a relative "
         "figure); the store is the real `FileSessionStore` (atomic writes, `fsync` of file and "
-        "directory, 100 ms batches, the `fsync`s in a worker thread) in a temporary directory.",
+        "directory, 100 ms batches, in a worker thread) in a temporary directory.",
         "",
         "## Throughput: store on vs off",
         "",
@@ -332,9 +332,9 @@ def main() -> None:
         f"disturbed by other jobs): throughput ratio {best_on / best_off:.3f} "
         f"({1 - best_on / best_off:.1%} cost), loop CPU per event "
         f"{min_cpu_on / min_cpu_off:.3f} ({min_cpu_on / min_cpu_off - 1:+.1%})** (goal: <= 5 %). "
-        "The loop thread's CPU time is what bounds a shard's rate (the `fsync` waits run in a "
-        "worker thread, on another core); the process CPU column adds that thread and the "
-        "kernel's work for each `fsync` (a journal commit, whose cost depends on everything "
+        "The loop thread's CPU time is what bounds a shard's rate (the writes run in a worker "
+        "thread, on another core); the process CPU column adds that thread and the kernel's "
+        "work for each `fsync` (a journal commit, whose cost depends on everything "
         f"else the file system has to flush: {all_on / all_off - 1:+.1%} here). The "
         "wall-clock rate swings with the other jobs on the machine. "
         f"Checkpoint writes completed during each flood: "
@@ -366,13 +366,14 @@ def main() -> None:
         "rates a shard sees in production it is small in absolute terms (10 writes/s at most: "
         f"{one_write_cpu * 10 * 1e3:.1f} ms of CPU per second, "
         f"{one_write_cpu * 10:.1%} of one core, whatever the event rate). The flood "
-        "comparison, on this shared 2-core machine, has ranged from +4 % to +11 % of loop CPU "
-        "between successive runs of this script: under a flood the writer thread and each "
-        "`fsync` (a journal commit that also flushes what other processes wrote) compete with "
-        "the saturated loop for two busy cores. That part depends on the machine and the "
-        "file system more than on this code; an operator who needs the last per cent at "
-        "saturation can raise `QQBOT_CHECKPOINT_INTERVAL` (fewer writes; a longer window "
-        "for duplicates after a SIGKILL) or use a faster store backend.",
+        "comparison on this shared 2-core machine moves by several per cent between "
+        f"successive runs of this script (this run: {cpu_cost:+.1%} loop CPU, median): "
+        "under a flood the writer thread and each `fsync` (a journal commit that also "
+        "flushes what other processes wrote) compete with the saturated loop for two busy "
+        "cores. That part depends on the machine and the file system more than on this "
+        "code; an operator who needs the last per cent at saturation can raise "
+        "`QQBOT_CHECKPOINT_INTERVAL` (fewer writes; a longer window for duplicates after a "
+        "SIGKILL) or plug in another store backend.",
         "",
         "## Checkpoint lag at 1,000 events/s",
         "",
