@@ -45,6 +45,7 @@ from qqbot_gateway.adapter.errors import (
 from qqbot_gateway.adapter.protocol import GatewayEvent, Intents
 from qqbot_gateway.adapter.session import LivenessConfig
 from qqbot_gateway.adapter.supervisor import ReconnectPolicy
+from qqbot_gateway.adapter.webhook import WebhookConfig
 from qqbot_gateway.config import ConfigError, Settings, load_settings
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "TokenFetchError",
     "TransportConfig",
     "UnauthorizedError",
+    "WebhookConfig",
     "__version__",
     "events",
     "load_settings",

@@ -388,39 +388,11 @@ async def test_the_page_can_be_switched_off() -> None:
         await tel.stop()
 
 
-def test_ping_layer_state_from_the_session_when_the_adapter_reports_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """An adapter whose session runs the ping layer (``LivenessConfig.ws_ping``) reports its
-    state with ``PingLayerChanged`` / ``PongReceived``; the page shows that state."""
-    from dataclasses import dataclass
-
-    from qqbot_gateway.adapter.session import LivenessConfig
-
-    @dataclass(frozen=True, slots=True, kw_only=True)
-    class PingLayerChanged(ev.LifecycleEvent):
-        state: str
-        detail: str
-
-    @dataclass(frozen=True, slots=True, kw_only=True)
-    class PongReceived(ev.LifecycleEvent):
-        rtt: float
-        deadline: float
-
-    monkeypatch.setattr(ev, "PingLayerChanged", PingLayerChanged, raising=False)
-    monkeypatch.setattr(ev, "PongReceived", PongReceived, raising=False)
-
-    class SessionPing:  # the settings of such an adapter, as far as the page reads them
-        def __init__(self) -> None:
-            self._base = LivenessConfig()
-            self.ws_ping = True
-            self.ping_quiet = 0.05
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._base, name)
-
+def test_ping_layer_state_from_the_session() -> None:
+    """The session runs the WebSocket ping layer and reports its state (``PingLayerChanged``,
+    ``PongReceived``); the page shows that state, not just the configuration."""
     rig = Rig()
-    rig.page.liveness = SessionPing()  # type: ignore[assignment]
+    PingLayerChanged, PongReceived = ev.PingLayerChanged, ev.PongReceived
     rig.live(T0, interval=40.0)
     rig.f.emit(PingLayerChanged, T0 + 1, state="calibrating", detail="waiting for a first pong")
     layer = {x["name"]: x for x in rig.doc(T0 + 1)["shards"][0]["liveness_layers"]}["ws_ping"]

@@ -155,7 +155,7 @@ async def test_slow_client_is_cut_off() -> None:
     await tel.start()
     try:
         assert tel.server is not None
-        tel.server._deadline = 0.2  # a short deadline for the test
+        tel.server._guard.deadline = 0.2  # a short deadline for the test
         port = tel.server.port
         assert port is not None
         _reader, writer = await asyncio.open_connection("127.0.0.1", port)

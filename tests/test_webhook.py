@@ -466,3 +466,46 @@ async def test_receiver_serves_tls_for_direct_exposure(tmp_path: Path) -> None:
     finally:
         await receiver.stop()
     assert [e.event_id for e in f.queue] == ["TLS1"]
+
+
+async def test_receiver_bounds_slow_headers_and_connection_count() -> None:
+    f = Fixture(port=0, host="127.0.0.1")
+    receiver = WebhookReceiver(f.intake)
+    receiver._guard.deadline = 0.3  # short bounds for the test (75 s and 512 in production)
+    receiver._guard.max_connections = 2
+    await receiver.start()
+    try:
+        port = receiver.port
+        slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for _, writer in slow:
+            writer.write(b"POST /qqbot/callback HTTP/1.1\r\nHost: a\r\n")  # headers never end
+            await writer.drain()
+        extra_reader, extra_writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(5):
+            assert await extra_reader.read() == b""  # over the limit: closed at once
+            for reader, _ in slow:
+                assert await reader.read() == b""  # no headers within the deadline: closed
+        for _, writer in [*slow, (extra_reader, extra_writer)]:
+            writer.close()
+        assert f.intake.status().listening  # and the receiver still serves
+    finally:
+        await receiver.stop()
+
+
+def test_refusals_are_logged_once_then_at_most_every_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    f = Fixture()
+    with caplog.at_level("WARNING", logger="qqbot_gateway.webhook"):
+        for _ in range(3):
+            f.post(dispatch(), sign=False)
+        f.post(dispatch(), ts=NOW - 3600)
+        f.clock += 61
+        f.post(dispatch(), sign=False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("webhook: refused 1 missing_signature (")
+    assert lines[1].startswith(
+        "webhook: refused 3 missing_signature, 1 stale_timestamp in the last 61s ("
+    )
+    assert "s3cret" not in "".join(lines)

@@ -131,6 +131,8 @@ SIGNATURE_FAILURES: Final = frozenset({MISSING_SIGNATURE, BAD_SIGNATURE, STALE_T
 _ACK_OK: Final = b'{"op":12,"d":0}'
 #: ``d: 1`` is botgo's "handling failed, retry"; with a 503 either signal makes QQ redeliver.
 _ACK_RETRY: Final = b'{"op":12,"d":1}'
+#: Refused requests are logged at most this often (with their counts).
+_REFUSAL_LOG_EVERY: Final = 60.0
 #: Seconds a 503 asks the platform to wait (a hint; QQ's retry schedule is not documented).
 _RETRY_AFTER: Final = "1"
 
@@ -283,6 +285,9 @@ class WebhookIntake:
         self._last_valid_at: float | None = None
         self._closing = False
         self._warned_ops: set[int] = set()
+        #: Refusals (outcome -> count) not yet logged; logged at most every _REFUSAL_LOG_EVERY.
+        self._refused: dict[str, int] = {}
+        self._refusals_logged_at: float | None = None
         #: Set by the receiver: whether its listening socket still serves.
         self.serving: Callable[[], bool] = lambda: True
 
@@ -416,6 +421,8 @@ class WebhookIntake:
         self, reply: WebhookReply, start: float, op: int | None, *, signed: bool = True
     ) -> WebhookReply:
         now = self._clock()
+        if reply.status in (400, 401):
+            self._log_refusal(reply.outcome, now)
         self._bus.emit(
             ev.WebhookRequest(
                 shard=self.shard,
@@ -429,6 +436,24 @@ class WebhookIntake:
             )
         )
         return reply
+
+    def _log_refusal(self, outcome: str, now: float) -> None:
+        """One WARNING line at once, then at most one per interval with the counts: a rotated
+        secret or a scan is visible in the logs too, without a line per request."""
+        self._refused[outcome] = self._refused.get(outcome, 0) + 1
+        last = self._refusals_logged_at
+        if last is not None and now - last < _REFUSAL_LOG_EVERY:
+            return
+        counts = ", ".join(f"{n} {o}" for o, n in sorted(self._refused.items()))
+        since = "" if last is None else f" in the last {now - last:.0f}s"
+        _log.warning(
+            "webhook: refused %s%s (a rotated secret, a wrong clock, or forged requests: "
+            "see qqbot_gateway_webhook_requests_total)",
+            counts,
+            since,
+        )
+        self._refused.clear()
+        self._refusals_logged_at = now
 
 
 def _error(status: int, outcome: str, detail: str) -> WebhookReply:

@@ -1,6 +1,7 @@
 """Telemetry for the gateway adapter: Prometheus metrics, OpenTelemetry traces, structured logs
 and the health report, all fed by the adapter's lifecycle events (the adapter never imports
-this package), plus the HTTP side server (``/healthz``, ``/livez``, ``/readyz``, ``/metrics``).
+this package), plus the HTTP side server (``/healthz``, ``/livez``, ``/readyz``, ``/metrics``)
+and the webhook transport's receiver (:class:`WebhookReceiver`).
 
 ::
 
@@ -19,6 +20,7 @@ from .health import Check, HealthConfig, HealthEvaluator, HealthReport
 from .logs import add_secrets, configure_logging
 from .metrics import GatewayMetrics
 from .otel import TelemetryConfigError, Tracing
+from .webhook import WebhookReceiver
 
 __all__ = [
     "Check",
@@ -30,6 +32,7 @@ __all__ = [
     "TelemetryConfig",
     "TelemetryConfigError",
     "Tracing",
+    "WebhookReceiver",
     "add_secrets",
     "configure_logging",
 ]

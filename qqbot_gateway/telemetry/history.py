@@ -158,7 +158,7 @@ class ShardHistory:
         self.rtts: deque[tuple[float, float]] = deque(maxlen=MAX_RTT_SAMPLES)
         self.frame_runs: deque[list[float]] = deque(maxlen=math.ceil(window / FRAME_RESOLUTION) + 2)
         self.zombie: ZombieInfo | None = None  # declared on the open connection
-        #: The WebSocket ping layer's state on this connection, where the session reports it
+        #: The WebSocket ping layer's state on this connection as the session reports it
         #: (``PingLayerChanged``: off, calibrating, armed, suspended, disabled), and the last
         #: pong's round trip and the pong deadline then in force.
         self.ping_state: str | None = None
@@ -277,14 +277,12 @@ class ShardHistory:
         self.ping_state = self.ping_detail = None
         self.last_pong_rtt = self.pong_deadline = None
 
-    def on_ping_layer(self, e: Any) -> None:
-        self.ping_state = str(getattr(e, "state", "")) or None
-        self.ping_detail = str(getattr(e, "detail", ""))[:MAX_DETAIL] or None
+    def on_ping_layer(self, e: ev.PingLayerChanged) -> None:
+        self.ping_state = e.state
+        self.ping_detail = e.detail[:MAX_DETAIL] or None
 
-    def on_pong(self, e: Any) -> None:
-        rtt, deadline = getattr(e, "rtt", None), getattr(e, "deadline", None)
-        self.last_pong_rtt = float(rtt) if isinstance(rtt, int | float) else None
-        self.pong_deadline = float(deadline) if isinstance(deadline, int | float) else None
+    def on_pong(self, e: ev.PongReceived) -> None:
+        self.last_pong_rtt, self.pong_deadline = e.rtt, e.deadline
 
     def on_hello(self, interval: float) -> None:
         self.hello = True
@@ -590,19 +588,12 @@ class StatusHistory:
             ev.SessionReady: _on_ready,
             ev.SessionResumed: _on_resumed,
             ev.ZombieDetected: _on_zombie,
+            ev.PingLayerChanged: ShardHistory.on_ping_layer,
+            ev.PongReceived: ShardHistory.on_pong,
             ev.Disconnected: self._on_disconnected,
             ev.ShardFatal: self._on_fatal,
             ev.SupervisorStopped: _on_stopped,
         }
-        # The ping layer's events, where the adapter has them (looked up by name: an adapter
-        # without a ping layer of its own emits none, and the page shows the configuration).
-        for name, route in (
-            ("PingLayerChanged", ShardHistory.on_ping_layer),
-            ("PongReceived", ShardHistory.on_pong),
-        ):
-            kind = getattr(ev, name, None)
-            if isinstance(kind, type) and issubclass(kind, ev.LifecycleEvent):
-                self._routes[kind] = route
 
     def bind_stats(self, shard: int, stats: ev.ShardStats, queue_capacity: int) -> None:
         """Read ``shard``'s per-event facts from the adapter's counters (see :meth:`sample`)."""

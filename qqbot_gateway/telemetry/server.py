@@ -27,6 +27,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from ._guard import ConnectionGuard
 from .health import Check, HealthReport
 from .status import StatusPage
 
@@ -59,9 +60,7 @@ class SideServer:
         self._evaluate = evaluate
         self._sanitize = sanitize
         self._deadline = request_deadline
-        self._max_connections = max_connections
-        self._requests: dict[Any, int] = {}
-        self._open = 0
+        self._guard = ConnectionGuard(deadline=request_deadline, max_connections=max_connections)
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
         self.host: str | None = None
@@ -97,19 +96,9 @@ class SideServer:
         loop = asyncio.get_running_loop()
         factory = runner.server
         assert factory is not None
-
-        def protocol_factory() -> asyncio.BaseProtocol:
-            proto = factory()
-            self._open += 1
-            self._requests[proto] = 0
-            if self._open > self._max_connections:
-                loop.call_soon(self._drop, proto)
-            loop.call_later(self._deadline, self._watchdog, proto, 0)
-            return proto
-
         try:
             self._server = await loop.create_server(
-                protocol_factory, host, port, reuse_address=True, backlog=128
+                self._guard.protocol_factory(factory), host, port, reuse_address=True, backlog=128
             )
         except BaseException:
             await runner.cleanup()
@@ -117,28 +106,6 @@ class SideServer:
         self._runner = runner
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = host, int(sockname[1])
-
-    def _drop(self, proto: Any) -> None:
-        self._forget(proto)
-        transport = getattr(proto, "transport", None)
-        if transport is not None:
-            transport.close()
-
-    def _forget(self, proto: Any) -> None:
-        if self._requests.pop(proto, None) is not None:
-            self._open -= 1
-
-    def _watchdog(self, proto: Any, seen: int) -> None:
-        count = self._requests.get(proto)
-        if count is None:
-            return
-        if getattr(proto, "transport", None) is None:  # closed: forget it
-            self._forget(proto)
-            return
-        if count == seen:  # no request completed its headers in a whole deadline
-            self._drop(proto)
-            return
-        asyncio.get_running_loop().call_later(self._deadline, self._watchdog, proto, count)
 
     async def stop(self, within: float = 2.0) -> None:
         server, self._server = self._server, None
@@ -153,17 +120,14 @@ class SideServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(within):
                     await server.wait_closed()
-        self._requests.clear()
-        self._open = 0
+        self._guard.clear()
 
     # --- handlers ------------------------------------------------------------------------
     @web.middleware
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
-        proto = request.protocol
-        if proto in self._requests:
-            self._requests[proto] += 1
+        self._guard.seen(request.protocol)
         try:
             response: web.StreamResponse = await handler(request)
         except web.HTTPException as exc:

@@ -426,27 +426,22 @@ class StatusPage:
         return "live", f"listening for {_human(now - (wh.listening_since or now))}; {heard}"
 
     def _layers(self, s: ShardHistory, now: float) -> list[dict[str, Any]]:
-        """The liveness layers, what each watches and whether it is armed now.
-
-        Written against both shapes of the adapter's settings: a fixed WebSocket ping
-        (``TransportConfig.ws_ping_interval``, aiohttp's ``heartbeat=``) or the session's own
-        ping layer (``LivenessConfig.ws_ping``, with its state reported by events), and a
-        fixed or an interval-derived ``TCP_USER_TIMEOUT``.
-        """
+        """The liveness layers, what each watches and whether it is armed now."""
         lv, tr = self.liveness, self.transport
         h = s.interval
         watching = s.connected and s.hello and h is not None
         idle = lv.idle_deadline(h) if h is not None else None
-        probes = getattr(lv, "ack_probes", None)
-        if isinstance(probes, int) and h is not None:
-            low = float(getattr(lv, "ack_timeout_min", 0.0)) * h
-            high = float(getattr(lv, "ack_timeout_max", 0.0)) * h
+        if h is not None:
             ack = (
-                f"each heartbeat's ACK due within {low:.3g}-{high:.3g}s, {probes} probe(s); "
+                f"each heartbeat's ACK due within {lv.ack_timeout_min * h:.3g}-"
+                f"{lv.ack_timeout_max * h:.3g}s, {lv.ack_probes} probe(s); "
                 f"{s.unacked} unacknowledged now"
             )
         else:
-            ack = f"{s.unacked} of {lv.ack_miss_limit} consecutive heartbeats unacknowledged"
+            ack = (
+                f"ACK due within {lv.ack_timeout_min:g}-{lv.ack_timeout_max:g} x interval, "
+                f"{lv.ack_probes} probe(s) (no Hello yet)"
+            )
         handshake = (
             f"Hello within {lv.hello_timeout:g}s, READY/RESUMED within "
             f"{lv.handshake_deadline(h or lv.max_heartbeat_interval):g}s"
@@ -460,11 +455,10 @@ class StatusPage:
             )
         else:
             keepalive = "off"
-        user_timeout: float | None = tr.tcp_user_timeout
-        derive = getattr(lv, "tcp_user_timeout", None)
-        if callable(derive) and h is not None and s.hello:
-            derived = derive(h)
-            user_timeout = float(derived) if isinstance(derived, int | float) else None
+        # Until Hello the socket has the transport's value; after it, one derived from H.
+        user_timeout = lv.tcp_user_timeout(h) if h is not None and s.hello else None
+        if user_timeout is None:
+            user_timeout = tr.tcp_user_timeout
         return [
             _layer("ack", "Heartbeat ACKs (op 11)", True, watching, ack),
             _layer(
@@ -494,7 +488,7 @@ class StatusPage:
                 s.connected,
                 "off"
                 if user_timeout is None
-                else f"data unacknowledged for {user_timeout:g}s drops the link",
+                else f"data unacknowledged for {user_timeout:.3g}s drops the link",
             ),
             _layer(
                 "event_loop",
@@ -506,35 +500,24 @@ class StatusPage:
         ]
 
     def _ping_layer(self, s: ShardHistory) -> dict[str, Any]:
-        lv, tr = self.liveness, self.transport
+        """The session's WebSocket ping layer, with the state the session reports for it."""
+        lv = self.liveness
         title = "WebSocket ping/pong"
-        session_ping = getattr(lv, "ws_ping", None)
-        if session_ping is None:  # aiohttp's heartbeat=: pings at a fixed interval
-            every = getattr(tr, "ws_ping_interval", None)
-            if not isinstance(every, int | float):
-                return _layer("ws_ping", title, False, False, "off")
-            detail = f"ping every {every:g}s, pong within {every / 2:g}s"
-            return _layer("ws_ping", title, True, s.connected, detail)
-        if not session_ping:
+        if not lv.ws_ping:
             return _layer("ws_ping", title, False, False, "off")
         parts: list[str] = []
-        quiet = getattr(lv, "ping_quiet", None)
-        if s.interval is not None and isinstance(quiet, int | float):
-            parts.append(f"ping after {quiet * s.interval:.3g}s of silence")
+        if s.interval is not None:
+            parts.append(f"ping after {lv.ping_quiet * s.interval:.3g}s of silence")
         if s.pong_deadline is not None:
             parts.append(f"pong within {s.pong_deadline:.3g}s")
         if s.last_pong_rtt is not None:
-            parts.append(f"last pong {s.last_pong_rtt * 1000:.0f} ms")
+            parts.append(f"last pong {s.last_pong_rtt * 1000:.2g} ms")
         if s.ping_detail:
             parts.append(s.ping_detail)
         state = s.ping_state if s.connected and s.ping_state else None
-        layer = _layer(
-            "ws_ping",
-            title,
-            True,
-            s.connected and state in (None, "armed"),
-            "; ".join(parts) or "the session's own ping layer",
-        )
+        # Before its first report the layer waits for Hello (its cadence derives from it).
+        armed = s.connected and (state == "armed" or (state is None and s.hello))
+        layer = _layer("ws_ping", title, True, armed, "; ".join(parts) or "waiting for Hello")
         if state is not None:
             layer["state"] = state
         return layer

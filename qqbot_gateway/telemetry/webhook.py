@@ -25,7 +25,9 @@ reverse proxy over plain HTTP). What it answers, each counted by outcome
   serving port (the detailed report stays on the private side port).
 
 A bad request never disturbs the service: answers are computed in the request, nothing is
-buffered beyond one body, no access log, no body or signature in a log line.
+buffered beyond one body, at most :data:`MAX_CONNECTIONS` connections are open and each must
+complete a request's headers every :data:`IDLE_DEADLINE` seconds (slow-header clients and idle
+keep-alive connections are closed), no access log, no body or signature in a log line.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 
@@ -47,20 +49,28 @@ from qqbot_gateway.adapter.webhook import (
     WebhookConfig,
     WebhookIntake,
 )
+from qqbot_gateway.telemetry._guard import ConnectionGuard
 
-__all__ = ["BODY_DEADLINE", "WebhookReceiver"]
+__all__ = ["BODY_DEADLINE", "IDLE_DEADLINE", "MAX_CONNECTIONS", "WebhookReceiver"]
 
 _log = logging.getLogger("qqbot_gateway.telemetry.webhook")
 
 #: A callback body is a few KB; 10 s to deliver it is generous on any network and bounds what
 #: a slow client can hold.
 BODY_DEADLINE: Final = 10.0
-#: Keep-alive between callbacks: the platform reuses connections; idle ones are closed after this.
-_KEEPALIVE: Final = 75.0
+#: A connection must complete a request's headers this often. 75 s: longer than the idle
+#: timeout of the proxies in front (nginx keeps upstream connections 60 s), so a proxy never
+#: sends on a connection we are closing; slow-header clients are bounded by it too.
+IDLE_DEADLINE: Final = 75.0
+#: The platform and an ingress need tens; 512 bounds file descriptors and memory under abuse.
+MAX_CONNECTIONS: Final = 512
 _HEALTH_PATH: Final = "/healthz"
 
 
 class WebhookReceiver:
+    """Serves a :class:`~qqbot_gateway.adapter.webhook.WebhookIntake` over HTTP(S); see the
+    module docstring. ``health`` answers ``GET /healthz`` on the receiver's port."""
+
     def __init__(
         self,
         intake: WebhookIntake,
@@ -74,7 +84,8 @@ class WebhookReceiver:
         self._health = health
         self._body_deadline = body_deadline
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._guard = ConnectionGuard(deadline=IDLE_DEADLINE, max_connections=MAX_CONNECTIONS)
         self.host: str | None = None
         self.port: int | None = None
         app = web.Application(client_max_size=cfg.max_body)
@@ -110,40 +121,51 @@ class WebhookReceiver:
             self.app,
             access_log=None,
             handle_signals=False,
-            keepalive_timeout=_KEEPALIVE,
+            keepalive_timeout=IDLE_DEADLINE,
             shutdown_timeout=1.0,
         )
         await runner.setup()
-        site = web.TCPSite(
-            runner, cfg.host, cfg.port, ssl_context=ctx, reuse_address=True, backlog=512
-        )
+        factory = runner.server
+        assert factory is not None
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            server = await loop.create_server(
+                self._guard.protocol_factory(factory),
+                cfg.host,
+                cfg.port,
+                ssl=ctx,
+                reuse_address=True,
+                backlog=512,
+            )
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner, self._site = runner, site
-        server: Any = site._server  # aiohttp exposes the bound socket (port 0) only here
+        self._runner, self._server = runner, server
         sockname = server.sockets[0].getsockname()
         self.host, self.port = cfg.host, int(sockname[1])
-        self.intake.serving = lambda: bool(server.is_serving())
+        self.intake.serving = server.is_serving
         self.intake.listening(self.url or "")
         _log.info("webhook receiver listening on %s", self.url)
 
     async def stop(self, within: float = 5.0) -> None:
         runner, self._runner = self._runner, None
-        self._site = None
-        if runner is None:
+        server, self._server = self._server, None
+        if runner is None or server is None:
             return
         self.intake.stopped("shutdown")
+        server.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
-                await runner.cleanup()
+                await runner.cleanup()  # closes open connections
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await server.wait_closed()
+        self._guard.clear()
 
     # --- requests ------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        received = loop.time()
+        received = asyncio.get_running_loop().time()
+        self._guard.seen(request.protocol)
         cfg = self.config
         intake = self.intake
         if request.path != cfg.path:
