@@ -12,9 +12,10 @@ Receivers:
 * ``run``: ``qqbot-gateway run`` itself (``python -m qqbot_gateway run --handler ...``) with
   default settings: metrics, health, logs, and tracing as shipped.
 * ``notrace``: the same wiring with ``TelemetryConfig(tracing=False)``.
-* ``traced``: ``qqbot-gateway run`` with a trace exporter configured
-  (``OTEL_TRACES_EXPORTER=console``, output discarded): 10 % of events sampled (the default),
-  spans batched and serialized in the SDK's export thread.
+* ``traced``: ``qqbot-gateway run`` with a trace exporter configured: OTLP over HTTP
+  (protobuf) to the flood server, which accepts and drops the spans; events sampled at the
+  default 1 %, spans batched, encoded and posted by the SDK's export thread.
+* ``traced10``: the same at ``QQBOT_TRACE_SAMPLE_RATIO=0.1``.
 * ``off``: the library alone, no telemetry attached (no subscribers).
 * ``botpy``: qq-botpy 1.2.1, ``on_c2c_message_create`` (its endpoints redirected to the flood
   server the way ``tests/test_botpy_interop.py`` does).
@@ -59,11 +60,12 @@ from aiohttp import web
 APP_ID = "1024"
 SECRET = "bench-secret"
 QQ_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
-RECEIVERS = ("run", "notrace", "traced", "off", "botpy", "bare")
+RECEIVERS = ("run", "notrace", "traced", "traced10", "off", "botpy", "bare")
 LABELS = {
     "run": "`qqbot-gateway run` defaults",
     "notrace": "the same, tracing off",
-    "traced": "the same, a trace exporter configured (10 % sampled)",
+    "traced": "the same, a trace exporter configured (1 % sampled, the default)",
+    "traced10": "the same, a trace exporter configured (10 % sampled)",
     "off": "telemetry off (no subscribers)",
     "botpy": "qq-botpy 1.2.1, `on_c2c_message_create`",
     "bare": "bare aiohttp `receive()` + `json.loads`",
@@ -123,7 +125,12 @@ class FloodServer:
         app.router.add_get("/gateway", self._gateway_bot)
         app.router.add_get("/users/@me", self._me)
         app.router.add_get("/ws", self._ws)
+        app.router.add_post("/v1/traces", self._traces)
         return app
+
+    async def _traces(self, request: web.Request) -> web.Response:
+        await request.read()  # an OTLP collector that keeps nothing
+        return web.Response(body=b"", content_type="application/x-protobuf")
 
     async def _token(self, request: web.Request) -> web.Response:
         return _json({"access_token": "bench-token", "expires_in": "7200"})
@@ -146,6 +153,8 @@ class FloodServer:
             frame = json.loads(msg.data)
             if frame.get("op") == 1:
                 await ws.send_str('{"op":11}')
+            elif frame.get("op") == 6:  # a stored session resumed: refused, identify afresh
+                await ws.send_str(json.dumps({"op": 9, "d": False}))
             elif frame.get("op") == 2:
                 shard = (frame["d"].get("shard") or [0, 1])[0]
                 ready = {
@@ -366,12 +375,17 @@ def _trial(
                 "QQBOT_SHARD_COUNT": str(shards),
                 "QQBOT_HTTP_ADDR": "127.0.0.1:0",
                 "QQBOT_INTENTS": "GROUP_AND_C2C_EVENT",
+                # No session store: every trial identifies afresh (and leaves no state file).
+                "QQBOT_STATE_DIR": "off",
             }
             for name in [k for k in env if k.startswith("OTEL_")]:
                 del env[name]
-            if kind == "traced":
-                env["OTEL_TRACES_EXPORTER"] = "console"
-            if kind in ("run", "traced"):
+            if kind.startswith("traced"):
+                if kind == "traced10":
+                    env["QQBOT_TRACE_SAMPLE_RATIO"] = "0.1"
+                env["OTEL_TRACES_EXPORTER"] = "otlp"
+                env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{port}/v1/traces"
+            if kind in ("run", "traced", "traced10"):
                 argv = [
                     "-m",
                     "qqbot_gateway",

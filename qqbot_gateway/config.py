@@ -35,7 +35,7 @@ The names are a public contract (Kubernetes manifests and operators' scripts use
     QQBOT_WEBHOOK_MAX_BODY       largest accepted callback body in bytes      (1048576)
     QQBOT_WEBHOOK_REQUIRE_VALIDATION  true: /readyz waits for the platform's op 13 (false)
     QQBOT_WEBHOOK_SILENCE        seconds without a valid callback before /readyz fails (0: off)
-    QQBOT_TRACE_SAMPLE_RATIO     share of events traced, 0..1, when an exporter is set (0.1)
+    QQBOT_TRACE_SAMPLE_RATIO     share of events traced, 0..1, when an exporter is set (0.01)
     QQBOT_TRACE_SLOW_HANDLER     seconds after which a handler is always traced (1)
     QQBOT_STATUS_PAGE            on | off: the status page on the side server (default on)
 
@@ -208,7 +208,7 @@ class Settings:
     webhook_silence: float | None = None
     #: Tracing (only with an exporter, ``OTEL_*``): share of events traced, and the handler
     #: duration past which an event is traced anyway (failures and replays always are).
-    trace_sample_ratio: float = 0.1
+    trace_sample_ratio: float = 0.01
     trace_slow_handler: float = 1.0
     #: The status page (``/``, ``/status``, ``/status.json``) on the side server.
     status_page: bool = True
@@ -748,7 +748,7 @@ def load_settings(
         webhook_max_body=values.get("webhook_max_body", 1 << 20),
         webhook_require_validation=values.get("webhook_require_validation", False),
         webhook_silence=values.get("webhook_silence"),
-        trace_sample_ratio=values.get("trace_sample_ratio", 0.1),
+        trace_sample_ratio=values.get("trace_sample_ratio", 0.01),
         trace_slow_handler=values.get("trace_slow_handler", 1.0),
         status_page=values.get("status_page", True),
         sources=tuple((key, name) for key, (_, name) in sorted(raw.items())),

@@ -48,7 +48,7 @@ def test_defaults() -> None:
     assert s.ws_ping is True
     assert s.handler_queue_size == 1000
     assert s.drain_timeout == 10.0
-    assert s.trace_sample_ratio == 0.1 and s.trace_slow_handler == 1.0
+    assert s.trace_sample_ratio == 0.01 and s.trace_slow_handler == 1.0
 
 
 def test_every_variable() -> None:

@@ -177,17 +177,20 @@ def test_sampled_out_events_still_trace_errors_slow_handlers_and_replays() -> No
     assert client.handler_context is not None
     f.connect(1.0)
     f.ready(1.5)  # attempts and handshakes: always
+    now = [2.0]
+    tel.clock.monotonic = lambda: now[0]
     for seq in range(2, 50):  # sampled out: no span, nothing current in handlers
         with client.handler_context(_dispatch(f, seq)):
             assert not trace.get_current_span().is_recording()
-        f.emit(ev.HandlerCompleted, 2.0, event_type="C", duration=0.01)
+            now[0] += 0.01
     assert tel.tracing is not None and tel.tracing.pending_events == 0
     names = [s.name for s in exporter.get_finished_spans()]
     assert names == ["qqbot.gateway.identify", "qqbot.gateway.connect"]
     with client.handler_context(_dispatch(f, 50)):
         f.emit(ev.HandlerFailed, 3.0, event_type="C", handler="h", error_type="KeyError", error="x")
-    f.emit(ev.HandlerCompleted, 4.0, event_type="C", duration=0.75)  # slow
-    with client.handler_context(_dispatch(f, 51, replayed=True)):
+    with client.handler_context(_dispatch(f, 51)):
+        now[0] += 0.75  # slow
+    with client.handler_context(_dispatch(f, 52, replayed=True)):
         assert trace.get_current_span().is_recording()
     events = [s for s in exporter.get_finished_spans() if s.name == "qqbot.event C"]
     by = {s.attributes["qqbot.sampled_by"]: s for s in events}

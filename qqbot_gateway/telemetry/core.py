@@ -210,8 +210,8 @@ class Telemetry:
         # The per-event kinds only for those who need each event, never for metrics or health.
         tracing = self.tracing
         kinds: tuple[type[ev.LifecycleEvent], ...]
-        if tracing is not None:  # sampled event spans, slow-handler spans
-            kinds = (ev.EventDispatched, ev.HandlerCompleted)
+        if tracing is not None:  # the sampling decision per event
+            kinds = (ev.EventDispatched,)
             self._unsubscribe.append(events.subscribe(tracing.observe, kinds=kinds))
         if self.lifecycle_log.log.isEnabledFor(logging.DEBUG):  # "frame received" lines
             kinds = (ev.FrameReceived, ev.EventDispatched)

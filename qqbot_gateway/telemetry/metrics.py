@@ -24,7 +24,7 @@ an existing reason (``server_close:other`` for unknown ``server_close:*``, else
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -608,14 +608,23 @@ class GatewayMetrics:
             s.webhook_listening.set(0)
 
 
-class _WebhookScrapeCollector(Collector):
-    """The last validly signed callback's age and timestamp, per webhook shard, at scrape."""
+class _ReadAtScrape(Collector):
+    """A collector computing its families from ``GatewayMetrics`` when Prometheus scrapes;
+    subclasses give ``_families()`` (empty, for ``describe``) and ``collect()``."""
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._m = metrics
 
     def describe(self) -> Iterable[Metric]:
-        return self._families()
+        return list(self._families())
+
+    @staticmethod
+    def _families() -> Sequence[Metric]:
+        raise NotImplementedError
+
+
+class _WebhookScrapeCollector(_ReadAtScrape):
+    """The last validly signed callback's age and timestamp, per webhook shard, at scrape."""
 
     def collect(self) -> Iterable[Metric]:
         age, stamp = families = self._families()
@@ -646,14 +655,8 @@ class _WebhookScrapeCollector(Collector):
         ]
 
 
-class _PerEventCollector(Collector):
+class _PerEventCollector(_ReadAtScrape):
     """The per-event metrics, read from the shards' ``ShardStats`` when Prometheus scrapes."""
-
-    def __init__(self, metrics: GatewayMetrics) -> None:
-        self._m = metrics
-
-    def describe(self) -> Iterable[Metric]:
-        return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
         m = self._m
@@ -712,14 +715,8 @@ class _PerEventCollector(Collector):
         )
 
 
-class _ScrapeTimeCollector(Collector):
+class _ScrapeTimeCollector(_ReadAtScrape):
     """Values computed when Prometheus scrapes: ages, last-seen timestamps, the verdict."""
-
-    def __init__(self, metrics: GatewayMetrics) -> None:
-        self._m = metrics
-
-    def describe(self) -> Iterable[Metric]:
-        return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()

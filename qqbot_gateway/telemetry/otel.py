@@ -23,10 +23,11 @@ one, the provider samples with ``ParentBased(root=_Sampler)``:
 * dispatched events: a ratio (``sample_ratio``, ``QQBOT_TRACE_SAMPLE_RATIO``), decided when the
   event is accepted, before any span object exists, so an event sampled out costs one
   ``random()``; replayed events (received between Resume and RESUMED) are always sampled;
-* an event sampled out whose handler fails, or runs for ``slow_handler`` seconds or more
-  (``QQBOT_TRACE_SLOW_HANDLER``), still gets its span, made after the fact from the
-  ``HandlerFailed`` / ``HandlerCompleted`` facts (start = handlers start, so without the queue
-  wait), with ``qqbot.sampled_by`` telling why it was kept.
+* an event sampled out whose handler fails, or whose handlers run for ``slow_handler`` seconds
+  or more (``QQBOT_TRACE_SLOW_HANDLER``), still gets its span, made after the fact (start =
+  handlers start, so without the queue wait), with ``qqbot.sampled_by`` telling why it was
+  kept: a failure from ``HandlerFailed``, a slow run timed by ``handler_context`` itself (a
+  small object per event, cheaper than a ``HandlerCompleted`` event per handler).
 
 The :class:`~opentelemetry.sdk.trace.TracerProvider` belongs to :class:`Tracing` (never the
 global one), so tests stay isolated and an application's own provider is left alone. Export:
@@ -82,7 +83,7 @@ __all__ = ["TelemetryConfigError", "Tracing", "exporters_from_env"]
 DEFAULT_MAX_PENDING: Final = 4096
 
 #: Default share of dispatched events traced when an exporter is configured.
-DEFAULT_SAMPLE_RATIO: Final = 0.1
+DEFAULT_SAMPLE_RATIO: Final = 0.01
 #: Handlers running this long (seconds) are traced even when their event was sampled out.
 DEFAULT_SLOW_HANDLER: Final = 1.0
 #: Span attribute naming why a span was kept: always / ratio / replay / error / slow.
@@ -90,6 +91,27 @@ SAMPLED_BY: Final = "qqbot.sampled_by"
 
 _EventKey = tuple[int, int | None, str | None, str]
 _NULL_CONTEXT: Final = contextlib.nullcontext()
+
+
+class _SlowWatch:
+    """Times the handlers of an event that was sampled out; a slow run gets a span."""
+
+    __slots__ = ("_event", "_started", "_tracing")
+
+    def __init__(self, tracing: Tracing, event: GatewayEvent) -> None:
+        self._tracing = tracing
+        self._event = event
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = self._tracing.clock.monotonic()
+
+    def __exit__(self, *exc_info: object) -> None:
+        tracing = self._tracing
+        ended = tracing.clock.monotonic()
+        if ended - self._started >= tracing.slow_handler and not tracing.closed:
+            event = self._event
+            tracing._after_the_fact(event.shard, event.type, "slow", self._started, ended)
 
 
 class _Sampler(Sampler):
@@ -251,15 +273,13 @@ class Tracing:
         if isinstance(event, ev.EventDispatched):
             self._on_dispatched(event)
             return
-        if isinstance(event, ev.HandlerCompleted):
-            if event.duration >= self.slow_handler and not trace.get_current_span().is_recording():
-                self._after_the_fact(event, "slow", event.monotonic - event.duration)
-            return
         if isinstance(event, ev.HandlerFailed):
             span = trace.get_current_span()
             after = not span.is_recording()
             if after:
-                span = self._after_the_fact(event, "error", event.monotonic)
+                span = self._after_the_fact(
+                    event.shard, event.event_type, "error", event.monotonic, event.monotonic
+                )
             span.set_status(Status(StatusCode.ERROR, event.error_type))
             span.add_event(
                 "handler.failed",
@@ -365,23 +385,23 @@ class Tracing:
             s.heartbeat = s.handshake = s.attempt = None
 
     def _after_the_fact(
-        self, event: ev.HandlerCompleted | ev.HandlerFailed, why: str, started: float
+        self, shard: int | None, event_type: str, why: str, started: float, ended: float
     ) -> Span:
         """A span for an event that was sampled out but turned out worth keeping."""
         span = self.tracer.start_span(
-            f"qqbot.event {event.event_type}",
+            f"qqbot.event {event_type}",
             context=trace.set_span_in_context(trace.INVALID_SPAN),
             kind=SpanKind.CONSUMER,
             start_time=self.clock.wall_ns_of(started),
             attributes={
-                "qqbot.shard": event.shard if event.shard is not None else -1,
-                "qqbot.event.type": event.event_type,
+                "qqbot.shard": shard if shard is not None else -1,
+                "qqbot.event.type": event_type,
                 SAMPLED_BY: why,
             },
         )
         if why == "slow":
-            span.set_attribute("qqbot.handler.duration_s", event.monotonic - started)
-            span.end(end_time=self.clock.wall_ns_of(event.monotonic))
+            span.set_attribute("qqbot.handler.duration_s", ended - started)
+            span.end(end_time=self.clock.wall_ns_of(ended))
         return span
 
     def _on_dispatched(self, event: ev.EventDispatched) -> None:
@@ -447,20 +467,23 @@ class Tracing:
     def handler_context(self, event: GatewayEvent) -> AbstractContextManager[Any]:
         """``client.handler_context``: the event's span is current while its handlers run.
 
-        An event that was sampled out has no span: nothing is made current (a failure or a slow
-        handler still gets one after the fact, see the module docstring)."""
-        if not self._pending:
-            return _NULL_CONTEXT
-        span = self._pending.pop((event.shard, event.seq, event.event_id, event.type), None)
-        if span is None:
-            return _NULL_CONTEXT
-        return self._run_in(span)
+        An event that was sampled out has no span: nothing is made current, and its handlers are
+        timed, so that a slow run still gets one after the fact (see the module docstring)."""
+        if self._pending:
+            span = self._pending.pop((event.shard, event.seq, event.event_id, event.type), None)
+            if span is not None:
+                return self._run_in(span)
+        return _SlowWatch(self, event)
 
     @contextlib.contextmanager
     def _run_in(self, span: Span) -> Iterator[Span]:
         span.add_event("handlers.start")
         with trace.use_span(span, end_on_exit=True):
             yield span
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def pending_events(self) -> int:
