@@ -168,7 +168,7 @@ async def run_webhook_demo(
 
     async with webhook_stack(
         secret,
-        handler_queue_size=8,  # small: the slow-handler phase fills it
+        handler_queue_size=4,  # small: the slow-handler phase (1 event/s) fills it at once
         http_port=http_port,
         proxy_seed=5,
     ) as stack:
@@ -179,7 +179,7 @@ async def run_webhook_demo(
             nonlocal replies
             seen[event.event_id or ""] += 1
             if stall.is_set():
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1.0)
             if event.type == "C2C_MESSAGE_CREATE" and replies < 5:
                 await client.api.reply(event, f"webhook demo got: {event.data.get('content')}")
                 replies += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -269,3 +270,17 @@ async def test_handler_exceptions_are_counted_and_never_kill_the_session(
         h.assert_exactly_once()
     finally:
         await stop_harness(h)
+
+
+async def test_tcp_user_timeout_is_derived_from_the_interval_after_hello(h: Harness) -> None:
+    """The kernel layer: after Hello the socket's TCP_USER_TIMEOUT is 1 interval (at least
+    1 s), the session's value, not the 60 s the socket was opened with."""
+    if not hasattr(socket, "TCP_USER_TIMEOUT"):
+        pytest.skip("TCP_USER_TIMEOUT is Linux only")
+    conn = h.client.supervisors[0]._conn
+    assert conn is not None and conn._transport is not None
+    sock = conn._transport.get_extra_info("socket")
+    expected = h.client.config.liveness.tcp_user_timeout(INTERVAL)
+    assert expected is not None
+    value = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+    assert value == int(expected * 1000)

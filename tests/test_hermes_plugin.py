@@ -252,6 +252,7 @@ def test_settings_precedence_and_errors(tmp_path: Path) -> None:
         "api_base": ("ftp://x", "platforms.qqbot_gateway.extra.api_base: expected a http://"),
         "markdown_support": ("maybe", "platforms.qqbot_gateway.extra.markdown_support: expected"),
         "transport": ("webhook", "platforms.qqbot_gateway.extra.transport: the hermes plugin"),
+        "ack_miss_limit": (3, "platforms.qqbot_gateway.extra.ack_miss_limit: removed"),
     }
     for key, (value, message) in bad.items():
         with pytest.raises(ConfigError, match="^" + re.escape(message)):

@@ -23,14 +23,15 @@ last handled event, a bounded ``deque`` of ids) with a few attribute stores per 
 and holds no event alive; the reader does nothing at all. The writer task reads the progress
 every ``interval`` seconds and writes.
 
-**Writes.** Never on the read loop: the writer task writes atomically with the two ``fsync``
-calls in a worker thread (a store without an async ``save_async`` is called wholly in a worker
-thread, ``asyncio.to_thread``). Batched: at most one write per ``interval`` seconds; while a
-session is live and nothing happens the state is re-written every ``refresh`` seconds so its
-age stays meaningful. A failed write is logged (WARNING, once per failure streak), counted, and
-retried after a pause; it never stops the shard.
+**Writes.** Never on the event loop: the writer task hands a snapshot to a worker thread
+(``asyncio.to_thread``) that writes it atomically. All of it, not only the ``fsync`` calls: on
+ext4 a rename over the old file also starts the new file's writeback in the kernel, time the
+loop thread must not spend (measured: benchmarks/bench_store.md). Batched: at most one write
+per ``interval`` seconds; while a session is live and nothing happens the state is re-written
+every ``refresh`` seconds so its age stays meaningful. A failed write is logged (WARNING, once
+per failure streak), counted, and retried after a pause; it never stops the shard.
 
-**The guarantee** (docs/reliability.md, "Across processes"): at least once. An event reaches a
+**The guarantee** (docs/session-store.md): at least once. An event reaches a
 handler a second time only if the process dies (SIGKILL, OOM kill, power loss) after its
 handlers completed and before the next checkpoint write finished: at most the events handled in
 the last ``interval`` seconds (plus the duration of a write), plus an event whose handler was
@@ -223,6 +224,8 @@ class Checkpointer:
 
     async def _writer(self) -> None:
         loop, poll = self._loop, max(self.interval, _MIN_POLL)
+        # Start the worker thread now: creating it under load can take a GIL round of its own.
+        await asyncio.to_thread(int)
         while True:
             await asyncio.sleep(poll)
             position = self.position()
@@ -243,11 +246,7 @@ class Checkpointer:
             covered = self.progress.handled  # what the snapshot was taken from
             started = self._loop.time()
             try:
-                save_async = getattr(self.store, "save_async", None)
-                if save_async is not None:
-                    await save_async(state)
-                else:
-                    await asyncio.to_thread(self.store.save, state)
+                await asyncio.to_thread(self.store.save, state)
             except Exception as exc:  # noqa: BLE001 - a failed write is retried, never fatal
                 self._on_failure(exc)
                 return False

@@ -28,7 +28,6 @@ Errors (one tree)::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -256,27 +255,6 @@ class FileSessionStore:
             os.close(fd)
         os.replace(self._tmp, self.path)
         _fsync_dir(self.directory)
-
-    async def save_async(self, state: StoredSession) -> None:
-        """:meth:`save` for a caller on the event loop: the same atomic sequence, but only the
-        two ``fsync`` calls (the waits on the disk) go to a worker thread. The rest are page
-        cache operations of microseconds (a few kB written, a rename), and every call a worker
-        thread makes costs the busy loop a GIL hand-over: two instead of eight keep the store
-        within its throughput budget (benchmarks/bench_store.md)."""
-        data = state.to_json()
-        try:
-            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                self._write_all(fd, data)
-                await asyncio.to_thread(os.fsync, fd)
-            finally:
-                os.close(fd)
-            os.replace(self._tmp, self.path)
-            await asyncio.to_thread(_fsync_dir, self.directory)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                self._tmp.unlink()
-            raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> None:

@@ -19,12 +19,13 @@ Every ``QQBOT_*`` setting of the service (see :mod:`qqbot_gateway.config`) is ac
 the full list, the differences from hermes's built-in QQ adapter and a migration path.
 
 What hermes gets from this adapter instead of its built-in one: layered liveness (ACK tracking,
-receive-idle deadline, WebSocket ping, TCP keepalive) so a half-open link is replaced within
-two or three heartbeat intervals; resume with replayed events delivered exactly once, across a
-restart of hermes too (the session store, ``QQBOT_STATE_DIR``); a bounded handler queue;
-and a connected state that tells the truth: ``_mark_disconnected`` as soon as a zombie is
-detected or a shard backs off, ``_mark_connected`` on READY/RESUMED, and a fatal error
-(``_set_fatal_error`` + ``_notify_fatal_error``, once) only when a shard stopped for good.
+receive-idle deadline, WebSocket ping, TCP keepalive) so a half-open link is replaced within a
+fraction of a heartbeat interval (about 1.4 against a server that ignores pings); resume with
+replayed events delivered exactly once, across a restart of hermes too (the session store,
+``QQBOT_STATE_DIR``); a bounded handler queue; and a connected state that tells the truth:
+``_mark_disconnected`` as soon as a zombie is detected or a shard backs off, ``_mark_connected``
+on READY/RESUMED, and a fatal error (``_set_fatal_error`` + ``_notify_fatal_error``, once) only
+when a shard stopped for good.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ from qqbot_gateway.adapter.errors import (
 )
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.store import StoreError
+from qqbot_gateway.config import (
+    _REMOVED as REMOVED_SETTINGS,  # the service's retired settings, with what replaces them
+)
 from qqbot_gateway.config import ENV_PREFIX, SETTING_NAMES, ConfigError, Settings, load_settings
 from qqbot_gateway.telemetry import Telemetry
 
@@ -217,6 +221,11 @@ def hermes_settings(
     extra = dict(extra or {})
     environ = os.environ if environ is None else environ
     where = f"platforms.{platform}.extra"
+    for key, why in REMOVED_SETTINGS.items():  # an error: ignoring one would change behaviour
+        if key in extra:
+            raise ConfigError(f"{where}.{key}: {why}")
+        if environ.get(ENV_PREFIX + key.upper(), "").strip():
+            raise ConfigError(f"{ENV_PREFIX + key.upper()}: {why}")
     transport = extra.get("transport")
     if transport is not None and str(transport).strip().lower() != "websocket":
         raise ConfigError(

@@ -308,7 +308,7 @@ async def finish(
 
 
 #: Seconds of scheduling slack a loaded 2-core machine may add to a liveness verdict.
-SLACK = 0.25
+SLACK = 0.4
 
 
 def within(intervals: float) -> float:

@@ -204,7 +204,8 @@ async def test_half_open_link_is_detected_and_the_session_resumes_without_loss(
             extra = sorted(set(got) - set(emitted))
             assert not missing, f"{len(missing)} emitted events never delivered: {missing[:5]}"
             assert not extra, f"delivered events the simulator never emitted: {extra[:5]}"
-            assert len(emitted) >= (30 if direction == "flow" else 60)
+            # 20 events before the cut and 10 after the resume were waited for
+            assert len(emitted) >= 30
             replayed = [e for e in client.of("event") if e["replayed"]]
             print(
                 f"[{label}] {len(emitted)} events emitted, all delivered exactly once "
