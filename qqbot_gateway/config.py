@@ -16,8 +16,8 @@ The names are a public contract (Kubernetes manifests and operators' scripts use
     QQBOT_API_BASE               OpenAPI base URL       (sandbox, proxies, the simulator)
     QQBOT_TOKEN_URL              access token URL
     QQBOT_GATEWAY_URL            connect here and skip GET /gateway/bot
-    QQBOT_ACK_MISS_LIMIT         consecutive unacked heartbeats that make a zombie (2)
-    QQBOT_WS_PING_INTERVAL       WebSocket ping interval in seconds, 0 disables (30)
+    QQBOT_ACK_PROBES             extra heartbeats sent inside a heartbeat's ACK deadline (2)
+    QQBOT_WS_PING                on | off: the WebSocket ping layer, timed in intervals (on)
     QQBOT_HANDLER_QUEUE_SIZE     bounded handler queue per shard              (1000)
     QQBOT_DRAIN_TIMEOUT          seconds handlers get to finish at shutdown   (10)
     QQBOT_STATE_DIR              session store directory, "off" disables it

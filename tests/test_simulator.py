@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -698,3 +699,65 @@ async def test_run_standalone() -> None:
         run_standalone(make_config(), "127.0.0.1", 0, ready_callback=ready, stop_event=stop), 5
     )
     assert seen and seen[0].startswith("http://127.0.0.1:")
+
+
+async def test_ignore_pings_and_reply_latency(http: aiohttp.ClientSession) -> None:
+    # A long interval: the simulator's heartbeat watchdog must not close the link mid-test.
+    sim = Simulator(make_config(heartbeat_interval_ms=10_000))
+    await sim.start(host="127.0.0.1", port=0)
+    try:
+        await _ignore_pings_and_reply_latency(http, sim)
+    finally:
+        await sim.stop()
+
+
+async def _ignore_pings_and_reply_latency(http: aiohttp.ClientSession, sim: Simulator) -> None:
+    token = await fetch_token(http, sim)
+    ws = await http.ws_connect(sim.ws_url, autoping=False)
+    _OPEN.append(ws)
+    c = Client(ws)
+    await c.identify(token)
+    loop = asyncio.get_running_loop()
+
+    async def pong_after(payload: bytes) -> float | None:
+        start = loop.time()
+        await ws.ping(payload)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.6):
+                while True:
+                    msg = await ws.receive()
+                    if msg.type is aiohttp.WSMsgType.PONG and msg.data == payload:
+                        return loop.time() - start
+                    assert msg.type is not aiohttp.WSMsgType.CLOSED, "the link closed"
+        return None
+
+    assert await pong_after(b"a") is not None  # healthy: answered at once
+    sim.ignore_pings()
+    assert sim.state()["faults"]["pings_ignored"] is True
+    assert await pong_after(b"b") is None
+    await c.send(Op.HEARTBEAT, 1)
+    assert await c.recv() == {"op": 11}  # only pings are ignored
+    sim.ignore_pings(False)
+    # Every reply (op 11 and pong) delayed by the spike: the latency knob, each on its own.
+    sim.set_reply_latency(0.0, spike_rate=1.0, spike=0.2, seed=1)
+    delay = await pong_after(b"c")
+    assert delay is not None and delay >= 0.2
+    start = loop.time()
+    await c.send(Op.HEARTBEAT, 1)
+    assert await c.recv() == {"op": 11}
+    assert loop.time() - start >= 0.2
+    sim.set_reply_latency(None)
+    assert sim.state()["faults"]["reply_latency"] is None
+
+
+def test_latency_model_median_and_cap() -> None:
+    from qqbot_gateway.simulator.faults import LatencyModel
+
+    model = LatencyModel(0.05, jitter=10.0, seed=3)
+    draws = sorted(model.sample() for _ in range(5000))
+    assert 0.045 <= draws[len(draws) // 2] <= 0.055  # the median
+    assert draws[-1] <= 0.5 + 1e-12  # cut at 10x the median
+    spiky = LatencyModel(0.05, spike_rate=0.01, spike=0.2, seed=3)
+    assert 20 <= sum(spiky.sample() == 0.2 for _ in range(5000)) <= 80  # about 1 %
+    with pytest.raises(ValueError, match="spike_rate"):
+        LatencyModel(spike_rate=2.0)

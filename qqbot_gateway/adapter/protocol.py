@@ -180,9 +180,9 @@ def classify_close(code: int | None) -> ClosePolicy:
 # --- Disconnect reasons -------------------------------------------------------------------
 # One fixed list: every forced close and every lost connection carries exactly one of these,
 # in logs, in the ``reason`` label of ``reconnects_total`` and in the health report.
-ACK_TIMEOUT: Final = "ack_timeout"  # N consecutive heartbeats went without an op 11
+ACK_TIMEOUT: Final = "ack_timeout"  # a heartbeat unanswered past its ACK deadline
 IDLE_TIMEOUT: Final = "idle_timeout"  # no frame at all for the idle deadline
-PING_TIMEOUT: Final = "ping_timeout"  # WebSocket pong missing (aiohttp heartbeat=)
+PING_TIMEOUT: Final = "ping_timeout"  # quiet link: no frame within the pong deadline
 HELLO_TIMEOUT: Final = "hello_timeout"  # connected, but no op 10 in time
 HANDSHAKE_TIMEOUT: Final = "handshake_timeout"  # Identify/Resume sent, no READY/RESUMED in time
 RECONNECT_REQUESTED: Final = "reconnect_requested"  # op 7
