@@ -175,6 +175,9 @@ async def test_metrics_after_a_scripted_run_match_the_golden_values(
                 await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)  # the last handler's completion is counted
         values = _deterministic(registry)
+        # The status page reads the same counters (sampled, not per-event events).
+        telemetry.history.sample(asyncio.get_running_loop().time())
+        history = telemetry.history.shards[0]
     finally:
         await client.close(drain_timeout=1.0)
         await telemetry.stop()
@@ -186,3 +189,11 @@ async def test_metrics_after_a_scripted_run_match_the_golden_values(
     # Every series of the contract as it was, with the same value; metrics added since (new
     # names in docs/metrics.md) may come on top.
     assert {name: values.get(name) for name in golden} == golden
+    dispatched = {
+        name.split("type=")[1].rstrip("}"): value
+        for name, value in values.items()
+        if name.startswith("qqbot_gateway_events_dispatched_total")
+    }
+    assert history.events_by_type == dispatched
+    assert history.handled == values["qqbot_gateway_handler_duration_seconds_count{shard=0}"] + 1
+    assert history.last_frame_at is not None and history.frame_runs

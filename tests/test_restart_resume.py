@@ -238,6 +238,19 @@ async def test_sigterm_then_restart_resumes_and_loses_nothing(case: Case) -> Non
     assert not second.saw("READY"), "resumed, never identified"
 
 
+async def test_end_session_closes_with_1000_and_deletes_the_state(case: Case) -> None:
+    first = await case.bot("--end-session")
+    await case.streaming(first, 5)
+    assert await first.signal(signal.SIGTERM) == 0
+    assert not case.state_file.exists(), "the state is deleted"
+    assert [c.close_code for c in case.sim.connections] == [1000]
+    assert [s.state for s in case.sim.sessions()] == ["invalidated"]
+    second = await case.bot()
+    await second.wait(lambda: second.saw("READY"), "READY", START_TIMEOUT)
+    assert not case.sim.resumes, "a new start identifies: there was nothing to resume"
+    assert not [line for line in second.stderr if "WARNING" in line.upper()], second.stderr
+
+
 async def test_sigkill_then_restart_loses_nothing(case: Case) -> None:
     first = await case.bot()
     await case.streaming(first, 20)

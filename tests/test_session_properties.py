@@ -590,6 +590,10 @@ class Driver:
             assert isinstance(d, dict) and str(d.get("token")).startswith("QQBot tok"), payload
             if op == 6:
                 assert isinstance(d.get("session_id"), str), payload
+            else:
+                # An Identify starts a new session, numbered from 1 again: what an earlier
+                # session without a name (no READY ever came) delivered says nothing about it.
+                self.delivered_seqs.pop(None, None)
             return
         # op 1: a regular heartbeat, or a probe while one waits for its ACK
         interval = conn.interval
@@ -723,6 +727,17 @@ def _loads(data: str | bytes) -> Any:
         Frame(_dumps({"op": 10, "d": {"heartbeat_interval": 1000}})),
         Replay(2),
         Frame(_dumps({"op": 0, "s": 5, "t": "RESUMED", "d": ""})),
+    ],
+)
+@example(  # a session never named by READY is forgotten; the Identify after it starts anew
+    liveness=LivenessConfig(ack_probes=0, ws_ping=False),
+    script=[
+        Frame(_dumps({"op": 10, "d": {"heartbeat_interval": 150}})),
+        Frame(_dumps({"op": 0, "s": 1, "t": "RESUMED", "d": ""})),
+        Frame(_dumps({"op": 0, "s": 2, "t": "C2C_MESSAGE_CREATE", "id": "E1", "d": {}})),
+        Lost(4000),
+        Frame(_dumps({"op": 10, "d": {"heartbeat_interval": 150}})),
+        Replay(1, bare=True),
     ],
 )
 def test_session_survives_arbitrary_input_and_keeps_every_rule(

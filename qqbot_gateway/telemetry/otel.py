@@ -261,7 +261,6 @@ class Tracing:
         self._shards: dict[int, _ShardSpans] = {}
         self._pending: OrderedDict[_EventKey, Span] = OrderedDict()
         self._max_pending = max_pending
-        self._last_event_ctx: trace.SpanContext | None = None
         #: The last sampled event span per (shard, type): exemplars of events_dispatched_total.
         self._last_by_type: dict[tuple[int, str], trace.SpanContext] = {}
         self._closed = False
@@ -426,11 +425,9 @@ class Tracing:
                 SAMPLED_BY: why,
             },
         )
-        self._last_event_ctx = span.get_span_context()
-        if len(self._last_by_type) < 4 * DEFAULT_MAX_PENDING or (
-            (shard, event.event_type) in self._last_by_type
-        ):
-            self._last_by_type[(shard, event.event_type)] = self._last_event_ctx
+        by_type = self._last_by_type
+        if len(by_type) < 4 * DEFAULT_MAX_PENDING or (shard, event.event_type) in by_type:
+            by_type[(shard, event.event_type)] = span.get_span_context()
         key = (shard, event.seq, event.event_id, event.event_type)
         self._pending[key] = span
         if len(self._pending) > self._max_pending:
@@ -447,11 +444,11 @@ class Tracing:
 
     # --- exemplars and the handler hook --------------------------------------------------
     def exemplar(self, event: ev.LifecycleEvent) -> dict[str, str] | None:
-        """Trace ids for the sample this event produces (called right after ``observe``)."""
+        """Trace ids for the sample this event produces (called right after ``observe``): the
+        heartbeat span of a ``HeartbeatAcked`` (``events_dispatched_total`` takes its exemplars
+        at scrape time, :meth:`dispatch_exemplar`)."""
         ctx: trace.SpanContext | None = None
-        if isinstance(event, ev.EventDispatched):
-            ctx, self._last_event_ctx = self._last_event_ctx, None
-        elif isinstance(event, ev.HeartbeatAcked) and event.shard is not None:
+        if isinstance(event, ev.HeartbeatAcked) and event.shard is not None:
             s = self._shards.get(event.shard)
             ctx = s.last_ack if s is not None else None
         if ctx is None or not ctx.is_valid:
