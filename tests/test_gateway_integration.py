@@ -284,3 +284,27 @@ async def test_tcp_user_timeout_is_derived_from_the_interval_after_hello(h: Harn
     assert expected is not None
     value = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
     assert value == int(expected * 1000)
+
+
+async def test_a_server_that_never_answers_pings_costs_no_reconnect(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ping layer calibrates on each connection: against a server that ignores pings it
+    never judges, and turns itself off after 3 unanswered pings with one WARNING."""
+    caplog.set_level(logging.INFO, logger="qqbot_gateway")
+    h.sim.ignore_pings()
+    mark = h.mark()
+    await h.sim.send_reconnect()  # a fresh connection, calibrating against the deaf server
+    await h.wait_event(ev.SessionResumed, 10 * INTERVAL, after=mark)
+    await asyncio.sleep(5 * INTERVAL)  # 3 calibration pings, each given up after 1 interval
+    since = h.rec.lifecycle[mark:]
+    changes = [e.state for e in since if isinstance(e, ev.PingLayerChanged)]
+    assert changes == ["calibrating", "disabled"], changes
+    gone = [e.reason for e in since if isinstance(e, ev.Disconnected)]
+    assert gone == [p.RECONNECT_REQUESTED], gone  # the op 7 only: no reconnect of our own
+    warnings = [r for r in caplog.records if "ping layer disabled" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    session = h.client.supervisors[0].session
+    assert session.ping_state.value == "disabled"
+    await h.settle()
+    h.assert_exactly_once()

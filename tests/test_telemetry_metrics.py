@@ -286,3 +286,29 @@ def test_exemplars_carry_trace_ids_in_openmetrics() -> None:
     assert rtt, "no exemplar on heartbeat_rtt_seconds"
     ack_span = next(s for s in exporter.get_finished_spans() if s.name == "qqbot.heartbeat")
     assert format(ack_span.context.trace_id, "032x") in rtt[0]
+
+
+def test_liveness_layer_metrics() -> None:
+    _, r, f, _ = make()
+    for name in ("heartbeat_probes_total", "ws_pings_sent_total", "ws_ping_disabled_total"):
+        assert value(r, name, shard="0") == 0.0
+    assert value(r, "ws_ping_armed", shard="0") == 0.0
+    f.connect(1.0)
+    f.emit(ev.PingLayerChanged, 1.0, state="calibrating", detail="waiting for a first pong")
+    f.emit(ev.PingSent, 1.05, outstanding=1)
+    f.emit(ev.PongReceived, 1.06, rtt=0.01, deadline=0.3)
+    f.emit(ev.PingLayerChanged, 1.06, state="armed", detail="the server answers pings")
+    assert value(r, "ws_ping_armed", shard="0") == 1.0
+    assert value(r, "ws_pings_sent_total", shard="0") == 1.0
+    assert value(r, "ws_ping_rtt_seconds_count", shard="0") == 1.0
+    assert value(r, "ws_ping_rtt_seconds_sum", shard="0") == pytest.approx(0.01)
+    f.heartbeat(2.0, unacked=1)
+    f.heartbeat(2.14, unacked=2)  # a probe
+    assert value(r, "heartbeat_probes_total", shard="0") == 1.0
+    assert value(r, "heartbeats_sent_total", shard="0") == 2.0
+    f.emit(ev.PingLayerChanged, 5.0, state="disabled", detail="pings unanswered")
+    assert value(r, "ws_ping_armed", shard="0") == 0.0
+    assert value(r, "ws_ping_disabled_total", shard="0") == 1.0
+    f.emit(ev.PingLayerChanged, 6.0, state="armed", detail="a new connection")
+    f.disconnect(7.0, "ping_timeout")
+    assert value(r, "ws_ping_armed", shard="0") == 0.0  # no connection, nothing armed
