@@ -313,3 +313,61 @@ async def test_client_waits_for_the_session_start_reset_and_says_so(
         "only 1 session starts remain for 2 shard(s); waiting 0.6s for the platform's limit to "
         "reset (reset_after) before starting any shard"
     ]
+
+
+async def test_the_supervisor_executes_the_plan_with_the_injected_sleep() -> None:
+    """The shell: each failure's delay comes from the planner and is slept with the injected
+    sleep (nothing waits on the real clock); ``stop()`` wakes a sleep that would never end."""
+    import aiohttp
+
+    from qqbot_gateway.adapter.supervisor import ShardSupervisor
+
+    class Tokens:
+        async def get(self) -> str:
+            return "token"
+
+        async def force_refresh(self, reason: str, rejected: str | None = None) -> str:
+            return "token"
+
+    async def no_gateway() -> str:
+        raise OSError("gateway discovery down")
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        if len(slept) == 5:
+            await asyncio.Event().wait()  # the 6th wait lasts until stop() wakes it
+        slept.append(seconds)
+
+    bus = ev.EventBus()
+    scheduled: list[ev.ReconnectScheduled] = []
+    six = asyncio.Event()
+
+    def on_event(event: ev.LifecycleEvent) -> None:
+        if isinstance(event, ev.ReconnectScheduled):
+            scheduled.append(event)
+            if len(scheduled) == 6:
+                six.set()
+
+    bus.subscribe(on_event)
+    async with aiohttp.ClientSession() as http:
+        supervisor = ShardSupervisor(
+            GatewaySession(intents=1),
+            tokens=Tokens(),
+            gateway_url=no_gateway,
+            ws_http=http,
+            bus=bus,
+            deliver=lambda event: None,
+            policy=POLICY,
+            sleep=sleep,
+            rng=top,
+        )
+        supervisor.start()
+        async with asyncio.timeout(10):
+            await six.wait()
+            await supervisor.stop()
+    # 1, 2, then the third quick failure in a row floors at cap / 2 = 8, then 8, 16 (the cap)
+    assert slept == [1.0, 2.0, 8.0, 8.0, 16.0]
+    assert [e.delay for e in scheduled] == [1.0, 2.0, 8.0, 8.0, 16.0, 16.0]
+    assert {e.reason for e in scheduled} == {p.GATEWAY_URL_ERROR}
+    assert supervisor.state is ev.ConnectionState.STOPPED

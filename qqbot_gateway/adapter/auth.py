@@ -11,10 +11,10 @@ QQ's token endpoint (``POST {token_url}`` with ``{"appId", "clientSecret"}``) an
 
 One :class:`TokenManager` serves every shard and the OpenAPI client of a process. Concurrent
 callers share one in-flight fetch (single flight). A background task refreshes ahead of expiry
-and, on failure, retries with exponential backoff and full jitter while the current token is
-still valid; every failure is logged and emitted as :class:`~.events.TokenRefreshFailed`, so a
-refresh problem is never silent. Neither the secret nor a token ever appears in a log line, an
-event or an exception message.
+and, on failure, retries with capped, jittered exponential backoff (:mod:`.backoff`) while the
+current token is still valid; every failure is logged and emitted as
+:class:`~.events.TokenRefreshFailed`, so a refresh problem is never silent. Neither the secret
+nor a token ever appears in a log line, an event or an exception message.
 """
 
 from __future__ import annotations
