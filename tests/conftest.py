@@ -39,3 +39,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the chaos soak (tests/reliability/test_soak.py) for this many minutes "
         "instead of the short CI version, and print its counts",
     )
+    parser.addoption(
+        "--update-report",
+        action="store_true",
+        default=False,
+        help="write docs/reliability.md from the fault matrix's rows at the end of the run "
+        "(only when every row of the matrix ran); a plain test run never writes it",
+    )

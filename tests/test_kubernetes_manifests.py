@@ -20,6 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from qqbot_gateway import config
+
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
 MIN_VERSION = "1.28.0"  # the pod-index label on StatefulSet pods is on by default from 1.28
@@ -244,7 +246,6 @@ def test_the_env_loads_with_the_real_config(
     sts: dict[str, Any], container: dict[str, Any], tmp_path: Path
 ) -> None:
     """What the pod would get, fed to qqbot_gateway.config: one shard, the ordinal's."""
-    config = pytest.importorskip("qqbot_gateway.config")
     secret = tmp_path / "client-secret"
     secret.write_text("not-a-real-secret\n", encoding="utf-8")
     replicas = sts["spec"]["replicas"]
