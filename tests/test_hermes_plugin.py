@@ -24,7 +24,7 @@ from aiohttp import web
 
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.config import ConfigError
-from qqbot_gateway.simulator import Simulator
+from qqbot_gateway.simulator import Simulator, SimulatorConfig
 from tests.gateway_harness import APP_ID, INTERVAL, SECRET, poll_until, sim_config
 from tests.hermes_harness import (
     Watch,
@@ -58,13 +58,8 @@ def extra_for(sim: Simulator, state_dir: Path, **more: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(sim_config())
-    await simulator.start("127.0.0.1", 0)
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
+def simulator_config() -> SimulatorConfig:
+    return sim_config()
 
 
 @asynccontextmanager
