@@ -260,10 +260,12 @@ def test_the_env_loads_with_the_real_config(
     assert warnings == []
     assert settings.shard_count == replicas
     assert settings.client_config().shards == (ordinal,)
+    assert settings.http_addr is not None
     host, port = settings.http_addr
     assert (host, port) == (env["QQBOT_HTTP_ADDR"].split(":")[0], 8080)
     assert port == container["ports"][0]["containerPort"]
     assert settings.liveness_grace == 300
+    assert settings.client_secret is not None
     assert settings.client_secret.get() == "not-a-real-secret"
     # The drain at shutdown fits in the grace period the kubelet gives before SIGKILL.
     grace = sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
