@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Final, cast
 
-from qqbot_gateway import __version__
+from qqbot_gateway._version import __version__
 from qqbot_gateway.config import ConfigError, Settings, load_settings
 from qqbot_gateway.demo_defaults import DEFAULT_DURATION, DEFAULT_EVENT_RATE, DEFAULT_INTERVAL
 from qqbot_gateway.service import (
