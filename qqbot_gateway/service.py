@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Final
 
-from qqbot_gateway import __version__
+from qqbot_gateway._version import __version__
 from qqbot_gateway.config import ConfigError, Settings
 
 __all__ = [
