@@ -69,9 +69,10 @@ from qqbot_gateway.adapter.protocol import (
     parse_intents,
 )
 from qqbot_gateway.adapter.session import LivenessConfig
+from qqbot_gateway.adapter.types import Secret, TransportConfig, WebhookConfig
 
 if TYPE_CHECKING:
-    from qqbot_gateway.adapter.client import ClientConfig, Secret
+    from qqbot_gateway.adapter.client import ClientConfig
     from qqbot_gateway.telemetry import TelemetryConfig
 
 __all__ = [
@@ -155,14 +156,6 @@ class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the setting and what is wrong."""
 
 
-def _make_secret(value: str) -> Secret:
-    # Imported here: adapter.client pulls in aiohttp and the whole adapter, and config stays
-    # cheap to import (``--help``, ``simulate``).
-    from qqbot_gateway.adapter.client import Secret
-
-    return Secret(value)
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Validated service settings. Build with :func:`load_settings`.
@@ -234,9 +227,9 @@ class Settings:
 
     def client_config(self) -> ClientConfig:
         """The :class:`~qqbot_gateway.adapter.client.ClientConfig` for these settings."""
+        # Imported here: adapter.client pulls in aiohttp and the whole adapter, and config
+        # stays cheap to import (``--help``, ``simulate``).
         from qqbot_gateway.adapter.client import ClientConfig
-        from qqbot_gateway.adapter.connection import TransportConfig
-        from qqbot_gateway.adapter.webhook import WebhookConfig
 
         app_id, secret = self.require_credentials()
         return ClientConfig(
@@ -719,7 +712,7 @@ def load_settings(
         _check_webhook(raw, values, shard_count, shard_ids, http_addr, webhook_addr)
     return Settings(
         app_id=values.get("app_id"),
-        client_secret=None if secret_text is None else _make_secret(secret_text),
+        client_secret=None if secret_text is None else Secret(secret_text),
         intents=values.get("intents", int(Intents.public_default())),
         shard_count=shard_count,
         shard_ids=shard_ids,
