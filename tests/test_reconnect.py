@@ -10,7 +10,7 @@ import pytest
 
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter import protocol as p
-from qqbot_gateway.adapter.backoff import Backoff, backoff_delays, sleep_or_wake
+from qqbot_gateway.adapter.backoff import Backoff, backoff_delays
 from qqbot_gateway.adapter.protocol import CloseAction
 from qqbot_gateway.adapter.reconnect import (
     BACKPRESSURE_PAUSE,
@@ -23,6 +23,7 @@ from qqbot_gateway.adapter.reconnect import (
     session_start_wait,
 )
 from qqbot_gateway.adapter.session import GatewaySession, Outcome
+from qqbot_gateway.adapter.waiting import sleep_or_wake
 
 
 def top(low: float, high: float) -> float:

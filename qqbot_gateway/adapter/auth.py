@@ -30,8 +30,9 @@ from typing import Any, Protocol
 import aiohttp
 
 from . import events as ev
-from .backoff import Backoff, Rng, Sleep, sleep_or_wake
+from .backoff import Backoff, Rng, Sleep
 from .errors import AuthError, InvalidCredentialsError, TokenFetchError
+from .waiting import sleep_or_wake
 
 __all__ = ["TokenManager", "TokenSource", "parse_expires_in", "refresh_margin"]
 

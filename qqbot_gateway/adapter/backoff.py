@@ -14,17 +14,17 @@ manager uses ``floor = 0.5`` (equal jitter: never retry a refresh almost at once
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["Backoff", "Rng", "Sleep", "backoff_delays", "sleep_or_wake"]
+__all__ = ["Backoff", "Rng", "Sleep", "backoff_delays"]
 
 #: ``(low, high) -> a float in [low, high]``; :func:`random.uniform` in production.
 Rng = Callable[[float, float], float]
 
-#: ``asyncio.sleep`` in production; tests inject one that records, or returns at once.
+#: ``asyncio.sleep`` in production; tests inject one that records, or returns at once (the
+#: drivers wait with it through :func:`.waiting.sleep_or_wake`).
 Sleep = Callable[[float], Awaitable[None]]
 
 #: 2**64 already exceeds any cap in seconds; bounding the exponent keeps the float finite
@@ -66,27 +66,3 @@ def backoff_delays(base: float, cap: float, rng: Rng = random.uniform) -> Iterat
     while True:
         yield schedule.delay(attempt, rng)
         attempt += 1
-
-
-async def sleep_or_wake(sleep: Sleep, wake: asyncio.Event, seconds: float, *, name: str) -> None:
-    """Wait ``seconds`` with the injected ``sleep``, or until ``wake`` is set, whichever is first.
-
-    The caller clears ``wake`` before deciding to wait. Both helper tasks are named, owned and
-    cancelled here, also when the caller itself is cancelled.
-    """
-    if wake.is_set():
-        return
-    sleeper = asyncio.create_task(_await(sleep(seconds)), name=f"{name} sleep")
-    waker = asyncio.create_task(wake.wait(), name=f"{name} wake")
-    try:
-        await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, waker):
-            task.cancel()
-        await asyncio.wait((sleeper, waker))
-    if not sleeper.cancelled():
-        sleeper.result()  # a failing injected sleep is a bug: raise it, do not swallow it
-
-
-async def _await(awaitable: Awaitable[None]) -> None:
-    await awaitable

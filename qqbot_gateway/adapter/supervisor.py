@@ -29,7 +29,6 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
@@ -37,13 +36,15 @@ import aiohttp
 from . import events as ev
 from . import protocol as p
 from .auth import TokenSource
-from .backoff import Rng, Sleep, backoff_delays, sleep_or_wake
-from .connection import ConnectError, GatewayConnection, TransportConfig
+from .backoff import Rng, Sleep, backoff_delays
+from .connection import ConnectError, GatewayConnection
 from .context import ShardContext, current_shard
 from .errors import InvalidCredentialsError
 from .protocol import CloseAction, GatewayEvent
 from .reconnect import PlanKind, PlannerState, ReconnectPlanner, ReconnectPolicy
 from .session import GatewaySession, Outcome
+from .types import ShardStatus, TransportConfig
+from .waiting import sleep_or_wake
 
 __all__ = [
     "GatewayUrlSource",
@@ -59,22 +60,6 @@ _log = logging.getLogger("qqbot_gateway.supervisor")
 
 class GatewayUrlSource(Protocol):
     async def __call__(self) -> str: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ShardStatus:
-    """A snapshot for the health evaluator and status displays (monotonic times)."""
-
-    shard: int
-    state: ev.ConnectionState
-    state_since: float
-    task_alive: bool
-    attempts: int
-    next_attempt_at: float | None
-    last_ready_at: float | None  # last READY/RESUMED
-    ready: bool
-    fatal_message: str | None
-    last_reason: str | None
 
 
 class ShardSupervisor:

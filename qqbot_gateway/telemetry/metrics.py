@@ -42,7 +42,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
-import qqbot_gateway
+from qqbot_gateway._version import __version__
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.protocol import (
     DISCONNECT_REASONS,
@@ -371,7 +371,7 @@ class GatewayMetrics:
             ("version", "python"),
             registry=r,
         )
-        self.build_info.labels(qqbot_gateway.__version__, platform.python_version()).set(1)
+        self.build_info.labels(__version__, platform.python_version()).set(1)
         registry.register(_PerEventCollector(self))
         registry.register(_ScrapeTimeCollector(self))
         registry.register(_WebhookScrapeCollector(self))
