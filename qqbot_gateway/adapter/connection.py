@@ -207,9 +207,9 @@ class GatewayConnection:
                 elif msg.type is aiohttp.WSMsgType.BINARY:
                     await self._run_actions(self._session.receive(msg.data, now))
                 elif msg.type is aiohttp.WSMsgType.PONG:
-                    self._execute(self._session.receive_pong(msg.data, now))
+                    await self._run_actions(self._session.receive_pong(msg.data, now))
                 elif msg.type is aiohttp.WSMsgType.PING:
-                    self._execute(self._session.receive_ping(now))
+                    await self._run_actions(self._session.receive_ping(now))
                     await self._pong(ws, msg.data)
                 elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
                     code = msg.data if isinstance(msg.data, int) else ws.close_code
@@ -272,8 +272,8 @@ class GatewayConnection:
                     assert_never(action)
 
     def _execute(self, actions: Iterable[LocalAction]) -> None:
-        """Run actions that need no awaiting (the session's synchronous inputs return only
-        these, so a synchronous path can never be handed a frame to write)."""
+        """Run actions that need no awaiting (``close_requested`` returns only these, so a
+        synchronous path can never be handed a frame to write)."""
         for action in actions:
             self._apply(action)
 

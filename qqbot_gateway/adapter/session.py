@@ -7,7 +7,14 @@ No sockets, no tasks, no clock: the driver feeds it received frames and the curr
 * :class:`Deliver`: hand this dispatch to the user's handlers;
 * :class:`Close`: close the connection with this code and reason (``abort`` means the link is
   believed dead: tear it down without waiting for the peer);
-* :class:`Emit`: publish this lifecycle event.
+* :class:`Emit`: publish this lifecycle event;
+* :class:`SendPing`: send a WebSocket ping; :class:`TuneSocket`: set ``TCP_USER_TIMEOUT``.
+
+:data:`Action` is that closed union; a driver matches it exhaustively (``assert_never``).
+``close_requested``, which a driver calls from synchronous code, is typed to return only a
+:class:`Close` (a :data:`LocalAction`: nothing to write, nothing to await).
+When the server closes, the driver reports it (:meth:`GatewaySession.server_closed`); which
+close code decides the outcome is the session's policy (:meth:`GatewaySession.connection_lost`).
 
 The driver also asks :meth:`GatewaySession.next_deadline` when to call :meth:`tick` next.
 
@@ -523,7 +530,7 @@ class GatewaySession:
         # unknown ops pass through rather than break the session.
         return out
 
-    def receive_pong(self, payload: bytes, now: float) -> list[Emit]:
+    def receive_pong(self, payload: bytes, now: float) -> list[Action]:
         """A WebSocket pong arrived (``payload`` as received)."""
         conn = self._require_conn()
         conn.last_frame_at = now
@@ -538,13 +545,13 @@ class GatewaySession:
         conn.ping_rtt.sample(rtt)
         conn.pings_unanswered = 0
         deadline = self.liveness.pong_deadline(interval, conn.ping_rtt.rto())
-        out = [
+        out: list[Action] = [
             Emit(ev.PongReceived(shard=self.shard_id, monotonic=now, rtt=rtt, deadline=deadline))
         ]
         out.extend(self._judge_ping_layer(conn, now))
         return out
 
-    def receive_ping(self, now: float) -> list[LocalAction]:
+    def receive_ping(self, now: float) -> list[Action]:
         """The server sent a WebSocket ping (the driver answers it): proof of a live link."""
         conn = self._require_conn()
         conn.last_frame_at = now
