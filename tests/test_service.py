@@ -7,6 +7,7 @@ The subprocess tests in test_cli.py keep covering signals and exit statuses; the
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -176,3 +177,18 @@ async def test_simulator_reports_max_concurrency_and_many_shards() -> None:
             body = await resp.json()
     assert body["shards"] == 80
     assert body["session_start_limit"]["max_concurrency"] == 8
+
+
+def test_python_m_simulator_help_lists_every_fault() -> None:
+    from qqbot_gateway.simulator.control import FAULTS
+
+    out = subprocess.run(
+        [sys.executable, "-m", "qqbot_gateway.simulator", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    for name in FAULTS:
+        assert name in out.stdout, name
