@@ -10,9 +10,11 @@ import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDictProxy
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from qqbot_gateway.adapter import events as ev
@@ -38,8 +40,8 @@ class Rig:
         self.f.connect(t, interval=30.0)
         self.f.ready(t)
 
-    async def get(self, path: str, **kw: object) -> tuple[int, str, aiohttp.typedefs.LooseHeaders]:
-        async with self.http.get(self.url + path, **kw) as resp:  # type: ignore[arg-type]
+    async def get(self, path: str, **kw: Any) -> tuple[int, str, CIMultiDictProxy[str]]:
+        async with self.http.get(self.url + path, **kw) as resp:
             return resp.status, await resp.text(), resp.headers
 
 

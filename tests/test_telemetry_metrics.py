@@ -153,7 +153,8 @@ def test_reconnects_zombies_and_unknown_reasons_stay_bounded() -> None:
     assert value(r, "reconnects_total", shard="0", reason="server_close:4009") == 1.0
     assert value(r, "reconnects_total", shard="0", reason="server_close:other") == 1.0
     assert value(r, "reconnects_total", shard="0", reason="network_error") == 1.0
-    reasons = {s.labels["reason"] for s in m.reconnects.collect()[0].samples}
+    (family,) = m.reconnects.collect()
+    reasons = {s.labels["reason"] for s in family.samples}
     assert reasons <= set(DISCONNECT_REASONS)
 
 
@@ -275,7 +276,7 @@ def test_exemplars_carry_trace_ids_in_openmetrics() -> None:
     )
     f.heartbeat(2.0)
     f.ack(2.02)
-    text = openmetrics_latest(tel.registry).decode()
+    text = openmetrics_latest(tel.registry).decode()  # type: ignore[no-untyped-call]
     dispatched = next(
         ln
         for ln in text.splitlines()
