@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_API_BASE",
     "DEFAULT_TOKEN_URL",
     "DISCONNECT_REASONS",
+    "MESSAGE_EVENT_TYPES",
     "SANDBOX_API_BASE",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
@@ -260,6 +261,15 @@ class GatewayEvent:
     session_id: str | None
     replayed: bool = False
 
+
+#: The message events a bot exists to handle (single chat, group @, guild @, guild DM): telemetry
+#: creates the ``type`` children of ``handler_errors_total`` for these at zero from the start.
+MESSAGE_EVENT_TYPES: Final = (
+    "C2C_MESSAGE_CREATE",
+    "GROUP_AT_MESSAGE_CREATE",
+    "AT_MESSAGE_CREATE",
+    "DIRECT_MESSAGE_CREATE",
+)
 
 # --- webhook signatures (HTTP callbacks; see adapter.webhook) ------------------------------
 
