@@ -1,7 +1,8 @@
 """The QQ Bot gateway protocol as pure data: opcodes, intents, close codes, reasons.
 
-Nothing here does I/O. The facts and their sources are in ``shared/PROTOCOL.md``; where the
-official docs and the observed gateway disagree, the observed behaviour wins.
+Nothing here does I/O. The facts come from the official QQ Bot documentation
+(https://bot.q.qq.com/wiki/develop/api-v2/) and from the production gateway's observed
+behaviour; where the two disagree, the observed behaviour wins.
 """
 
 from __future__ import annotations
