@@ -37,7 +37,7 @@ from dataclasses import replace
 from typing import Any, Final, cast
 
 from qqbot_gateway._version import __version__
-from qqbot_gateway.config import ConfigError, Settings, load_settings
+from qqbot_gateway.config import ConfigError, Settings, load_settings, settings_help
 from qqbot_gateway.demo_defaults import DEFAULT_DURATION, DEFAULT_EVENT_RATE, DEFAULT_INTERVAL
 from qqbot_gateway.service import (
     EXIT_CONFIG,
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the gateway service (side server with /healthz, /readyz, /metrics)",
         description="Run the gateway service. Secrets come from QQBOT_CLIENT_SECRET or "
         "QQBOT_CLIENT_SECRET_FILE, never from the command line.",
+        epilog="settings (environment variables; in a TOML file the lowercase names without "
+        "QQBOT_):\n" + settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--config", metavar="FILE", help="TOML settings (env vars override it)")
     run.add_argument(
