@@ -21,12 +21,10 @@ the embedded gateway simulator in :mod:`qqbot_gateway.simulator`, and the servic
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from qqbot_gateway._version import __version__
 from qqbot_gateway.adapter import events
 from qqbot_gateway.adapter.api import OpenAPIClient
-from qqbot_gateway.adapter.client import ClientConfig, QQBotClient, Secret
-from qqbot_gateway.adapter.connection import TransportConfig
+from qqbot_gateway.adapter.client import ClientConfig, QQBotClient
 from qqbot_gateway.adapter.errors import (
     APIConnectionError,
     APIError,
@@ -45,7 +43,7 @@ from qqbot_gateway.adapter.errors import (
 from qqbot_gateway.adapter.protocol import GatewayEvent, Intents
 from qqbot_gateway.adapter.session import LivenessConfig
 from qqbot_gateway.adapter.supervisor import ReconnectPolicy
-from qqbot_gateway.adapter.webhook import WebhookConfig
+from qqbot_gateway.adapter.types import Secret, TransportConfig, WebhookConfig
 from qqbot_gateway.config import ConfigError, Settings, load_settings
 
 __all__ = [

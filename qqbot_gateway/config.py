@@ -1,43 +1,9 @@
 """Settings for the service, from ``QQBOT_*`` environment variables and/or a TOML file.
 
-The names are a public contract (Kubernetes manifests and operators' scripts use them)::
-
-    QQBOT_APP_ID                 the bot's AppID (required by run and check)
-    QQBOT_CLIENT_SECRET          the bot's AppSecret                          (or the _FILE form)
-    QQBOT_CLIENT_SECRET_FILE     a file holding the secret (stripped)
-    QQBOT_INTENTS                int (decimal or 0x..) or intent names, comma separated
-    QQBOT_SHARD_COUNT            total shards of the bot                      (default 1)
-    QQBOT_SHARD_ID               comma list of the shards this process runs   (default all)
-    QQBOT_HTTP_ADDR              side port host:port, port 0 allowed, "off"   (default 0.0.0.0:8080)
-    QQBOT_LIVENESS_GRACE         seconds without a live session before /healthz fails (300)
-    QQBOT_LOOP_LAG_THRESHOLD     event loop lag in seconds that fails /healthz (2)
-    QQBOT_LOG_FORMAT             auto | json | console                        (default auto)
-    QQBOT_LOG_LEVEL              DEBUG | INFO | WARNING | ERROR | CRITICAL    (default INFO)
-    QQBOT_API_BASE               OpenAPI base URL       (sandbox, proxies, the simulator)
-    QQBOT_TOKEN_URL              access token URL
-    QQBOT_GATEWAY_URL            connect here and skip GET /gateway/bot
-    QQBOT_ACK_PROBES             extra heartbeats sent inside a heartbeat's ACK deadline (2)
-    QQBOT_WS_PING                on | off: the WebSocket ping layer, timed in intervals (on)
-    QQBOT_HANDLER_QUEUE_SIZE     bounded handler queue per shard              (1000)
-    QQBOT_DRAIN_TIMEOUT          seconds handlers get to finish at shutdown   (10)
-    QQBOT_STATE_DIR              session store directory, "off" disables it
-                                 (default $XDG_STATE_HOME/qqbot-gateway, i.e.
-                                 ~/.local/state/qqbot-gateway when XDG_STATE_HOME is unset)
-    QQBOT_SESSION_MAX_AGE        seconds a stored session is worth resuming   (300)
-    QQBOT_STATE_LOCK             fail | wait: another process owns the shard  (default fail)
-    QQBOT_CHECKPOINT_INTERVAL    seconds between checkpoint writes (batching) (0.1)
-    QQBOT_TRANSPORT              websocket | webhook                          (default websocket)
-    QQBOT_WEBHOOK_ADDR           callback receiver host:port, never the side port (0.0.0.0:8443)
-    QQBOT_WEBHOOK_PATH           the callback path                        (default /qqbot/callback)
-    QQBOT_WEBHOOK_TLS_CERT       PEM certificate chain: serve HTTPS directly  (default: plain HTTP)
-    QQBOT_WEBHOOK_TLS_KEY        PEM private key for it
-    QQBOT_WEBHOOK_REPLAY_WINDOW  seconds a signature timestamp may differ from our clock (300)
-    QQBOT_WEBHOOK_MAX_BODY       largest accepted callback body in bytes      (1048576)
-    QQBOT_WEBHOOK_REQUIRE_VALIDATION  true: /readyz waits for the platform's op 13 (false)
-    QQBOT_WEBHOOK_SILENCE        seconds without a valid callback before /readyz fails (0: off)
-    QQBOT_TRACE_SAMPLE_RATIO     share of events traced, 0..1, when an exporter is set (0.01)
-    QQBOT_TRACE_SLOW_HANDLER     seconds after which a handler is always traced (1)
-    QQBOT_STATUS_PAGE            on | off: the status page on the side server (default on)
+Every setting is one row of :data:`SETTINGS` (name, parser, default, help): the loader, the
+list below, ``qqbot-gateway run --help`` and the README's table all come from it
+(``python scripts/gen_docs.py`` rewrites the README; tests/test_config.py checks it). The
+names are a public contract (Kubernetes manifests and operators' scripts use them).
 
 In the TOML file the keys are the lowercase names without the prefix (``app_id``,
 ``shard_count``, ``client_secret_file``, ...); an unknown key is an error. Environment
@@ -55,6 +21,8 @@ import ipaddress
 import logging
 import math
 import os
+import re
+import textwrap
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -69,59 +37,26 @@ from qqbot_gateway.adapter.protocol import (
     parse_intents,
 )
 from qqbot_gateway.adapter.session import LivenessConfig
+from qqbot_gateway.adapter.types import Secret, TransportConfig, WebhookConfig
 
 if TYPE_CHECKING:
-    from qqbot_gateway.adapter.client import ClientConfig, Secret
+    from qqbot_gateway.adapter.client import ClientConfig
     from qqbot_gateway.telemetry import TelemetryConfig
 
 __all__ = [
     "ENV_PREFIX",
+    "SETTINGS",
     "SETTING_NAMES",
     "ConfigError",
+    "Setting",
     "Settings",
     "default_state_dir",
     "load_settings",
+    "settings_help",
+    "settings_markdown",
 ]
 
 ENV_PREFIX: Final = "QQBOT_"
-
-#: Every setting, by its TOML key; the environment variable is ``QQBOT_`` + the key upper-cased.
-SETTING_NAMES: Final[tuple[str, ...]] = (
-    "app_id",
-    "client_secret",
-    "client_secret_file",
-    "intents",
-    "shard_count",
-    "shard_id",
-    "http_addr",
-    "liveness_grace",
-    "loop_lag_threshold",
-    "log_format",
-    "log_level",
-    "api_base",
-    "token_url",
-    "gateway_url",
-    "ack_probes",
-    "ws_ping",
-    "handler_queue_size",
-    "drain_timeout",
-    "state_dir",
-    "session_max_age",
-    "state_lock",
-    "checkpoint_interval",
-    "transport",
-    "webhook_addr",
-    "webhook_path",
-    "webhook_tls_cert",
-    "webhook_tls_key",
-    "webhook_replay_window",
-    "webhook_max_body",
-    "webhook_require_validation",
-    "webhook_silence",
-    "trace_sample_ratio",
-    "trace_slow_handler",
-    "status_page",
-)
 
 #: ``QQBOT_*`` variables that belong to other tools (the simulator, the test suite) or name the
 #: file itself: no typo warning for these.
@@ -153,136 +88,6 @@ _DEFAULT_WEBHOOK_PATH: Final = "/qqbot/callback"
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the setting and what is wrong."""
-
-
-def _make_secret(value: str) -> Secret:
-    # Imported here: adapter.client pulls in aiohttp and the whole adapter, and config stays
-    # cheap to import (``--help``, ``simulate``).
-    from qqbot_gateway.adapter.client import Secret
-
-    return Secret(value)
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Validated service settings. Build with :func:`load_settings`.
-
-    ``client_secret`` is a :class:`~qqbot_gateway.adapter.client.Secret` (never shown), or None
-    when not configured (``demo`` and ``simulate`` need none).
-    """
-
-    app_id: str | None = None
-    client_secret: Secret | None = None
-    intents: int = int(Intents.public_default())
-    shard_count: int = 1
-    #: The shards this process runs; None runs all of ``range(shard_count)``.
-    shard_ids: tuple[int, ...] | None = None
-    #: (host, port) of the side server; None when ``QQBOT_HTTP_ADDR=off``.
-    http_addr: tuple[str, int] | None = ("0.0.0.0", 8080)  # noqa: S104 - see _DEFAULT_HTTP_ADDR
-    liveness_grace: float = 300.0
-    loop_lag_threshold: float = 2.0
-    log_format: str = "auto"
-    log_level: str = "INFO"
-    api_base: str = DEFAULT_API_BASE
-    token_url: str = DEFAULT_TOKEN_URL
-    gateway_url: str | None = None
-    ack_probes: int = LivenessConfig().ack_probes
-    #: False: the WebSocket ping layer is off (``QQBOT_WS_PING=off``).
-    ws_ping: bool = True
-    handler_queue_size: int = 1000
-    drain_timeout: float = 10.0
-    #: Session store directory; None when ``QQBOT_STATE_DIR=off``. :func:`load_settings`
-    #: fills in the default (:func:`default_state_dir`).
-    state_dir: str | None = None
-    session_max_age: float = 300.0
-    state_lock: str = "fail"
-    checkpoint_interval: float = 0.1
-    transport: str = "websocket"
-    webhook_addr: tuple[str, int] = ("0.0.0.0", 8443)  # noqa: S104 - the platform must reach it
-    webhook_path: str = _DEFAULT_WEBHOOK_PATH
-    webhook_tls_cert: str | None = None
-    webhook_tls_key: str | None = None
-    webhook_replay_window: float = 300.0
-    webhook_max_body: int = 1 << 20
-    webhook_require_validation: bool = False
-    webhook_silence: float | None = None
-    #: Tracing (only with an exporter, ``OTEL_*``): share of events traced, and the handler
-    #: duration past which an event is traced anyway (failures and replays always are).
-    trace_sample_ratio: float = 0.01
-    trace_slow_handler: float = 1.0
-    #: The status page (``/``, ``/status``, ``/status.json``) on the side server.
-    status_page: bool = True
-    #: Where each value came from, for messages: setting key -> "QQBOT_X" or "key (in file)".
-    sources: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-
-    def source(self, key: str) -> str:
-        """The name to use in a message about ``key``: the env var or the file key."""
-        return dict(self.sources).get(key, ENV_PREFIX + key.upper())
-
-    def require_credentials(self) -> tuple[str, Secret]:
-        """``(app_id, Secret)``, or a ConfigError naming what is missing."""
-        if not self.app_id:
-            raise ConfigError(
-                "QQBOT_APP_ID: required (set it in the environment or app_id in the config file)"
-            )
-        if self.client_secret is None:
-            raise ConfigError(
-                "QQBOT_CLIENT_SECRET: required (set QQBOT_CLIENT_SECRET or "
-                "QQBOT_CLIENT_SECRET_FILE; never on the command line)"
-            )
-        return self.app_id, self.client_secret
-
-    def client_config(self) -> ClientConfig:
-        """The :class:`~qqbot_gateway.adapter.client.ClientConfig` for these settings."""
-        from qqbot_gateway.adapter.client import ClientConfig
-        from qqbot_gateway.adapter.connection import TransportConfig
-        from qqbot_gateway.adapter.webhook import WebhookConfig
-
-        app_id, secret = self.require_credentials()
-        return ClientConfig(
-            app_id=app_id,
-            client_secret=secret,
-            intents=self.intents,
-            shard_count=self.shard_count,
-            shard_ids=self.shard_ids,
-            api_base=self.api_base,
-            token_url=self.token_url,
-            gateway_url=self.gateway_url,
-            liveness=LivenessConfig(ack_probes=self.ack_probes, ws_ping=self.ws_ping),
-            transport=TransportConfig(),
-            handler_queue_size=self.handler_queue_size,
-            state_dir=self.state_dir,
-            session_max_age=self.session_max_age,
-            state_lock=self.state_lock,
-            checkpoint_interval=self.checkpoint_interval,
-            mode=self.transport,
-            webhook=WebhookConfig(
-                host=self.webhook_addr[0],
-                port=self.webhook_addr[1],
-                path=self.webhook_path,
-                replay_window=self.webhook_replay_window,
-                max_body=self.webhook_max_body,
-                tls_cert=self.webhook_tls_cert,
-                tls_key=self.webhook_tls_key,
-                require_validation=self.webhook_require_validation,
-                silence=self.webhook_silence,
-            ),
-        )
-
-    def telemetry_config(self) -> TelemetryConfig:
-        """The :class:`~qqbot_gateway.telemetry.TelemetryConfig` for these settings."""
-        from qqbot_gateway.telemetry import TelemetryConfig
-
-        host, port = self.http_addr if self.http_addr is not None else ("127.0.0.1", None)
-        return TelemetryConfig(
-            liveness_grace=self.liveness_grace,
-            loop_lag_threshold=self.loop_lag_threshold,
-            http_host=host,
-            http_port=port,
-            trace_sample_ratio=self.trace_sample_ratio,
-            trace_slow_handler=self.trace_slow_handler,
-            status_page=self.status_page,
-        )
 
 
 # --- parsers: raw value -> typed value, or ValueError with "expected ..., got ..." ----------
@@ -544,40 +349,511 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> str:
     return str(Path(home) / ".local" / "state" / "qqbot-gateway")
 
 
-_PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
-    "app_id": _app_id,
-    "intents": _intents,
-    "shard_count": _positive_int,
-    "shard_id": _shard_ids,
-    "http_addr": _http_addr,
-    "liveness_grace": _positive_seconds,
-    "loop_lag_threshold": _positive_seconds,
-    "log_format": _choice(_LOG_FORMATS),
-    "log_level": _choice(_LOG_LEVELS, upper=True),
-    "api_base": _url(("http", "https")),
-    "token_url": _url(("http", "https")),
-    "gateway_url": _url(("ws", "wss")),
-    "ack_probes": _ack_probes,
-    "ws_ping": _bool,
-    "handler_queue_size": _positive_int,
-    "drain_timeout": _non_negative_seconds,
-    "state_dir": _state_dir,
-    "session_max_age": _positive_seconds,
-    "state_lock": _choice(("fail", "wait")),
-    "checkpoint_interval": _non_negative_seconds,
-    "transport": _choice(_TRANSPORTS),
-    "webhook_addr": _webhook_addr,
-    "webhook_path": _webhook_path,
-    "webhook_tls_cert": _readable_file,
-    "webhook_tls_key": _readable_file,
-    "webhook_replay_window": _positive_seconds,
-    "webhook_max_body": _body_limit,
-    "webhook_require_validation": _bool,
-    "webhook_silence": _silence,
-    "trace_sample_ratio": _ratio,
-    "trace_slow_handler": _positive_seconds,
-    "status_page": _bool,
-}
+# --- the settings table ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: its TOML key (the variable is ``QQBOT_`` + the key upper-cased), the parser
+    of a raw value (None: the loader handles it, the secrets), the typed default, the default
+    as documented (Markdown; "" when there is none) and the help (Markdown)."""
+
+    key: str
+    parse: Callable[[Any], Any] | None
+    default: Any
+    shown_default: str
+    help: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.upper()
+
+
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting(
+        "app_id",
+        _app_id,
+        None,
+        "(required)",
+        "the bot's AppID",
+    ),
+    Setting(
+        "client_secret",
+        None,
+        None,
+        "(required, or the next one)",
+        "the bot's AppSecret",
+    ),
+    Setting(
+        "client_secret_file",
+        None,
+        None,
+        "",
+        "a file holding the secret (whitespace stripped); for Kubernetes secrets mounted as files",
+    ),
+    Setting(
+        "intents",
+        _intents,
+        int(Intents.public_default()),
+        "`GUILDS,DIRECT_MESSAGE,GROUP_AND_C2C_EVENT,PUBLIC_GUILD_MESSAGES`",
+        (
+            "an integer (`1107300353`, `0x...`) or intent names separated by commas (`GUILDS`, "
+            "`GUILD_MEMBERS`, `GUILD_MESSAGES`, `GUILD_MESSAGE_REACTIONS`, `DIRECT_MESSAGE`, "
+            "`OPEN_FORUMS_EVENT`, `AUDIO_OR_LIVE_CHANNEL_MEMBER`, `GROUP_AND_C2C_EVENT`, "
+            "`INTERACTION`, `MESSAGE_AUDIT`, `FORUMS_EVENT`, `AUDIO_ACTION`, "
+            "`PUBLIC_GUILD_MESSAGES`)"
+        ),
+    ),
+    Setting(
+        "shard_count",
+        _positive_int,
+        1,
+        "`1`",
+        "total number of shards of the bot",
+    ),
+    Setting(
+        "shard_id",
+        _shard_ids,
+        None,
+        "all shards",
+        "comma-separated shard ids this process runs (`0`, or `0,2`)",
+    ),
+    Setting(
+        "http_addr",
+        _http_addr,
+        _http_addr(_DEFAULT_HTTP_ADDR),
+        "`0.0.0.0:8080`",
+        (
+            "side server `host:port` (`[::]:8080` for IPv6, port 0 picks a free one); `off` "
+            "disables "
+            "it"
+        ),
+    ),
+    Setting(
+        "liveness_grace",
+        _positive_seconds,
+        300.0,
+        "`300`",
+        (
+            "seconds without a live session before `/healthz` fails (a QQ outage must not become a "
+            "restart storm)"
+        ),
+    ),
+    Setting(
+        "loop_lag_threshold",
+        _positive_seconds,
+        2.0,
+        "`2`",
+        "event loop lag in seconds above which `/healthz` fails",
+    ),
+    Setting(
+        "log_format",
+        _choice(_LOG_FORMATS),
+        "auto",
+        "`auto`",
+        "`json` lines, `console`, or `auto` (console on a terminal, JSON otherwise)",
+    ),
+    Setting(
+        "log_level",
+        _choice(_LOG_LEVELS, upper=True),
+        "INFO",
+        "`INFO`",
+        "`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`",
+    ),
+    Setting(
+        "api_base",
+        _url(("http", "https")),
+        DEFAULT_API_BASE,
+        "`https://api.sgroup.qq.com`",
+        (
+            "OpenAPI base URL (the sandbox is `https://sandbox.api.sgroup.qq.com`; proxies; the "
+            "simulator)"
+        ),
+    ),
+    Setting(
+        "token_url",
+        _url(("http", "https")),
+        DEFAULT_TOKEN_URL,
+        "`https://bots.qq.com/app/getAppAccessToken`",
+        "access token endpoint",
+    ),
+    Setting(
+        "gateway_url",
+        _url(("ws", "wss")),
+        None,
+        "(from `GET /gateway/bot`)",
+        "connect to this `wss://` URL and skip `GET /gateway/bot`",
+    ),
+    Setting(
+        "ack_probes",
+        _ack_probes,
+        LivenessConfig().ack_probes,
+        "`2`",
+        (
+            "extra heartbeats sent while one waits for its ACK (inside its deadline, 0.4 heartbeat "
+            "intervals by default); `0`: none"
+        ),
+    ),
+    Setting(
+        "ws_ping",
+        _bool,
+        True,
+        "`on`",
+        (
+            "the WebSocket ping layer (probes a quiet link every 0.05 intervals, dead after "
+            "0.3-0.45 "
+            "intervals without a frame, once the server has answered a ping); `off` switches it off"
+        ),
+    ),
+    Setting(
+        "handler_queue_size",
+        _positive_int,
+        1000,
+        "`1000`",
+        (
+            "bounded handler queue per shard; when full, intake pauses and the session resumes "
+            "later "
+            "(no loss)"
+        ),
+    ),
+    Setting(
+        "drain_timeout",
+        _non_negative_seconds,
+        10.0,
+        "`10`",
+        "seconds queued events get to be handled at shutdown",
+    ),
+    Setting(
+        "state_dir",
+        _state_dir,
+        None,
+        "`$XDG_STATE_HOME/qqbot-gateway` (`~/.local/state/qqbot-gateway`)",
+        (
+            "session store: one state file and one lock per shard under `<dir>/<app id>/`; `off` "
+            "disables it (sessions then end with the process). The XDG state directory rather "
+            "than the"
+            " working directory: a session belongs to the bot, so every process of one bot on a "
+            "machine finds the same state and lock wherever it starts; containers point it at a "
+            "volume"
+            " (`/var/lib/qqbot-gateway` in the image)"
+        ),
+    ),
+    Setting(
+        "session_max_age",
+        _positive_seconds,
+        300.0,
+        "`300`",
+        (
+            "seconds a stored session is worth resuming: covers a restart, a rolling update and "
+            "the "
+            "kubelet's crash-loop back-off (capped at 300 s); QQ documents no resume window, and a "
+            "refused resume costs only one round trip"
+        ),
+    ),
+    Setting(
+        "state_lock",
+        _choice(("fail", "wait")),
+        "fail",
+        "`fail`",
+        (
+            "another live process holds a shard's state: `fail` (exit 2 naming its pid) or "
+            "`wait` for "
+            "it to exit"
+        ),
+    ),
+    Setting(
+        "checkpoint_interval",
+        _non_negative_seconds,
+        0.1,
+        "`0.1`",
+        (
+            "seconds between checkpoint writes (one batch per window); bounds the events a "
+            "SIGKILL can"
+            " hand to a handler twice"
+        ),
+    ),
+    Setting(
+        "transport",
+        _choice(_TRANSPORTS),
+        "websocket",
+        "`websocket`",
+        (
+            "`websocket` (the gateway session) or `webhook` (QQ posts signed HTTP callbacks; see "
+            "[Webhook transport](#webhook-transport))"
+        ),
+    ),
+    Setting(
+        "webhook_addr",
+        _webhook_addr,
+        _webhook_addr(_DEFAULT_WEBHOOK_ADDR),
+        "`0.0.0.0:8443`",
+        (
+            "the callback receiver's `host:port`; never the side port (the side server must "
+            "never be "
+            "public)"
+        ),
+    ),
+    Setting(
+        "webhook_path",
+        _webhook_path,
+        _DEFAULT_WEBHOOK_PATH,
+        "`/qqbot/callback`",
+        "the callback path (the URL configured on the platform ends with it)",
+    ),
+    Setting(
+        "webhook_tls_cert",
+        _readable_file,
+        None,
+        "(plain HTTP)",
+        (
+            "PEM certificate chain: the receiver serves HTTPS itself (direct exposure); leave "
+            "unset "
+            "behind an ingress or reverse proxy that terminates TLS"
+        ),
+    ),
+    Setting(
+        "webhook_tls_key",
+        _readable_file,
+        None,
+        "",
+        "PEM private key for `QQBOT_WEBHOOK_TLS_CERT`",
+    ),
+    Setting(
+        "webhook_replay_window",
+        _positive_seconds,
+        300.0,
+        "`300`",
+        (
+            "seconds a callback's `X-Signature-Timestamp` may differ from our clock before it is "
+            "refused as stale"
+        ),
+    ),
+    Setting(
+        "webhook_max_body",
+        _body_limit,
+        1 << 20,
+        "`1048576`",
+        "largest callback body in bytes (413 above it)",
+    ),
+    Setting(
+        "webhook_require_validation",
+        _bool,
+        False,
+        "`false`",
+        "`true`: `/readyz` waits for the platform's op 13 validation request",
+    ),
+    Setting(
+        "webhook_silence",
+        _silence,
+        None,
+        "`0` (off)",
+        (
+            "seconds without a validly signed callback after which `/readyz` reports the "
+            "silence; off "
+            "by default because a quiet bot is not a broken bot"
+        ),
+    ),
+    Setting(
+        "trace_sample_ratio",
+        _ratio,
+        0.01,
+        "`0.01`",
+        (
+            "with a trace exporter configured: the share of dispatched events traced (`0`..`1`; "
+            "each "
+            "traced event costs the process tens of µs, so 1 % by default); connection attempts, "
+            "handshakes, heartbeats, replayed events and events whose handler failed or was slow "
+            "are "
+            "always traced"
+        ),
+    ),
+    Setting(
+        "trace_slow_handler",
+        _positive_seconds,
+        1.0,
+        "`1`",
+        "seconds: an event whose handler runs this long is traced even when sampled out",
+    ),
+    Setting(
+        "status_page",
+        _bool,
+        True,
+        "`on`",
+        (
+            "`off` removes the status page (`/`, `/status`, `/status.json`) from the side server, "
+            "leaving the probes and `/metrics`"
+        ),
+    ),
+)
+
+#: Every setting, by its TOML key.
+SETTING_NAMES: Final[tuple[str, ...]] = tuple(s.key for s in SETTINGS)
+_BY_KEY: Final[dict[str, Setting]] = {s.key: s for s in SETTINGS}
+#: Setting key -> :class:`Settings` field, where they differ.
+_FIELDS: Final = {"shard_id": "shard_ids"}
+#: Settings whose value :func:`load_settings` works out itself (defaults from the environment,
+#: values checked against each other).
+_LOADER_FILLS: Final = frozenset({"http_addr", "state_dir", "transport", "webhook_addr"})
+
+
+#: The typed default of each setting, by key (the :class:`Settings` field defaults).
+_DEFAULTS: Final[dict[str, Any]] = {s.key: s.default for s in SETTINGS}
+
+
+def _plain(markdown: str) -> str:
+    """Help text for a terminal: no backticks, links reduced to their text."""
+    return re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", markdown).replace("`", "")
+
+
+def settings_help(width: int = 96) -> str:
+    """The settings as plain text: the ``--help`` epilog and this module's docstring."""
+    lines: list[str] = []
+    for s in SETTINGS:
+        shown = _plain(s.shown_default)
+        if shown and not shown.startswith("("):
+            shown = f"(default: {shown})"
+        lines.append(f"  {s.env}  {shown}".rstrip())
+        lines.extend(
+            textwrap.wrap(
+                _plain(s.help), width, initial_indent="      ", subsequent_indent="      "
+            )
+        )
+    return "\n".join(lines)
+
+
+def settings_markdown() -> str:
+    """The README's settings table."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = f" {s.shown_default} " if s.shown_default else " "
+        rows.append(f"| `{s.env}` |{default}| {s.help} |")
+    return "\n".join(rows) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated service settings. Build with :func:`load_settings`.
+
+    ``client_secret`` is a :class:`~qqbot_gateway.adapter.client.Secret` (never shown), or None
+    when not configured (``demo`` and ``simulate`` need none).
+    """
+
+    app_id: str | None = _DEFAULTS["app_id"]
+    client_secret: Secret | None = _DEFAULTS["client_secret"]
+    intents: int = _DEFAULTS["intents"]
+    shard_count: int = _DEFAULTS["shard_count"]
+    #: The shards this process runs; None runs all of ``range(shard_count)``.
+    shard_ids: tuple[int, ...] | None = _DEFAULTS["shard_id"]
+    #: (host, port) of the side server; None when ``QQBOT_HTTP_ADDR=off``.
+    http_addr: tuple[str, int] | None = _DEFAULTS["http_addr"]
+    liveness_grace: float = _DEFAULTS["liveness_grace"]
+    loop_lag_threshold: float = _DEFAULTS["loop_lag_threshold"]
+    log_format: str = _DEFAULTS["log_format"]
+    log_level: str = _DEFAULTS["log_level"]
+    api_base: str = _DEFAULTS["api_base"]
+    token_url: str = _DEFAULTS["token_url"]
+    gateway_url: str | None = _DEFAULTS["gateway_url"]
+    ack_probes: int = _DEFAULTS["ack_probes"]
+    #: False: the WebSocket ping layer is off (``QQBOT_WS_PING=off``).
+    ws_ping: bool = _DEFAULTS["ws_ping"]
+    handler_queue_size: int = _DEFAULTS["handler_queue_size"]
+    drain_timeout: float = _DEFAULTS["drain_timeout"]
+    #: Session store directory; None when ``QQBOT_STATE_DIR=off``. :func:`load_settings`
+    #: fills in the default (:func:`default_state_dir`).
+    state_dir: str | None = _DEFAULTS["state_dir"]
+    session_max_age: float = _DEFAULTS["session_max_age"]
+    state_lock: str = _DEFAULTS["state_lock"]
+    checkpoint_interval: float = _DEFAULTS["checkpoint_interval"]
+    transport: str = _DEFAULTS["transport"]
+    webhook_addr: tuple[str, int] = _DEFAULTS["webhook_addr"]
+    webhook_path: str = _DEFAULTS["webhook_path"]
+    webhook_tls_cert: str | None = _DEFAULTS["webhook_tls_cert"]
+    webhook_tls_key: str | None = _DEFAULTS["webhook_tls_key"]
+    webhook_replay_window: float = _DEFAULTS["webhook_replay_window"]
+    webhook_max_body: int = _DEFAULTS["webhook_max_body"]
+    webhook_require_validation: bool = _DEFAULTS["webhook_require_validation"]
+    webhook_silence: float | None = _DEFAULTS["webhook_silence"]
+    #: Tracing (only with an exporter, ``OTEL_*``): share of events traced, and the handler
+    #: duration past which an event is traced anyway (failures and replays always are).
+    trace_sample_ratio: float = _DEFAULTS["trace_sample_ratio"]
+    trace_slow_handler: float = _DEFAULTS["trace_slow_handler"]
+    #: The status page (``/``, ``/status``, ``/status.json``) on the side server.
+    status_page: bool = _DEFAULTS["status_page"]
+    #: Where each value came from, for messages: setting key -> "QQBOT_X" or "key (in file)".
+    sources: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    def source(self, key: str) -> str:
+        """The name to use in a message about ``key``: the env var or the file key."""
+        return dict(self.sources).get(key, ENV_PREFIX + key.upper())
+
+    def require_credentials(self) -> tuple[str, Secret]:
+        """``(app_id, Secret)``, or a ConfigError naming what is missing."""
+        if not self.app_id:
+            raise ConfigError(
+                "QQBOT_APP_ID: required (set it in the environment or app_id in the config file)"
+            )
+        if self.client_secret is None:
+            raise ConfigError(
+                "QQBOT_CLIENT_SECRET: required (set QQBOT_CLIENT_SECRET or "
+                "QQBOT_CLIENT_SECRET_FILE; never on the command line)"
+            )
+        return self.app_id, self.client_secret
+
+    def client_config(self) -> ClientConfig:
+        """The :class:`~qqbot_gateway.adapter.client.ClientConfig` for these settings."""
+        # Imported here: adapter.client pulls in aiohttp and the whole adapter, and config
+        # stays cheap to import (``--help``, ``simulate``).
+        from qqbot_gateway.adapter.client import ClientConfig
+
+        app_id, secret = self.require_credentials()
+        return ClientConfig(
+            app_id=app_id,
+            client_secret=secret,
+            intents=self.intents,
+            shard_count=self.shard_count,
+            shard_ids=self.shard_ids,
+            api_base=self.api_base,
+            token_url=self.token_url,
+            gateway_url=self.gateway_url,
+            liveness=LivenessConfig(ack_probes=self.ack_probes, ws_ping=self.ws_ping),
+            transport=TransportConfig(),
+            handler_queue_size=self.handler_queue_size,
+            state_dir=self.state_dir,
+            session_max_age=self.session_max_age,
+            state_lock=self.state_lock,
+            checkpoint_interval=self.checkpoint_interval,
+            mode=self.transport,
+            webhook=WebhookConfig(
+                host=self.webhook_addr[0],
+                port=self.webhook_addr[1],
+                path=self.webhook_path,
+                replay_window=self.webhook_replay_window,
+                max_body=self.webhook_max_body,
+                tls_cert=self.webhook_tls_cert,
+                tls_key=self.webhook_tls_key,
+                require_validation=self.webhook_require_validation,
+                silence=self.webhook_silence,
+            ),
+        )
+
+    def telemetry_config(self) -> TelemetryConfig:
+        """The :class:`~qqbot_gateway.telemetry.TelemetryConfig` for these settings."""
+        from qqbot_gateway.telemetry import TelemetryConfig
+
+        host, port = self.http_addr if self.http_addr is not None else ("127.0.0.1", None)
+        return TelemetryConfig(
+            liveness_grace=self.liveness_grace,
+            loop_lag_threshold=self.loop_lag_threshold,
+            http_host=host,
+            http_port=port,
+            trace_sample_ratio=self.trace_sample_ratio,
+            trace_slow_handler=self.trace_slow_handler,
+            status_page=self.status_page,
+        )
+
+
+if __doc__ is not None:  # None under ``python -OO``
+    __doc__ += "\nThe settings::\n\n" + settings_help(92) + "\n"
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -674,7 +950,7 @@ def load_settings(
 
     values: dict[str, Any] = {}
     for key, (value, name) in raw.items():
-        parser = _PARSERS.get(key)
+        parser = _BY_KEY[key].parse
         if parser is None:
             continue  # secrets, below
         try:
@@ -702,7 +978,7 @@ def load_settings(
                 raise
             raise ConfigError(f"{name}: {exc}") from None
 
-    shard_count = values.get("shard_count", 1)
+    shard_count = values.get("shard_count", _DEFAULTS["shard_count"])
     shard_ids = values.get("shard_id")
     if shard_ids is not None:
         for shard in shard_ids:
@@ -712,45 +988,23 @@ def load_settings(
                     f"{name}: shard id {shard} is outside 0..{shard_count - 1} "
                     f"({_source(raw, 'shard_count')} is {shard_count})"
                 )
-    http_addr = values["http_addr"] if "http_addr" in values else _http_addr(_DEFAULT_HTTP_ADDR)
-    webhook_addr = values.get("webhook_addr") or _webhook_addr(_DEFAULT_WEBHOOK_ADDR)
-    transport = values.get("transport", "websocket")
+    http_addr = values.get("http_addr", _DEFAULTS["http_addr"])
+    webhook_addr = values.get("webhook_addr", _DEFAULTS["webhook_addr"])
+    transport = values.get("transport", _DEFAULTS["transport"])
     if transport == "webhook":
         _check_webhook(raw, values, shard_count, shard_ids, http_addr, webhook_addr)
+    fields = {
+        _FIELDS.get(s.key, s.key): values.get(s.key, s.default)
+        for s in SETTINGS
+        if s.parse is not None and s.key not in _LOADER_FILLS
+    }
     return Settings(
-        app_id=values.get("app_id"),
-        client_secret=None if secret_text is None else _make_secret(secret_text),
-        intents=values.get("intents", int(Intents.public_default())),
-        shard_count=shard_count,
-        shard_ids=shard_ids,
+        **fields,
+        client_secret=None if secret_text is None else Secret(secret_text),
         http_addr=http_addr,
-        liveness_grace=values.get("liveness_grace", 300.0),
-        loop_lag_threshold=values.get("loop_lag_threshold", 2.0),
-        log_format=values.get("log_format", "auto"),
-        log_level=values.get("log_level", "INFO"),
-        api_base=values.get("api_base", DEFAULT_API_BASE),
-        token_url=values.get("token_url", DEFAULT_TOKEN_URL),
-        gateway_url=values.get("gateway_url"),
-        ack_probes=values.get("ack_probes", LivenessConfig().ack_probes),
-        ws_ping=values.get("ws_ping", True),
-        handler_queue_size=values.get("handler_queue_size", 1000),
-        drain_timeout=values.get("drain_timeout", 10.0),
         state_dir=values["state_dir"] if "state_dir" in values else default_state_dir(env),
-        session_max_age=values.get("session_max_age", 300.0),
-        state_lock=values.get("state_lock", "fail"),
-        checkpoint_interval=values.get("checkpoint_interval", 0.1),
         transport=transport,
         webhook_addr=webhook_addr,
-        webhook_path=values.get("webhook_path", _DEFAULT_WEBHOOK_PATH),
-        webhook_tls_cert=values.get("webhook_tls_cert"),
-        webhook_tls_key=values.get("webhook_tls_key"),
-        webhook_replay_window=values.get("webhook_replay_window", 300.0),
-        webhook_max_body=values.get("webhook_max_body", 1 << 20),
-        webhook_require_validation=values.get("webhook_require_validation", False),
-        webhook_silence=values.get("webhook_silence"),
-        trace_sample_ratio=values.get("trace_sample_ratio", 0.01),
-        trace_slow_handler=values.get("trace_slow_handler", 1.0),
-        status_page=values.get("status_page", True),
         sources=tuple((key, name) for key, (_, name) in sorted(raw.items())),
     )
 

@@ -48,6 +48,7 @@ from qqbot_gateway.adapter.connection import TransportConfig
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.session import LivenessConfig
 from qqbot_gateway.adapter.supervisor import ReconnectPolicy
+from qqbot_gateway.demo_defaults import DEFAULT_DURATION, DEFAULT_EVENT_RATE, DEFAULT_INTERVAL
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
 from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
 
@@ -55,9 +56,6 @@ __all__ = ["DemoOptions", "DemoTooShortError", "FaultResult", "minimum_duration"
 
 _log = logging.getLogger("qqbot_gateway.demo")
 
-DEFAULT_DURATION: Final = 40.0
-DEFAULT_INTERVAL: Final = 1.0
-DEFAULT_EVENT_RATE: Final = 5.0
 #: The demo bot's identity on the simulator (made up; the secret is generated per run).
 DEMO_APP_ID: Final = "102000000"
 #: Seconds from start to the first READY, budgeted in the schedule (a loaded machine included).

@@ -1,12 +1,34 @@
-"""Suite-wide options, and the suite's own state directory."""
+"""Suite-wide options, the suite's own state directory, and the shared fixtures.
+
+Fixtures every file may request:
+
+- ``http``: an ``aiohttp.ClientSession``, closed after the test.
+- ``simulator_config``: the simulator's settings; a module overrides this fixture to change
+  them for all its tests (``sim`` and ``start_sim`` pick the override up).
+- ``start_sim``: ``await start_sim(**overrides)`` starts one more simulator on 127.0.0.1 (the
+  module's ``simulator_config`` with ``overrides`` replaced); every one is stopped after the test.
+- ``sim``: one started simulator with the module's ``simulator_config``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import aiohttp
 import pytest
+
+from qqbot_gateway.simulator import Simulator, SimulatorConfig
+
+#: The credentials of the default ``simulator_config``.
+APP_ID = "1024"
+SECRET = "s3cret"
+
+StartSim = Callable[..., Awaitable[Simulator]]
 
 _STATE_HOME_KEY = pytest.StashKey[tuple[str, str | None]]()
 
@@ -39,3 +61,43 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the chaos soak (tests/reliability/test_soak.py) for this many minutes "
         "instead of the short CI version, and print its counts",
     )
+    parser.addoption(
+        "--update-report",
+        action="store_true",
+        default=False,
+        help="write docs/reliability.md from the fault matrix's rows at the end of the run "
+        "(only when every row of the matrix ran); a plain test run never writes it",
+    )
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def simulator_config() -> SimulatorConfig:
+    return SimulatorConfig(app_id=APP_ID, client_secret=SECRET, seed=1)
+
+
+@pytest.fixture
+async def start_sim(simulator_config: SimulatorConfig) -> AsyncIterator[StartSim]:
+    started: list[Simulator] = []
+
+    async def start(**overrides: Any) -> Simulator:
+        simulator = Simulator(dataclasses.replace(simulator_config, **overrides))
+        await simulator.start(host="127.0.0.1", port=0)
+        started.append(simulator)
+        return simulator
+
+    try:
+        yield start
+    finally:
+        for simulator in reversed(started):
+            await simulator.stop()
+
+
+@pytest.fixture
+async def sim(start_sim: StartSim) -> Simulator:
+    return await start_sim()

@@ -77,19 +77,8 @@ class StaticTokens:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    s = Simulator(SimulatorConfig(app_id=APP_ID, client_secret=SECRET, seed=3, shards=2))
-    await s.start(host="127.0.0.1", port=0)
-    try:
-        yield s
-    finally:
-        await s.stop()
+def simulator_config() -> SimulatorConfig:
+    return SimulatorConfig(app_id=APP_ID, client_secret=SECRET, seed=3, shards=2)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -16,42 +15,24 @@ from qqbot_gateway.adapter.auth import TokenManager, parse_expires_in, refresh_m
 from qqbot_gateway.adapter.errors import InvalidCredentialsError, TokenFetchError
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
 
+from .conftest import StartSim
+from .gateway_harness import Recorder
+
 pytestmark = pytest.mark.timeout(30)
 
 APP_ID = "1024"
 SECRET = "s3cret-value-never-logged"
 
 
-class Recorder:
-    def __init__(self, bus: ev.EventBus) -> None:
-        self.events: list[ev.LifecycleEvent] = []
-        bus.subscribe(self.events.append)
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-
-async def make_sim(**overrides: Any) -> Simulator:
-    values: dict[str, Any] = {"app_id": APP_ID, "client_secret": SECRET, "seed": 1}
-    values.update(overrides)
-    sim = Simulator(SimulatorConfig(**values))
-    await sim.start(host="127.0.0.1", port=0)
-    return sim
-
-
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    s = await make_sim()
-    try:
-        yield s
-    finally:
-        await s.stop()
+def simulator_config() -> SimulatorConfig:
+    return SimulatorConfig(app_id=APP_ID, client_secret=SECRET, seed=1)
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+def recorder(bus: ev.EventBus) -> Recorder:
+    rec = Recorder()
+    bus.subscribe(rec.on_lifecycle)
+    return rec
 
 
 def manager(
@@ -100,7 +81,7 @@ async def test_fetches_a_token_the_server_accepts(
     sim: Simulator, http: aiohttp.ClientSession
 ) -> None:
     bus = ev.EventBus()
-    rec = Recorder(bus)
+    rec = recorder(bus)
     tm = manager(sim, http, bus)
     await tm.start()
     try:
@@ -149,9 +130,11 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(
         await tm.close()
 
 
-async def test_refreshes_ahead_of_expiry_so_get_never_waits(http: aiohttp.ClientSession) -> None:
+async def test_refreshes_ahead_of_expiry_so_get_never_waits(
+    http: aiohttp.ClientSession, start_sim: StartSim
+) -> None:
     # 3 s tokens, renewed by the server in their last second: margin 1.5 s.
-    sim = await make_sim(token_ttl=3, token_refresh_window=1.0)
+    sim = await start_sim(token_ttl=3, token_refresh_window=1.0)
     tm = manager(sim, http)
     try:
         await tm.start()
@@ -167,7 +150,6 @@ async def test_refreshes_ahead_of_expiry_so_get_never_waits(http: aiohttp.Client
         assert len(set(seen)) >= 2 and sim.token_fetches >= 3
     finally:
         await tm.close()
-        await sim.stop()
 
 
 async def test_expires_in_of_60_is_handled(sim: Simulator, http: aiohttp.ClientSession) -> None:
@@ -193,7 +175,7 @@ async def test_token_endpoint_errors_are_typed_and_reported(
     sim: Simulator, http: aiohttp.ClientSession, mode: str, match: str, code: int | None
 ) -> None:
     bus = ev.EventBus()
-    rec = Recorder(bus)
+    rec = recorder(bus)
     sim.set_token_fault(mode)
     tm = manager(sim, http, bus)
     try:
@@ -253,11 +235,11 @@ async def test_unreachable_token_url_fails_start_after_a_few_attempts(
 
 
 async def test_refresher_retries_with_backoff_and_recovers_before_expiry(
-    http: aiohttp.ClientSession,
+    http: aiohttp.ClientSession, start_sim: StartSim
 ) -> None:
-    sim = await make_sim(token_ttl=4, token_refresh_window=4.0)  # every fetch: a new token
+    sim = await start_sim(token_ttl=4, token_refresh_window=4.0)  # every fetch: a new token
     bus = ev.EventBus()
-    rec = Recorder(bus)
+    rec = recorder(bus)
     tm = manager(sim, http, bus, retry_base=0.1, retry_cap=0.4)
     try:
         await tm.start()
@@ -273,7 +255,6 @@ async def test_refresher_retries_with_backoff_and_recovers_before_expiry(
         assert tm.expires_in is not None and tm.expires_in > 3
     finally:
         await tm.close()
-        await sim.stop()
 
 
 async def test_force_refresh_replaces_a_revoked_token(

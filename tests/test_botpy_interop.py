@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import types
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -25,7 +24,7 @@ import botpy.http
 import botpy.robot
 import pytest
 
-from qqbot_gateway.simulator import Simulator, SimulatorConfig
+from qqbot_gateway.simulator import Simulator
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -50,10 +49,10 @@ class _TokenSession:
 
 
 @pytest.fixture
-async def sim(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Simulator]:
-    # Production heartbeat interval: botpy ignores Hello and beats every 30 s regardless.
-    s = Simulator(SimulatorConfig(app_id=APP_ID, client_secret=SECRET, seed=1))
-    await s.start(host="127.0.0.1", port=0)
+def sim(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> Simulator:
+    """The shared simulator (production heartbeat interval: botpy ignores Hello and beats every
+    30 s regardless), with botpy pointed at it."""
+    s = sim
     monkeypatch.setattr(botpy.http.Route, "SCHEME", "http")
     monkeypatch.setattr(botpy.http.Route, "DOMAIN", f"127.0.0.1:{s.port}")
     fake_aiohttp = types.SimpleNamespace(
@@ -61,10 +60,7 @@ async def sim(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Simulator]:
         ClientTimeout=aiohttp.ClientTimeout,
     )
     monkeypatch.setattr(botpy.robot, "aiohttp", fake_aiohttp)
-    try:
-        yield s
-    finally:
-        await s.stop()
+    return s
 
 
 async def _stop_botpy(client: Any, before: set[asyncio.Task[Any]]) -> None:

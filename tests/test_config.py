@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from qqbot_gateway import config
 from qqbot_gateway.adapter.client import Secret
 from qqbot_gateway.adapter.protocol import Intents
+from qqbot_gateway.cli import build_parser
 from qqbot_gateway.config import SETTING_NAMES, ConfigError, Settings, load_settings
 
 BASE = {"QQBOT_APP_ID": "102030405", "QQBOT_CLIENT_SECRET": "very-secret-value"}
@@ -353,3 +355,31 @@ def test_bad_liveness_values(raw: str, message: str) -> None:
     variable = "QQBOT_WS_PING" if message == "true or false" else "QQBOT_ACK_PROBES"
     with pytest.raises(ConfigError, match=f"{variable}: expected .*{message}"):
         load({variable: raw})
+
+
+def test_the_readme_settings_table_is_generated_from_the_table() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    begin = readme.index("<!-- BEGIN settings")
+    block = readme[readme.index("\n", begin) + 1 : readme.index("<!-- END settings -->")]
+    assert block == config.settings_markdown(), "README is stale: run scripts/gen_docs.py"
+
+
+def test_one_table_feeds_the_loader_the_docstring_and_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The loader's defaults are the table's and the Settings fields' (state_dir: the XDG one).
+    loaded = load_settings(env={"HOME": "/home/bot"}, warn=pytest.fail)
+    assert loaded == Settings(state_dir="/home/bot/.local/state/qqbot-gateway")
+    for s in config.SETTINGS:
+        assert s.help
+        assert (s.parse is None) == (s.key in ("client_secret", "client_secret_file")), s.key
+        assert s.default == getattr(Settings(), {"shard_id": "shard_ids"}.get(s.key, s.key), None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    run_help = capsys.readouterr().out
+    doc = config.__doc__ or ""
+    for s in config.SETTINGS:
+        assert s.env in doc and s.env in run_help, s.env
+    for removed in ("QQBOT_ACK_MISS_LIMIT", "QQBOT_WS_PING_INTERVAL"):
+        assert removed not in doc and removed not in run_help
+    assert "`" not in run_help  # Markdown is stripped for the terminal

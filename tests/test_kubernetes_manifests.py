@@ -20,6 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from qqbot_gateway import config
+
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
 MIN_VERSION = "1.28.0"  # the pod-index label on StatefulSet pods is on by default from 1.28
@@ -244,7 +246,6 @@ def test_the_env_loads_with_the_real_config(
     sts: dict[str, Any], container: dict[str, Any], tmp_path: Path
 ) -> None:
     """What the pod would get, fed to qqbot_gateway.config: one shard, the ordinal's."""
-    config = pytest.importorskip("qqbot_gateway.config")
     secret = tmp_path / "client-secret"
     secret.write_text("not-a-real-secret\n", encoding="utf-8")
     replicas = sts["spec"]["replicas"]
@@ -259,10 +260,12 @@ def test_the_env_loads_with_the_real_config(
     assert warnings == []
     assert settings.shard_count == replicas
     assert settings.client_config().shards == (ordinal,)
+    assert settings.http_addr is not None
     host, port = settings.http_addr
     assert (host, port) == (env["QQBOT_HTTP_ADDR"].split(":")[0], 8080)
     assert port == container["ports"][0]["containerPort"]
     assert settings.liveness_grace == 300
+    assert settings.client_secret is not None
     assert settings.client_secret.get() == "not-a-real-secret"
     # The drain at shutdown fits in the grace period the kubelet gives before SIGKILL.
     grace = sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

@@ -37,10 +37,6 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-pytest.importorskip(
-    "qqbot_gateway.adapter.api", reason="the adapter's api/auth modules are not there yet"
-)
-
 from qqbot_gateway.adapter.client import QQBotClient
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.simulator import Simulator

@@ -19,6 +19,7 @@ import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +268,7 @@ async def test_sigkill_with_events_in_the_handler_queue(case: Case) -> None:
     await asyncio.sleep(1.5)  # 20/s in, ~6.7/s out: the queue fills
     assert await first.signal(signal.SIGKILL) == -signal.SIGKILL
     durable = case.durable_seq()
-    written = [w.seq for w in case.sim.written_events(shard=0)]
+    written = [w.seq for w in case.sim.written_events(shard=0) if w.seq is not None]
     queued = max(written) - max(e["seq"] for e in first.handled)
     assert queued >= 5, f"the queue held {queued} events at the kill"
     await case.resume_after_kill(durable, f"SIGKILL with {queued} events in the handler queue")
@@ -312,7 +313,7 @@ async def test_corrupt_and_foreign_state_files_mean_a_fresh_identify(case: Case)
     ):
         case.state_file.write_text(content)
         bot = await case.bot()
-        await bot.wait(lambda b=bot: b.saw("READY"), f"READY after a {label} file", START_TIMEOUT)
+        await bot.wait(partial(bot.saw, "READY"), f"READY after a {label} file", START_TIMEOUT)
         warnings = [line for line in bot.stderr if "not resuming the stored session" in line]
         assert len(warnings) == 1, bot.stderr
         await case.streaming(bot, 5)

@@ -465,8 +465,8 @@ class Driver:
             if isinstance(s, int) and not isinstance(s, bool):
                 self.max_seq_seen = max(self.max_seq_seen, s)
         hello_raw = None
-        if op == 10 and isinstance(payload.get("d"), dict):  # type: ignore[union-attr]
-            hello_raw = payload["d"].get("heartbeat_interval")  # type: ignore[index]
+        if op == 10 and isinstance(payload.get("d"), dict):
+            hello_raw = payload["d"].get("heartbeat_interval")
         self.check(out, source="receive", hello_raw=hello_raw)
 
     def advance(self, dt: float) -> None:

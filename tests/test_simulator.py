@@ -40,28 +40,21 @@ def make_config(**overrides: Any) -> SimulatorConfig:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    s = Simulator(make_config())
-    await s.start(host="127.0.0.1", port=0)
-    try:
-        yield s
-    finally:
-        await s.stop()
+def simulator_config() -> SimulatorConfig:
+    return make_config()
 
 
 # Every WebSocket a test opens, closed at the end of the test (no unclosed-connection warnings).
 _OPEN: list[aiohttp.ClientWebSocketResponse] = []
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        try:
-            yield session
-        finally:
-            while _OPEN:
-                # The simulators are stopped by now, so this returns at once.
-                await asyncio.wait_for(_OPEN.pop().close(), 2)
+@pytest.fixture(autouse=True)
+async def _close_websockets(http: aiohttp.ClientSession) -> AsyncIterator[None]:
+    # Set up before (so torn down after) the simulators, and before the session is closed.
+    yield
+    while _OPEN:
+        # The simulators are stopped by now, so this returns at once.
+        await asyncio.wait_for(_OPEN.pop().close(), 2)
 
 
 async def fetch_token(http: aiohttp.ClientSession, sim: Simulator) -> str:

@@ -227,7 +227,7 @@ async def _scenario(tmp: Path, chromium: str | None) -> Run:
 
                 def recovered(d: dict[str, Any]) -> bool:
                     sh = d["shards"][0]
-                    return sh["condition"] == "live" and sh["incidents"][0]["recovered"]
+                    return sh["condition"] == "live" and bool(sh["incidents"][0]["recovered"])
 
                 await until(lambda: doc_shows(recovered), 20 * INTERVAL, "recovery")
                 await stage("recovered", browser, RECOVERED, 15 * INTERVAL)

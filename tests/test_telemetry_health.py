@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.session import LivenessConfig
 from qqbot_gateway.telemetry import HealthConfig, HealthEvaluator, HealthReport
@@ -27,7 +29,7 @@ class World:
         self.client.events.subscribe(self.health.observe)
         self.f = Feeder(self.client.events)
 
-    def state(self, t: float, new: ev.ConnectionState, **status: object) -> None:
+    def state(self, t: float, new: ev.ConnectionState, **status: Any) -> None:
         old = self.client.statuses[0].state if 0 in self.client.statuses else CS.IDLE
         self.client.set_status(state=new, state_since=t, **status)
         self.f.state(t, old, new)

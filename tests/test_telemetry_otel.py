@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -13,6 +17,16 @@ from qqbot_gateway.telemetry import Telemetry, TelemetryConfig, TelemetryConfigE
 from qqbot_gateway.telemetry.otel import exporters_from_env
 
 from .test_telemetry_support import FakeClient, Feeder
+
+
+def attrs(span: ReadableSpan) -> Mapping[str, Any]:
+    assert span.attributes is not None
+    return span.attributes
+
+
+def seconds(span: ReadableSpan) -> float:
+    assert span.start_time is not None and span.end_time is not None
+    return (span.end_time - span.start_time) / 1e9
 
 
 def rig() -> tuple[Telemetry, FakeClient, Feeder, InMemorySpanExporter]:
@@ -35,8 +49,8 @@ def test_connect_identify_spans_are_short_and_ok() -> None:
     connect, identify = spans["qqbot.gateway.connect"], spans["qqbot.gateway.identify"]
     assert identify.parent is not None and identify.parent.span_id == connect.context.span_id
     assert connect.status.status_code is StatusCode.OK
-    assert (connect.end_time - connect.start_time) / 1e9 == pytest.approx(0.5, abs=1e-3)
-    assert connect.attributes["qqbot.shard"] == 0
+    assert seconds(connect) == pytest.approx(0.5, abs=1e-3)
+    assert attrs(connect)["qqbot.shard"] == 0
     assert [e.name for e in connect.events] == ["websocket.open", "hello"]
     res = connect.resource.attributes
     assert res["service.name"] == "qqbot-gateway" and res["service.instance.id"] == "pod-0"
@@ -57,13 +71,13 @@ def test_resume_failure_ends_spans_with_the_reason() -> None:
     spans = {s.name: s for s in exporter.get_finished_spans()}
     for name in ("qqbot.gateway.resume", "qqbot.gateway.connect", "qqbot.heartbeat"):
         assert spans[name].status.status_code is StatusCode.ERROR, name
-    assert spans["qqbot.gateway.resume"].attributes["qqbot.disconnect.reason"] == "invalid_session"
+    assert attrs(spans["qqbot.gateway.resume"])["qqbot.disconnect.reason"] == "invalid_session"
     f.connect(4.0, resume=True)
     f.emit(ev.ResumeSent, 4.0, session_id="s", seq=4)
     f.emit(ev.SessionResumed, 4.2, session_id="s", replayed=2, resume_started=4.0)
     resumed = [s for s in exporter.get_finished_spans() if s.name == "qqbot.gateway.resume"][-1]
     assert resumed.status.status_code is StatusCode.OK
-    assert resumed.attributes["qqbot.resume.replayed"] == 2
+    assert attrs(resumed)["qqbot.resume.replayed"] == 2
 
 
 def test_event_span_is_current_in_handlers_and_records_failures() -> None:
@@ -95,7 +109,7 @@ def test_event_span_is_current_in_handlers_and_records_failures() -> None:
     assert span.name == "qqbot.event C2C_MESSAGE_CREATE"
     assert span.context.span_id == current.get_span_context().span_id
     assert span.status.status_code is StatusCode.ERROR
-    assert span.attributes["qqbot.event.seq"] == 7
+    assert attrs(span)["qqbot.event.seq"] == 7
     assert tel.tracing is not None and tel.tracing.pending_events == 0
 
 
@@ -193,19 +207,20 @@ def test_sampled_out_events_still_trace_errors_slow_handlers_and_replays() -> No
     with client.handler_context(_dispatch(f, 52, replayed=True)):
         assert trace.get_current_span().is_recording()
     events = [s for s in exporter.get_finished_spans() if s.name == "qqbot.event C"]
-    by = {s.attributes["qqbot.sampled_by"]: s for s in events}
+    by = {attrs(s)["qqbot.sampled_by"]: s for s in events}
     assert sorted(by) == ["error", "replay", "slow"]
     assert by["error"].status.status_code is StatusCode.ERROR
     assert [e.name for e in by["error"].events] == ["handler.failed"]
     slow = by["slow"]
-    assert (slow.end_time - slow.start_time) / 1e9 == pytest.approx(0.75, abs=1e-3)
-    assert by["replay"].attributes["qqbot.event.replayed"] is True
+    assert seconds(slow) == pytest.approx(0.75, abs=1e-3)
+    assert attrs(by["replay"])["qqbot.event.replayed"] is True
 
 
 def test_sample_ratio_keeps_about_that_share() -> None:
     tel, client, f, exporter = sampled_rig(0.25)
     assert tel.tracing is not None
     tel.tracing._random = iter([0.1, 0.9, 0.3, 0.2] * 50).__next__
+    assert client.handler_context is not None
     for seq in range(200):
         with client.handler_context(_dispatch(f, seq)):
             pass

@@ -13,6 +13,7 @@ from qqbot_gateway.adapter.connection import TransportConfig
 from qqbot_gateway.adapter.dispatch import HandlerContext
 from qqbot_gateway.adapter.session import LivenessConfig
 from qqbot_gateway.adapter.supervisor import ShardStatus
+from qqbot_gateway.adapter.webhook import WebhookIntake
 from qqbot_gateway.telemetry._clock import Clock
 
 SECRET = "client-secret-Qw3rty9"
@@ -42,6 +43,7 @@ class FakeClient:
         self.config = config or FakeConfig()
         self.events = ev.EventBus()
         self.handler_context: HandlerContext | None = None
+        self.webhook: WebhookIntake | None = None
         self.statuses: dict[int, ShardStatus] = {}
 
     def shard_status(self) -> list[ShardStatus]:

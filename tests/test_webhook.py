@@ -147,7 +147,7 @@ class Fixture:
 class _CI(dict[str, str]):
     """Case-insensitive lookups, like aiohttp's CIMultiDict."""
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         for k, v in self.items():
             if k.lower() == key.lower():
                 return v

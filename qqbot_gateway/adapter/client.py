@@ -44,14 +44,15 @@ from . import events as ev
 from .api import OpenAPIClient
 from .auth import TokenManager
 from .checkpoint import DEFAULT_INTERVAL, Checkpointer
-from .connection import TransportConfig, make_socket_factory
+from .connection import make_socket_factory
 from .context import ShardContext
-from .dispatch import Dispatcher, Handler, HandlerContext
+from .dispatch import Dispatcher, Handler
 from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, Intents, parse_intents
 from .session import GatewaySession, LivenessConfig
 from .store import FileSessionStore, SessionStore, StoreError, StoreLockedError, age_of
-from .supervisor import ReconnectPolicy, ShardStatus, ShardSupervisor
-from .webhook import WebhookConfig, WebhookIntake, WebhookKey
+from .supervisor import ReconnectPolicy, ShardSupervisor
+from .types import HandlerContext, Secret, ShardStatus, TransportConfig, WebhookConfig
+from .webhook import WebhookIntake, WebhookKey
 
 __all__ = ["ClientConfig", "QQBotClient", "Secret"]
 
@@ -76,31 +77,6 @@ DEFAULT_SESSION_MAX_AGE = 300.0
 StoreFactory = Callable[[int], SessionStore]
 #: Event types whose handler lists are cached (a gateway inventing types cannot grow it).
 _MAX_CACHED_TYPES = 256
-
-
-class Secret:
-    """A string that never shows itself in ``repr``, ``str``, logs or tracebacks."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        if not isinstance(value, str) or not value:
-            raise ValueError("secret must be a non-empty string")
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ server's pings itself and reports every pong with its arrival time. It never jud
 
 Closing never waits on the peer for long: a zombie is torn down with ``transport.abort()`` at
 once, and every other close is a WebSocket close bounded by ``close_timeout`` followed by an
-abort. A close on a dead link is itself a silent hang otherwise (the seed adapter froze for good
-inside ``ws.close()`` on a CLOSE-WAIT socket).
+abort. A close on a dead link is itself a silent hang otherwise (an unbounded ``ws.close()``
+on a CLOSE-WAIT socket waits for a close frame that never comes, for good).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import logging
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
@@ -42,6 +41,7 @@ from .session import (
     SendPing,
     TuneSocket,
 )
+from .types import TransportConfig
 
 __all__ = ["ConnectError", "GatewayConnection", "TransportConfig", "make_socket_factory"]
 
@@ -49,39 +49,6 @@ _log = logging.getLogger("qqbot_gateway.connection")
 
 #: Our WebSocket: text frames arrive as UTF-8 bytes (``decode_text=False``).
 _WS = aiohttp.ClientWebSocketResponse[Literal[False]]
-
-
-@dataclass(frozen=True, slots=True)
-class TransportConfig:
-    """Socket-level settings. ``None`` disables a layer."""
-
-    #: Whole WebSocket handshake (DNS, TCP, TLS, HTTP upgrade).
-    connect_timeout: float = 10.0
-    #: Each frame we send; a send that cannot complete means the link is gone.
-    send_timeout: float = 5.0
-    #: A graceful close waits at most this long for the peer, then the socket is aborted.
-    close_timeout: float = 1.0
-    #: SO_KEEPALIVE with these timings (Linux): probes start after idle, every interval,
-    #: and the kernel drops the link after count unanswered probes.
-    tcp_keepalive: bool = True
-    tcp_keepidle: int = 30
-    tcp_keepintvl: int = 10
-    tcp_keepcnt: int = 3
-    #: TCP_USER_TIMEOUT (Linux) until Hello: sent data unacknowledged by the peer's kernel for
-    #: this long kills the socket. After Hello the session derives it from the interval
-    #: (``LivenessConfig.tcp_user_timeout``) and the driver sets that instead.
-    tcp_user_timeout: float | None = 60.0
-    #: Frames above this size are a protocol error (the connection is dropped and resumed).
-    max_frame_size: int = 4 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        for name in ("connect_timeout", "send_timeout", "close_timeout"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if self.tcp_user_timeout is not None and self.tcp_user_timeout <= 0:
-            raise ValueError("tcp_user_timeout must be positive (or None to disable)")
-        if self.max_frame_size < 1024:
-            raise ValueError("max_frame_size must be at least 1024 bytes")
 
 
 def make_socket_factory(cfg: TransportConfig) -> Callable[[AddrInfoType], socket.socket]:

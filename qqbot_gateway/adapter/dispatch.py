@@ -26,7 +26,6 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from . import events as ev
@@ -34,14 +33,13 @@ from .checkpoint import Progress
 from .context import ShardContext, current_shard
 from .protocol import GatewayEvent
 from .session import GatewaySession
+from .types import HandlerContext
 
 __all__ = ["Dispatcher", "Handler", "HandlerContext"]
 
 _log = logging.getLogger("qqbot_gateway.dispatch")
 
 Handler = Callable[[GatewayEvent], Awaitable[Any] | Any]
-#: Wraps the handling of one event, e.g. to make a tracing span current while handlers run.
-HandlerContext = Callable[[GatewayEvent], AbstractContextManager[Any]]
 
 
 class _EventQueue:

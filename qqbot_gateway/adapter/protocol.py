@@ -1,7 +1,8 @@
 """The QQ Bot gateway protocol as pure data: opcodes, intents, close codes, reasons.
 
-Nothing here does I/O. The facts and their sources are in ``shared/PROTOCOL.md``; where the
-official docs and the observed gateway disagree, the observed behaviour wins.
+Nothing here does I/O. The facts come from the official QQ Bot documentation
+(https://bot.q.qq.com/wiki/develop/api-v2/) and from the production gateway's observed
+behaviour; where the two disagree, the observed behaviour wins.
 """
 
 from __future__ import annotations
@@ -9,20 +10,31 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 __all__ = [
     "DEFAULT_API_BASE",
     "DEFAULT_TOKEN_URL",
     "DISCONNECT_REASONS",
+    "MESSAGE_EVENT_TYPES",
     "SANDBOX_API_BASE",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
     "CloseAction",
     "ClosePolicy",
     "GatewayEvent",
     "Intents",
     "Op",
+    "WebhookKey",
     "classify_close",
     "close_reason",
+    "derive_seed",
     "parse_intents",
 ]
 
@@ -248,3 +260,71 @@ class GatewayEvent:
     shard: int
     session_id: str | None
     replayed: bool = False
+
+
+#: The message events a bot exists to handle (single chat, group @, guild @, guild DM): telemetry
+#: creates the ``type`` children of ``handler_errors_total`` for these at zero from the start.
+MESSAGE_EVENT_TYPES: Final = (
+    "C2C_MESSAGE_CREATE",
+    "GROUP_AT_MESSAGE_CREATE",
+    "AT_MESSAGE_CREATE",
+    "DIRECT_MESSAGE_CREATE",
+)
+
+# --- webhook signatures (HTTP callbacks; see adapter.webhook) ------------------------------
+
+SIGNATURE_HEADER: Final = "X-Signature-Ed25519"
+TIMESTAMP_HEADER: Final = "X-Signature-Timestamp"
+_SEED_SIZE: Final = 32
+
+
+def derive_seed(secret: str | bytes) -> bytes:
+    """The Ed25519 seed: the secret repeated until >= 32 bytes, cut to 32 (UTF-8 bytes)."""
+    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
+    if not raw:
+        raise ValueError("the bot secret is empty")
+    repeats = -(-_SEED_SIZE // len(raw))  # ceil: 12 bytes need 3 copies, 16 need 2
+    return (raw * repeats)[:_SEED_SIZE]
+
+
+class WebhookKey:
+    """The bot's Ed25519 key pair, derived from the bot secret. Never shows the secret."""
+
+    __slots__ = ("_private", "_public", "public_bytes")
+
+    def __init__(self, secret: str | bytes) -> None:
+        try:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        except ImportError:  # pragma: no cover - depends on the installation
+            raise RuntimeError(
+                "the webhook transport needs the 'cryptography' package: "
+                "pip install 'qqbot-gateway[webhook]'"
+            ) from None
+        self._private: Ed25519PrivateKey = Ed25519PrivateKey.from_private_bytes(derive_seed(secret))
+        self._public: Ed25519PublicKey = self._private.public_key()
+        self.public_bytes = self._public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def __repr__(self) -> str:
+        return f"WebhookKey(public={self.public_bytes.hex()})"
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message)
+
+    def sign_hex(self, timestamp: str, body: bytes) -> str:
+        """The ``X-Signature-Ed25519`` value for ``timestamp`` + ``body``."""
+        return self.sign(timestamp.encode() + body).hex()
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            self._public.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+    def validation_response(self, plain_token: str, event_ts: str) -> dict[str, str]:
+        """The answer to an op 13 validation request."""
+        signature = self.sign((event_ts + plain_token).encode()).hex()
+        return {"plain_token": plain_token, "signature": signature}

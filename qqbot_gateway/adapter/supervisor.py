@@ -33,11 +33,12 @@ import aiohttp
 from . import events as ev
 from . import protocol as p
 from .auth import TokenSource
-from .connection import ConnectError, GatewayConnection, TransportConfig
+from .connection import ConnectError, GatewayConnection
 from .context import ShardContext, current_shard
 from .errors import InvalidCredentialsError
 from .protocol import CloseAction, GatewayEvent
 from .session import GatewaySession, Outcome
+from .types import ShardStatus, TransportConfig
 
 __all__ = [
     "GatewayUrlSource",
@@ -102,22 +103,6 @@ def backoff_delays(
         yield rng(0.0, min(cap, base * (2.0**n)))
         if base * (2.0**n) < cap:
             n += 1
-
-
-@dataclass(frozen=True, slots=True)
-class ShardStatus:
-    """A snapshot for the health evaluator and status displays (monotonic times)."""
-
-    shard: int
-    state: ev.ConnectionState
-    state_since: float
-    task_alive: bool
-    attempts: int
-    next_attempt_at: float | None
-    last_ready_at: float | None  # last READY/RESUMED
-    ready: bool
-    fatal_message: str | None
-    last_reason: str | None
 
 
 class ShardSupervisor:

@@ -35,17 +35,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from . import events as ev
-from .protocol import GatewayEvent, Op
+from .protocol import SIGNATURE_HEADER, TIMESTAMP_HEADER, GatewayEvent, Op, WebhookKey, derive_seed
 from .session import Deliver, Emit, GatewaySession
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PrivateKey,
-        Ed25519PublicKey,
-    )
+from .types import DEFAULT_MAX_BODY, DEFAULT_REPLAY_WINDOW, WebhookConfig, WebhookStatus
 
 __all__ = [
     "ACCEPTED",
@@ -79,17 +74,7 @@ __all__ = [
 
 _log = logging.getLogger("qqbot_gateway.webhook")
 
-SIGNATURE_HEADER: Final = "X-Signature-Ed25519"
-TIMESTAMP_HEADER: Final = "X-Signature-Timestamp"
-_SEED_SIZE: Final = 32
 _SIGNATURE_SIZE: Final = 64
-
-#: 5 minutes either way, as Slack and Stripe use: enough for clock skew between QQ and the pod
-#: and for the platform's own delivery delay; a captured request is useless after it.
-DEFAULT_REPLAY_WINDOW: Final = 300.0
-#: 1 MiB. QQ's callbacks are a few KB (attachments are URLs, not bytes); a body 100x larger is
-#: not a callback, and reading it would only cost memory.
-DEFAULT_MAX_BODY: Final = 1 << 20
 
 # --- outcomes: the ``outcome`` label of qqbot_gateway_webhook_requests_total -----------------
 ACCEPTED: Final = "accepted"  # op 0 queued for the handlers, ACKed
@@ -137,94 +122,6 @@ _REFUSAL_LOG_EVERY: Final = 60.0
 _RETRY_AFTER: Final = "1"
 
 
-def derive_seed(secret: str | bytes) -> bytes:
-    """The Ed25519 seed: the secret repeated until >= 32 bytes, cut to 32 (UTF-8 bytes)."""
-    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-    if not raw:
-        raise ValueError("the bot secret is empty")
-    repeats = -(-_SEED_SIZE // len(raw))  # ceil: 12 bytes need 3 copies, 16 need 2
-    return (raw * repeats)[:_SEED_SIZE]
-
-
-class WebhookKey:
-    """The bot's Ed25519 key pair, derived from the bot secret. Never shows the secret."""
-
-    __slots__ = ("_private", "_public", "public_bytes")
-
-    def __init__(self, secret: str | bytes) -> None:
-        try:
-            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-        except ImportError:  # pragma: no cover - depends on the installation
-            raise RuntimeError(
-                "the webhook transport needs the 'cryptography' package: "
-                "pip install 'qqbot-gateway[webhook]'"
-            ) from None
-        self._private: Ed25519PrivateKey = Ed25519PrivateKey.from_private_bytes(derive_seed(secret))
-        self._public: Ed25519PublicKey = self._private.public_key()
-        self.public_bytes = self._public.public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-    def __repr__(self) -> str:
-        return f"WebhookKey(public={self.public_bytes.hex()})"
-
-    def sign(self, message: bytes) -> bytes:
-        return self._private.sign(message)
-
-    def sign_hex(self, timestamp: str, body: bytes) -> str:
-        """The ``X-Signature-Ed25519`` value for ``timestamp`` + ``body``."""
-        return self.sign(timestamp.encode() + body).hex()
-
-    def verify(self, signature: bytes, message: bytes) -> bool:
-        from cryptography.exceptions import InvalidSignature
-
-        try:
-            self._public.verify(signature, message)
-        except InvalidSignature:
-            return False
-        return True
-
-    def validation_response(self, plain_token: str, event_ts: str) -> dict[str, str]:
-        """The answer to an op 13 validation request."""
-        signature = self.sign((event_ts + plain_token).encode()).hex()
-        return {"plain_token": plain_token, "signature": signature}
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookConfig:
-    """The receiver's settings (``QQBOT_WEBHOOK_*``). See README, "Webhook transport"."""
-
-    #: Where the receiver listens. QQ accepts callback URLs on ports 80, 443, 8080 and 8443
-    #: only; behind an ingress or proxy the receiver's own port is free (not the side port).
-    host: str = "0.0.0.0"  # noqa: S104 - the platform (or the ingress) must reach it
-    port: int = 8443
-    path: str = "/qqbot/callback"
-    #: A request whose signature timestamp is further than this from our clock is refused.
-    replay_window: float = DEFAULT_REPLAY_WINDOW
-    max_body: int = DEFAULT_MAX_BODY
-    #: TLS for direct exposure (cert chain and key, PEM); None: plain HTTP behind a proxy.
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    #: Readiness waits for the first valid op 13 validation request.
-    require_validation: bool = False
-    #: /readyz fails after this long without a valid callback; None (default): never, because
-    #: a quiet bot is not a broken bot.
-    silence: float | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"webhook port {self.port} is not a TCP port")
-        if not self.path.startswith("/") or any(c.isspace() for c in self.path):
-            raise ValueError(f"webhook path must start with '/' and have no spaces: {self.path!r}")
-        if self.replay_window <= 0:
-            raise ValueError("webhook replay window must be > 0 seconds")
-        if self.max_body < 1024:
-            raise ValueError("webhook body limit must be >= 1024 bytes")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("webhook TLS needs both a certificate and a key file")
-        if self.silence is not None and self.silence <= 0:
-            raise ValueError("webhook silence must be > 0 seconds (or None)")
-
-
 @dataclass(frozen=True, slots=True)
 class WebhookReply:
     status: int
@@ -232,19 +129,6 @@ class WebhookReply:
     outcome: str
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookStatus:
-    """A snapshot for the health evaluator (monotonic times)."""
-
-    listening: bool
-    listening_since: float | None
-    stopped: str | None  # WebhookStopped.reason once the receiver stopped
-    handlers_alive: bool
-    validated_at: float | None  # last valid op 13
-    last_valid_at: float | None  # last request with a valid signature
-    closing: bool
 
 
 class WebhookIntake:

@@ -37,7 +37,7 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
-from qqbot_gateway.adapter.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookKey
+from qqbot_gateway.adapter.protocol import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookKey
 from qqbot_gateway.simulator.events import EVENT_INTENTS, EventFactory
 
 __all__ = [

@@ -49,10 +49,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from qqbot_gateway.adapter import events as ev
-from qqbot_gateway.adapter.connection import TransportConfig
 from qqbot_gateway.adapter.session import LivenessConfig
-from qqbot_gateway.adapter.supervisor import ShardStatus
-from qqbot_gateway.adapter.webhook import WebhookStatus
+from qqbot_gateway.adapter.types import ShardStatus, TransportConfig, WebhookStatus
 
 __all__ = ["Check", "HealthConfig", "HealthEvaluator", "HealthReport"]
 

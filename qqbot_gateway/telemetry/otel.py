@@ -70,7 +70,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import Attributes
 
-import qqbot_gateway
+from qqbot_gateway._version import __version__
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.protocol import GatewayEvent
 
@@ -243,7 +243,7 @@ class Tracing:
         attributes: dict[str, Any] = {
             "service.name": service_name,
             "service.instance.id": service_instance_id or socket.gethostname(),
-            "service.version": qqbot_gateway.__version__,
+            "service.version": __version__,
             "qqbot.shards": list(shards),
         }
         if len(shards) == 1:
@@ -257,7 +257,7 @@ class Tracing:
             self.provider.add_span_processor(SimpleSpanProcessor(test_exporter))
         for exporter in exporters:
             self.provider.add_span_processor(BatchSpanProcessor(exporter))
-        self.tracer = self.provider.get_tracer("qqbot_gateway.telemetry", qqbot_gateway.__version__)
+        self.tracer = self.provider.get_tracer("qqbot_gateway.telemetry", __version__)
         self._shards: dict[int, _ShardSpans] = {}
         self._pending: OrderedDict[_EventKey, Span] = OrderedDict()
         self._max_pending = max_pending

@@ -32,11 +32,10 @@ from typing import Any, Final
 
 from aiohttp import web
 
-import qqbot_gateway
+from qqbot_gateway._version import __version__
 from qqbot_gateway.adapter import events as ev
-from qqbot_gateway.adapter.connection import TransportConfig
 from qqbot_gateway.adapter.session import LivenessConfig
-from qqbot_gateway.adapter.supervisor import ShardStatus
+from qqbot_gateway.adapter.types import ShardStatus, TransportConfig
 
 from ._clock import Clock
 from .health import Check, HealthReport
@@ -187,7 +186,7 @@ class StatusPage:
             "generated_at": _r(wall, 3),
             "service": {
                 "name": self.service_name,
-                "version": qqbot_gateway.__version__,
+                "version": __version__,
                 "uptime_seconds": _r(now - self.started_at),
                 "transport": self.transport_mode,
             },

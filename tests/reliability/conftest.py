@@ -1,4 +1,5 @@
-"""Reliability suite hooks: write ``docs/reliability.md`` from the fault matrix's rows."""
+"""Reliability suite hooks: ``--update-report`` writes ``docs/reliability.md`` from the fault
+matrix's rows. A plain test run leaves the tracked file alone."""
 
 from __future__ import annotations
 
@@ -12,6 +13,19 @@ from . import report
 REPORT_PATH = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # Only when fault-matrix rows were recorded: running other tests leaves the file alone.
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    if not config.getoption("--update-report"):
+        return
+    missing = report.missing()
+    if missing:
+        # A partial run (``-k``, ``-x``, a deselected row) would drop rows from the table.
+        terminalreporter.write_line(
+            f"--update-report: {REPORT_PATH} not written, {len(missing)} fault-matrix rows "
+            f"did not run: {', '.join(missing)}",
+            red=True,
+        )
+        return
     report.write(REPORT_PATH)
+    terminalreporter.write_line(f"--update-report: wrote {REPORT_PATH}")

@@ -4,7 +4,7 @@ Every test injects one fault into a running session (or before the first one), c
 was detected and how the client recovered, and then balances the books by event id and by
 (session id, seq): every dispatch the simulator emitted (and did not itself discard with a
 session it invalidated) reached the handler exactly once, in seq order. Each test records a row
-(``report.py``); ``conftest.py`` writes the table to ``docs/reliability.md``.
+(``report.py``); ``--update-report`` writes the table to ``docs/reliability.md``.
 
 The heartbeat interval is short (``IV``, 0.4 s, scaled by ``QQBOT_TEST_TIME_SCALE``); every
 liveness deadline of the client scales with it, so the detection column reads the same at
