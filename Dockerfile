@@ -34,9 +34,10 @@ EXPOSE 8080
 EXPOSE 8443
 
 # For plain Docker / Compose; Kubernetes ignores it and uses the probes in the StatefulSet.
-# A 503 raises HTTPError, so the command fails exactly when /healthz does.
+# It probes /healthz where QQBOT_HTTP_ADDR puts the side server (docker run -e
+# QQBOT_HTTP_ADDR=0.0.0.0:9090 moves the probe too) and fails exactly when /healthz does.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
+  CMD ["python", "-m", "qqbot_gateway.healthcheck"]
 
 ENTRYPOINT ["qqbot-gateway"]
 CMD ["run"]

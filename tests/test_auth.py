@@ -130,6 +130,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(
         await tm.close()
 
 
+@pytest.mark.slow  # real token lifetimes of seconds
 async def test_refreshes_ahead_of_expiry_so_get_never_waits(
     http: aiohttp.ClientSession, start_sim: StartSim
 ) -> None:
@@ -234,6 +235,7 @@ async def test_unreachable_token_url_fails_start_after_a_few_attempts(
     await tm.close()
 
 
+@pytest.mark.slow  # real token lifetimes of seconds
 async def test_refresher_retries_with_backoff_and_recovers_before_expiry(
     http: aiohttp.ClientSession, start_sim: StartSim
 ) -> None:

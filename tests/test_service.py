@@ -7,6 +7,7 @@ The subprocess tests in test_cli.py keep covering signals and exit statuses; the
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -176,3 +177,58 @@ async def test_simulator_reports_max_concurrency_and_many_shards() -> None:
             body = await resp.json()
     assert body["shards"] == 80
     assert body["session_start_limit"]["max_concurrency"] == 8
+
+
+def test_python_m_simulator_help_lists_every_fault() -> None:
+    from qqbot_gateway.simulator.control import FAULTS
+
+    out = subprocess.run(
+        [sys.executable, "-m", "qqbot_gateway.simulator", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    for name in FAULTS:
+        assert name in out.stdout, name
+
+
+# --- the container's HEALTHCHECK --------------------------------------------------------------
+
+
+async def test_healthcheck_probes_where_qqbot_http_addr_points() -> None:
+    from aiohttp import web
+
+    from qqbot_gateway import healthcheck
+
+    answer = {"status": 200}
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(status=answer["status"])
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        # A wildcard bind (as in the image) is probed on loopback, on the configured port.
+        env = {"QQBOT_HTTP_ADDR": f"0.0.0.0:{port}"}
+        assert healthcheck.healthz_url(env) == f"http://127.0.0.1:{port}/healthz"
+        assert await asyncio.to_thread(healthcheck.main, env) == 0
+        answer["status"] = 503
+        assert await asyncio.to_thread(healthcheck.main, env) == 1
+    finally:
+        await runner.cleanup()
+    assert await asyncio.to_thread(healthcheck.main, env) == 1  # nothing listens any more
+    assert healthcheck.main({"QQBOT_HTTP_ADDR": "off"}) == 0
+    assert healthcheck.main({"QQBOT_HTTP_ADDR": "nonsense"}) == 1
+    assert healthcheck.healthz_url({"QQBOT_HTTP_ADDR": "[::]:9"}) == "http://[::1]:9/healthz"
+
+
+def test_dockerfile_healthcheck_uses_the_module() -> None:
+    text = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
+    (line,) = [x for x in text.splitlines() if x.strip().startswith("CMD [") and "health" in x]
+    assert '"-m", "qqbot_gateway.healthcheck"' in line

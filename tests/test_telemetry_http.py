@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -149,6 +151,38 @@ async def test_huge_header_and_request_line_rejected(rig: Rig) -> None:
     assert reply.split(b" ", 2)[1] in (b"400", b"414")
     # The server is still fine.
     assert (await rig.get("/healthz"))[0] == 200
+
+
+async def test_malformed_requests_are_one_warning_line_each(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert rig.tel.server is not None
+    before = rig.tel.server.malformed_requests
+    with caplog.at_level(logging.DEBUG, logger="qqbot_gateway.telemetry.server"):
+        big = b"x" * 20000
+        await raw(rig, b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + big + b"\r\n\r\n")
+        await raw(rig, b"GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n")
+    records = [r for r in caplog.records if r.name.startswith("qqbot_gateway.telemetry.server")]
+    assert [r.levelname for r in records] == ["WARNING", "WARNING"], records
+    assert all(r.exc_info is None for r in records)
+    assert "malformed request from 127.0.0.1 answered 4" in records[0].getMessage()
+    assert rig.tel.server.malformed_requests == before + 2
+    assert (await rig.get("/healthz"))[0] == 200
+
+
+def test_malformed_request_filter_leaves_other_errors_alone() -> None:
+    from qqbot_gateway.telemetry.server import MalformedRequestFilter
+
+    f = MalformedRequestFilter()
+    try:
+        raise RuntimeError("a handler bug")
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "x", logging.ERROR, __file__, 1, "Error handling request from %s", ("1.2.3.4",), exc_info
+    )
+    assert f.filter(record)
+    assert record.levelname == "ERROR" and record.exc_info is exc_info and f.count == 0
 
 
 async def test_slow_client_is_cut_off() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -10,9 +11,16 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 
 import qqbot_gateway.telemetry as telemetry
 from qqbot_gateway.adapter import events as ev
-from qqbot_gateway.adapter.protocol import DISCONNECT_REASONS, ZOMBIE_REASONS, Op
+from qqbot_gateway.adapter.protocol import (
+    DISCONNECT_REASONS,
+    MESSAGE_EVENT_TYPES,
+    ZOMBIE_REASONS,
+    Op,
+)
 from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
+from qqbot_gateway.telemetry.metric_spec import METRICS, metrics_markdown
 from qqbot_gateway.telemetry.metrics import MAX_EVENT_TYPES, GatewayMetrics, op_label
+from qqbot_gateway.telemetry.store_metrics import StoreMetrics
 
 from .test_telemetry_support import CS, FakeClient, FakeClock, FakeConfig, Feeder
 
@@ -313,3 +321,46 @@ def test_liveness_layer_metrics() -> None:
     f.emit(ev.PingLayerChanged, 6.0, state="armed", detail="a new connection")
     f.disconnect(7.0, "ping_timeout")
     assert value(r, "ws_ping_armed", shard="0") == 0.0  # no connection, nothing armed
+
+
+def test_handler_errors_children_exist_at_zero_from_the_start() -> None:
+    _, r, f, _ = make()
+    for event_type in MESSAGE_EVENT_TYPES:
+        assert value(r, "handler_errors_total", shard="0", type=event_type) == 0.0
+    f.emit(
+        ev.HandlerFailed,
+        1.0,
+        event_type="C2C_MESSAGE_CREATE",
+        handler="h",
+        error_type="ValueError",
+        error="boom",
+    )
+    assert value(r, "handler_errors_total", shard="0", type="C2C_MESSAGE_CREATE") == 1.0
+
+
+def test_the_registry_exports_exactly_the_metric_spec() -> None:
+    """Every declared metric comes from metric_spec.METRICS with its kind, labels and HELP."""
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry, process_collectors=False)
+    store = StoreMetrics(registry)
+    metrics.register_shard(0, ack_miss_limit=2, queue_capacity=5, transport="webhook")
+    store.register_shard(0)
+    exported = {}
+    for family in registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = {k for s in family.samples for k in s.labels if k not in ("le", "quantile")}
+        exported[name] = (family.type, family.documentation, labels)
+    spec = {m.full_name: (m.kind, m.help, set(m.labels)) for m in METRICS}
+    assert set(exported) == set(spec)
+    for name, (kind, help_text, labels) in exported.items():
+        want_kind, want_help, want_labels = spec[name]
+        assert (kind, help_text) == (want_kind, want_help), name
+        # A family with no child yet (events_dispatched_total before an event) shows no labels.
+        assert labels in (want_labels, set()), name
+
+
+def test_docs_metrics_table_is_generated_from_the_spec() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text("utf-8")
+    begin = doc.index("<!-- BEGIN metrics")
+    block = doc[doc.index("\n", begin) + 1 : doc.index("<!-- END metrics -->")]
+    assert block == metrics_markdown(), "docs/metrics.md is stale: run scripts/gen_docs.py"

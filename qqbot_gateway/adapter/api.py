@@ -39,6 +39,7 @@ from .errors import (
     ReplyRejectedError,
     ServerError,
     UnauthorizedError,
+    error_fields,
 )
 from .protocol import GatewayEvent
 
@@ -389,7 +390,7 @@ class OpenAPIClient:
                     continue
                 raise APIConnectionError(method, path, cause) from None
             data = _decode(raw)
-            code, message, body_trace = _error_fields(data)
+            code, message, body_trace = error_fields(data)
             trace_id = trace_id or body_trace
             if status < 300 and (code is None or code == 0 or not message):
                 if raw and data is _UNDECODABLE:
@@ -457,25 +458,6 @@ def _decode(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         return _UNDECODABLE
-
-
-def _error_fields(data: Any) -> tuple[int | None, str, str | None]:
-    if not isinstance(data, dict):
-        return None, "", None
-    raw_code = data.get("code", data.get("err_code"))
-    code: int | None = None
-    if raw_code is not None and not isinstance(raw_code, bool):
-        try:
-            code = int(raw_code)
-        except (TypeError, ValueError):
-            code = None
-    message = data.get("message")
-    trace = data.get("trace_id")
-    return (
-        code,
-        str(message)[:300] if message is not None else "",
-        trace if isinstance(trace, str) and trace else None,
-    )
 
 
 def _error_class(status: int, code: int | None) -> type[APIError]:

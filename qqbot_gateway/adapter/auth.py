@@ -31,7 +31,7 @@ import aiohttp
 
 from . import events as ev
 from .backoff import Backoff, Rng, Sleep
-from .errors import AuthError, InvalidCredentialsError, TokenFetchError
+from .errors import AuthError, InvalidCredentialsError, TokenFetchError, error_fields
 from .waiting import sleep_or_wake
 
 __all__ = ["TokenManager", "TokenSource", "parse_expires_in", "refresh_margin"]
@@ -271,7 +271,8 @@ class TokenManager:
             data: Any = json.loads(raw)
         except ValueError:
             data = None
-        code, message = _error_fields(data)
+        # The token endpoint says "message" or "msg".
+        code, message, _ = error_fields(data, message_keys=("message", "msg"), limit=200)
         if code in INVALID_CREDENTIAL_CODES:
             raise InvalidCredentialsError(
                 f"token endpoint refused the app id or secret (code {code}: {message})",
@@ -349,16 +350,3 @@ class TokenManager:
     async def _sleep_or_wake(self, seconds: float) -> None:
         self._wake.clear()
         await sleep_or_wake(self._sleep, self._wake, seconds, name="qqbot token refresher")
-
-
-def _error_fields(data: Any) -> tuple[int | None, str]:
-    if not isinstance(data, dict):
-        return None, ""
-    raw_code = data.get("code", data.get("err_code"))
-    code: int | None
-    try:
-        code = int(raw_code) if raw_code is not None and not isinstance(raw_code, bool) else None
-    except (TypeError, ValueError):
-        code = None
-    message = data.get("message", data.get("msg", ""))
-    return code, str(message)[:200] if message is not None else ""

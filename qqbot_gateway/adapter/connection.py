@@ -10,8 +10,8 @@ server's pings itself and reports every pong with its arrival time. It never jud
 
 Closing never waits on the peer for long: a zombie is torn down with ``transport.abort()`` at
 once, and every other close is a WebSocket close bounded by ``close_timeout`` followed by an
-abort. A close on a dead link is itself a silent hang otherwise (the seed adapter froze for good
-inside ``ws.close()`` on a CLOSE-WAIT socket).
+abort. A close on a dead link is itself a silent hang otherwise (an unbounded ``ws.close()``
+on a CLOSE-WAIT socket waits for a close frame that never comes, for good).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The QQ Bot gateway protocol as pure data: opcodes, intents, close codes, reasons.
 
-Nothing here does I/O. The facts and their sources are in ``shared/PROTOCOL.md``; where the
-official docs and the observed gateway disagree, the observed behaviour wins.
+Nothing here does I/O. The facts come from the official QQ Bot documentation
+(https://bot.q.qq.com/wiki/develop/api-v2/) and from the production gateway's observed
+behaviour; where the two disagree, the observed behaviour wins.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_API_BASE",
     "DEFAULT_TOKEN_URL",
     "DISCONNECT_REASONS",
+    "MESSAGE_EVENT_TYPES",
     "SANDBOX_API_BASE",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
@@ -259,6 +261,15 @@ class GatewayEvent:
     session_id: str | None
     replayed: bool = False
 
+
+#: The message events a bot exists to handle (single chat, group @, guild @, guild DM): telemetry
+#: creates the ``type`` children of ``handler_errors_total`` for these at zero from the start.
+MESSAGE_EVENT_TYPES: Final = (
+    "C2C_MESSAGE_CREATE",
+    "GROUP_AT_MESSAGE_CREATE",
+    "AT_MESSAGE_CREATE",
+    "DIRECT_MESSAGE_CREATE",
+)
 
 # --- webhook signatures (HTTP callbacks; see adapter.webhook) ------------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Final
 
 from qqbot_gateway.simulator.config import SimulatorConfig
+from qqbot_gateway.simulator.control import control_help
 from qqbot_gateway.simulator.server import Simulator
 
 __all__ = ["add_arguments", "build_parser", "config_from_args", "main", "run_standalone", "serve"]
@@ -63,28 +64,6 @@ async def run_standalone(
         await sim.stop()
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-CONTROL_API_HELP = """\
-control API (on the simulator's port; bind it to 127.0.0.1, the default):
-  GET  /_sim/state            sessions, connections, counters, active faults
-  GET  /_sim/messages         messages the bot sent on the send endpoints
-  POST /_sim/events           {"count": N, "type": T, "data": {...}, "shard": S}: emit now
-  POST /_sim/events/pause     stop the background event generator (and /resume)
-  POST /_sim/reset            every fault off
-  POST /_sim/faults           {"fault": NAME, ...params}; NAME is one of
-      stop_acks | resume_acks | blackhole {current, new} | heal | close {code, reason}
-      ignore_pings {on} | latency {median, jitter, spike_rate, spike, seed} (op 11 and pong
-      delays; median null: off)
-      reconnect (op 7) | invalid_session {resumable, close_code} | delay {seconds}
-      refuse {mode: "503"|"reset"} | accept | expire_tokens
-      token {mode: "500"|"error_200"|"malformed", delay, expires_in}
-      gateway {mode: "500"|"503"|"malformed", delay} | reject_resumes {count}
-      withhold_hello {on} | withhold_ready {on} | hello_interval {value}
-      clear_hello_interval | raw {kind, size} | event_rate {rate}
-      pause_events | resume_events | reset
-  example: curl -X POST localhost:8765/_sim/faults -d '{"fault": "blackhole"}'
-"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -165,7 +144,7 @@ def build_parser(prog: str = "python -m qqbot_gateway.simulator") -> argparse.Ar
         prog=prog,
         description="An embedded QQ Bot gateway (token, REST, WebSocket) with fault injection.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=CONTROL_API_HELP,
+        epilog=control_help(),
     )
     add_arguments(p)
     return p

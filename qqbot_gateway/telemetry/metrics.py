@@ -46,6 +46,7 @@ from qqbot_gateway._version import __version__
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.protocol import (
     DISCONNECT_REASONS,
+    MESSAGE_EVENT_TYPES,
     SERVER_CLOSE_OTHER,
     ZOMBIE_REASONS,
     Op,
@@ -53,6 +54,16 @@ from qqbot_gateway.adapter.protocol import (
 from qqbot_gateway.adapter.webhook import OUTCOMES as WEBHOOK_OUTCOMES
 
 from ._clock import Clock
+from .metric_spec import (
+    HEARTBEAT_RTT_BUCKETS,
+    PREFIX,
+    counter,
+    counter_family,
+    gauge,
+    gauge_family,
+    histogram,
+    histogram_family,
+)
 
 __all__ = [
     "HEARTBEAT_RTT_BUCKETS",
@@ -63,51 +74,9 @@ __all__ = [
     "op_label",
 ]
 
-PREFIX: Final = "qqbot_gateway"
-
-#: 5 ms .. 60 s. A healthy RTT is tens of ms on QQ; the session measures an ACK against the most
-#: recent heartbeat, so an RTT never exceeds one interval: 41.25 s on QQ (bucket 45), about 1 s in
-#: tests and the demo (buckets 0.5/1/2.5 resolve it). 60 covers the largest accepted interval
-#: short of the 120 s clamp, which lands in +Inf.
-HEARTBEAT_RTT_BUCKETS: Final = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    20.0,
-    30.0,
-    45.0,
-    60.0,
-)
 #: Handlers: 1 ms (an in-memory reply) .. 60 s (a handler this slow is a bug worth seeing).
 #: The adapter counts into these buckets itself (``ShardStats``).
 HANDLER_DURATION_BUCKETS: Final = ev.HANDLER_SECONDS_BUCKETS
-#: Time to answer a callback: 0.1 ms (verify + enqueue on an idle core) .. 5 s (the platform's
-#: patience is not documented; an answer this slow is worth seeing anyway).
-WEBHOOK_ACK_BUCKETS: Final = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
 #: ``transport`` label values of ``transport_info``.
 TRANSPORTS: Final = ("websocket", "webhook")
 #: Distinct ``type`` label values per process before new ones fold into ``"other"``. QQ has a
@@ -215,162 +184,35 @@ class GatewayMetrics:
         self.verdict = verdict
         self._shards: dict[int, _Shard] = {}
         self._types: set[str] = set()
-        n = PREFIX
-        shard = ("shard",)
         r = registry
-        self.heartbeats_sent = Counter(
-            f"{n}_heartbeats_sent_total", "Op 1 heartbeats sent.", shard, registry=r
-        )
-        self.heartbeat_acks = Counter(
-            f"{n}_heartbeat_acks_total", "Op 11 heartbeat ACKs received.", shard, registry=r
-        )
-        self.heartbeat_unacked = Gauge(
-            f"{n}_heartbeat_unacked",
-            "Heartbeats sent since the last ACK (consecutive).",
-            shard,
-            registry=r,
-        )
-        self.heartbeat_unacked_threshold = Gauge(
-            f"{n}_heartbeat_unacked_threshold",
-            "Consecutive unacknowledged heartbeats that make a zombie connection.",
-            shard,
-            registry=r,
-        )
-        self.heartbeat_interval = Gauge(
-            f"{n}_heartbeat_interval_seconds",
-            "Heartbeat interval in use (from Hello, validated).",
-            shard,
-            registry=r,
-        )
-        self.heartbeat_rtt = Histogram(
-            f"{n}_heartbeat_rtt_seconds",
-            "Time from a heartbeat to its ACK.",
-            shard,
-            buckets=HEARTBEAT_RTT_BUCKETS,
-            registry=r,
-        )
-        self.heartbeat_probes = Counter(
-            f"{n}_heartbeat_probes_total",
-            "Extra heartbeats sent while one waited for its ACK (a late or lost ACK).",
-            shard,
-            registry=r,
-        )
-        self.ws_pings_sent = Counter(
-            f"{n}_ws_pings_sent_total",
-            "WebSocket pings sent (only when the link was quiet).",
-            shard,
-            registry=r,
-        )
-        self.ws_ping_rtt = Histogram(
-            f"{n}_ws_ping_rtt_seconds",
-            "Time from a WebSocket ping to its pong.",
-            shard,
-            buckets=HEARTBEAT_RTT_BUCKETS,
-            registry=r,
-        )
-        self.ws_ping_armed = Gauge(
-            f"{n}_ws_ping_armed",
-            "1 while the WebSocket ping layer judges the current connection (the server "
-            "answers pings), 0 otherwise (off, calibrating, suspended, disabled, no connection).",
-            shard,
-            registry=r,
-        )
-        self.ws_ping_disabled = Counter(
-            f"{n}_ws_ping_disabled_total",
-            "Connections on which the ping layer turned itself off: pings went unanswered "
-            "while the link was alive.",
-            shard,
-            registry=r,
-        )
-        self.reconnects = Counter(
-            f"{n}_reconnects_total",
-            "Connections lost or given up, by reason.",
-            ("shard", "reason"),
-            registry=r,
-        )
-        self.zombies = Counter(
-            f"{n}_zombies_detected_total",
-            "Connections our liveness layers declared dead, by reason.",
-            ("shard", "reason"),
-            registry=r,
-        )
-        self.connection_state = Gauge(
-            f"{n}_connection_state",
-            "1 for the shard's current connection state, 0 for the others.",
-            ("shard", "state"),
-            registry=r,
-        )
-        self.events_duplicate = Counter(
-            f"{n}_events_duplicate_total",
-            "Replayed events dropped because they had been delivered already.",
-            shard,
-            registry=r,
-        )
-        self.resumes = Counter(
-            f"{n}_resumes_total",
-            "Resume attempts by outcome.",
-            ("shard", "outcome"),
-            registry=r,
-        )
-        self.identifies = Counter(
-            f"{n}_identifies_total", "Identify frames sent (new sessions).", shard, registry=r
-        )
-        self.event_loop_lag = Gauge(
-            f"{n}_event_loop_lag_seconds",
-            "The latest event loop lag measurement.",
-            registry=r,
-        )
-        self.handler_queue_capacity = Gauge(
-            f"{n}_handler_queue_capacity",
-            "Size of the bounded handler queue.",
-            shard,
-            registry=r,
-        )
-        self.handler_errors = Counter(
-            f"{n}_handler_errors_total",
-            "Handler exceptions by event type.",
-            ("shard", "type"),
-            registry=r,
-        )
-        self.token_refreshes = Counter(
-            f"{n}_token_refreshes_total",
-            "Access token fetches by outcome.",
-            ("outcome",),
-            registry=r,
-        )
+        self.heartbeats_sent = counter("heartbeats_sent_total", r)
+        self.heartbeat_acks = counter("heartbeat_acks_total", r)
+        self.heartbeat_unacked = gauge("heartbeat_unacked", r)
+        self.heartbeat_unacked_threshold = gauge("heartbeat_unacked_threshold", r)
+        self.heartbeat_interval = gauge("heartbeat_interval_seconds", r)
+        self.heartbeat_rtt = histogram("heartbeat_rtt_seconds", r)
+        self.heartbeat_probes = counter("heartbeat_probes_total", r)
+        self.ws_pings_sent = counter("ws_pings_sent_total", r)
+        self.ws_ping_rtt = histogram("ws_ping_rtt_seconds", r)
+        self.ws_ping_armed = gauge("ws_ping_armed", r)
+        self.ws_ping_disabled = counter("ws_ping_disabled_total", r)
+        self.reconnects = counter("reconnects_total", r)
+        self.zombies = counter("zombies_detected_total", r)
+        self.connection_state = gauge("connection_state", r)
+        self.events_duplicate = counter("events_duplicate_total", r)
+        self.resumes = counter("resumes_total", r)
+        self.identifies = counter("identifies_total", r)
+        self.event_loop_lag = gauge("event_loop_lag_seconds", r)
+        self.handler_queue_capacity = gauge("handler_queue_capacity", r)
+        self.handler_errors = counter("handler_errors_total", r)
+        self.token_refreshes = counter("token_refreshes_total", r)
         for outcome in _TOKEN_OUTCOMES:
             self.token_refreshes.labels(outcome)
-        self.webhook_requests = Counter(
-            f"{n}_webhook_requests_total",
-            "Requests to the webhook receiver by outcome (accepted, duplicate, bad_signature...).",
-            ("shard", "outcome"),
-            registry=r,
-        )
-        self.webhook_ack = Histogram(
-            f"{n}_webhook_ack_seconds",
-            "Time from a callback's arrival to its answer (ACKed dispatches and validations).",
-            shard,
-            buckets=WEBHOOK_ACK_BUCKETS,
-            registry=r,
-        )
-        self.webhook_listening = Gauge(
-            f"{n}_webhook_listening",
-            "1 while the webhook receiver listens.",
-            shard,
-            registry=r,
-        )
-        self.transport_info = Gauge(
-            f"{n}_transport_info",
-            "The shard's transport (websocket or webhook); always 1.",
-            ("shard", "transport"),
-            registry=r,
-        )
-        self.build_info = Gauge(
-            f"{n}_build_info",
-            "Build information; always 1.",
-            ("version", "python"),
-            registry=r,
-        )
+        self.webhook_requests = counter("webhook_requests_total", r)
+        self.webhook_ack = histogram("webhook_ack_seconds", r)
+        self.webhook_listening = gauge("webhook_listening", r)
+        self.transport_info = gauge("transport_info", r)
+        self.build_info = gauge("build_info", r)
         self.build_info.labels(__version__, platform.python_version()).set(1)
         registry.register(_PerEventCollector(self))
         registry.register(_ScrapeTimeCollector(self))
@@ -448,7 +290,8 @@ class GatewayMetrics:
             reconnects={r: self.reconnects.labels(s, r) for r in DISCONNECT_REASONS},
             zombies={r: self.zombies.labels(s, r) for r in sorted(ZOMBIE_REASONS)},
             states={st: self.connection_state.labels(s, st.value) for st in ev.ConnectionState},
-            handler_errors={},
+            # Fixed extras beside the MAX_EVENT_TYPES cap: a healthy bot's panel shows 0.
+            handler_errors={t: self.handler_errors.labels(s, t) for t in MESSAGE_EVENT_TYPES},
             duplicates=self.events_duplicate.labels(s),
             resumes={o: self.resumes.labels(s, o) for o in _RESUME_OUTCOMES},
             identifies=self.identifies.labels(s),
@@ -532,11 +375,13 @@ class GatewayMetrics:
         s.queue_capacity.set(e.capacity)
 
     def _on_handler_failed(self, s: _Shard, e: ev.HandlerFailed) -> None:
-        label = self._type_label(e.event_type)
-        child = s.handler_errors.get(label)
+        child = s.handler_errors.get(e.event_type)
         if child is None:
-            child = self.handler_errors.labels(s.label, label)
-            s.handler_errors[label] = child
+            label = self._type_label(e.event_type)
+            child = s.handler_errors.get(label)
+            if child is None:
+                child = self.handler_errors.labels(s.label, label)
+                s.handler_errors[label] = child
         child.inc()
 
     def _on_duplicate(self, s: _Shard, e: ev.DuplicateDropped) -> None:
@@ -640,18 +485,9 @@ class _WebhookScrapeCollector(_ReadAtScrape):
 
     @staticmethod
     def _families() -> list[GaugeMetricFamily]:
-        n = PREFIX
         return [
-            GaugeMetricFamily(
-                f"{n}_webhook_last_callback_age_seconds",
-                "Seconds since the last validly signed callback (since start before the first).",
-                labels=["shard"],
-            ),
-            GaugeMetricFamily(
-                f"{n}_webhook_last_callback_timestamp_seconds",
-                "Unix time of the last validly signed callback (0 before the first).",
-                labels=["shard"],
-            ),
+            gauge_family("webhook_last_callback_age_seconds"),
+            gauge_family("webhook_last_callback_timestamp_seconds"),
         ]
 
 
@@ -690,28 +526,11 @@ class _PerEventCollector(_ReadAtScrape):
     def _families() -> tuple[
         CounterMetricFamily, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     ]:
-        n = PREFIX
         return (
-            CounterMetricFamily(
-                f"{n}_frames_received",
-                "Gateway frames received, by opcode.",
-                labels=["shard", "op"],
-            ),
-            CounterMetricFamily(
-                f"{n}_events_dispatched",
-                "Dispatch events accepted for the handlers, by event type.",
-                labels=["shard", "type"],
-            ),
-            GaugeMetricFamily(
-                f"{n}_handler_queue_depth",
-                "Dispatched events waiting for handlers.",
-                labels=["shard"],
-            ),
-            HistogramMetricFamily(
-                f"{n}_handler_duration_seconds",
-                "Time spent in handlers per event.",
-                labels=["shard"],
-            ),
+            counter_family("frames_received_total"),
+            counter_family("events_dispatched_total"),
+            gauge_family("handler_queue_depth"),
+            histogram_family("handler_duration_seconds"),
         )
 
 
@@ -744,36 +563,11 @@ class _ScrapeTimeCollector(_ReadAtScrape):
 
     @staticmethod
     def _families() -> list[GaugeMetricFamily]:
-        n = PREFIX
-        shard = ["shard"]
         return [
-            GaugeMetricFamily(
-                f"{n}_last_frame_age_seconds",
-                "Seconds since the last frame of any kind (since shard start before the first).",
-                labels=shard,
-            ),
-            GaugeMetricFamily(
-                f"{n}_last_heartbeat_ack_age_seconds",
-                "Seconds since the last op 11 ACK (since shard start before the first).",
-                labels=shard,
-            ),
-            GaugeMetricFamily(
-                f"{n}_last_frame_timestamp_seconds",
-                "Unix time of the last frame of any kind (0 before the first).",
-                labels=shard,
-            ),
-            GaugeMetricFamily(
-                f"{n}_last_heartbeat_ack_timestamp_seconds",
-                "Unix time of the last op 11 ACK (0 before the first).",
-                labels=shard,
-            ),
-            GaugeMetricFamily(
-                f"{n}_healthy",
-                "1 if the last health evaluation passed (the /healthz verdict), else 0.",
-            ),
-            GaugeMetricFamily(
-                f"{n}_ready",
-                "1 while the shard has a live session (READY/RESUMED with a recent ACK).",
-                labels=shard,
-            ),
+            gauge_family("last_frame_age_seconds"),
+            gauge_family("last_heartbeat_ack_age_seconds"),
+            gauge_family("last_frame_timestamp_seconds"),
+            gauge_family("last_heartbeat_ack_timestamp_seconds"),
+            gauge_family("healthy"),
+            gauge_family("ready"),
         ]

@@ -11,6 +11,9 @@ which is the right answer) and is built so that requests to it never disturb the
   :data:`REQUEST_DEADLINE` seconds (a watchdog closes it otherwise, which also ends
   slow-header and idle keep-alive connections), and at most :data:`MAX_CONNECTIONS` are open;
 * no access log (probes every few seconds are noise); handler errors are logged, never shown;
+  a malformed request (bad request line, oversized header, not HTTP at all) is one WARNING
+  line naming the peer and the fault, not aiohttp's ERROR with a traceback
+  (:class:`MalformedRequestFilter`; counted in ``SideServer.malformed_requests``);
 * bodies never contain a secret: health reasons pass through the log redactor.
 """
 
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
@@ -34,6 +38,8 @@ from .status import StatusPage
 __all__ = ["MAX_CONNECTIONS", "REQUEST_DEADLINE", "SideServer"]
 
 _log = logging.getLogger("qqbot_gateway.telemetry.server")
+#: aiohttp's request handler logs through this one (its errors, never an access log).
+_http_log = logging.getLogger("qqbot_gateway.telemetry.server.http")
 
 #: Probes and scrapes send one small request; 10 s for a whole request line and headers is
 #: generous for any real client on any network, and bounds what a slow client can hold.
@@ -44,6 +50,36 @@ MAX_CONNECTIONS: Final = 64
 MAX_LINE_SIZE: Final = 8190
 MAX_FIELD_SIZE: Final = 8190
 MAX_HEADERS: Final = 64
+
+
+#: A malformed request's description is cut here (it may quote the peer's bytes).
+_DETAIL_LIMIT: Final = 160
+
+
+class MalformedRequestFilter(logging.Filter):
+    """Turns aiohttp's "Error handling request" ERROR with a traceback, for a request aiohttp
+    could not parse, into one WARNING line, and counts it. Anything else passes unchanged.
+
+    A port reachable from a network sees port scanners, TLS on a plain port and truncated
+    requests; each is the peer's fault, answered 400 by aiohttp, and needs no traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno < logging.ERROR or not isinstance(exc, HttpProcessingError):
+            return True
+        self.count += 1
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        detail = " ".join(str(exc.message).split())[:_DETAIL_LIMIT]
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "side server: malformed request from %s answered %s: %s: %s"
+        record.args = (remote, exc.code, type(exc).__name__, detail)
+        record.exc_info = record.exc_text = None
+        return True
 
 
 class SideServer:
@@ -63,6 +99,7 @@ class SideServer:
         self._guard = ConnectionGuard(deadline=request_deadline, max_connections=max_connections)
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._malformed = MalformedRequestFilter()
         self.host: str | None = None
         self.port: int | None = None
         app = web.Application(middlewares=[self._middleware])
@@ -75,6 +112,11 @@ class SideServer:
         self.app = app
 
     @property
+    def malformed_requests(self) -> int:
+        """Requests aiohttp could not parse (answered 400/431, logged as one WARNING each)."""
+        return self._malformed.count
+
+    @property
     def url(self) -> str | None:
         if self.host is None or self.port is None:
             return None
@@ -85,6 +127,7 @@ class SideServer:
         runner = web.AppRunner(
             self.app,
             access_log=None,
+            logger=_http_log,
             handle_signals=False,
             max_line_size=MAX_LINE_SIZE,
             max_field_size=MAX_FIELD_SIZE,
@@ -92,6 +135,7 @@ class SideServer:
             keepalive_timeout=self._deadline,
             shutdown_timeout=1.0,
         )
+        _http_log.addFilter(self._malformed)
         await runner.setup()
         loop = asyncio.get_running_loop()
         factory = runner.server
@@ -121,6 +165,7 @@ class SideServer:
                 async with asyncio.timeout(within):
                     await server.wait_closed()
         self._guard.clear()
+        _http_log.removeFilter(self._malformed)
 
     # --- handlers ------------------------------------------------------------------------
     @web.middleware

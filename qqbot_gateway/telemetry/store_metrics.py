@@ -12,17 +12,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from qqbot_gateway.adapter import events as ev
 
 from ._clock import Clock
+from .metric_spec import counter, gauge, gauge_family
 
 __all__ = ["RESTART_RESUME_OUTCOMES", "StoreMetrics"]
 
-_PREFIX: Final = "qqbot_gateway"
 #: Every outcome of :class:`~qqbot_gateway.adapter.events.RestartResume`.
 RESTART_RESUME_OUTCOMES: Final = ("resumed", "refused", "too_old", "unusable")
 
@@ -40,37 +40,12 @@ class StoreMetrics:
     def __init__(self, registry: CollectorRegistry, *, clock: Clock | None = None) -> None:
         self.clock = clock or Clock()
         self._shards: dict[int, _Shard] = {}
-        n, r = _PREFIX, registry
-        self.writes = Counter(
-            f"{n}_checkpoint_writes_total",
-            "Session checkpoints written durably to the store.",
-            ("shard",),
-            registry=r,
-        )
-        self.failures = Counter(
-            f"{n}_checkpoint_failures_total",
-            "Session checkpoint writes that failed (retried with the next batch).",
-            ("shard",),
-            registry=r,
-        )
-        self.seq = Gauge(
-            f"{n}_checkpoint_seq",
-            "The durable handled-sequence watermark: every event up to it is handled and saved.",
-            ("shard",),
-            registry=r,
-        )
-        self.lag = Gauge(
-            f"{n}_checkpoint_lag_events",
-            "Events handled while the last checkpoint was being written (not yet durable).",
-            ("shard",),
-            registry=r,
-        )
-        self.restart_resumes = Counter(
-            f"{n}_restart_resumes_total",
-            "What became of the session a previous process stored, by outcome.",
-            ("shard", "outcome"),
-            registry=r,
-        )
+        r = registry
+        self.writes = counter("checkpoint_writes_total", r)
+        self.failures = counter("checkpoint_failures_total", r)
+        self.seq = gauge("checkpoint_seq", r)
+        self.lag = gauge("checkpoint_lag_events", r)
+        self.restart_resumes = counter("restart_resumes_total", r)
         registry.register(_AgeCollector(self))
 
     def register_shard(self, shard: int, *, now: float | None = None) -> None:
@@ -129,9 +104,4 @@ class _AgeCollector(Collector):
 
     @staticmethod
     def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            f"{_PREFIX}_checkpoint_age_seconds",
-            "Seconds since the last durable checkpoint, computed at scrape (since the shard "
-            "started before the first).",
-            labels=["shard"],
-        )
+        return gauge_family("checkpoint_age_seconds")
