@@ -38,7 +38,11 @@ UNDO: list[tuple[str, str, Callable[[State], bool]]] = [
     ("heal", "blackhole", lambda s: s["faults"]["blackhole_new"] is False),
     ("unblackhole", "blackhole", lambda s: s["faults"]["blackhole_new"] is False),
     ("accept", "refuse", lambda s: s["faults"]["refuse"] is None),
-    ("clear_hello_interval", "hello_interval", lambda s: s["faults"]["hello_interval_set"] is False),
+    (
+        "clear_hello_interval",
+        "hello_interval",
+        lambda s: s["faults"]["hello_interval_set"] is False,
+    ),
     ("resume_events", "pause_events", lambda s: s["events_paused"] is False),
     ("reset", "withhold_ready", lambda s: s["faults"]["withhold_ready"] is False),
 ]
