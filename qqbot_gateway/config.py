@@ -37,7 +37,13 @@ from qqbot_gateway.adapter.protocol import (
     parse_intents,
 )
 from qqbot_gateway.adapter.session import LivenessConfig
-from qqbot_gateway.adapter.types import Secret, TransportConfig, WebhookConfig
+from qqbot_gateway.adapter.types import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_REPLAY_WINDOW,
+    Secret,
+    TransportConfig,
+    WebhookConfig,
+)
 
 if TYPE_CHECKING:
     from qqbot_gateway.adapter.client import ClientConfig
@@ -83,7 +89,7 @@ _TRANSPORTS: Final = ("websocket", "webhook")
 #: 8443: one of the four ports QQ accepts in a callback URL (80, 443, 8080, 8443), and not the
 #: side port's 8080.
 _DEFAULT_WEBHOOK_ADDR: Final = "0.0.0.0:8443"
-_DEFAULT_WEBHOOK_PATH: Final = "/qqbot/callback"
+_DEFAULT_WEBHOOK_PATH: Final = WebhookConfig().path
 
 
 class ConfigError(ValueError):
@@ -621,8 +627,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
         "webhook_replay_window",
         _positive_seconds,
-        300.0,
-        "`300`",
+        DEFAULT_REPLAY_WINDOW,
+        f"`{DEFAULT_REPLAY_WINDOW:g}`",
         (
             "seconds a callback's `X-Signature-Timestamp` may differ from our clock before it is "
             "refused as stale"
@@ -631,8 +637,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
         "webhook_max_body",
         _body_limit,
-        1 << 20,
-        "`1048576`",
+        DEFAULT_MAX_BODY,
+        f"`{DEFAULT_MAX_BODY}`",
         "largest callback body in bytes (413 above it)",
     ),
     Setting(

@@ -92,8 +92,9 @@ def _tail(interval: float) -> float:
 def _min_slot(interval: float) -> float:
     """Per fault: detection takes at most 1.4 intervals (stopped ACKs: the next heartbeat, then
     its ACK deadline; a blackhole 0.35 with the ping layer armed), recovery a backoff and a
-    handshake, then the link proves itself for a while."""
-    return 3 * interval + 1.0
+    handshake (for the process restart, a new adapter resuming from the session store), then
+    the link proves itself for a while; the rest is margin for a loaded machine."""
+    return 4 * interval + 1.0
 
 
 def minimum_duration(interval: float) -> float:

@@ -53,6 +53,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(home, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A network-namespace test is a slow one too: `-m "not slow"` leaves it out.
+    for item in items:
+        if item.get_closest_marker("netns") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--soak-minutes",

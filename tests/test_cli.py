@@ -32,6 +32,9 @@ from qqbot_gateway.simulator import Simulator, SimulatorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "qqbot_gateway.cli"]
+#: Every test here runs the CLI in a subprocess.
+pytestmark = pytest.mark.slow
+
 APP_ID = "102030405"
 SECRET = "cli-test-secret-Qw9"
 #: Generous: interpreter start plus imports take seconds on a loaded machine.

@@ -19,6 +19,7 @@ INTERVAL = 0.5 * SCALE
 DURATION = max(22.0, minimum_duration(INTERVAL) + 2)
 
 
+@pytest.mark.slow
 def test_demo_passes_non_interactive() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QQBOT_", "OTEL_"))}
     result = subprocess.run(
@@ -70,6 +71,7 @@ async def test_demo_refuses_a_duration_that_cannot_fit() -> None:
         await run_demo(DemoOptions(duration=5.0, interval=1.0))
 
 
+@pytest.mark.slow
 def test_webhook_demo_passes() -> None:
     from qqbot_gateway.webhook_demo import MIN_DURATION
 

@@ -19,7 +19,7 @@ from qqbot_gateway.adapter.protocol import GatewayEvent
 
 from .gateway_harness import INTERVAL, Harness, start_harness, stop_harness
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]  # real sockets, real time
 
 
 @pytest.fixture

@@ -38,6 +38,9 @@ pytest.importorskip("gateway.platforms.base", reason="hermes-agent is not instal
 
 from qqbot_gateway.integrations import hermes
 
+#: hermes-agent's plugin discovery and its gateway, against the simulator.
+pytestmark = pytest.mark.slow
+
 PLATFORM = hermes.DEFAULT_PLATFORM
 
 

@@ -54,6 +54,7 @@ pytestmark = [
         reason="the prometheus binary is not installed (Debian: apt-get install prometheus)",
     ),
     pytest.mark.timeout(150),
+    pytest.mark.slow,
 ]
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -85,6 +85,7 @@ def test_promtool_check_rules() -> None:
 
 
 @needs_promtool
+@pytest.mark.slow
 def test_promtool_unit_tests_pass() -> None:
     assert RULE_TESTS, "no promtool unit tests found"
     result = _run("test", "rules", *map(str, RULE_TESTS))
@@ -93,6 +94,7 @@ def test_promtool_unit_tests_pass() -> None:
 
 
 @needs_promtool
+@pytest.mark.slow
 def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     """A rules file with a wrong threshold makes the unit tests fail: they test something."""
     broken = RULES.read_text(encoding="utf-8").replace(

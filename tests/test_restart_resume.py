@@ -30,6 +30,9 @@ from qqbot_gateway.simulator import Simulator, SimulatorConfig
 
 from .test_cli import APP_ID, ROOT, SECRET, clean_env, free_port
 
+#: Every test here runs the service in subprocesses and kills them.
+pytestmark = pytest.mark.slow
+
 CLI = [sys.executable, "-m", "qqbot_gateway.cli"]
 RATE = 20.0
 #: Interpreter start plus imports on a loaded 2-core machine.

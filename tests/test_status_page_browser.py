@@ -37,6 +37,9 @@ from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
 from .cdp import Chromium, find_chromium
 from .gateway_harness import INTERVAL, SECRET, client_config, sim_config
 
+#: A headless Chromium against the status page.
+pytestmark = pytest.mark.slow
+
 ZOMBIE_REASONS = ("ack_timeout", "idle_timeout", "ping_timeout")
 STAGE_FILES = {"live": "1-live", "zombie": "3-zombie", "recovered": "4-recovered"}
 NO_CHROMIUM = "Chromium is not installed (Debian package `chromium`; .ci/run installs it)"

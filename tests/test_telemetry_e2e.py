@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from qqbot_gateway.adapter import events as ev
@@ -23,6 +24,7 @@ from .gateway_harness import INTERVAL, SECRET, client_config, sim_config
 ZOMBIE_REASONS = ("ack_timeout", "idle_timeout", "ping_timeout")
 
 
+@pytest.mark.slow
 async def test_blackhole_is_seen_and_recovered() -> None:
     out = io.StringIO()
     handler = configure_logging(fmt="json", level="DEBUG", stream=out)

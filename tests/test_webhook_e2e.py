@@ -44,6 +44,7 @@ def outcome(tel: Telemetry, name: str) -> float:
     return sample(tel, "qqbot_gateway_webhook_requests_total", outcome=name)
 
 
+@pytest.mark.slow
 async def test_thousand_events_with_faults_reach_the_handler_exactly_once() -> None:
     async with webhook_stack(
         SECRET, path="/cb", handler_queue_size=32, proxy_seed=3, slow_delay=1.5

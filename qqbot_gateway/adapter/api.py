@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any, Final
 import aiohttp
 
 from .auth import TokenSource
+from .backoff import Backoff
 from .errors import (
     APIConnectionError,
     APIError,
@@ -39,6 +39,7 @@ from .errors import (
     ReplyRejectedError,
     ServerError,
     UnauthorizedError,
+    error_fields,
 )
 from .protocol import GatewayEvent
 
@@ -389,7 +390,7 @@ class OpenAPIClient:
                     continue
                 raise APIConnectionError(method, path, cause) from None
             data = _decode(raw)
-            code, message, body_trace = _error_fields(data)
+            code, message, body_trace = error_fields(data)
             trace_id = trace_id or body_trace
             if status < 300 and (code is None or code == 0 or not message):
                 if raw and data is _UNDECODABLE:
@@ -459,25 +460,6 @@ def _decode(raw: bytes) -> Any:
         return _UNDECODABLE
 
 
-def _error_fields(data: Any) -> tuple[int | None, str, str | None]:
-    if not isinstance(data, dict):
-        return None, "", None
-    raw_code = data.get("code", data.get("err_code"))
-    code: int | None = None
-    if raw_code is not None and not isinstance(raw_code, bool):
-        try:
-            code = int(raw_code)
-        except (TypeError, ValueError):
-            code = None
-    message = data.get("message")
-    trace = data.get("trace_id")
-    return (
-        code,
-        str(message)[:300] if message is not None else "",
-        trace if isinstance(trace, str) and trace else None,
-    )
-
-
 def _error_class(status: int, code: int | None) -> type[APIError]:
     if code in REPLY_RULE_CODES:
         return ReplyRejectedError
@@ -508,8 +490,13 @@ def _retry_after(header: str | None, data: Any) -> float | None:
     return None
 
 
+#: REST retries (5xx, network, a 429 without advice): full jitter from 0.5 s doubling, capped
+#: at 10 s, so the few retries of one request finish well inside a handler's patience.
+_REST_BACKOFF: Final = Backoff(base=0.5, cap=10.0)
+
+
 def _backoff(attempt: int) -> float:
-    return random.uniform(0.0, min(10.0, 0.5 * 2.0**attempt))
+    return _REST_BACKOFF.delay(attempt)
 
 
 def _int(value: Any, name: str, minimum: int = 0) -> int:

@@ -43,11 +43,13 @@ import aiohttp
 from . import events as ev
 from .api import OpenAPIClient
 from .auth import TokenManager
+from .backoff import Sleep
 from .checkpoint import DEFAULT_INTERVAL, Checkpointer
 from .connection import make_socket_factory
 from .context import ShardContext
 from .dispatch import Dispatcher, Handler
 from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, Intents, parse_intents
+from .reconnect import session_start_wait
 from .session import GatewaySession, LivenessConfig
 from .store import FileSessionStore, SessionStore, StoreError, StoreLockedError, age_of
 from .supervisor import ReconnectPolicy, ShardSupervisor
@@ -168,8 +170,11 @@ class QQBotClient:
         *,
         bus: ev.EventBus | None = None,
         store_factory: StoreFactory | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.config = config
+        #: The starter's waits (session-start window and budget, another process's lock).
+        self._sleep = sleep
         self.events = bus or ev.EventBus()
         state_dir = config.state_dir
         if config.mode != "websocket":
@@ -311,18 +316,24 @@ class QQBotClient:
     async def _start_shards(self) -> None:
         concurrency = 1
         if len(self._shards) > 1 and self.config.gateway_url is None:
+            limit = None
             with contextlib.suppress(Exception):
-                info = await self.api.get_gateway_bot()
-                concurrency = max(1, info.session_start_limit.max_concurrency)
-                if info.session_start_limit.remaining < len(self._shards):
-                    _log.warning(
-                        "only %d session starts remain today for %d shards",
-                        info.session_start_limit.remaining,
-                        len(self._shards),
-                    )
+                limit = (await self.api.get_gateway_bot()).session_start_limit
+            if limit is not None:
+                concurrency = max(1, limit.max_concurrency)
+                wait = session_start_wait(
+                    remaining=limit.remaining,
+                    shards=len(self._shards),
+                    reset_after_ms=limit.reset_after_ms,
+                )
+                if wait is not None:
+                    # Starting now would have some shards refused mid-start: wait for the
+                    # platform's window to reset, then start them all.
+                    _log.warning("%s", wait.message)
+                    await self._sleep(wait.seconds)
         for index, shard in enumerate(self._shards.values()):
             if index and index % concurrency == 0:
-                await asyncio.sleep(_SESSION_START_WINDOW)
+                await self._sleep(_SESSION_START_WINDOW)
             shard.dispatcher.start()
             if shard.checkpointer is not None:
                 shard.checkpointer.start()
@@ -345,7 +356,7 @@ class QQBotClient:
                     if not waiting_logged:
                         _log.warning("shard %d: %s; waiting for it to exit", shard_id, exc)
                         waiting_logged = True
-                await asyncio.sleep(_LOCK_POLL)
+                await self._sleep(_LOCK_POLL)
             self._stores[shard_id] = store
 
     def _release_stores(self) -> None:

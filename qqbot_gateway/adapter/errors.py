@@ -24,6 +24,8 @@ No exception message ever contains an access token, the client secret or an
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -38,6 +40,7 @@ __all__ = [
     "ServerError",
     "TokenFetchError",
     "UnauthorizedError",
+    "error_fields",
 ]
 
 
@@ -145,3 +148,27 @@ class ServerError(APIError):
 
 class MalformedResponseError(APIError):
     """A success status whose body is not what the endpoint promises."""
+
+
+def error_fields(
+    data: Any, *, message_keys: tuple[str, ...] = ("message",), limit: int = 300
+) -> tuple[int | None, str, str | None]:
+    """``(code, message, trace_id)`` from a platform error body (the OpenAPI's and the token
+    endpoint's): ``code`` (or ``err_code``) as an int, the first of ``message_keys`` present cut
+    to ``limit`` characters, ``trace_id``; ``(None, "", None)`` for a body that is no object."""
+    if not isinstance(data, dict):
+        return None, "", None
+    raw_code = data.get("code", data.get("err_code"))
+    code: int | None = None
+    if raw_code is not None and not isinstance(raw_code, bool):
+        try:
+            code = int(raw_code)
+        except (TypeError, ValueError):
+            code = None
+    message = next((data[k] for k in message_keys if data.get(k) is not None), None)
+    trace = data.get("trace_id")
+    return (
+        code,
+        str(message)[:limit] if message is not None else "",
+        trace if isinstance(trace, str) and trace else None,
+    )
