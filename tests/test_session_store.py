@@ -313,6 +313,32 @@ async def test_a_failed_write_is_reported_and_retried() -> None:
     assert store.cleared and store.closed
 
 
+async def test_the_writer_waits_with_the_injected_sleep() -> None:
+    """Polls and the pause after a failed write run on the injected sleep: no real waiting."""
+    store = MemoryStore()
+    slept: list[float] = []
+    pauses = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        if slept.count(0.5) == 2:
+            pauses.set()
+            await asyncio.Event().wait()  # until close() cancels the writer
+        slept.append(seconds)
+        await asyncio.sleep(0)
+
+    shard = Shard(store, interval=0.01, sleep=sleep)  # type: ignore[arg-type]
+    failures: list[ev.CheckpointFailed] = []
+    shard.bus.subscribe_to(ev.CheckpointFailed, failures.append)
+    store.fail = True
+    shard.put(1)
+    shard.ckpt.start()
+    async with asyncio.timeout(5):
+        await pauses.wait()
+    # each failed write is followed by one pause of max(interval, 0.5 s); polls every interval
+    assert set(slept) == {0.01, 0.5} and len(failures) == 2
+    await shard.close(end_session=True)
+
+
 # --- the client: what it does with a stored session -----------------------------------------
 
 

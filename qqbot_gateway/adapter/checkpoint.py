@@ -51,6 +51,7 @@ from collections.abc import Callable
 from typing import Final
 
 from . import events as ev
+from .backoff import Sleep
 from .store import SessionStore, StoredSession, StoreError
 from .types import DEFAULT_CHECKPOINT_INTERVAL
 
@@ -124,6 +125,8 @@ class Checkpointer:
         live: Callable[[], bool] = lambda: True,
         current_session: Callable[[], tuple[str | None, int]] = lambda: (None, 0),
         accepted_count: Callable[[], int] = lambda: 0,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if interval < 0 or refresh <= 0 or dedupe_ids < 0:
             raise ValueError("need interval >= 0, refresh > 0, dedupe_ids >= 0")
@@ -152,6 +155,8 @@ class Checkpointer:
         self._failing = False
         self._ended = False
         self._loop = asyncio.get_running_loop()
+        self._sleep = sleep
+        self._clock = clock or self._loop.time
         self._unsubscribe = bus.subscribe(
             self._on_event, kinds=(ev.DuplicateDropped,), shard=shard_id
         )
@@ -225,34 +230,34 @@ class Checkpointer:
         )
 
     async def _writer(self) -> None:
-        loop, poll = self._loop, max(self.interval, _MIN_POLL)
+        poll = max(self.interval, _MIN_POLL)
         # Start the worker thread now: creating it under load can take a GIL round of its own.
         await asyncio.to_thread(int)
         while True:
-            await asyncio.sleep(poll)
+            await self._sleep(poll)
             position = self.position()
             if position[0] is None:
                 continue
             changed = position != self._written or self.lag > 0
-            stale = loop.time() - self._last_write >= self.refresh
+            stale = self._clock() - self._last_write >= self.refresh
             if not changed and not (stale and self._live()):
                 continue
             state = self.snapshot()
             if state is not None and not await self._write(state):
-                await asyncio.sleep(max(self.interval, _RETRY_DELAY))
+                await self._sleep(max(self.interval, _RETRY_DELAY))
 
     async def _write(self, state: StoredSession) -> bool:
         async with self._write_lock:
             if self._ended:
                 return False
             covered = self.progress.handled  # what the snapshot was taken from
-            started = self._loop.time()
+            started = self._clock()
             try:
                 await asyncio.to_thread(self.store.save, state)
             except Exception as exc:  # noqa: BLE001 - a failed write is retried, never fatal
                 self._on_failure(exc)
                 return False
-            now = self._loop.time()
+            now = self._clock()
             self._last_write = now
             self._written = (state.session_id, state.seq)
             self.durable = max(self.durable, covered)
@@ -281,7 +286,7 @@ class Checkpointer:
             )
             self._failing = True
         self._bus.emit(
-            ev.CheckpointFailed(shard=self.shard_id, monotonic=self._loop.time(), error=detail)
+            ev.CheckpointFailed(shard=self.shard_id, monotonic=self._clock(), error=detail)
         )
 
     async def close(self, *, end_session: bool = False) -> None:
