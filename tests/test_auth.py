@@ -302,3 +302,60 @@ async def test_a_refused_token_is_never_handed_out_again(
         assert new != old and await rest_accepts(http, sim, new)
     finally:
         await tm.close()
+
+
+class FakeTime:
+    """An injected clock and sleep: sleeping advances the clock at once (the first ``limit``
+    sleeps), then blocks until cancelled. Nothing here waits on the real clock."""
+
+    def __init__(self, limit: int) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+        self._limit = limit
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        if len(self.slept) >= self._limit:
+            await asyncio.Event().wait()
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+async def test_startup_retries_sleep_with_the_injected_sleep(http: aiohttp.ClientSession) -> None:
+    with socket.socket() as s:  # a port with nothing listening on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fake = FakeTime(limit=10)
+    tm = TokenManager(
+        APP_ID,
+        SECRET,
+        token_url=f"http://127.0.0.1:{port}/app/getAppAccessToken",
+        http=http,
+        retry_base=1.0,
+        retry_cap=60.0,
+        startup_attempts=4,
+        clock=fake.clock,
+        sleep=fake.sleep,
+    )
+    with pytest.raises(TokenFetchError, match="unreachable"):
+        await tm.start()
+    await tm.close()
+    assert fake.slept == [0.5, 1.0, 2.0]  # half the backoff ceiling, no jitter: 4 attempts
+
+
+async def test_refresh_schedule_runs_on_the_injected_clock(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    fake = FakeTime(limit=3)
+    tm = manager(sim, http, clock=fake.clock, sleep=fake.sleep)
+    try:
+        await tm.start()
+        await sim.wait_for(lambda: len(fake.slept) == 3 and tm.fetches == 4, timeout=10)
+        # each refresh waits until the margin before the (fake) expiry, then fetches
+        lead = 7200 - refresh_margin(7200)
+        assert fake.slept == pytest.approx([lead] * 3, abs=5.0)
+    finally:
+        await tm.close()

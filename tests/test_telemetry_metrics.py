@@ -17,10 +17,11 @@ from qqbot_gateway.adapter.protocol import (
     ZOMBIE_REASONS,
     Op,
 )
+from qqbot_gateway.adapter.webhook import OUTCOMES as WEBHOOK_OUTCOMES
 from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
 from qqbot_gateway.telemetry.metric_spec import METRICS, metrics_markdown
 from qqbot_gateway.telemetry.metrics import MAX_EVENT_TYPES, GatewayMetrics, op_label
-from qqbot_gateway.telemetry.store_metrics import StoreMetrics
+from qqbot_gateway.telemetry.store_metrics import RESTART_RESUME_OUTCOMES, StoreMetrics
 
 from .test_telemetry_support import CS, FakeClient, FakeClock, FakeConfig, Feeder
 
@@ -364,3 +365,17 @@ def test_docs_metrics_table_is_generated_from_the_spec() -> None:
     begin = doc.index("<!-- BEGIN metrics")
     block = doc[doc.index("\n", begin) + 1 : doc.index("<!-- END metrics -->")]
     assert block == metrics_markdown(), "docs/metrics.md is stale: run scripts/gen_docs.py"
+
+
+def test_docs_metrics_names_every_known_label_value() -> None:
+    """The label values the code pre-creates are the ones the documentation lists."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text("utf-8")
+    known = [
+        *(r for r in DISCONNECT_REASONS if not r.startswith("server_close:")),
+        "server_close:other",
+        *WEBHOOK_OUTCOMES,
+        *(state.value for state in CS),
+        *RESTART_RESUME_OUTCOMES,
+    ]
+    missing = [value for value in known if f"`{value}`" not in doc]
+    assert not missing, f"docs/metrics.md does not name {missing}"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any, Final
 import aiohttp
 
 from .auth import TokenSource
+from .backoff import Backoff
 from .errors import (
     APIConnectionError,
     APIError,
@@ -490,8 +490,13 @@ def _retry_after(header: str | None, data: Any) -> float | None:
     return None
 
 
+#: REST retries (5xx, network, a 429 without advice): full jitter from 0.5 s doubling, capped
+#: at 10 s, so the few retries of one request finish well inside a handler's patience.
+_REST_BACKOFF: Final = Backoff(base=0.5, cap=10.0)
+
+
 def _backoff(attempt: int) -> float:
-    return random.uniform(0.0, min(10.0, 0.5 * 2.0**attempt))
+    return _REST_BACKOFF.delay(attempt)
 
 
 def _int(value: Any, name: str, minimum: int = 0) -> int:

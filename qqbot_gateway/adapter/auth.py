@@ -11,10 +11,10 @@ QQ's token endpoint (``POST {token_url}`` with ``{"appId", "clientSecret"}``) an
 
 One :class:`TokenManager` serves every shard and the OpenAPI client of a process. Concurrent
 callers share one in-flight fetch (single flight). A background task refreshes ahead of expiry
-and, on failure, retries with exponential backoff and full jitter while the current token is
-still valid; every failure is logged and emitted as :class:`~.events.TokenRefreshFailed`, so a
-refresh problem is never silent. Neither the secret nor a token ever appears in a log line, an
-event or an exception message.
+and, on failure, retries with capped, jittered exponential backoff (:mod:`.backoff`) while the
+current token is still valid; every failure is logged and emitted as
+:class:`~.events.TokenRefreshFailed`, so a refresh problem is never silent. Neither the secret
+nor a token ever appears in a log line, an event or an exception message.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from typing import Any, Protocol
 import aiohttp
 
 from . import events as ev
+from .backoff import Backoff, Rng, Sleep
 from .errors import AuthError, InvalidCredentialsError, TokenFetchError, error_fields
+from .waiting import sleep_or_wake
 
 __all__ = ["TokenManager", "TokenSource", "parse_expires_in", "refresh_margin"]
 
@@ -94,7 +96,8 @@ class TokenManager:
         retry_cap: float = 60.0,
         startup_attempts: int = 3,
         clock: Callable[[], float] | None = None,
-        rng: Callable[[float, float], float] = random.uniform,
+        rng: Rng = random.uniform,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         if not app_id:
             raise ValueError("app_id is empty")
@@ -110,8 +113,11 @@ class TokenManager:
         self._http = http
         self._bus = bus
         self._timeout = timeout
-        self._retry_base = retry_base
         self._retry_cap = retry_cap
+        #: Refresh retries: equal jitter (the upper half of the ceiling), so a failed refresh
+        #: is never retried almost at once.
+        self._backoff = Backoff(retry_base, retry_cap, floor=0.5)
+        self._sleep = sleep
         self._startup_attempts = startup_attempts
         self._clock = clock
         self._rng = rng
@@ -158,7 +164,7 @@ class TokenManager:
             except AuthError as exc:
                 last = exc
                 if attempt + 1 < self._startup_attempts:
-                    await asyncio.sleep(min(self._retry_cap, self._retry_base * 2**attempt) / 2)
+                    await self._sleep(self._backoff.ceiling(attempt) / 2)
         else:
             assert last is not None
             raise last
@@ -312,8 +318,7 @@ class TokenManager:
     def _next_retry(self, failures: int) -> float:
         """Backoff after ``failures`` failed refreshes: full jitter in the upper half, and never
         later than halfway to the current token's expiry."""
-        ceiling = min(self._retry_cap, self._retry_base * 2.0 ** min(failures, 16))
-        delay = self._rng(ceiling / 2, ceiling)
+        delay = self._backoff.delay(failures, self._rng)
         left = self._expires_at - self._now()
         if left > 0:
             delay = min(delay, max(left / 2, 0.5))
@@ -344,6 +349,4 @@ class TokenManager:
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
+        await sleep_or_wake(self._sleep, self._wake, seconds, name="qqbot token refresher")

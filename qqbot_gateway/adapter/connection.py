@@ -21,8 +21,8 @@ import contextlib
 import logging
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal, assert_never
 
 import aiohttp
 from aiohappyeyeballs import AddrInfoType
@@ -32,10 +32,12 @@ from . import protocol as p
 from .protocol import GatewayEvent
 from .session import (
     RESUMABLE_CLOSE_CODE,
+    Action,
     Close,
     Deliver,
     Emit,
     GatewaySession,
+    LocalAction,
     Outcome,
     Send,
     SendPing,
@@ -119,9 +121,6 @@ class GatewayConnection:
         self._done = asyncio.Event()
         self._poke = asyncio.Event()
         self._send_lock = asyncio.Lock()
-        self._server_close_code: int | None = None
-        self._peer_close_code: int | None = None
-        self._lost_detail = ""
         self._opened_at: float | None = None
 
     @property
@@ -170,7 +169,7 @@ class GatewayConnection:
                 shard=shard, monotonic=now, connection_id=self.connection_id, url=self._url
             )
         )
-        self._execute(self._session.connect(now, self._token))
+        await self._run_actions(self._session.connect(now, self._token))
         reader = asyncio.create_task(self._read_loop(ws), name=f"qqbot reader shard {shard}")
         timer = asyncio.create_task(self._timer_loop(), name=f"qqbot timer shard {shard}")
         try:
@@ -182,15 +181,9 @@ class GatewayConnection:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await self._teardown(ws)
-        code = self._server_close_code
-        # The server's close code even when we closed first (op 9 is followed by the server's
-        # own close, which may carry a fatal code such as 4924 or 4915).
-        peer = self._peer_close_code
-        if peer is None and ws.close_code not in (None, 0, aiohttp.WSCloseCode.ABNORMAL_CLOSURE):
-            peer = ws.close_code
-        return self._session.connection_lost(
-            self._loop.time(), code, self._lost_detail, peer_code=peer
-        )
+        # Which close code counts (the server's verdict, or its answer to ours) is the
+        # session's policy: the driver only reports what the socket said.
+        return self._session.connection_lost(self._loop.time(), socket_code=ws.close_code)
 
     def request_close(
         self, reason: str, detail: str, *, abort: bool = False, code: int = RESUMABLE_CLOSE_CODE
@@ -214,9 +207,9 @@ class GatewayConnection:
                 elif msg.type is aiohttp.WSMsgType.BINARY:
                     await self._run_actions(self._session.receive(msg.data, now))
                 elif msg.type is aiohttp.WSMsgType.PONG:
-                    self._execute(self._session.receive_pong(msg.data, now))
+                    await self._run_actions(self._session.receive_pong(msg.data, now))
                 elif msg.type is aiohttp.WSMsgType.PING:
-                    self._execute(self._session.receive_ping(now))
+                    await self._run_actions(self._session.receive_ping(now))
                     await self._pong(ws, msg.data)
                 elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
                     code = msg.data if isinstance(msg.data, int) else ws.close_code
@@ -263,35 +256,42 @@ class GatewayConnection:
             self._done.set()
 
     # --- actions -------------------------------------------------------------------------
-    async def _run_actions(self, actions: list[Any]) -> None:
+    async def _run_actions(self, actions: Iterable[Action]) -> None:
+        """Run the session's actions in order; frames to write are awaited."""
         for action in actions:
-            if isinstance(action, Deliver):  # the common case first: one per dispatch
-                self._deliver(action.event)
-            elif isinstance(action, Send):
-                await self._send(action)
-            elif isinstance(action, SendPing):
-                await self._ping(action.payload)
-            else:
-                self._execute((action,))
+            match action:
+                case Deliver():  # the common case first: one per dispatch
+                    self._deliver(action.event)
+                case Send():
+                    await self._send(action)
+                case SendPing():
+                    await self._ping(action.payload)
+                case TuneSocket() | Close() | Emit():
+                    self._apply(action)
+                case _:
+                    assert_never(action)
 
-    def _execute(self, actions: Sequence[Any]) -> None:
-        """Run the actions that need no awaiting; sends are scheduled."""
+    def _execute(self, actions: Iterable[LocalAction]) -> None:
+        """Run actions that need no awaiting (``close_requested`` returns only these, so a
+        synchronous path can never be handed a frame to write)."""
         for action in actions:
-            if isinstance(action, Emit):
+            self._apply(action)
+
+    def _apply(self, action: LocalAction) -> None:
+        match action:
+            case Emit():
                 if isinstance(action.event, ev.PingLayerChanged):
                     self._log_ping_layer(action.event)
                 self._bus.emit(action.event)
-            elif isinstance(action, Deliver):
+            case Deliver():
                 self._deliver(action.event)
-            elif isinstance(action, Close):
+            case Close():
                 self._closing = action
                 self._done.set()
-            elif isinstance(action, TuneSocket):
+            case TuneSocket():
                 self._tune_socket(action)
-            elif isinstance(action, Send):
-                # Only reached from synchronous paths (connect/close requests), which never
-                # produce sends; kept for completeness.
-                asyncio.ensure_future(self._send(action))  # noqa: RUF006
+            case _:
+                assert_never(action)
 
     def _log_ping_layer(self, event: ev.PingLayerChanged) -> None:
         # Once per connection at most: a server that ignores pings is worth one WARNING (the
@@ -354,11 +354,7 @@ class GatewayConnection:
 
     # --- ending --------------------------------------------------------------------------
     def _server_gone(self, code: int | None, detail: str) -> None:
-        if code not in (None, 0):
-            self._peer_close_code = code
-        if self._closing is None:
-            self._server_close_code = code if code not in (None, 0) else None
-            self._lost_detail = detail
+        self._session.server_closed(code, detail)
         self._done.set()
 
     def _on_error(self, exc: Any) -> None:

@@ -7,7 +7,14 @@ No sockets, no tasks, no clock: the driver feeds it received frames and the curr
 * :class:`Deliver`: hand this dispatch to the user's handlers;
 * :class:`Close`: close the connection with this code and reason (``abort`` means the link is
   believed dead: tear it down without waiting for the peer);
-* :class:`Emit`: publish this lifecycle event.
+* :class:`Emit`: publish this lifecycle event;
+* :class:`SendPing`: send a WebSocket ping; :class:`TuneSocket`: set ``TCP_USER_TIMEOUT``.
+
+:data:`Action` is that closed union; a driver matches it exhaustively (``assert_never``).
+``close_requested``, which a driver calls from synchronous code, is typed to return only a
+:class:`Close` (a :data:`LocalAction`: nothing to write, nothing to await).
+When the server closes, the driver reports it (:meth:`GatewaySession.server_closed`); which
+close code decides the outcome is the session's policy (:meth:`GatewaySession.connection_lost`).
 
 The driver also asks :meth:`GatewaySession.next_deadline` when to call :meth:`tick` next.
 
@@ -76,6 +83,7 @@ __all__ = [
     "Emit",
     "GatewaySession",
     "LivenessConfig",
+    "LocalAction",
     "Outcome",
     "Phase",
     "PingState",
@@ -88,6 +96,9 @@ __all__ = [
 #: Close code we use for every close we start ourselves. Anything but 1000/1001 keeps the
 #: session resumable on gateways that follow Discord's rule; 4000 is in the private range.
 RESUMABLE_CLOSE_CODE: Final = 4000
+#: RFC 6455's "closed abnormally": WebSocket libraries report it for a link that broke without
+#: a close frame, so it says nothing about the peer's intent.
+ABNORMAL_CLOSURE: Final = 1006
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +324,10 @@ class TuneSocket:
     tcp_user_timeout: float | None
 
 
-Action = Send | SendPing | TuneSocket | Deliver | Close | Emit
+#: The actions a driver can run without awaiting anything (no frame to write).
+LocalAction = TuneSocket | Deliver | Close | Emit
+#: Every action: a closed union; a driver matches it exhaustively (``assert_never``).
+Action = Send | SendPing | LocalAction
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +379,10 @@ class _Conn:
     invalid_session: bool | None = None  # d of the op 9 received, if any
     became_ready: bool = False
     pending: list[Action] = field(default_factory=list)
+    # what the server said when it closed (see server_closed)
+    server_code: int | None = None
+    server_detail: str = ""
+    peer_code: int | None = None
 
 
 class GatewaySession:
@@ -625,31 +643,57 @@ class GatewaySession:
 
     def close_requested(
         self, reason: str, detail: str, *, abort: bool, code: int = RESUMABLE_CLOSE_CODE
-    ) -> list[Action]:
+    ) -> list[Close]:
         """The driver (or a layer below the session, e.g. WS ping) decided to close."""
         conn = self._conn
         if conn is None or conn.phase in (Phase.DISCONNECTED, Phase.CLOSING):
             return []
         return [self._close(conn, reason, detail, abort, code)]
 
+    def server_closed(self, code: int | None, detail: str = "") -> None:
+        """The server's close frame arrived (or the socket reported it closed with ``code``).
+
+        Before we decided to close, it is the server's verdict (``close_code`` of the outcome);
+        after, it is only its answer to our close (or its own close right after an op 9), kept
+        as the peer code: a fatal one still stops the shard (see :meth:`connection_lost`).
+        0 and None mean "no code".
+        """
+        conn = self._conn
+        if conn is None:
+            return
+        code = code or None
+        if code is not None:
+            conn.peer_code = code
+        if conn.closing is None:
+            conn.server_code, conn.server_detail = code, detail
+
     def connection_lost(
         self,
         now: float,
-        close_code: int | None,
+        close_code: int | None = None,
         detail: str = "",
         *,
         peer_code: int | None = None,
+        socket_code: int | None = None,
     ) -> Outcome:
         """The connection is gone. Decide what comes next and reset per-connection state.
 
-        ``close_code`` is the code the server closed with, or None if the link broke (or we
-        closed it ourselves: our own reason, recorded when we decided to close, wins).
-        ``peer_code`` is the code the server closed with even though we closed first (its
-        answer to our close, or its own close right after an op 9): a fatal code there still
+        ``close_code`` is the code the server closed with (default: what
+        :meth:`server_closed` recorded), or None if the link broke (or we closed it ourselves:
+        our own reason, recorded when we decided to close, wins). ``peer_code`` is the code the
+        server closed with even though we closed first (default: the last code
+        :meth:`server_closed` saw, else ``socket_code``, the WebSocket's final close code, unless
+        that is 1006, which the library invents for a link that broke): a fatal code there still
         stops the shard, or the adapter would retry against a ban.
         """
         conn = self._require_conn()
         self._conn = None
+        if close_code is None:
+            close_code, detail = conn.server_code, detail or conn.server_detail
+        if peer_code is None:
+            peer_code = conn.peer_code
+        if peer_code is None and socket_code not in (None, 0, ABNORMAL_CLOSURE):
+            peer_code = socket_code
         was_ready = conn.became_ready
         if (
             conn.closing is not None
@@ -1081,7 +1125,7 @@ class GatewaySession:
         )
         return [self._set_ping_state(conn, PingState.DISABLED, now, detail)]
 
-    def _judge_ping_layer(self, conn: _Conn, now: float) -> list[Action]:
+    def _judge_ping_layer(self, conn: _Conn, now: float) -> list[Emit]:
         """After a pong: armed, or suspended while the smoothed RTT is too high for H."""
         if conn.ping_state in (PingState.OFF, PingState.DISABLED):
             return []

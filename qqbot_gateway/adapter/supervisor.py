@@ -1,8 +1,12 @@
-"""Reconnect policy: one supervisor per shard keeps a session alive, or says loudly why not.
+"""One supervisor per shard keeps a session alive, or says loudly why not.
 
 The loop::
 
-    token -> gateway URL -> connection.run() -> outcome -> (fatal? stop) -> backoff -> again
+    token -> gateway URL -> connection.run() -> outcome -> planner -> (stop | wait) -> again
+
+The decision after each connection is :class:`~.reconnect.ReconnectPlanner`'s (pure, tested
+with explicit times); this shell executes its plan: log, emit, drain, refresh, sleep (the
+injected ``sleep``, woken early by ``stop()``), reconnect. The rules, from the operator's side:
 
 * Backoff is exponential with full jitter and a cap (delay = uniform(0, min(cap, base * 2**n)));
   a connection that stayed READY for ``healthy_after`` resets it.
@@ -24,8 +28,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import aiohttp
@@ -33,12 +36,15 @@ import aiohttp
 from . import events as ev
 from . import protocol as p
 from .auth import TokenSource
+from .backoff import Rng, Sleep, backoff_delays
 from .connection import ConnectError, GatewayConnection
 from .context import ShardContext, current_shard
 from .errors import InvalidCredentialsError
 from .protocol import CloseAction, GatewayEvent
+from .reconnect import PlanKind, PlannerState, ReconnectPlanner, ReconnectPolicy
 from .session import GatewaySession, Outcome
 from .types import ShardStatus, TransportConfig
+from .waiting import sleep_or_wake
 
 __all__ = [
     "GatewayUrlSource",
@@ -51,58 +57,9 @@ __all__ = [
 
 _log = logging.getLogger("qqbot_gateway.supervisor")
 
-#: Reasons that are routine on QQ (op 7 about every 30 min, 4009 session expiry): INFO, not
-#: WARNING, so that operators are not trained to ignore reconnect warnings.
-_ROUTINE_REASONS = frozenset(
-    {p.RECONNECT_REQUESTED, "server_close:4009", "server_close:1000", "server_close:1001"}
-)
-
-
-#: Pause before resuming after a backpressure close (once the handlers drained).
-_BACKPRESSURE_PAUSE = 0.05
-
 
 class GatewayUrlSource(Protocol):
     async def __call__(self) -> str: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ReconnectPolicy:
-    """Reconnect pacing: exponential backoff with full jitter and a cap, reset after a healthy
-    connection; the 4008 wait and the quick-loop slowdown (see the module docstring)."""
-
-    #: First backoff ceiling; doubles per consecutive failure up to ``backoff_cap``.
-    backoff_base: float = 1.0
-    #: 60 s: the longest a bot stays offline between attempts when QQ is down, and at most
-    #: ~2 attempts a minute against an outage, far below any session-start limit.
-    backoff_cap: float = 60.0
-    #: A connection READY this long proves the setup works: the backoff starts over.
-    healthy_after: float = 60.0
-    #: Close 4008 ("sending too fast"): peers wait 60 s before resuming.
-    rate_limit_wait: float = 60.0
-    #: A connection that ends sooner than this (or never gets READY) is a quick failure.
-    quick_lifetime: float = 10.0
-    #: This many quick failures in a row are a disconnect loop: slow to >= cap / 2.
-    quick_loop_threshold: int = 5
-
-    def __post_init__(self) -> None:
-        if not 0 < self.backoff_base <= self.backoff_cap:
-            raise ValueError("need 0 < backoff_base <= backoff_cap")
-        if self.healthy_after < 0 or self.rate_limit_wait < 0 or self.quick_lifetime < 0:
-            raise ValueError("healthy_after, rate_limit_wait and quick_lifetime must be >= 0")
-        if self.quick_loop_threshold < 1:
-            raise ValueError("quick_loop_threshold must be >= 1")
-
-
-def backoff_delays(
-    base: float, cap: float, rng: Callable[[float, float], float] = random.uniform
-) -> Iterator[float]:
-    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**n))."""
-    n = 0
-    while True:
-        yield rng(0.0, min(cap, base * (2.0**n)))
-        if base * (2.0**n) < cap:
-            n += 1
 
 
 class ShardSupervisor:
@@ -120,8 +77,9 @@ class ShardSupervisor:
         transport: TransportConfig | None = None,
         policy: ReconnectPolicy | None = None,
         wait_for_drain: Callable[[], Awaitable[None]] | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        rng: Callable[[float, float], float] = random.uniform,
+        sleep: Sleep = asyncio.sleep,
+        rng: Rng = random.uniform,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.session = session
         self.shard = session.shard_id
@@ -135,8 +93,9 @@ class ShardSupervisor:
         self.policy = policy or ReconnectPolicy()
         self._wait_for_drain = wait_for_drain
         self._sleep = sleep
-        self._rng = rng
         self._loop = asyncio.get_running_loop()
+        self._clock = clock or self._loop.time
+        self._planner = ReconnectPlanner(self.policy, shard=self.shard, rng=rng)
         self._state = ev.ConnectionState.IDLE
         self._state_since = self._loop.time()
         self._task: asyncio.Task[None] | None = None
@@ -240,9 +199,8 @@ class ShardSupervisor:
             raise
 
     async def _loop_forever(self) -> None:
-        policy = self.policy
-        delays = backoff_delays(policy.backoff_base, policy.backoff_cap, self._rng)
-        quick_failures = 0
+        """Connect, and after each connection execute the planner's verdict."""
+        state = PlannerState()
         while not self._stopping:
             self._attempts += 1
             self._next_attempt_at = None
@@ -263,67 +221,19 @@ class ShardSupervisor:
             now = self._now()
             lifetime = None if opened_at is None else now - opened_at
             self._last_reason = outcome.reason
-            self._emit(
-                ev.Disconnected(
-                    shard=self.shard,
-                    monotonic=now,
-                    reason=outcome.reason,
-                    close_code=outcome.close_code,
-                    detail=outcome.detail,
-                    resumable=outcome.resumable,
-                    connection_age=lifetime,
-                )
-            )
-            if outcome.action is CloseAction.FATAL:
-                self._fatal(outcome.reason, outcome.close_code, outcome.fatal_message or "")
+            plan = self._planner.plan(outcome, lifetime=lifetime, state=state, now=now)
+            state = plan.state
+            for event in plan.events:
+                self._emit(event)
+            if plan.kind is PlanKind.STOP:
+                self._fatal(outcome.reason, outcome.close_code, plan.fatal_message or "")
                 return
-            if outcome.reason == p.HANDLER_BACKPRESSURE:
-                # Our own choice, not a failure: no backoff growth, no quick-loop count. Waiting
-                # for the handlers to drain is the throttle; resuming replays what we refused.
-                self._log_disconnect(outcome, lifetime, _BACKPRESSURE_PAUSE)
-                if self._wait_for_drain is not None:
-                    self._set_state(ev.ConnectionState.BACKOFF)
-                    await self._wait_for_drain()
-                await self._backoff(outcome.reason, _BACKPRESSURE_PAUSE)
-                continue
-            healthy = outcome.was_ready and (lifetime or 0.0) >= policy.healthy_after
-            if healthy:
-                delays = backoff_delays(policy.backoff_base, policy.backoff_cap, self._rng)
-                quick_failures = 0
-            elif not outcome.was_ready or (lifetime or 0.0) < policy.quick_lifetime:
-                quick_failures += 1
-            else:
-                quick_failures = 0
-            delay = next(delays)
-            if quick_failures >= policy.quick_loop_threshold:
-                floor = policy.backoff_cap / 2
-                if quick_failures == policy.quick_loop_threshold:
-                    _log.warning(
-                        "shard %d: %d quick disconnects in a row; slowing reconnects to >= %.1fs",
-                        self.shard,
-                        quick_failures,
-                        floor,
-                    )
-                    self._emit(
-                        ev.ReconnectLoopDetected(
-                            shard=self.shard,
-                            monotonic=now,
-                            quick_failures=quick_failures,
-                            min_delay=floor,
-                        )
-                    )
-                delay = max(delay, floor)
-            if outcome.action is CloseAction.WAIT_THEN_RESUME:
-                delay = max(delay, policy.rate_limit_wait)
-            elif outcome.action is CloseAction.SLOW_IDENTIFY:
-                delay = max(delay, policy.backoff_cap)
-                _log.error(
-                    "shard %d: gateway rejected our payload (%s); this is a bug in the adapter",
-                    self.shard,
-                    outcome.detail,
-                )
-            self._log_disconnect(outcome, lifetime, delay)
-            if outcome.action is CloseAction.REFRESH_TOKEN:
+            for line in plan.logs:
+                _log.log(line.level, "%s", line.message, extra=dict(line.extra))
+            if plan.drain_first and self._wait_for_drain is not None:
+                self._set_state(ev.ConnectionState.BACKOFF)
+                await self._wait_for_drain()
+            if plan.refresh_token:
                 try:
                     await self._tokens.force_refresh("gateway close 4004", self._last_token)
                 except InvalidCredentialsError as exc:
@@ -331,7 +241,7 @@ class ShardSupervisor:
                     return
                 except Exception:  # noqa: BLE001, S110 - the next attempt's get() retries it
                     pass
-            await self._backoff(outcome.reason, delay)
+            await self._backoff(outcome.reason, plan.delay, plan.mode)
 
     async def _attempt(self) -> tuple[Outcome | None, float | None]:
         """One connection attempt. Failures before the WebSocket opens become outcomes too."""
@@ -382,7 +292,7 @@ class ShardSupervisor:
             was_ready=False,
         )
 
-    async def _backoff(self, reason: str, delay: float) -> None:
+    async def _backoff(self, reason: str, delay: float, mode: str) -> None:
         now = self._now()
         self._next_attempt_at = now + delay
         self._set_state(ev.ConnectionState.BACKOFF)
@@ -393,14 +303,14 @@ class ShardSupervisor:
                 reason=reason,
                 delay=delay,
                 attempt=self._attempts + 1,
-                mode="resume" if self.session.can_resume else "identify",
+                mode=mode,
             )
         )
-        if delay > 0:
+        if delay > 0 and not self._stopping:
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
+            await sleep_or_wake(
+                self._sleep, self._wake, delay, name=f"qqbot backoff shard {self.shard}"
+            )
 
     def _fatal(self, reason: str, code: int | None, message: str) -> None:
         self._fatal_message = message
@@ -503,25 +413,7 @@ class ShardSupervisor:
         self._bus.emit(event)
 
     def _now(self) -> float:
-        return self._loop.time()
-
-    def _log_disconnect(self, outcome: Outcome, lifetime: float | None, delay: float) -> None:
-        mode = "resume" if self.session.can_resume else "identify"
-        routine = outcome.reason in _ROUTINE_REASONS or (
-            outcome.reason == p.INVALID_SESSION and outcome.resumable
-        )
-        level = logging.INFO if routine else logging.WARNING
-        _log.log(
-            level,
-            "shard %d disconnected (%s: %s) after %s; %s in %.2fs",
-            self.shard,
-            outcome.reason,
-            outcome.detail,
-            "never opened" if lifetime is None else f"{lifetime:.1f}s",
-            mode,
-            delay,
-            extra={"reason": outcome.reason, "close_code": outcome.close_code, "shard": self.shard},
-        )
+        return self._clock()
 
 
 def _safe(exc: BaseException) -> str:

@@ -5,6 +5,22 @@ and the WebSocket gateway on one port of the host it is given (default 127.0.0.1
 
     async with Simulator(SimulatorConfig(heartbeat_interval_ms=500)) as sim:
         ...  # point QQBOT_API_BASE at sim.base_url and QQBOT_TOKEN_URL at sim.token_url
+
+The layout, one job per module:
+
+* ``server``: :class:`Simulator`, composing the parts below; lifecycle, event generator,
+  fault switches (its public API);
+* ``core``: the state every part shares (sessions, connections, tokens, addresses);
+* ``rest``: the token endpoint, discovery and the send endpoints (passive-reply rules);
+* ``wsio``: WebSocket I/O (accept, read loop, writer queue, watchdog, close, abort);
+* ``gateway``: the gateway protocol (Hello, Identify/Resume, heartbeats, dispatch, replay);
+* ``control``: the ``/_sim`` control API and the fault registry (``FAULTS``) that
+  ``apply_fault`` and ``--help`` read;
+* ``queries``: the records as tests read them, and ``GET /_sim/state``;
+* ``config``, ``faults``, ``records``, ``events``: plain data (settings, fault switches,
+  record types, realistic event payloads);
+* ``standalone``: the one entry point (``qqbot-gateway simulate`` =
+  ``python -m qqbot_gateway.simulator``); ``webhook``: the platform's webhook side.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -26,7 +25,7 @@ from aiohttp import web
 
 from qqbot_gateway.adapter.protocol import Op
 from qqbot_gateway.simulator import control
-from qqbot_gateway.simulator.core import Outgoing, SessionInfo, SessionState
+from qqbot_gateway.simulator.core import Outgoing, SessionInfo
 from qqbot_gateway.simulator.faults import (
     MISSING,
     RAW_FRAME_KINDS,
@@ -37,15 +36,9 @@ from qqbot_gateway.simulator.faults import (
     TokenFault,
 )
 from qqbot_gateway.simulator.gateway import GatewayProtocol
+from qqbot_gateway.simulator.queries import Queries
 from qqbot_gateway.simulator.records import (
-    LIFECYCLE_TYPES,
-    ConnectionRecord,
     DispatchRecord,
-    HeartbeatRecord,
-    IdentifyRecord,
-    ResumeRecord,
-    SentMessage,
-    WriteRecord,
 )
 from qqbot_gateway.simulator.rest import RestAPI
 from qqbot_gateway.simulator.wsio import MAX_CLIENT_FRAME, abort_conn
@@ -58,19 +51,18 @@ T = TypeVar("T")
 
 #: The generator ticks at least this often so high rates stay smooth.
 GENERATOR_TICK: Final = 0.05
-#: How often ``wait_for`` re-evaluates its predicate.
-WAIT_POLL: Final = 0.01
 #: Bound on the whole of ``stop()`` waiting for handlers (then transports are aborted).
 STOP_GRACE: Final = 1.0
 
 
-class Simulator(RestAPI, GatewayProtocol):
+class Simulator(Queries, RestAPI, GatewayProtocol):
     """An embedded QQ gateway. See the module docstring; all addresses bind the given host only.
 
     The parts (one job each): :mod:`.core` shared state, tokens, addresses; :mod:`.rest` token
     endpoint and OpenAPI subset; :mod:`.wsio` WebSocket I/O; :mod:`.gateway` the gateway
-    protocol; :mod:`.control` the control API and fault registry. This class adds the
-    lifecycle, the records tests read, the event generator and the fault switches.
+    protocol; :mod:`.control` the control API and fault registry; :mod:`.queries` the records
+    as tests read them. This class adds the lifecycle, the event generator and the fault
+    switches.
     """
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -119,6 +111,7 @@ class Simulator(RestAPI, GatewayProtocol):
                 await self.wait_for(lambda: not self._conns, timeout=STOP_GRACE)
         for conn in list(self._conns.values()):
             abort_conn(conn)
+        served = self._runner is not None
         if self._runner is not None:
             await self._runner.cleanup()
         tasks = [t for t in self._tasks if not t.done()]
@@ -126,7 +119,8 @@ class Simulator(RestAPI, GatewayProtocol):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_GRACE)
-        _log.info("simulator stopped")
+        if served:  # a start that could not bind has nothing to announce
+            _log.info("simulator stopped")
 
     async def apply_fault(self, name: str, params: dict[str, Any]) -> Any:
         """Apply a fault by name (the control API's ``POST /_sim/faults`` body); the table of
@@ -145,181 +139,6 @@ class Simulator(RestAPI, GatewayProtocol):
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-    @property
-    def dispatches(self) -> list[DispatchRecord]:
-        """Every dispatch created, READY and RESUMED included, in order."""
-        return list(self._dispatches)
-
-    def emitted_events(
-        self, shard: int | None = None, session_id: str | None = None
-    ) -> list[DispatchRecord]:
-        """Dispatches emitted for sessions (READY/RESUMED excluded), in order."""
-        return [
-            r
-            for r in self._dispatches
-            if r.type not in LIFECYCLE_TYPES
-            and (shard is None or r.shard == shard)
-            and (session_id is None or r.session_id == session_id)
-        ]
-
-    @property
-    def writes(self) -> list[WriteRecord]:
-        """Every frame the server wrote to a live connection, in order."""
-        return list(self._writes)
-
-    def written_events(
-        self,
-        shard: int | None = None,
-        session_id: str | None = None,
-        conn_id: int | None = None,
-    ) -> list[WriteRecord]:
-        """Dispatches (READY/RESUMED excluded) actually written to a connection, replays too."""
-        return [
-            w
-            for w in self._writes
-            if w.op == int(Op.DISPATCH)
-            and w.type not in LIFECYCLE_TYPES
-            and w.seq is not None
-            and (shard is None or w.shard == shard)
-            and (session_id is None or w.session_id == session_id)
-            and (conn_id is None or w.conn_id == conn_id)
-        ]
-
-    def dropped_events(self, shard: int | None = None) -> list[DispatchRecord]:
-        """Events never written before their session was invalidated."""
-        return [r for r in self._dropped if shard is None or r.shard == shard]
-
-    @property
-    def identifies(self) -> list[IdentifyRecord]:
-        return list(self._identifies)
-
-    @property
-    def resumes(self) -> list[ResumeRecord]:
-        return list(self._resumes)
-
-    @property
-    def connections(self) -> list[ConnectionRecord]:
-        """Every WebSocket connection ever opened (closed ones keep their close code)."""
-        return list(self._connections)
-
-    def open_connections(self) -> list[ConnectionRecord]:
-        return [c.record for c in self._conns.values()]
-
-    def heartbeats(self, conn_id: int | None = None) -> list[HeartbeatRecord]:
-        out: list[HeartbeatRecord] = []
-        for rec in self._connections:
-            if conn_id is None or rec.conn_id == conn_id:
-                out.extend(rec.heartbeats)
-        return sorted(out, key=lambda h: h.at)
-
-    @property
-    def messages(self) -> list[SentMessage]:
-        """Messages accepted on the send endpoints, in order."""
-        return list(self._messages)
-
-    @property
-    def sessions_created(self) -> list[str]:
-        return list(self._sessions_created)
-
-    def sessions(self) -> list[SessionInfo]:
-        return [self._session_info(s) for s in self._sessions.values()]
-
-    def session(self, session_id: str) -> SessionInfo | None:
-        s = self._sessions.get(session_id)
-        return None if s is None else self._session_info(s)
-
-    @staticmethod
-    def _session_info(s: SessionState) -> SessionInfo:
-        return SessionInfo(
-            session_id=s.session_id,
-            shard=s.shard,
-            intents=s.intents,
-            seq=s.seq,
-            state=s.state,
-            connected=s.conn is not None,
-            buffered=len(s.buffer),
-            created_at=s.created_at,
-            disconnected_at=s.disconnected_at,
-        )
-
-    async def wait_for(
-        self,
-        predicate: Callable[[], T],
-        timeout: float = 5.0,
-        *,
-        interval: float = WAIT_POLL,
-    ) -> T:
-        """Poll ``predicate`` until it returns something truthy; return it. TimeoutError after."""
-        async with asyncio.timeout(timeout):
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                await asyncio.sleep(interval)
-
-    def state(self) -> dict[str, Any]:
-        """A JSON-friendly summary (served as ``GET /_sim/state``); holds no secret."""
-        shards: dict[str, dict[str, int]] = {}
-
-        def bucket(shard: int | None) -> dict[str, int]:
-            key = "none" if shard is None else str(shard)
-            return shards.setdefault(
-                key,
-                {
-                    "sessions_active": 0,
-                    "open_connections": 0,
-                    "emitted": 0,
-                    "written": 0,
-                    "dropped": 0,
-                },
-            )
-
-        for s in self._sessions.values():
-            if s.state == "active":
-                bucket(s.shard[0])["sessions_active"] += 1
-        for c in self._conns.values():
-            bucket(c.session.shard[0] if c.session else None)["open_connections"] += 1
-        for r in self.emitted_events():
-            bucket(r.shard)["emitted"] += 1
-        for w in self.written_events():
-            bucket(w.shard)["written"] += 1
-        for r in self._dropped:
-            bucket(r.shard)["dropped"] += 1
-        outcomes: dict[str, int] = {}
-        for rr in self._resumes:
-            outcomes[rr.outcome] = outcomes.get(rr.outcome, 0) + 1
-        return {
-            "base_url": self.base_url,
-            "ws_url": self.ws_url,
-            "heartbeat_interval_ms": self.config.heartbeat_interval_ms,
-            "event_rate": self._event_rate,
-            "events_paused": self._events_paused,
-            "shards": shards,
-            "connections": {
-                "open": len(self._conns),
-                "blackholed": sum(1 for c in self._conns.values() if c.blackholed),
-                "total": len(self._connections),
-            },
-            "sessions": [
-                {
-                    "session_id": s.session_id,
-                    "shard": list(s.shard),
-                    "seq": s.seq,
-                    "state": s.state,
-                    "connected": s.conn is not None,
-                    "buffered": len(s.buffer),
-                }
-                for s in self._sessions.values()
-            ],
-            "identifies": len(self._identifies),
-            "resumes": outcomes,
-            "heartbeats": sum(len(c.heartbeats) for c in self._connections),
-            "messages": len(self._messages),
-            "token_fetches": self.token_fetches,
-            "refused_connections": self.refused_connections,
-            "faults": self.faults.summary(),
-        }
 
     def pause_events(self) -> None:
         """Stop the background generator (explicit ``emit_event`` still works)."""
