@@ -38,15 +38,18 @@ from qqbot_gateway.adapter.protocol import (
 )
 from qqbot_gateway.adapter.session import LivenessConfig
 from qqbot_gateway.adapter.types import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_HANDLER_QUEUE_SIZE,
     DEFAULT_MAX_BODY,
     DEFAULT_REPLAY_WINDOW,
+    DEFAULT_SESSION_MAX_AGE,
+    ClientConfig,
     Secret,
     TransportConfig,
     WebhookConfig,
 )
 
 if TYPE_CHECKING:
-    from qqbot_gateway.adapter.client import ClientConfig
     from qqbot_gateway.telemetry import TelemetryConfig
 
 __all__ = [
@@ -514,8 +517,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
         "handler_queue_size",
         _positive_int,
-        1000,
-        "`1000`",
+        DEFAULT_HANDLER_QUEUE_SIZE,
+        f"`{DEFAULT_HANDLER_QUEUE_SIZE}`",
         (
             "bounded handler queue per shard; when full, intake pauses and the session resumes "
             "later "
@@ -547,13 +550,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
         "session_max_age",
         _positive_seconds,
-        300.0,
-        "`300`",
+        DEFAULT_SESSION_MAX_AGE,
+        f"`{DEFAULT_SESSION_MAX_AGE:g}`",
         (
             "seconds a stored session is worth resuming: covers a restart, a rolling update and "
-            "the "
-            "kubelet's crash-loop back-off (capped at 300 s); QQ documents no resume window, and a "
-            "refused resume costs only one round trip"
+            "the kubelet's crash-loop back-off (capped at 300 s); QQ documents no resume window, "
+            "and a refused resume costs only one round trip"
         ),
     ),
     Setting(
@@ -563,19 +565,17 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "`fail`",
         (
             "another live process holds a shard's state: `fail` (exit 2 naming its pid) or "
-            "`wait` for "
-            "it to exit"
+            "`wait` for it to exit"
         ),
     ),
     Setting(
         "checkpoint_interval",
         _non_negative_seconds,
-        0.1,
-        "`0.1`",
+        DEFAULT_CHECKPOINT_INTERVAL,
+        f"`{DEFAULT_CHECKPOINT_INTERVAL:g}`",
         (
             "seconds between checkpoint writes (one batch per window); bounds the events a "
-            "SIGKILL can"
-            " hand to a handler twice"
+            "SIGKILL can hand to a handler twice"
         ),
     ),
     Setting(
@@ -807,10 +807,6 @@ class Settings:
 
     def client_config(self) -> ClientConfig:
         """The :class:`~qqbot_gateway.adapter.client.ClientConfig` for these settings."""
-        # Imported here: adapter.client pulls in aiohttp and the whole adapter, and config
-        # stays cheap to import (``--help``, ``simulate``).
-        from qqbot_gateway.adapter.client import ClientConfig
-
         app_id, secret = self.require_credentials()
         return ClientConfig(
             app_id=app_id,

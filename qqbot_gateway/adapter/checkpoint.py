@@ -52,14 +52,14 @@ from typing import Final
 
 from . import events as ev
 from .store import SessionStore, StoredSession, StoreError
+from .types import DEFAULT_CHECKPOINT_INTERVAL
 
 __all__ = ["Checkpointer", "Progress"]
 
 _log = logging.getLogger("qqbot_gateway.checkpoint")
 
-#: Default batch window: at 20 events/s about two events per write, at 1,000/s about 100; the
-#: window bounds the duplicates a SIGKILL can cause (see the module docstring).
-DEFAULT_INTERVAL: Final = 0.1
+#: Default batch window (see ``adapter.types.DEFAULT_CHECKPOINT_INTERVAL``).
+DEFAULT_INTERVAL: Final = DEFAULT_CHECKPOINT_INTERVAL
 #: The writer never polls faster than this, whatever the window (``interval`` 0 in tests).
 _MIN_POLL: Final = 0.005
 #: Re-write an unchanged state this often while a session is live (keeps ``written_at`` fresh,

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TypeVar
 
@@ -44,16 +43,20 @@ from . import events as ev
 from .api import OpenAPIClient
 from .auth import TokenManager
 from .backoff import Sleep
-from .checkpoint import DEFAULT_INTERVAL, Checkpointer
+from .checkpoint import Checkpointer
 from .connection import make_socket_factory
 from .context import ShardContext
 from .dispatch import Dispatcher, Handler
-from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, Intents, parse_intents
 from .reconnect import session_start_wait
-from .session import GatewaySession, LivenessConfig
+from .session import GatewaySession
 from .store import FileSessionStore, SessionStore, StoreError, StoreLockedError, age_of
-from .supervisor import ReconnectPolicy, ShardSupervisor
-from .types import HandlerContext, Secret, ShardStatus, TransportConfig, WebhookConfig
+from .supervisor import ShardSupervisor
+from .types import (
+    ClientConfig,
+    HandlerContext,
+    Secret,
+    ShardStatus,
+)
 from .webhook import WebhookIntake, WebhookKey
 
 __all__ = ["ClientConfig", "QQBotClient", "Secret"]
@@ -62,87 +65,13 @@ _log = logging.getLogger("qqbot_gateway.client")
 
 H = TypeVar("H", bound=Handler)
 
-#: ``ClientConfig.mode`` values (``QQBOT_TRANSPORT``).
-MODES = ("websocket", "webhook")
-
 #: QQ's session start window: at most ``max_concurrency`` identifies per this many seconds.
 _SESSION_START_WINDOW = 5.0
 #: While waiting for another process's lock on a shard's state, try again this often.
 _LOCK_POLL = 0.5
-#: Default bound on the age of a stored session worth resuming (``QQBOT_SESSION_MAX_AGE``):
-#: 300 s covers every restart path the store exists for (a SIGTERM restart or a rolling update
-#: takes seconds; a crash loop's back-off is capped at 300 s by the kubelet). The platform
-#: documents no resume window (PROTOCOL.md), so trying a stale session costs one op 9 round
-#: trip and a WARNING, while skipping a live one would lose its backlog: the bound only avoids
-#: pointless attempts, which is why it is not tighter.
-DEFAULT_SESSION_MAX_AGE = 300.0
 StoreFactory = Callable[[int], SessionStore]
 #: Event types whose handler lists are cached (a gateway inventing types cannot grow it).
 _MAX_CACHED_TYPES = 256
-
-
-@dataclass(frozen=True, slots=True)
-class ClientConfig:
-    """Everything a :class:`QQBotClient` needs: credentials, intents, shards, endpoints, and the
-    liveness, transport and reconnect policies. From the environment or a TOML file:
-    ``qqbot_gateway.load_settings().client_config()``."""
-
-    app_id: str
-    client_secret: Secret
-    intents: int = int(Intents.public_default())
-    shard_count: int = 1
-    #: The shards this process runs; None runs all of ``range(shard_count)``.
-    shard_ids: tuple[int, ...] | None = None
-    api_base: str = DEFAULT_API_BASE
-    token_url: str = DEFAULT_TOKEN_URL
-    #: Skip ``GET /gateway/bot`` and connect here (tests, proxies).
-    gateway_url: str | None = None
-    liveness: LivenessConfig = field(default_factory=LivenessConfig)
-    transport: TransportConfig = field(default_factory=TransportConfig)
-    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
-    handler_queue_size: int = 1000
-    request_timeout: float = 10.0
-    #: Session store directory (one file and one lock per shard); None: no store, sessions end
-    #: with the process (the library default; the service defaults to a directory).
-    state_dir: str | None = None
-    #: A stored session older than this (seconds) is not resumed.
-    session_max_age: float = DEFAULT_SESSION_MAX_AGE
-    #: Another live process holds a shard's state: ``"fail"`` (StoreLockedError) or ``"wait"``.
-    state_lock: str = "fail"
-    #: Checkpoint batch window in seconds (see :mod:`.checkpoint`).
-    checkpoint_interval: float = DEFAULT_INTERVAL
-    #: "websocket" (the gateway session) or "webhook" (signed HTTP callbacks; one logical
-    #: shard 0: the platform shards nothing for callbacks).
-    mode: str = "websocket"
-    webhook: WebhookConfig = field(default_factory=WebhookConfig)
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.mode == "webhook" and (self.shard_count != 1 or self.shard_ids not in (None, (0,))):
-            raise ValueError("the webhook transport has no shards: shard_count must be 1")
-        if not self.app_id or not str(self.app_id).strip():
-            raise ValueError("app_id is empty")
-        if not isinstance(self.client_secret, Secret):
-            raise TypeError("client_secret must be a Secret (it is never printed)")
-        parse_intents(self.intents)
-        if self.shard_count < 1:
-            raise ValueError("shard_count must be >= 1")
-        for shard in self.shard_ids or ():
-            if not 0 <= shard < self.shard_count:
-                raise ValueError(f"shard id {shard} is outside 0..{self.shard_count - 1}")
-        if self.shard_ids is not None and len(set(self.shard_ids)) != len(self.shard_ids):
-            raise ValueError("shard_ids contains duplicates")
-        if self.handler_queue_size < 1:
-            raise ValueError("handler_queue_size must be >= 1")
-        if self.session_max_age <= 0 or self.checkpoint_interval < 0:
-            raise ValueError("session_max_age must be > 0 and checkpoint_interval >= 0")
-        if self.state_lock not in ("fail", "wait"):
-            raise ValueError("state_lock must be 'fail' or 'wait'")
-
-    @property
-    def shards(self) -> tuple[int, ...]:
-        return self.shard_ids if self.shard_ids is not None else tuple(range(self.shard_count))
 
 
 class _Shard:

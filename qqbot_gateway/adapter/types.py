@@ -3,22 +3,30 @@
 Nothing here does I/O or imports a driver: telemetry (health, status page) and the settings
 loader import these instead of the aiohttp connection, the supervisor or the client, so the
 dependency runs one way (``tests/test_import_contract.py``). The I/O modules re-export what
-used to live in them (``adapter.connection.TransportConfig``, ``adapter.client.Secret``, ...).
+used to live in them (``adapter.connection.TransportConfig``, ``adapter.client.ClientConfig``
+and ``Secret``, ...).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import events as ev
-from .protocol import GatewayEvent
+from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, GatewayEvent, Intents, parse_intents
+from .reconnect import ReconnectPolicy
+from .session import LivenessConfig
 
 __all__ = [
+    "DEFAULT_CHECKPOINT_INTERVAL",
+    "DEFAULT_HANDLER_QUEUE_SIZE",
     "DEFAULT_MAX_BODY",
     "DEFAULT_REPLAY_WINDOW",
+    "DEFAULT_SESSION_MAX_AGE",
+    "MODES",
+    "ClientConfig",
     "HandlerContext",
     "Secret",
     "ShardStatus",
@@ -26,6 +34,23 @@ __all__ = [
     "WebhookConfig",
     "WebhookStatus",
 ]
+
+#: ``ClientConfig.mode`` values (``QQBOT_TRANSPORT``).
+MODES: Final = ("websocket", "webhook")
+#: Default bound on the age of a stored session worth resuming (``QQBOT_SESSION_MAX_AGE``):
+#: 300 s covers every restart path the store exists for (a SIGTERM restart or a rolling update
+#: takes seconds; a crash loop's back-off is capped at 300 s by the kubelet). The platform
+#: documents no resume window (PROTOCOL.md), so trying a stale session costs one op 9 round
+#: trip and a WARNING, while skipping a live one would lose its backlog: the bound only avoids
+#: pointless attempts, which is why it is not tighter.
+DEFAULT_SESSION_MAX_AGE: Final = 300.0
+#: Default checkpoint batch window: at 20 events/s about two events per write, at 1,000/s about
+#: 100; the window bounds the duplicates a SIGKILL can cause (see ``adapter.checkpoint``).
+DEFAULT_CHECKPOINT_INTERVAL: Final = 0.1
+
+#: Events a shard's handler queue holds; when full, intake pauses and the session resumes later
+#: (nothing is lost).
+DEFAULT_HANDLER_QUEUE_SIZE: Final = 1000
 
 #: Wraps the handling of one event, e.g. to make a tracing span current while handlers run.
 HandlerContext = Callable[[GatewayEvent], AbstractContextManager[Any]]
@@ -160,3 +185,67 @@ class WebhookStatus:
     validated_at: float | None  # last valid op 13
     last_valid_at: float | None  # last request with a valid signature
     closing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Everything a :class:`QQBotClient` needs: credentials, intents, shards, endpoints, and the
+    liveness, transport and reconnect policies. From the environment or a TOML file:
+    ``qqbot_gateway.load_settings().client_config()``."""
+
+    app_id: str
+    client_secret: Secret
+    intents: int = int(Intents.public_default())
+    shard_count: int = 1
+    #: The shards this process runs; None runs all of ``range(shard_count)``.
+    shard_ids: tuple[int, ...] | None = None
+    api_base: str = DEFAULT_API_BASE
+    token_url: str = DEFAULT_TOKEN_URL
+    #: Skip ``GET /gateway/bot`` and connect here (tests, proxies).
+    gateway_url: str | None = None
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+    handler_queue_size: int = DEFAULT_HANDLER_QUEUE_SIZE
+    request_timeout: float = 10.0
+    #: Session store directory (one file and one lock per shard); None: no store, sessions end
+    #: with the process (the library default; the service defaults to a directory).
+    state_dir: str | None = None
+    #: A stored session older than this (seconds) is not resumed.
+    session_max_age: float = DEFAULT_SESSION_MAX_AGE
+    #: Another live process holds a shard's state: ``"fail"`` (StoreLockedError) or ``"wait"``.
+    state_lock: str = "fail"
+    #: Checkpoint batch window in seconds (see :mod:`.checkpoint`).
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
+    #: "websocket" (the gateway session) or "webhook" (signed HTTP callbacks; one logical
+    #: shard 0: the platform shards nothing for callbacks).
+    mode: str = "websocket"
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "webhook" and (self.shard_count != 1 or self.shard_ids not in (None, (0,))):
+            raise ValueError("the webhook transport has no shards: shard_count must be 1")
+        if not self.app_id or not str(self.app_id).strip():
+            raise ValueError("app_id is empty")
+        if not isinstance(self.client_secret, Secret):
+            raise TypeError("client_secret must be a Secret (it is never printed)")
+        parse_intents(self.intents)
+        if self.shard_count < 1:
+            raise ValueError("shard_count must be >= 1")
+        for shard in self.shard_ids or ():
+            if not 0 <= shard < self.shard_count:
+                raise ValueError(f"shard id {shard} is outside 0..{self.shard_count - 1}")
+        if self.shard_ids is not None and len(set(self.shard_ids)) != len(self.shard_ids):
+            raise ValueError("shard_ids contains duplicates")
+        if self.handler_queue_size < 1:
+            raise ValueError("handler_queue_size must be >= 1")
+        if self.session_max_age <= 0 or self.checkpoint_interval < 0:
+            raise ValueError("session_max_age must be > 0 and checkpoint_interval >= 0")
+        if self.state_lock not in ("fail", "wait"):
+            raise ValueError("state_lock must be 'fail' or 'wait'")
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        return self.shard_ids if self.shard_ids is not None else tuple(range(self.shard_count))
