@@ -20,6 +20,7 @@ from qqbot_gateway.adapter.reconnect import (
     PlannerState,
     ReconnectPlanner,
     ReconnectPolicy,
+    attempt_failed,
     session_start_wait,
 )
 from qqbot_gateway.adapter.session import GatewaySession, Outcome
@@ -257,6 +258,16 @@ def test_the_sockets_final_code_counts_as_the_peers_but_1006_does_not() -> None:
         "connection closed",
     )
     session.server_closed(4009)  # after the connection is gone: ignored, no error
+
+
+def test_a_failure_before_the_socket_opened_keeps_the_session_and_counts_as_quick() -> None:
+    failed = attempt_failed(p.CONNECT_ERROR, "refused", resumable=True)
+    assert (failed.action, failed.close_code, failed.was_ready) == (CloseAction.RESUME, None, False)
+    plan = planner().plan(failed, lifetime=None, state=PlannerState(), now=1.0)
+    assert (plan.mode, plan.state.quick_failures, plan.delay) == ("resume", 1, 1.0)
+    fresh = attempt_failed(p.TOKEN_ERROR, "token endpoint down", resumable=False)
+    assert fresh.action is CloseAction.IDENTIFY
+    assert planner().plan(fresh, lifetime=None, state=PlannerState(), now=1.0).mode == "identify"
 
 
 # --- the session-start budget ------------------------------------------------------------

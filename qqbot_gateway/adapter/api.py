@@ -21,14 +21,14 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
 
 from .auth import TokenSource
-from .backoff import Backoff
+from .backoff import Backoff, Sleep
 from .errors import (
     APIConnectionError,
     APIError,
@@ -216,7 +216,7 @@ class OpenAPIClient:
         timeout: float = 10.0,
         max_retries: int = 3,
         max_retry_wait: float = 60.0,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must be an http(s) URL")

@@ -48,6 +48,7 @@ __all__ = [
     "ReconnectPlanner",
     "ReconnectPolicy",
     "StartLimitWait",
+    "attempt_failed",
     "session_start_wait",
 ]
 
@@ -258,6 +259,20 @@ class ReconnectPlanner:
             f"{mode} in {delay:.2f}s",
             {"reason": outcome.reason, "close_code": outcome.close_code, "shard": self.shard},
         )
+
+
+def attempt_failed(reason: str, detail: str, *, resumable: bool) -> Outcome:
+    """The outcome of an attempt that failed before a WebSocket opened (token, gateway URL,
+    connect): nothing was said about the session, so the next attempt resumes if it can; never
+    READY, so it counts as a quick failure."""
+    return Outcome(
+        reason=reason,
+        close_code=None,
+        detail=detail,
+        action=CloseAction.RESUME if resumable else CloseAction.IDENTIFY,
+        resumable=resumable,
+        was_ready=False,
+    )
 
 
 @dataclass(frozen=True, slots=True)

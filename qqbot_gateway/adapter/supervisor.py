@@ -40,8 +40,14 @@ from .backoff import Rng, Sleep, backoff_delays
 from .connection import ConnectError, GatewayConnection
 from .context import ShardContext, current_shard
 from .errors import InvalidCredentialsError
-from .protocol import CloseAction, GatewayEvent
-from .reconnect import PlanKind, PlannerState, ReconnectPlanner, ReconnectPolicy
+from .protocol import GatewayEvent
+from .reconnect import (
+    PlanKind,
+    PlannerState,
+    ReconnectPlanner,
+    ReconnectPolicy,
+    attempt_failed,
+)
 from .session import GatewaySession, Outcome
 from .types import ShardStatus, TransportConfig
 from .waiting import sleep_or_wake
@@ -97,7 +103,7 @@ class ShardSupervisor:
         self._clock = clock or self._loop.time
         self._planner = ReconnectPlanner(self.policy, shard=self.shard, rng=rng)
         self._state = ev.ConnectionState.IDLE
-        self._state_since = self._loop.time()
+        self._state_since = self._clock()
         self._task: asyncio.Task[None] | None = None
         self._conn: GatewayConnection | None = None
         self._stopping = False
@@ -282,15 +288,7 @@ class ShardSupervisor:
         return outcome, conn.opened_at
 
     def _failed(self, reason: str, detail: str) -> Outcome:
-        resumable = self.session.can_resume
-        return Outcome(
-            reason=reason,
-            close_code=None,
-            detail=detail,
-            action=CloseAction.RESUME if resumable else CloseAction.IDENTIFY,
-            resumable=resumable,
-            was_ready=False,
-        )
+        return attempt_failed(reason, detail, resumable=self.session.can_resume)
 
     async def _backoff(self, reason: str, delay: float, mode: str) -> None:
         now = self._now()
