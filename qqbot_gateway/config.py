@@ -106,13 +106,6 @@ def _show(raw: Any) -> str:
     return "nothing" if raw is None else repr(raw)
 
 
-def _positive_int(raw: Any) -> int:
-    value = _int(raw, "a positive integer")
-    if value < 1:
-        raise ValueError(f"expected a positive integer, got {_show(raw)}")
-    return value
-
-
 def _int(raw: Any, what: str) -> int:
     if isinstance(raw, bool):
         raise ValueError(f"expected {what}, got {_show(raw)}")
@@ -143,39 +136,44 @@ def _number(raw: Any, what: str) -> float:
     return value
 
 
-def _positive_seconds(raw: Any) -> float:
-    value = _number(raw, "a positive number of seconds")
-    if value <= 0:
-        raise ValueError(f"expected a positive number of seconds, got {_show(raw)}")
-    return value
+def _integer_in(what: str, low: int, high: int | None = None) -> Callable[[Any], int]:
+    """A parser of an integer in ``[low, high]``; ``what`` is the "expected ..." phrase."""
+
+    def parse(raw: Any) -> int:
+        value = _int(raw, what)
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"expected {what}, got {_show(raw)}")
+        return value
+
+    return parse
 
 
-def _ack_probes(raw: Any) -> int:
-    value = _int(raw, "an integer from 0 to 10")
-    if not 0 <= value <= 10:
-        raise ValueError(f"expected an integer from 0 to 10, got {_show(raw)}")
-    return value
+def _number_in(
+    what: str, low: float, high: float = math.inf, *, low_open: bool = False
+) -> Callable[[Any], float]:
+    """A parser of a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+
+    def parse(raw: Any) -> float:
+        value = _number(raw, what)
+        if value < low or (low_open and value == low) or value > high:
+            raise ValueError(f"expected {what}, got {_show(raw)}")
+        return value
+
+    return parse
+
+
+_positive_int = _integer_in("a positive integer", 1)
+_ack_probes = _integer_in("an integer from 0 to 10", 0, 10)
+_body_limit = _integer_in("a number of bytes >= 1024", 1024)
+_positive_seconds = _number_in("a positive number of seconds", 0.0, low_open=True)
+_non_negative_seconds = _number_in("a number of seconds >= 0", 0.0)
+_ratio = _number_in("a number from 0 to 1", 0.0, 1.0)
+_seconds_or_off = _number_in("a number of seconds (0 disables)", 0.0)
 
 
 def _seconds_or_zero(raw: Any) -> float | None:
-    value = _number(raw, "a number of seconds (0 disables)")
-    if value < 0:
-        raise ValueError(f"expected a number of seconds (0 disables), got {_show(raw)}")
+    value = _seconds_or_off(raw)
     return None if value == 0 else value
-
-
-def _non_negative_seconds(raw: Any) -> float:
-    value = _number(raw, "a number of seconds >= 0")
-    if value < 0:
-        raise ValueError(f"expected a number of seconds >= 0, got {_show(raw)}")
-    return value
-
-
-def _ratio(raw: Any) -> float:
-    value = _number(raw, "a number from 0 to 1")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"expected a number from 0 to 1, got {_show(raw)}")
-    return value
 
 
 def _text(raw: Any) -> str:
@@ -284,13 +282,6 @@ def _readable_file(raw: Any) -> str:
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
     return str(path)
-
-
-def _body_limit(raw: Any) -> int:
-    value = _int(raw, "a number of bytes >= 1024")
-    if value < 1024:
-        raise ValueError(f"expected a number of bytes >= 1024, got {_show(raw)}")
-    return value
 
 
 def _bool(raw: Any) -> bool:

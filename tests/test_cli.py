@@ -145,6 +145,25 @@ async def async_status(http: aiohttp.ClientSession, url: str) -> int | None:
         return None
 
 
+async def spawn_cli(
+    *args: str, env: dict[str, str], stdout: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """``qqbot-gateway ARGS`` in a subprocess from the repository root, stderr piped."""
+    return await asyncio.create_subprocess_exec(
+        *CLI, *args, env=env, cwd=ROOT, stdout=stdout, stderr=asyncio.subprocess.PIPE
+    )
+
+
+async def await_ready(
+    http: aiohttp.ClientSession, proc: asyncio.subprocess.Process, url: str
+) -> None:
+    """Poll ``url``/readyz until it answers 200; fail if the process exits first."""
+    async with asyncio.timeout(READY_TIMEOUT):
+        while await async_status(http, f"{url}/readyz") != 200:
+            assert proc.returncode is None, "run exited before it was ready"
+            await asyncio.sleep(0.1)
+
+
 # --- simple commands ------------------------------------------------------------------------
 
 
@@ -263,23 +282,12 @@ async def test_run_serves_probes_and_drains_on_sigterm() -> None:
     url = f"http://127.0.0.1:{port}"
     async with Simulator(config) as sim:
         env = bot_env(sim.base_url, port, QQBOT_DRAIN_TIMEOUT="3", QQBOT_LOG_FORMAT="json")
-        proc = await asyncio.create_subprocess_exec(
-            *CLI,
-            "run",
-            "--print-events",
-            "--handler",
-            "tests.test_cli:slow_handler",
-            env=env,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        proc = await spawn_cli(
+            "run", "--print-events", "--handler", "tests.test_cli:slow_handler", env=env
         )
         try:
             async with aiohttp.ClientSession() as http:
-                async with asyncio.timeout(READY_TIMEOUT):
-                    while await async_status(http, f"{url}/readyz") != 200:
-                        assert proc.returncode is None, "run exited before it was ready"
-                        await asyncio.sleep(0.1)
+                await await_ready(http, proc, url)
                 async with http.get(f"{url}/healthz") as resp:
                     assert resp.status == 200
                     body = await resp.json()
@@ -329,22 +337,16 @@ async def test_second_signal_exits_at_once() -> None:
     port = free_port()
     async with Simulator(config) as sim:
         env = bot_env(sim.base_url, port, QQBOT_DRAIN_TIMEOUT="60")
-        proc = await asyncio.create_subprocess_exec(
-            *CLI,
+        proc = await spawn_cli(
             "run",
             "--handler",
             "tests.test_cli:slow_handler",
             env=env,
-            cwd=ROOT,
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
         )
         try:
             async with aiohttp.ClientSession() as http:
-                async with asyncio.timeout(READY_TIMEOUT):
-                    while await async_status(http, f"http://127.0.0.1:{port}/readyz") != 200:
-                        assert proc.returncode is None, "run exited before it was ready"
-                        await asyncio.sleep(0.1)
+                await await_ready(http, proc, f"http://127.0.0.1:{port}")
             await sim.wait_for(lambda: len(sim.emitted_events()) >= 20, timeout=30)
             proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.5)  # now draining for up to 60 s
@@ -369,14 +371,7 @@ async def test_run_exits_when_every_shard_is_fatal() -> None:
         disallowed_intents=int(Intents.GUILDS),
     )
     async with Simulator(config) as sim:
-        proc = await asyncio.create_subprocess_exec(
-            *CLI,
-            "run",
-            env=bot_env(sim.base_url, 0),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await spawn_cli("run", env=bot_env(sim.base_url, 0))
         try:
             async with asyncio.timeout(READY_TIMEOUT):
                 _, err = await proc.communicate()

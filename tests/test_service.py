@@ -21,6 +21,8 @@ from qqbot_gateway.config import Settings, load_settings
 from qqbot_gateway.service import EXIT_CONFIG, EXIT_OK, ServiceError, check, run_service
 from qqbot_gateway.simulator import Simulator, SimulatorConfig, standalone
 
+from .test_cli import async_status
+
 APP_ID = "4242"
 SECRET = "service-test-secret-Zp3"
 
@@ -51,15 +53,6 @@ def sim_config(**kw: Any) -> SimulatorConfig:
     )
 
 
-async def status_of(http: aiohttp.ClientSession, url: str) -> int | None:
-    try:
-        async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-            await resp.read()
-            return resp.status
-    except (aiohttp.ClientError, TimeoutError):
-        return None
-
-
 async def test_run_service_serves_then_keeps_the_session_on_stop(tmp_path: Path) -> None:
     handled: list[Any] = []
     async with Simulator(sim_config()) as sim:
@@ -72,7 +65,7 @@ async def test_run_service_serves_then_keeps_the_session_on_stop(tmp_path: Path)
         )
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(30):
-                while await status_of(http, readyz) != 200:
+                while await async_status(http, readyz) != 200:
                     assert not service.done(), service.result()
                     await asyncio.sleep(0.05)
             await sim.wait_for(lambda: len(handled) >= 5, timeout=30)
@@ -80,7 +73,7 @@ async def test_run_service_serves_then_keeps_the_session_on_stop(tmp_path: Path)
             async with asyncio.timeout(30):
                 assert await service == EXIT_OK
             # The side server is gone with the service.
-            assert await status_of(http, readyz) is None
+            assert await async_status(http, readyz) is None
         closes = [c.close_code for c in sim.connections if c.closed_by == "client"]
         # The contract: close 4000, so the stored session stays resumable.
         assert closes == [4000], sim.connections

@@ -167,7 +167,8 @@ async def test_malformed_requests_are_one_warning_line_each(
     assert all(r.exc_info is None for r in records)
     assert "malformed request from 127.0.0.1 answered 4" in records[0].getMessage()
     assert rig.tel.server.malformed_requests == before + 2
-    assert (await rig.get("/healthz"))[0] == 200
+    _, metrics, _ = await rig.get("/metrics")
+    assert f"qqbot_gateway_side_server_malformed_requests_total {before + 2:.1f}" in metrics
 
 
 def test_malformed_request_filter_leaves_other_errors_alone() -> None:

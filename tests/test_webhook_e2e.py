@@ -29,7 +29,7 @@ from qqbot_gateway.simulator.webhook import (
 )
 from qqbot_gateway.telemetry import Telemetry
 from qqbot_gateway.webhook_demo import webhook_stack
-from tests.test_cli import CLI, READY_TIMEOUT, ROOT, async_status, bot_env, free_port
+from tests.test_cli import async_status, await_ready, bot_env, free_port, spawn_cli
 
 SECRET = "e2e-secret"  # 10 characters: the seed needs four repetitions
 EVENTS = 1000
@@ -158,21 +158,10 @@ async def test_run_print_events_prints_webhook_events_like_gateway_events() -> N
             QQBOT_WEBHOOK_PATH="/qq",
             QQBOT_LOG_FORMAT="json",
         )
-        proc = await asyncio.create_subprocess_exec(
-            *CLI,
-            "run",
-            "--print-events",
-            env=env,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await spawn_cli("run", "--print-events", env=env)
         try:
             async with aiohttp.ClientSession() as http:
-                async with asyncio.timeout(READY_TIMEOUT):
-                    while await async_status(http, f"http://127.0.0.1:{side}/readyz") != 200:
-                        assert proc.returncode is None, "run exited before it was ready"
-                        await asyncio.sleep(0.1)
+                await await_ready(http, proc, f"http://127.0.0.1:{side}")
             async with WebhookDeliverer(
                 f"http://127.0.0.1:{hook}/qq", secret=secret, app_id=sim.config.app_id
             ) as platform:
@@ -226,14 +215,7 @@ async def test_check_with_the_webhook_transport_opens_no_session() -> None:
             QQBOT_TRANSPORT="webhook",
             QQBOT_WEBHOOK_PATH="/qq",
         )
-        proc = await asyncio.create_subprocess_exec(
-            *CLI,
-            "check",
-            env=env,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await spawn_cli("check", env=env)
         async with asyncio.timeout(60):
             out, err = await proc.communicate()
         assert sim.connections == []

@@ -301,6 +301,7 @@ class Telemetry:
                 evaluate=self.evaluate,
                 sanitize=redactor().text,
                 status_page=self._status_page(),
+                on_malformed=self.metrics.side_server_malformed.inc,
             )
             try:
                 await server.start(self.config.http_host, port)

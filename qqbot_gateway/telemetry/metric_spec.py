@@ -308,6 +308,18 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "the latest event loop lag measurement",
     ),
     MetricSpec(
+        "side_server_malformed_requests_total",
+        "counter",
+        (),
+        "Requests to the side port that could not be parsed (answered 400/431).",
+        (
+            "requests to the side port that could not be parsed (a bad request line, oversized "
+            "or malformed headers), answered 400/431 and logged as one WARNING line each; a "
+            "steady rate means something on the network probes the port (bytes that are not "
+            "HTTP at all, such as TLS, aiohttp drops quietly and are not counted)"
+        ),
+    ),
+    MetricSpec(
         "handler_queue_depth",
         "gauge",
         ("shard",),

@@ -203,6 +203,7 @@ class GatewayMetrics:
         self.resumes = counter("resumes_total", r)
         self.identifies = counter("identifies_total", r)
         self.event_loop_lag = gauge("event_loop_lag_seconds", r)
+        self.side_server_malformed = counter("side_server_malformed_requests_total", r)
         self.handler_queue_capacity = gauge("handler_queue_capacity", r)
         self.handler_errors = counter("handler_errors_total", r)
         self.token_refreshes = counter("token_refreshes_total", r)

@@ -11,9 +11,10 @@ which is the right answer) and is built so that requests to it never disturb the
   :data:`REQUEST_DEADLINE` seconds (a watchdog closes it otherwise, which also ends
   slow-header and idle keep-alive connections), and at most :data:`MAX_CONNECTIONS` are open;
 * no access log (probes every few seconds are noise); handler errors are logged, never shown;
-  a malformed request (bad request line, oversized header, not HTTP at all) is one WARNING
+  a malformed request (bad request line, oversized or malformed header) is one WARNING
   line naming the peer and the fault, not aiohttp's ERROR with a traceback
-  (:class:`MalformedRequestFilter`; counted in ``SideServer.malformed_requests``);
+  (:class:`MalformedRequestFilter`; counted in ``SideServer.malformed_requests`` and, through
+  ``on_malformed``, in ``qqbot_gateway_side_server_malformed_requests_total``);
 * bodies never contain a secret: health reasons pass through the log redactor.
 """
 
@@ -60,19 +61,22 @@ class MalformedRequestFilter(logging.Filter):
     """Turns aiohttp's "Error handling request" ERROR with a traceback, for a request aiohttp
     could not parse, into one WARNING line, and counts it. Anything else passes unchanged.
 
-    A port reachable from a network sees port scanners, TLS on a plain port and truncated
-    requests; each is the peer's fault, answered 400 by aiohttp, and needs no traceback.
+    A port reachable from a network sees scanners and broken clients; each malformed request
+    is the peer's fault, answered 400 by aiohttp, and needs no traceback. (A first request
+    that is not HTTP at all, e.g. TLS, aiohttp itself logs at DEBUG only.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_malformed: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self.count = 0
+        self._on_malformed = on_malformed
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if record.levelno < logging.ERROR or not isinstance(exc, HttpProcessingError):
             return True
         self.count += 1
+        self._on_malformed()
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
         detail = " ".join(str(exc.message).split())[:_DETAIL_LIMIT]
         record.levelno, record.levelname = logging.WARNING, "WARNING"
@@ -92,6 +96,7 @@ class SideServer:
         request_deadline: float = REQUEST_DEADLINE,
         max_connections: int = MAX_CONNECTIONS,
         status_page: StatusPage | None = None,
+        on_malformed: Callable[[], None] = lambda: None,
     ) -> None:
         self._evaluate = evaluate
         self._sanitize = sanitize
@@ -99,7 +104,7 @@ class SideServer:
         self._guard = ConnectionGuard(deadline=request_deadline, max_connections=max_connections)
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._malformed = MalformedRequestFilter()
+        self._malformed = MalformedRequestFilter(on_malformed)
         self.host: str | None = None
         self.port: int | None = None
         app = web.Application(middlewares=[self._middleware])

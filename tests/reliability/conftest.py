@@ -19,6 +19,11 @@ def pytest_terminal_summary(
     if not config.getoption("--update-report"):
         return
     missing = report.missing()
+    if not report.rows():
+        terminalreporter.write_line(
+            f"--update-report: no fault-matrix row ran, {REPORT_PATH} left alone"
+        )
+        return
     if missing:
         # A partial run (``-k``, ``-x``, a deselected row) would drop rows from the table.
         terminalreporter.write_line(

@@ -100,21 +100,10 @@ class Namespace:
     def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run(*self.cmd(*argv), check=check)
 
-    def block(self, direction: str = "both") -> None:
-        """Drop packets on the veth in ``direction`` (``both``, ``inbound``, ``outbound``):
-        no RST, no FIN, no ICMP, so both kernels keep the TCP connection as it was."""
-        if direction not in ("both", "inbound", "outbound"):
-            raise ValueError(direction)
-        hooks = {"both": ("input", "output"), "inbound": ("input",), "outbound": ("output",)}
+    def _nft(self, rules: list[str]) -> bool:
+        """Load ``rules`` (one nft table) in this namespace: True when nft took them; False when
+        the caller should fall back to iptables (nft missing or failing, iptables there)."""
         if _NFT is not None:
-            rules = [f"table inet {_TABLE} {{"]
-            for hook in hooks[direction]:
-                match = "iifname" if hook == "input" else "oifname"
-                rules.append(
-                    f"  chain {hook} {{ type filter hook {hook} priority -300; policy accept; "
-                    f'{match} "{self.ifname}" drop; }}'
-                )
-            rules.append("}")
             proc = subprocess.run(
                 self.cmd(_NFT, "-f", "-"),
                 input="\n".join(rules) + "\n",
@@ -125,9 +114,27 @@ class Namespace:
             )
             if proc.returncode == 0:
                 self.blocked = "nft"
-                return
+                return True
             if _IPTABLES is None:
                 raise RuntimeError(f"nft failed: {proc.stderr.strip()}")
+        return False
+
+    def block(self, direction: str = "both") -> None:
+        """Drop packets on the veth in ``direction`` (``both``, ``inbound``, ``outbound``):
+        no RST, no FIN, no ICMP, so both kernels keep the TCP connection as it was."""
+        if direction not in ("both", "inbound", "outbound"):
+            raise ValueError(direction)
+        hooks = {"both": ("input", "output"), "inbound": ("input",), "outbound": ("output",)}
+        rules = [f"table inet {_TABLE} {{"]
+        for hook in hooks[direction]:
+            match = "iifname" if hook == "input" else "oifname"
+            rules.append(
+                f"  chain {hook} {{ type filter hook {hook} priority -300; policy accept; "
+                f'{match} "{self.ifname}" drop; }}'
+            )
+        rules.append("}")
+        if self._nft(rules):
+            return
         assert _IPTABLES is not None
         for hook in hooks[direction]:
             chain, flag = ("INPUT", "-i") if hook == "input" else ("OUTPUT", "-o")
@@ -147,20 +154,8 @@ class Namespace:
                 f"tcp {match} {listed} drop; }}"
             )
         rules.append("}")
-        if _NFT is not None:
-            proc = subprocess.run(
-                self.cmd(_NFT, "-f", "-"),
-                input="\n".join(rules) + "\n",
-                capture_output=True,
-                text=True,
-                timeout=15,
-                check=False,
-            )
-            if proc.returncode == 0:
-                self.blocked = "nft"
-                return
-            if _IPTABLES is None:
-                raise RuntimeError(f"nft failed: {proc.stderr.strip()}")
+        if self._nft(rules):
+            return
         assert _IPTABLES is not None
         for port in ports:
             self.run(

@@ -3,7 +3,7 @@
 Each test of ``test_fault_matrix.py`` records one :class:`Row` (what was injected, how and when it
 was detected, how long recovery took, and the delivery books). Only when asked
 (``pytest tests/reliability/test_fault_matrix.py --update-report``) does ``conftest.py`` write the
-table at the end of the session, sorted in the order of :data:`MATRIX`, and only when every row
+table at the end of the session, sorted in the matrix's order, and only when every row
 ran.
 """
 
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "MATRIX",
     "Row",
     "clear",
     "missing",
@@ -24,63 +23,13 @@ __all__ = [
     "render",
     "rows",
     "set_interval",
+    "set_matrix",
     "write",
 ]
 
-#: Matrix order of the rows in the generated table (the order of the issue's fault list).
-MATRIX: tuple[str, ...] = (
-    "half_open",
-    "acks_stopped",
-    "server_silent",
-    "close_4009",
-    "close_4006",
-    "close_4007",
-    "close_4008",
-    "close_4900",
-    "close_4913",
-    "close_4004",
-    "close_4914",
-    "close_4915",
-    "close_4013",
-    "close_4014",
-    "op7",
-    "op9_true",
-    "op9_false",
-    "resume_rejected",
-    "resume_unanswered",
-    "token_500",
-    "token_slow",
-    "token_error_200",
-    "token_malformed",
-    "token_expires_60",
-    "token_expired_4004",
-    "token_expired_rest_401",
-    "gateway_bot_500",
-    "gateway_bot_503",
-    "gateway_bot_timeout",
-    "gateway_bot_malformed",
-    "refused_503",
-    "refused_reset",
-    "dns_gateway_url",
-    "dns_api_base",
-    "hello_withheld",
-    "ready_withheld",
-    "raw_invalid_json",
-    "raw_binary",
-    "raw_unknown_op",
-    "raw_missing_fields",
-    "raw_wrong_types",
-    "raw_huge",
-    "hello_interval_tiny",
-    "hello_interval_zero",
-    "hello_interval_malformed",
-    "hello_interval_missing",
-    "handler_raises",
-    "handler_blocks_loop",
-    "handler_slow",
-    "shutdown_in_backoff",
-    "shutdown_in_handshake",
-)
+#: The keys of the matrix's rows in table order; the fault matrix registers them
+#: (``set_matrix``) from its own table, so the order is written once.
+_matrix: list[str] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +63,10 @@ def record(row: Row) -> None:
     _rows[row.key] = row
 
 
+def set_matrix(keys: list[str]) -> None:
+    _matrix[:] = keys
+
+
 def set_interval(seconds: float) -> None:
     _meta["interval"] = seconds
 
@@ -124,12 +77,12 @@ def clear() -> None:
 
 
 def missing() -> list[str]:
-    """The keys of :data:`MATRIX` no test recorded in this run."""
-    return [key for key in MATRIX if key not in _rows]
+    """The keys of the matrix no test recorded in this run."""
+    return [key for key in _matrix if key not in _rows]
 
 
 def rows() -> list[Row]:
-    order = {key: index for index, key in enumerate(MATRIX)}
+    order = {key: index for index, key in enumerate(_matrix)}
     return sorted(_rows.values(), key=lambda r: (order.get(r.key, len(order)), r.key))
 
 
@@ -182,7 +135,7 @@ def render(table_rows: list[Row], *, interval: float | None, when: dt.datetime) 
             f"{_num(r.detection_intervals, 2)} | {_num(r.recovery_seconds, 2)} | {r.emitted} | "
             f"{r.server_dropped} | {r.lost} | {r.duplicated} | {_cell(r.notes)} |"
         )
-    missing = [key for key in MATRIX if key not in {r.key for r in table_rows}]
+    missing = [key for key in _matrix if key not in {r.key for r in table_rows}]
     if missing:
         lines += ["", f"Not run in this session: {', '.join(f'`{k}`' for k in missing)}."]
     lines.append("")
