@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import stat
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -337,6 +338,33 @@ async def test_the_writer_waits_with_the_injected_sleep() -> None:
     # each failed write is followed by one pause of max(interval, 0.5 s); polls every interval
     assert set(slept) == {0.01, 0.5} and len(failures) == 2
     await shard.close(end_session=True)
+
+
+async def test_ending_the_session_waits_for_a_save_still_on_its_thread() -> None:
+    """close(end_session=True) while a save is on its worker thread: the state is deleted
+    after that save, never before it (which would leave a file the next start resumes)."""
+    started, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    class SlowStore(MemoryStore):
+        def save(self, state: StoredSession) -> None:
+            started.set()
+            release.wait(5)
+            order.append("save")
+
+        def clear(self) -> None:
+            order.append("clear")
+
+    shard = Shard(SlowStore(), interval=0.01)
+    shard.put(1)
+    shard.ckpt.start()
+    async with asyncio.timeout(5):
+        await asyncio.to_thread(started.wait, 5)
+        closing = asyncio.create_task(shard.close(end_session=True))
+        await asyncio.sleep(0.05)  # the writer is cancelled; the save still runs
+        release.set()
+        await closing
+    assert order == ["save", "clear"]
 
 
 # --- the client: what it does with a stored session -----------------------------------------

@@ -152,6 +152,7 @@ class Checkpointer:
         self._last_write = 0.0  # loop time of the last successful write
         self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        self._saving: asyncio.Task[None] | None = None
         self._failing = False
         self._ended = False
         self._loop = asyncio.get_running_loop()
@@ -252,8 +253,15 @@ class Checkpointer:
                 return False
             covered = self.progress.handled  # what the snapshot was taken from
             started = self._clock()
+            # A save runs on a worker thread that a cancelled writer cannot stop: keep it, so that
+            # close() waits for it instead of deleting the state under a save still writing it.
+            save = asyncio.create_task(
+                asyncio.to_thread(self.store.save, state),
+                name=f"qqbot checkpoint save shard {self.shard_id}",
+            )
+            self._saving = save
             try:
-                await asyncio.to_thread(self.store.save, state)
+                await asyncio.shield(save)
             except Exception as exc:  # noqa: BLE001 - a failed write is retried, never fatal
                 self._on_failure(exc)
                 return False
@@ -298,6 +306,10 @@ class Checkpointer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._unsubscribe()
+        saving = self._saving
+        if saving is not None and not saving.done():
+            with contextlib.suppress(Exception):
+                await saving  # the writer was cancelled mid-save: let the thread finish first
         try:
             if end_session:
                 async with self._write_lock:
