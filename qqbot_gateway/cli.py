@@ -34,7 +34,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Final, cast
+from typing import Final, cast
 
 from qqbot_gateway._version import __version__
 from qqbot_gateway.config import ConfigError, Settings, load_settings, settings_help
@@ -331,24 +331,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 # --- check --------------------------------------------------------------------------------
-
-
-async def _post_webhooks(url: str, config: Any, rate: float) -> None:
-    """The platform's side for ``simulate --webhook-url``: runs until the simulator stops."""
-    from qqbot_gateway.simulator.webhook import WebhookDeliverer
-
-    log = logging.getLogger("qqbot_gateway.simulator.webhook")
-    async with WebhookDeliverer(url, secret=config.client_secret, app_id=config.app_id) as hook:
-        while not await hook.validate():
-            log.warning("webhook validation of %s failed; retrying in 2s", url)
-            await asyncio.sleep(2.0)
-        log.info("webhook URL %s validated (op 13)", url)
-        pending: set[asyncio.Task[bool]] = set()
-        while True:
-            task = asyncio.create_task(hook.deliver(hook.make_event()))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            await asyncio.sleep(1.0 / rate)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
