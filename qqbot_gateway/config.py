@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_PREFIX",
+    "REMOVED_SETTINGS",
     "SETTINGS",
     "SETTING_NAMES",
     "ConfigError",
@@ -61,6 +62,7 @@ __all__ = [
     "Settings",
     "default_state_dir",
     "load_settings",
+    "refuse_removed_env",
     "settings_help",
     "settings_markdown",
 ]
@@ -74,7 +76,7 @@ _OTHER_PREFIXES: Final = ("QQBOT_SIM_", "QQBOT_TEST_")
 
 #: Settings that no longer exist, with what replaces them: an error, not a warning, because
 #: silently ignoring e.g. ``ws_ping_interval = 0`` would leave a layer on that was meant off.
-_REMOVED: Final[dict[str, str]] = {
+REMOVED_SETTINGS: Final[dict[str, str]] = {
     "ack_miss_limit": (
         "removed: each heartbeat now has an ACK deadline derived from the interval; "
         "use ack_probes (extra heartbeats sent while one waits for its ACK, default 2)"
@@ -866,8 +868,8 @@ def _read_file(path: Path) -> dict[str, Any]:
     if set(data) == {"qqbot"} and isinstance(data["qqbot"], dict):
         data = data["qqbot"]
     for key in data:
-        if key in _REMOVED:
-            raise ConfigError(f"{key} (in {path}): {_REMOVED[key]}")
+        if key in REMOVED_SETTINGS:
+            raise ConfigError(f"{key} (in {path}): {REMOVED_SETTINGS[key]}")
         if key not in SETTING_NAMES:
             hint = _close_match(key, SETTING_NAMES)
             raise ConfigError(
@@ -881,11 +883,16 @@ def _close_match(name: str, options: tuple[str, ...]) -> str:
     return f" (did you mean {match[0]}?)" if match else ""
 
 
-def _warn_unknown_env(env: Mapping[str, str], warn: Callable[[str], None]) -> None:
-    known = {ENV_PREFIX + key.upper() for key in SETTING_NAMES}
-    for key, why in _REMOVED.items():
+def refuse_removed_env(env: Mapping[str, str]) -> None:
+    """Raise :class:`ConfigError` for a retired ``QQBOT_*`` variable that is set."""
+    for key, why in REMOVED_SETTINGS.items():
         if env.get(ENV_PREFIX + key.upper(), "").strip():
             raise ConfigError(f"{ENV_PREFIX + key.upper()}: {why}")
+
+
+def _warn_unknown_env(env: Mapping[str, str], warn: Callable[[str], None]) -> None:
+    known = {ENV_PREFIX + key.upper() for key in SETTING_NAMES}
+    refuse_removed_env(env)
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name in known or name in _OTHER_VARIABLES:
             continue

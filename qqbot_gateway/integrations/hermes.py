@@ -72,9 +72,14 @@ from qqbot_gateway.adapter.errors import (
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.store import StoreError
 from qqbot_gateway.config import (
-    _REMOVED as REMOVED_SETTINGS,  # the service's retired settings, with what replaces them
+    ENV_PREFIX,
+    REMOVED_SETTINGS,
+    SETTING_NAMES,
+    ConfigError,
+    Settings,
+    load_settings,
+    refuse_removed_env,
 )
-from qqbot_gateway.config import ENV_PREFIX, SETTING_NAMES, ConfigError, Settings, load_settings
 from qqbot_gateway.telemetry import Telemetry
 
 __all__ = [
@@ -224,8 +229,7 @@ def hermes_settings(
     for key, why in REMOVED_SETTINGS.items():  # an error: ignoring one would change behaviour
         if key in extra:
             raise ConfigError(f"{where}.{key}: {why}")
-        if environ.get(ENV_PREFIX + key.upper(), "").strip():
-            raise ConfigError(f"{ENV_PREFIX + key.upper()}: {why}")
+    refuse_removed_env(environ)
     transport = extra.get("transport")
     if transport is not None and str(transport).strip().lower() != "websocket":
         raise ConfigError(
