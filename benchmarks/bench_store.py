@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import platform
 import resource
@@ -35,13 +34,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from benchmarks._inproc import executor, open_session
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.checkpoint import DEFAULT_DEDUPE_IDS, Checkpointer
 from qqbot_gateway.adapter.dispatch import Dispatcher
 from qqbot_gateway.adapter.protocol import GatewayEvent
-from qqbot_gateway.adapter.session import Deliver, Emit, GatewaySession, Send
+from qqbot_gateway.adapter.session import GatewaySession
 from qqbot_gateway.adapter.store import FileSessionStore
 
 REPORT = Path(__file__).with_name("bench_store.md")
@@ -102,23 +101,8 @@ class Pipeline:
         self.dispatcher.start()
         if ckpt is not None:
             ckpt.start()
-        session.connect(0.0, "token")
-        session.receive_text(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}}), 0.0)
-        ready = {"session_id": "bench", "user": {"id": "1"}}
-        self.execute(
-            session.receive_text(json.dumps({"op": 0, "s": 1, "t": "READY", "d": ready}), 0.0)
-        )
-
-    def execute(self, actions: list[Any]) -> None:
-        """``GatewayConnection._run_actions`` + the client's ``deliver``, minus sends."""
-        dispatcher, bus = self.dispatcher, self.bus
-        for action in actions:
-            if isinstance(action, Deliver):
-                dispatcher.put(action.event)
-            elif isinstance(action, Emit):
-                bus.emit(action.event)
-            elif isinstance(action, Send):
-                raise AssertionError("no sends expected")
+        self.execute = executor(self.dispatcher, bus)
+        self.execute(open_session(session))
 
     def feed(self, payload: bytes, now: float) -> None:
         self.execute(self.session.receive_text(payload, now))

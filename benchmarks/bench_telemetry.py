@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from benchmarks._inproc import executor, open_session
 from qqbot_gateway.adapter.dispatch import Dispatcher
 from qqbot_gateway.adapter.protocol import GatewayEvent
-from qqbot_gateway.adapter.session import Deliver, Emit, GatewaySession, Send
+from qqbot_gateway.adapter.session import GatewaySession
 from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
 from qqbot_gateway.telemetry.otel import DEFAULT_SAMPLE_RATIO
 from tests.test_telemetry_support import FakeClient, FakeConfig
@@ -79,20 +78,9 @@ async def run(mode: str, payloads: list[bytes]) -> float:
         around_event=lambda: client.handler_context,
     )
     dispatcher.start()
-    session.connect(0.0, "token")
-    session.receive_text(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}}), 0.0)
-    ready = {"session_id": "bench", "user": {"id": "1"}}
-    session.receive_text(json.dumps({"op": 0, "s": 1, "t": "READY", "d": ready}), 0.0)
+    open_session(session)
     loop = asyncio.get_running_loop()
-
-    def execute(actions: list[Any]) -> None:  # GatewayConnection._run_actions, minus sends
-        for action in actions:
-            if isinstance(action, Deliver):
-                dispatcher.put(action.event)
-            elif isinstance(action, Emit):
-                bus.emit(action.event)
-            elif isinstance(action, Send):
-                raise AssertionError("no sends expected")
+    execute = executor(dispatcher, bus)
 
     gc.collect()
     start = time.perf_counter_ns()
