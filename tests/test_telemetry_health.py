@@ -259,6 +259,17 @@ def test_no_shards_is_not_ready() -> None:
     assert check(r, "shards") == (False, "no shards registered")
 
 
+def test_idle_layer_reads_the_adapters_frame_counter() -> None:
+    # With the adapter's counters bound, frames reach health as counts, not as events: the idle
+    # line must count from the last counted frame, not from when the connection opened.
+    w = World()
+    stats = ev.ShardStats(0)
+    w.health.add_shard(0, stats)
+    w.live(10.0)
+    stats.last_frame_at = 14.5
+    assert check(w.at(15.0), "shard/0/liveness/idle")[1].startswith("last frame 0.5s ago,")
+
+
 def test_reasons_are_sanitized() -> None:
     w = World()
     w.health.sanitize = lambda text: text.replace("hunter2", "[REDACTED]")

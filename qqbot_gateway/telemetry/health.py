@@ -442,7 +442,9 @@ class HealthEvaluator:
         if s.last_ack_at is not None:
             ack += f", last ACK {max(0.0, now - s.last_ack_at):.1f}s ago"
         idle_limit = lv.idle_deadline(interval)
-        last = s.last_frame_at if s.last_frame_at is not None else s.connected_at or now
+        last = _last_frame(s)
+        if last is None:
+            last = s.connected_at or now
         idle = (
             "off"
             if idle_limit is None
