@@ -210,8 +210,9 @@ class Checkpointer:
         """Events handled but not yet covered by a durable write."""
         return self.progress.handled - self.durable
 
-    def snapshot(self) -> StoredSession | None:
-        session_id, seq = self.position()
+    def snapshot(self, position: tuple[str | None, int] | None = None) -> StoredSession | None:
+        """The state to store: at ``position`` (the watermark, computed here when not given)."""
+        session_id, seq = self.position() if position is None else position
         if session_id is None:
             return None
         return StoredSession(
@@ -243,7 +244,7 @@ class Checkpointer:
             stale = self._clock() - self._last_write >= self.refresh
             if not changed and not (stale and self._live()):
                 continue
-            state = self.snapshot()
+            state = self.snapshot(position)
             if state is not None and not await self._write(state):
                 await self._sleep(max(self.interval, _RETRY_DELAY))
 

@@ -356,7 +356,6 @@ class _Conn:
     hello_at: float | None = None
     last_frame_at: float = 0.0
     next_heartbeat_at: float | None = None
-    last_heartbeat_at: float | None = None
     unacked: int = 0
     # ACK layer: the oldest unanswered heartbeat of this round, its deadline, probes sent
     ack_round_at: float | None = None
@@ -1038,7 +1037,6 @@ class GatewaySession:
 
     def _send_heartbeat(self, conn: _Conn, now: float) -> list[Action]:
         conn.unacked += 1
-        conn.last_heartbeat_at = now
         conn.acks_owed.append(now)
         d = self.seq if self.seq > 0 else None
         return [
