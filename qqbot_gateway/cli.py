@@ -47,6 +47,7 @@ from qqbot_gateway.service import (
     PROG,
     ServiceError,
     check,
+    error_line,
     load_handler,
     print_event,
     run_service,
@@ -58,10 +59,6 @@ _log = logging.getLogger("qqbot_gateway.cli")
 
 #: ``check`` waits this long for READY by default.
 _CHECK_TIMEOUT: Final = 30.0
-
-
-def _error_line(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
 
 def _warn_line(message: str) -> None:
@@ -191,17 +188,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except ServiceError as exc:
-        _error_line(str(exc))
+        error_line(str(exc))
         return exc.status
     except ConfigError as exc:
-        _error_line(str(exc))
+        error_line(str(exc))
         return EXIT_CONFIG
     except KeyboardInterrupt:
-        _error_line("interrupted")
+        error_line("interrupted")
         return EXIT_SECOND_SIGNAL
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback; details at DEBUG
         _log.debug("unexpected error", exc_info=True)
-        _error_line(
+        error_line(
             f"unexpected {type(exc).__name__}: {exc} (QQBOT_LOG_LEVEL=DEBUG shows the traceback)"
         )
         return EXIT_RUNTIME

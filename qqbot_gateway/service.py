@@ -48,6 +48,7 @@ __all__ = [
     "Handler",
     "ServiceError",
     "check",
+    "error_line",
     "load_handler",
     "print_event",
     "run_service",
@@ -82,7 +83,8 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _error_line(message: str) -> None:
+def error_line(message: str) -> None:
+    """One ``qqbot-gateway: error: ...`` line on stderr: how every failure reaches the user."""
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
 
@@ -192,7 +194,7 @@ async def run_service(
 
     def on_signal(sig: signal.Signals) -> None:
         if stop.is_set():
-            _error_line(f"second {sig.name}: exiting at once")
+            error_line(f"second {sig.name}: exiting at once")
             os._exit(EXIT_SECOND_SIGNAL)
         received.append(sig.name)
         telemetry.begin_shutdown()  # /readyz answers 503 from this moment

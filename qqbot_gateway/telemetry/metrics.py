@@ -74,11 +74,6 @@ __all__ = [
     "op_label",
 ]
 
-#: Handlers: 1 ms (an in-memory reply) .. 60 s (a handler this slow is a bug worth seeing).
-#: The adapter counts into these buckets itself (``ShardStats``).
-HANDLER_DURATION_BUCKETS: Final = ev.HANDLER_SECONDS_BUCKETS
-#: ``transport`` label values of ``transport_info``.
-TRANSPORTS: Final = ("websocket", "webhook")
 #: Distinct ``type`` label values per process before new ones fold into ``"other"``. QQ has a
 #: few dozen event types; the cap only matters for a misbehaving gateway inventing names.
 MAX_EVENT_TYPES: Final = 128
