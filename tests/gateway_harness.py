@@ -62,8 +62,12 @@ def client_config(sim: Simulator, **overrides: Any) -> ClientConfig:
     return ClientConfig(**base)
 
 
-async def poll_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """``predicate()``'s first truthy value, polled every 20 ms; AssertionError after timeout."""
+async def poll_until(
+    predicate: Callable[[], Any], timeout: float, what: str | Callable[[], str]
+) -> Any:
+    """``predicate()``'s first truthy value, polled every 20 ms; AssertionError after timeout.
+
+    ``what`` may be a callable, called only on timeout, to describe what was seen instead."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -71,7 +75,8 @@ async def poll_until(predicate: Callable[[], Any], timeout: float, what: str) ->
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {described}")
         await asyncio.sleep(0.02)
 
 

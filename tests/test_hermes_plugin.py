@@ -475,6 +475,10 @@ async def test_hermes_gateway_run_end_to_end(sim: Simulator, tmp_path: Path) -> 
         except (OSError, ValueError, KeyError):
             return None
 
+    def log_tail() -> str:
+        lines = (tmp_path / "gateway.log").read_text(errors="replace").splitlines()
+        return "; hermes's log ends:\n" + "\n".join(lines[-30:])
+
     hermes_cli = Path(sys.executable).with_name("hermes")
     with (tmp_path / "gateway.log").open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
@@ -488,16 +492,24 @@ async def test_hermes_gateway_run_end_to_end(sim: Simulator, tmp_path: Path) -> 
             assert all(m.msg_id == "M00001" and m.kind == "c2c" for m in sim.messages)
             assert len({m.msg_seq for m in sim.messages}) == len(sim.messages)
 
-            seen: list[str | None] = []
+            # The link goes half-open and the gateway refuses new connections for a while, so
+            # "disconnected" lasts until the test has seen it: a resume over loopback can take
+            # less than one poll, and the file is hermes's to write, not ours to watch closely.
+            resumes = len(sim.resumes)
+            sim.refuse_connections()
             sim.blackhole(current=True)
-
-            def went_down_and_up() -> bool:
-                now = state()
-                if not seen or seen[-1] != now:
-                    seen.append(now)
-                return seen[-2:] == ["disconnected", "connected"]
-
-            await poll_until(went_down_and_up, 20 * INTERVAL, "disconnected, then connected")
+            await poll_until(
+                lambda: state() == "disconnected",
+                20 * INTERVAL,
+                lambda: f"disconnected (state {state()!r}){log_tail()}",
+            )
+            sim.accept_connections()
+            await poll_until(
+                lambda: state() == "connected" and len(sim.resumes) > resumes,
+                20 * INTERVAL,
+                lambda: f"connected again (state {state()!r}){log_tail()}",
+            )
+            assert sim.resumes[-1].outcome == "resumed"
 
             sim.rotate_secret("a-new-secret-hermes-does-not-know")
             sim.expire_tokens()
