@@ -133,9 +133,12 @@ async def test_concurrent_callbacks_share_one_write_and_are_delivered_in_record_
     await asyncio.sleep(0.05)  # the writer is idle
     futures = [h.journal.submit(event(i), body(i)) for i in range(1, 6)]
     assert h.journal.in_flight == 5 and h.delivered == []  # nothing before it is durable
-    assert h.journal.pending("E3") is futures[2]
-    assert await asyncio.gather(*futures) == [True] * 5
+    waiting = h.journal.pending("E3")  # a duplicate of E3 waits for E3's append
+    assert waiting is not None and h.journal.pending("E9") is None
+    futures[1].cancel()  # a waiter that goes away does not cancel its append
+    assert await asyncio.gather(waiting, *futures[2:]) == [True] * 4
     assert [e.event_id for e in h.delivered] == ["E1", "E2", "E3", "E4", "E5"]
+    assert await futures[0]
     assert [w.records for w in h.written] == [5]  # one group commit, one fdatasync
     assert h.journal.pending("E3") is None and h.journal.in_flight == 0
     # The watermark: the record before the first one not yet handled.

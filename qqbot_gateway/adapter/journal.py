@@ -415,11 +415,15 @@ class IntakeJournal:
         return len(self._batch) + self._writing
 
     def pending(self, event_id: str) -> asyncio.Future[bool] | None:
-        return self._pending.get(event_id)
+        """The append in flight for ``event_id`` (shielded: see :meth:`submit`)."""
+        done = self._pending.get(event_id)
+        return None if done is None else asyncio.shield(done)
 
     def submit(self, event: GatewayEvent, body: bytes) -> asyncio.Future[bool]:
         """Queue ``event`` (its raw ``body``) for the next group commit; the future says
-        whether it is durable (and then in the handler queue)."""
+        whether it is durable (and then in the handler queue). Each caller gets its own
+        shield: cancelling a waiter (a request whose client went away) never cancels the
+        append that duplicates may be waiting for too."""
         done: asyncio.Future[bool] = self._loop.create_future()
         event_id = event.event_id
         if self._closing or self._task is None or self._task.done():
@@ -431,7 +435,7 @@ class IntakeJournal:
         if event_id is not None:
             self._pending[event_id] = done
         self._wake.set()
-        return done
+        return asyncio.shield(done)
 
     # --- the watermark -------------------------------------------------------------------
     def position(self) -> tuple[str | None, int]:

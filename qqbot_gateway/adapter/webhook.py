@@ -35,17 +35,15 @@ is made: the WebSocket path does not need it.
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from . import events as ev
-from .journal import IntakeJournal
 from .protocol import SIGNATURE_HEADER, TIMESTAMP_HEADER, GatewayEvent, Op, WebhookKey, derive_seed
 from .session import Deliver, Emit, GatewaySession
 from .types import DEFAULT_MAX_BODY, DEFAULT_REPLAY_WINDOW, WebhookConfig, WebhookStatus
@@ -73,6 +71,7 @@ __all__ = [
     "TOO_LARGE",
     "UNAVAILABLE",
     "VALIDATED",
+    "DispatchJournal",
     "WebhookConfig",
     "WebhookIntake",
     "WebhookKey",
@@ -133,11 +132,23 @@ _REFUSAL_LOG_EVERY: Final = 60.0
 _RETRY_AFTER: Final = "1"
 
 
+class DispatchJournal(Protocol):
+    """Where accepted dispatches become durable before their ACK (:class:`~.journal.
+    IntakeJournal`). Each awaitable resolves True once the record is durable and the event is
+    in the handler queue, False if it could not be written; awaiting it never cancels the
+    append (a request whose client went away does not undo it)."""
+
+    def submit(self, event: GatewayEvent, body: bytes) -> Awaitable[bool]: ...
+
+    def pending(self, event_id: str) -> Awaitable[bool] | None:
+        """The append in flight for ``event_id``, if any."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
     """A dispatch waiting for the journal: ``done`` resolves True once it is durable."""
 
-    done: asyncio.Future[bool]
+    done: Awaitable[bool]
     outcome: str  # ACCEPTED, or DUPLICATE for a copy of a record still being written
 
 
@@ -172,7 +183,7 @@ class WebhookIntake:
         config: WebhookConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        journal: IntakeJournal | None = None,
+        journal: DispatchJournal | None = None,
     ) -> None:
         self.key = key
         self.journal = journal
@@ -244,9 +255,7 @@ class WebhookIntake:
         result = self._process(headers, body, start)
         if isinstance(result, WebhookReply):
             return result
-        # Shielded: the future is shared with any duplicate waiting for the same record, and a
-        # client that goes away must not cancel the append.
-        durable = await asyncio.shield(result.done)
+        durable = await result.done
         if durable:
             return self._answer(WebhookReply(200, _ACK_OK, result.outcome), start, Op.DISPATCH)
         reply = _retry(503, JOURNAL_FAILED, "the intake journal cannot be written")
