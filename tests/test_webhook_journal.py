@@ -19,6 +19,7 @@ from qqbot_gateway.adapter.journal import (
     JournalRecord,
 )
 from qqbot_gateway.adapter.protocol import GatewayEvent
+from qqbot_gateway.adapter.store import FileSessionStore, StoreLockedError
 
 APP = "1024"
 
@@ -226,3 +227,18 @@ async def test_restore_replays_past_the_watermark_of_the_same_generation(tmp_pat
     # A watermark of another generation says nothing about this journal: all of it.
     assert [r.n for r in j2.restore(recovery, ("other", 3))] == [1, 2, 3, 4]
     again.close()
+
+
+def test_the_journal_has_the_store_lock_discipline(tmp_path: Path) -> None:
+    """One process per state directory: the webhook's lock is the session store's flock."""
+    first = FileSessionStore(tmp_path, APP, 0, stem="webhook")
+    first.acquire()
+    second = FileSessionStore(tmp_path, APP, 0, stem="webhook")
+    with pytest.raises(StoreLockedError) as caught:
+        second.acquire()
+    assert caught.value.holder_pid == os.getpid()
+    assert first.directory == JournalFile(first.directory, APP).directory
+    assert sorted(p.name for p in first.directory.iterdir()) == ["webhook.lock"]
+    first.close()
+    second.acquire()  # released with its holder
+    second.close()
