@@ -31,9 +31,10 @@ from .test_restart_resume import START_TIMEOUT, Bot
 
 pytestmark = pytest.mark.slow
 
-#: The platform keeps retrying an unACKed callback for about a minute: long enough to reach the
-#: restarted process on a loaded machine, bounded so a broken receiver fails the test.
-RETRY = DeliveryPolicy(timeout=3.0, max_attempts=150, backoff_base=0.05, backoff_cap=0.4)
+#: The platform keeps retrying an unACKed callback for over a minute (400 attempts, 0.2 s apart
+#: on average): long enough to reach the restarted process on a loaded machine, bounded so a
+#: broken receiver fails the test.
+RETRY = DeliveryPolicy(timeout=3.0, max_attempts=400, backoff_base=0.05, backoff_cap=0.4)
 
 
 class WebhookCase:
@@ -150,7 +151,7 @@ async def test_sigkill_with_acked_callbacks_unhandled_loses_none(case: WebhookCa
         numbers = case.journal_numbers()
         assert backlog >= 5, f"only {backlog} ACKed callbacks were unhandled at the kill"
         second = await case.bot()
-        async with asyncio.timeout(120):
+        async with asyncio.timeout(150):
             await flood
         assert sorted(acked) == sorted(ids), "the platform got an ACK for every callback"
         await second.wait(lambda: set(ids) <= set(case.counts()), "every event printed", 60)
@@ -205,6 +206,11 @@ async def test_a_failed_journal_write_is_retried_and_a_restart_drops_redeliverie
         assert await first.signal(signal.SIGTERM) == 0
         # A clean stop: everything handled and checkpointed, the journal holds no record.
         assert case.journal_numbers() == {}
+        # Then the journal is damaged (here: replaced by another bot's): one WARNING, the file
+        # is moved aside, a new journal starts; the dedupe window comes from webhook.json.
+        journal = case.directory / "webhook.journal"
+        foreign = b'qqbot-gateway-webhook-journal/1 {"app_id":"999","generation":"ab"}\n'
+        journal.write_bytes(foreign)
         second = await case.bot()
         await case.listening(second, http)
         for payload in sent:  # redeliveries after the restart
@@ -222,5 +228,8 @@ async def test_a_failed_journal_write_is_retried_and_a_restart_drops_redeliverie
     )
     assert counts == collections.Counter(p["id"] for p in sent)
     assert second.events == []
+    moved = [line for line in second.stderr if "moved to webhook.journal.corrupt" in line]
+    assert len(moved) == 1 and "app id '999'" in moved[0], second.stderr
+    assert (case.directory / "webhook.journal.corrupt").read_bytes() == foreign
     warnings = [line for line in first.stderr if "cannot append" in line]
     assert len(warnings) == 1, first.stderr
