@@ -18,8 +18,15 @@ from qqbot_gateway.adapter.journal import (
     JournalFile,
     JournalRecord,
 )
-from qqbot_gateway.adapter.protocol import GatewayEvent
+from qqbot_gateway.adapter.protocol import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    GatewayEvent,
+    WebhookKey,
+)
+from qqbot_gateway.adapter.session import GatewaySession
 from qqbot_gateway.adapter.store import FileSessionStore, StoreLockedError
+from qqbot_gateway.adapter.webhook import WebhookIntake
 
 APP = "1024"
 
@@ -242,3 +249,60 @@ def test_the_journal_has_the_store_lock_discipline(tmp_path: Path) -> None:
     first.close()
     second.acquire()  # released with its holder
     second.close()
+
+
+async def test_the_intake_acks_only_durable_dispatches_and_copies_share_the_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through :class:`WebhookIntake`: a failed append is a 503 for the request and for a copy
+    that arrived while it was in flight, and the id is forgotten, so the retry is accepted."""
+    session = GatewaySession(intents=1)
+    bus = ev.EventBus()
+    answers: list[str] = []
+    bus.subscribe_to(ev.WebhookRequest, lambda e: answers.append(e.outcome))
+    queue: list[GatewayEvent] = []
+    file = JournalFile(tmp_path, APP)
+    recovery = file.recover()
+    file.open(recovery)
+    journal = IntakeJournal(
+        file, bus=bus, deliver=queue.append, handled=lambda: 0, forget=session.forget_id
+    )
+    journal.restore(recovery, (None, 0))
+    journal.start()
+    key = WebhookKey("s3cret")
+    intake = WebhookIntake(
+        key,
+        session=session,
+        bus=bus,
+        deliver=queue.append,
+        queue_full=lambda: False,
+        journal=journal,
+        wall=lambda: 1_800_000_000.0,
+    )
+    payload = json.dumps({"op": 0, "id": "E1", "s": 1, "t": "C2C", "d": {}}).encode()
+    headers = {
+        TIMESTAMP_HEADER: "1800000000",
+        SIGNATURE_HEADER: key.sign_hex("1800000000", payload),
+    }
+    failing = True
+    real_append = JournalFile.append
+
+    def append(self: JournalFile, data: bytes) -> None:
+        if failing:
+            raise OSError(30, "Read-only file system")
+        real_append(self, data)
+
+    monkeypatch.setattr(JournalFile, "append", append)
+    first, copy = await asyncio.gather(
+        intake.receive(headers, payload), intake.receive(headers, payload)
+    )
+    assert (first.status, copy.status) == (503, 503) and queue == []
+    assert json.loads(first.body) == {"op": 12, "d": 1}
+    failing = False
+    retry = await intake.receive(headers, payload)
+    again = await intake.receive(headers, payload)
+    assert (retry.status, again.status) == (200, 200) and [e.event_id for e in queue] == ["E1"]
+    assert answers == ["journal_failed", "journal_failed", "accepted", "duplicate"]
+    with pytest.raises(RuntimeError, match="receive"):
+        intake.handle(headers, payload)
+    await journal.close()

@@ -269,10 +269,11 @@ class WebhookIntake:
         received_at: float | None = None,
     ) -> WebhookReply:
         """:meth:`receive` for an intake without a journal: the answer is immediate."""
+        if self.journal is not None:
+            raise RuntimeError("an intake with a journal answers through receive()")
         start = self._clock() if received_at is None else received_at
         result = self._process(headers, body, start)
-        if not isinstance(result, WebhookReply):
-            raise RuntimeError("an intake with a journal answers through receive()")
+        assert isinstance(result, WebhookReply)  # only the journal defers an answer
         return result
 
     def _process(
