@@ -455,7 +455,8 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         help="Time from a callback's arrival to its answer (ACKed dispatches and validations).",
         doc=(
             "time from a callback's arrival to its 200 answer (the op 12 ACK, or the op 13 "
-            "answer): body read, signature verified, event queued; buckets 0.1 ms .. 5 s"
+            "answer): body read, signature verified, event journaled (with the session store "
+            "on) and queued; buckets 0.1 ms .. 5 s"
         ),
     ),
     MetricSpec(
