@@ -32,10 +32,11 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks._inproc import executor, open_session
+from benchmarks._inproc import executor, feeder, open_session
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.checkpoint import DEFAULT_DEDUPE_IDS, Checkpointer
 from qqbot_gateway.adapter.dispatch import Dispatcher
@@ -64,6 +65,8 @@ class Pipeline:
     dispatcher: Dispatcher = field(init=False)
     checkpointer: Checkpointer | None = field(init=False, default=None)
     writes: list[float] = field(default_factory=list)
+    #: One received frame, as the connection's read loop handles it.
+    feed: Callable[[bytes, float], None] = field(init=False)
 
     async def start(self) -> None:
         bus = ev.EventBus()
@@ -101,11 +104,8 @@ class Pipeline:
         self.dispatcher.start()
         if ckpt is not None:
             ckpt.start()
-        self.execute = executor(self.dispatcher, bus)
-        self.execute(open_session(session))
-
-    def feed(self, payload: bytes, now: float) -> None:
-        self.execute(self.session.receive_text(payload, now))
+        executor(self.dispatcher, bus)(open_session(session))
+        self.feed = feeder(session, self.dispatcher, bus)
 
     async def close(self) -> None:
         await self.dispatcher.close(5.0)
