@@ -185,6 +185,8 @@ class Dispatcher:
         if self.log_context is not None:
             current_shard.set(self.log_context)
         items, queue = self._items, self._queue
+        progress = self._progress
+        remember = progress.remember if progress is not None else None
         while True:
             # An event already queued is taken without a coroutine for ``get`` (as ``get``
             # would: it returns without yielding when the queue is not empty).
@@ -201,14 +203,13 @@ class Dispatcher:
                 else:
                     with around(event):
                         await self._handle(event)
-                progress = self._progress
-                if progress is not None:  # inline, no call: this runs for every event
+                if progress is not None:  # inline: this runs for every event
                     progress.handled += 1
                     if event.seq is not None:
                         progress.last = event
                     event_id = event.event_id
-                    if event_id is not None:
-                        progress.remember(event_id)
+                    if event_id is not None and remember is not None:
+                        remember(event_id)
             finally:
                 self._busy = False
                 depth = len(items)
