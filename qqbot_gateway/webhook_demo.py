@@ -84,10 +84,12 @@ async def webhook_stack(
     http_port: int = 0,
     proxy_seed: int | None = None,
     slow_delay: float = 1.2,
+    state_dir: str | None = None,
 ) -> AsyncIterator[WebhookStack]:
     """The simulator (tokens and OpenAPI for replies), a webhook-mode client with telemetry and
     its side server, the receiver, and a chaos proxy (all faults off) in front of it; stopped in
-    order on exit. Register handlers on ``stack.client`` (they may be added after start)."""
+    order on exit. Register handlers on ``stack.client`` (they may be added after start).
+    ``state_dir`` turns the intake journal on (the service's default)."""
     sim_config = SimulatorConfig(app_id=app_id, client_secret=secret, event_rate=0.0)
     async with Simulator(sim_config) as sim:
         client = QQBotClient(
@@ -99,6 +101,7 @@ async def webhook_stack(
                 mode="webhook",
                 webhook=WebhookConfig(host="127.0.0.1", port=0, path=path),
                 handler_queue_size=handler_queue_size,
+                state_dir=state_dir,
             )
         )
         tel = Telemetry(

@@ -5,6 +5,8 @@
   (``QQBOT_TEST_STALL_AFTER``, default 5) writes half of the temporary file, creates the marker
   file named by ``QQBOT_TEST_STALL_MARKER`` and blocks its worker thread for good, so that the
   test can SIGKILL the process in the middle of a checkpoint write.
+* ``journal_fault``: importing it makes webhook intake journal appends fail while the file
+  named by ``QQBOT_TEST_JOURNAL_FAULT`` exists.
 """
 
 from __future__ import annotations
@@ -49,3 +51,27 @@ def _install_stall() -> None:
 
 
 _install_stall()
+
+
+def journal_fault(event: Any) -> None:
+    """A no-op handler: importing it makes webhook journal appends fail while the file named by
+    ``QQBOT_TEST_JOURNAL_FAULT`` exists (an I/O error, as from a failing or full disk)."""
+
+
+def _install_journal_fault() -> None:
+    marker = os.environ.get("QQBOT_TEST_JOURNAL_FAULT")
+    if not marker:
+        return
+    from qqbot_gateway.adapter import journal as journal_mod
+
+    original = journal_mod.JournalFile.append
+
+    def append(self: Any, data: bytes) -> None:
+        if Path(marker).exists():
+            raise OSError(5, "Input/output error (injected)")
+        original(self, data)
+
+    journal_mod.JournalFile.append = append  # type: ignore[method-assign]
+
+
+_install_journal_fault()

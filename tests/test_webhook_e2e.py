@@ -14,6 +14,7 @@ import collections
 import contextlib
 import json
 import signal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,10 +46,17 @@ def outcome(tel: Telemetry, name: str) -> float:
 
 
 @pytest.mark.slow
-async def test_thousand_events_with_faults_reach_the_handler_exactly_once() -> None:
+async def test_thousand_events_with_faults_reach_the_handler_exactly_once(tmp_path: Path) -> None:
+    # A small queue: the slow moments of the handler below fill it. The intake journal on, as
+    # in the service: duplicate storms and lost ACKs meet appends still in flight.
     async with webhook_stack(
-        SECRET, path="/cb", handler_queue_size=32, proxy_seed=3, slow_delay=1.5
-    ) as stack:  # a small queue: the slow moments of the handler below fill it
+        SECRET,
+        path="/cb",
+        handler_queue_size=32,
+        proxy_seed=3,
+        slow_delay=1.5,
+        state_dir=str(tmp_path),
+    ) as stack:
         client, tel, receiver, proxy = stack.client, stack.telemetry, stack.receiver, stack.proxy
         proxy.fail, proxy.lose_ack, proxy.slow = 0.03, 0.03, 0.01
         seen: collections.Counter[str] = collections.Counter()
@@ -131,6 +139,10 @@ async def test_thousand_events_with_faults_reach_the_handler_exactly_once() -> N
     assert stats.stale_refused <= outcome(tel, "stale_timestamp") <= stats.stale_sent
     assert stats.forged_refused > 0 and stats.stale_refused > 0
     assert outcome(tel, "accepted") == EVENTS
+    writes = tel.registry.get_sample_value(
+        "qqbot_gateway_webhook_journal_write_seconds_count", {"shard": "0"}
+    )
+    assert writes is not None and 0 < writes <= EVENTS  # every accepted event went through it
     assert outcome(tel, "validated") >= 1
     # Replays, lost ACKs, storms and proxy losses were all answered as duplicates.
     assert outcome(tel, "duplicate") >= stats.replays_acked + stats.lost_acks

@@ -109,6 +109,8 @@ class Checkpointer:
 
     ``accepted_count()`` is how many events the dispatcher has accepted so far (handled, queued
     or in a handler); ``current_session()`` the session's id and its accepted ``seq``.
+    ``position()``, if given, is the watermark itself (the webhook journal's generation and
+    record number, :mod:`.journal`), computed by its owner instead of from the stream here.
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class Checkpointer:
         live: Callable[[], bool] = lambda: True,
         current_session: Callable[[], tuple[str | None, int]] = lambda: (None, 0),
         accepted_count: Callable[[], int] = lambda: 0,
+        position: Callable[[], tuple[str | None, int]] | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -158,9 +161,14 @@ class Checkpointer:
         self._loop = asyncio.get_running_loop()
         self._sleep = sleep
         self._clock = clock or self._loop.time
-        self._unsubscribe = bus.subscribe(
-            self._on_event, kinds=(ev.DuplicateDropped,), shard=shard_id
-        )
+        #: A watermark kept elsewhere (the webhook journal's, :mod:`.journal`): then the
+        #: stream positions below (duplicates placed among sequence numbers) do not apply.
+        self._position = position
+        self._unsubscribe: Callable[[], None] = lambda: None
+        if position is None:
+            self._unsubscribe = bus.subscribe(
+                self._on_event, kinds=(ev.DuplicateDropped,), shard=shard_id
+            )
 
     # --- the watermark -------------------------------------------------------------------
     def restore(self, state: StoredSession) -> None:
@@ -187,6 +195,8 @@ class Checkpointer:
 
     def position(self) -> tuple[str | None, int]:
         """The watermark: (session id, seq) up to which everything is handled."""
+        if self._position is not None:
+            return self._position()
         progress, duplicates = self.progress, self._duplicates
         handled = progress.handled
         while duplicates and duplicates[0][0] <= handled:
@@ -298,9 +308,10 @@ class Checkpointer:
             ev.CheckpointFailed(shard=self.shard_id, monotonic=self._clock(), error=detail)
         )
 
-    async def close(self, *, end_session: bool = False) -> None:
+    async def close(self, *, end_session: bool = False, release: bool = True) -> None:
         """Stop the writer; write the final checkpoint, or delete the state if the session was
-        ended on purpose. Then release the store."""
+        ended on purpose. Then release the store (unless ``release`` is False: the owner
+        releases it later)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -333,4 +344,5 @@ class Checkpointer:
                         )
                 self._ended = True
         finally:
-            await asyncio.to_thread(self.store.close)
+            if release:
+                await asyncio.to_thread(self.store.close)

@@ -26,6 +26,10 @@ With ``mode="webhook"`` the client opens no WebSocket: QQ posts signed callbacks
 ``client.webhook`` (a :class:`~.webhook.WebhookIntake`) turns each request into the same events
 for the same handlers. Serve it with :class:`qqbot_gateway.telemetry.webhook.WebhookReceiver`
 (``qqbot-gateway run`` does, with ``QQBOT_TRANSPORT=webhook``) or from any web framework.
+With a ``state_dir`` the webhook path keeps an intake journal (:mod:`.journal`): a callback is
+durable before its ACK, ``start()`` re-delivers what a previous process ACKed and did not
+handle, and the handled watermark and dedupe window are checkpointed in ``webhook.json``
+under the same lock discipline as the shards' state (``webhook.lock``).
 """
 
 from __future__ import annotations
@@ -47,9 +51,17 @@ from .checkpoint import Checkpointer
 from .connection import make_socket_factory
 from .context import ShardContext
 from .dispatch import Dispatcher, Handler
+from .journal import IntakeJournal, JournalFile, JournalRecord
 from .reconnect import session_start_wait
-from .session import GatewaySession
-from .store import FileSessionStore, SessionStore, StoreError, StoreLockedError, age_of
+from .session import Deliver, Emit, GatewaySession
+from .store import (
+    FileSessionStore,
+    SessionStore,
+    StoredSession,
+    StoreError,
+    StoreLockedError,
+    age_of,
+)
 from .supervisor import ShardSupervisor
 from .types import (
     ClientConfig,
@@ -72,6 +84,11 @@ _LOCK_POLL = 0.5
 StoreFactory = Callable[[int], SessionStore]
 #: Event types whose handler lists are cached (a gateway inventing types cannot grow it).
 _MAX_CACHED_TYPES = 256
+#: Handled event ids the webhook checkpoint keeps (the WebSocket store keeps 256). The platform
+#: redelivers a callback on its own, undocumented schedule rather than within a resume, so the
+#: window must span minutes of traffic, not seconds: 1,024 ids is ~40 kB per checkpoint write.
+#: The handled records still in the journal add theirs at start too.
+_WEBHOOK_DEDUPE_IDS = 1024
 
 
 class _Shard:
@@ -107,7 +124,15 @@ class QQBotClient:
         self.events = bus or ev.EventBus()
         state_dir = config.state_dir
         if config.mode != "websocket":
-            store_factory = None  # callbacks have no gateway session to keep
+            # No gateway session: the state is the intake journal and its checkpoint, files in
+            # the state directory (a custom backend has no directory for the journal).
+            store_factory = None
+            if state_dir is not None:
+
+                def webhook_store(shard: int) -> SessionStore:
+                    return FileSessionStore(state_dir, config.app_id, shard, stem="webhook")
+
+                store_factory = webhook_store
         elif store_factory is None and state_dir is not None:
 
             def file_store(shard: int) -> SessionStore:
@@ -134,6 +159,8 @@ class QQBotClient:
         self.handler_context: HandlerContext | None = None
         #: The callback intake in webhook mode (after ``start()``), else None.
         self.webhook: WebhookIntake | None = None
+        self._journal: IntakeJournal | None = None
+        self._webhook_checkpointer: Checkpointer | None = None
         self._webhook_key: WebhookKey | None = None
         self._webhook_dispatcher: Dispatcher | None = None
 
@@ -235,7 +262,11 @@ class QQBotClient:
             await self.close()
             raise
         if self._webhook_key is not None:
-            self._start_webhook(self._webhook_key)
+            try:
+                await self._start_webhook(self._webhook_key)
+            except BaseException:
+                await self.close()
+                raise
             return
         for shard_id in cfg.shards:
             self._shards[shard_id] = self._make_shard(shard_id)
@@ -349,13 +380,27 @@ class QQBotClient:
             age,
         )
 
-    def _start_webhook(self, key: WebhookKey) -> None:
+    async def _start_webhook(self, key: WebhookKey) -> None:
         cfg = self.config
         # The session object holds the event-id dedupe window; no connection ever opens on it.
         session = GatewaySession(
             shard_id=0, shard_count=1, intents=cfg.intents, stats=self.stats[0]
         )
         session.interest = self.events.interest(0)
+        store = self._stores.get(0)
+        journal: IntakeJournal | None = None
+        checkpointer: Checkpointer | None = None
+        if isinstance(store, FileSessionStore):
+            checkpointer = Checkpointer(
+                store,
+                app_id=cfg.app_id,
+                shard_id=0,
+                shard_count=1,
+                bus=self.events,
+                interval=cfg.checkpoint_interval,
+                dedupe_ids=_WEBHOOK_DEDUPE_IDS,
+                position=lambda: journal.position() if journal is not None else (None, 0),
+            )
         dispatcher = Dispatcher(
             session,
             bus=self.events,
@@ -363,18 +408,120 @@ class QQBotClient:
             capacity=cfg.handler_queue_size,
             log_context=ShardContext(0),
             around_event=lambda: self.handler_context,
+            progress=checkpointer.progress if checkpointer is not None else None,
         )
-        dispatcher.start()
         self._webhook_dispatcher = dispatcher
+        if checkpointer is not None and isinstance(store, FileSessionStore):
+            progress = checkpointer.progress
+            journal = IntakeJournal(
+                JournalFile(store.directory, cfg.app_id),
+                bus=self.events,
+                deliver=dispatcher.put,
+                handled=lambda: progress.handled,
+                forget=session.forget_id,
+            )
+            self._journal, self._webhook_checkpointer = journal, checkpointer
+            await self._recover_journal(store, session, checkpointer, journal)
+        dispatcher.start()
+        if checkpointer is not None and journal is not None:
+            checkpointer.start()
+            journal.start()
+
+        def queue_full() -> bool:
+            waiting = journal.in_flight if journal is not None else 0
+            return dispatcher.depth + waiting >= dispatcher.capacity
+
         self.webhook = WebhookIntake(
             key,
             session=session,
             bus=self.events,
             deliver=dispatcher.put,
-            queue_full=lambda: dispatcher.depth >= dispatcher.capacity,
+            queue_full=queue_full,
             handlers_alive=lambda: dispatcher.running,
             config=cfg.webhook,
             clock=asyncio.get_running_loop().time,
+            journal=journal,
+        )
+
+    async def _recover_journal(
+        self,
+        store: FileSessionStore,
+        session: GatewaySession,
+        checkpointer: Checkpointer,
+        journal: IntakeJournal,
+    ) -> None:
+        """Before the receiver listens: load the checkpoint and re-deliver, in order, what the
+        previous process ACKed and did not handle (see :mod:`.journal`)."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        state: StoredSession | None = None
+        why: str | None = None
+        try:
+            state = await asyncio.to_thread(store.load)
+        except StoreError as exc:
+            why = str(exc)
+        else:
+            if state is not None and (state.app_id, state.shard_id) != (cfg.app_id, 0):
+                why = f"{store.location} belongs to app id {state.app_id!r}, not this bot"
+                state = None
+        if why is not None:
+            _log.warning(
+                "webhook: not using the stored checkpoint: %s; the whole journal is "
+                "re-delivered (handlers may see events they handled before)",
+                why,
+            )
+            self.events.emit(
+                ev.RestartResume(shard=0, monotonic=loop.time(), outcome="unusable", detail=why)
+            )
+        recovery = await asyncio.to_thread(journal.file.recover)
+        for warning in recovery.warnings:
+            _log.warning("%s", warning)
+        try:
+            await asyncio.to_thread(journal.file.open, recovery)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open {journal.file.location}: {exc.strerror or exc}"
+            ) from None
+        watermark = (state.session_id, state.seq) if state is not None else (None, 0)
+        todo = journal.restore(recovery, watermark)
+        first = todo[0].n if todo else None
+        # Ids of the records handled already (at or below the watermark), then the stored
+        # window: a redelivery of any of them is dropped.
+        handled = [r for r in recovery.records if first is None or r.n < first]
+        session.remember_ids(_event_ids(handled))
+        if state is not None:
+            session.remember_ids(state.event_ids)
+            checkpointer.restore(state)
+        replayed = skipped = 0
+        now = loop.time()
+        for record in todo:
+            try:
+                payload = record.payload()
+            except ValueError:
+                payload = None
+            actions = session.accept_callback(payload, now) if isinstance(payload, dict) else []
+            event = None
+            for action in actions:
+                if isinstance(action, Deliver):
+                    event = action.event
+                elif isinstance(action, Emit):
+                    self.events.emit(action.event)
+            if event is not None:
+                journal.replayed(record, event)
+                replayed += 1
+            else:
+                journal.skipped(record)
+                skipped += 1
+        if todo:
+            _log.info(
+                "webhook: re-delivering %d event(s) the previous process ACKed and did not "
+                "handle, from %s (%d handled already, skipped)",
+                replayed,
+                journal.file.location,
+                skipped,
+            )
+        self.events.emit(
+            ev.JournalReplayed(shard=0, monotonic=now, replayed=replayed, skipped=skipped)
         )
 
     def _make_shard(self, shard_id: int) -> _Shard:
@@ -458,6 +605,8 @@ class QQBotClient:
             )
             if self.webhook is not None:
                 self.webhook.close()  # new callbacks get a 503: the platform retries them
+            if self._journal is not None:
+                await self._journal.flush()  # the callbacks being written get their answer
             dispatchers = [shard.dispatcher for shard in self._shards.values()]
             if self._webhook_dispatcher is not None:
                 dispatchers.append(self._webhook_dispatcher)
@@ -473,6 +622,13 @@ class QQBotClient:
                 ),
                 return_exceptions=True,
             )
+            if self._webhook_checkpointer is not None and self._journal is not None:
+                # No session to end: the final checkpoint, then the journal it covers is cut
+                # back, both before the lock is released.
+                with contextlib.suppress(Exception):
+                    await self._webhook_checkpointer.close(release=False)
+                with contextlib.suppress(Exception):
+                    await self._journal.close()
             self._release_stores()
             if self._tokens is not None:
                 await self._tokens.close()
@@ -511,3 +667,16 @@ class QQBotClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _event_ids(records: list[JournalRecord]) -> list[str]:
+    ids = []
+    for record in records:
+        try:
+            payload = record.payload()
+        except ValueError:
+            continue
+        event_id = payload.get("id") if isinstance(payload, dict) else None
+        if isinstance(event_id, str) and event_id:
+            ids.append(event_id)
+    return ids

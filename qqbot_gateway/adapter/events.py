@@ -20,7 +20,8 @@ Events (grouped)::
     delivery     EventDispatched, DuplicateDropped, HandlerQueueDepth, HandlerFailed,
                  HandlerCompleted
     auth         TokenRefreshed, TokenRefreshFailed
-    store        CheckpointWritten, CheckpointFailed, RestartResume
+    store        CheckpointWritten, CheckpointFailed, RestartResume, JournalWritten,
+                 JournalReplayed
     webhook      WebhookRequest, WebhookListening, WebhookStopped
 
 Per-event facts cost nothing unless someone listens. Four kinds happen for every frame or
@@ -67,6 +68,8 @@ __all__ = [
     "HelloReceived",
     "IdentifySent",
     "Interest",
+    "JournalReplayed",
+    "JournalWritten",
     "LifecycleEvent",
     "PingLayerChanged",
     "PingSent",
@@ -304,6 +307,24 @@ class CheckpointWritten(LifecycleEvent):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CheckpointFailed(LifecycleEvent):
     error: str  # names the file or backend, never a secret
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalWritten(LifecycleEvent):
+    """The webhook intake journal made ``records`` callbacks durable with one write + fsync
+    (a group commit); their ACKs go out now."""
+
+    records: int
+    duration: float  # seconds the write took (in a worker thread)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalReplayed(LifecycleEvent):
+    """At start: callbacks a previous process ACKed and did not handle, re-delivered from the
+    webhook journal (``replayed``), and those it had handled already (``skipped``)."""
+
+    replayed: int
+    skipped: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

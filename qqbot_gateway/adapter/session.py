@@ -474,10 +474,19 @@ class GatewaySession:
             raise RuntimeError("restore() while a connection is active")
         self.session_id = session_id
         self.seq = seq
+        self.remember_ids(event_ids)
+
+    def remember_ids(self, event_ids: Iterable[str]) -> None:
+        """Add handled event ids (oldest first) to the dedupe window."""
         for event_id in event_ids:
             self._recent_ids[event_id] = None
         while len(self._recent_ids) > self._dedupe_window:
             self._recent_ids.popitem(last=False)
+
+    def forget_id(self, event_id: str) -> None:
+        """Take an accepted id out of the dedupe window again: its callback was answered with a
+        retry (the webhook journal could not record it), so the redelivery must be accepted."""
+        self._recent_ids.pop(event_id, None)
 
     def set_backpressure(self, on: bool) -> None:
         """While on, the next dispatch is refused: the connection closes without advancing

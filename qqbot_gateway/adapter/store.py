@@ -46,6 +46,7 @@ __all__ = [
     "StoreLockedError",
     "StoredSession",
     "age_of",
+    "fsync_dir",
 ]
 
 #: The ``format`` field of a state file; a file with another value is not ours (or too new).
@@ -165,11 +166,21 @@ class SessionStore(Protocol):
 class FileSessionStore:
     """The embedded default: one JSON file per shard, one lock file per shard."""
 
-    def __init__(self, directory: str | os.PathLike[str], app_id: str, shard_id: int) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        app_id: str,
+        shard_id: int,
+        *,
+        stem: str | None = None,
+    ) -> None:
+        #: ``stem`` names the files (default ``shard-<id>``; the webhook transport's is
+        #: ``webhook``, next to its intake journal: see :mod:`.journal`).
+        name = stem or f"shard-{shard_id}"
         self.directory = Path(directory) / _safe_name(app_id)
-        self.path = self.directory / f"shard-{shard_id}.json"
-        self.lock_path = self.directory / f"shard-{shard_id}.lock"
-        self._tmp = self.directory / f".shard-{shard_id}.json.tmp"
+        self.path = self.directory / f"{name}.json"
+        self.lock_path = self.directory / f"{name}.lock"
+        self._tmp = self.directory / f".{name}.json.tmp"
         self._lock_fd: int | None = None
 
     @property
@@ -244,7 +255,7 @@ class FileSessionStore:
             except OSError as exc:
                 raise StoreError(f"cannot delete {path}: {exc.strerror or exc}") from None
         with contextlib.suppress(OSError):
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def _write_atomically(self, data: bytes) -> None:
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -254,7 +265,7 @@ class FileSessionStore:
         finally:
             os.close(fd)
         os.replace(self._tmp, self.path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> None:
@@ -264,7 +275,7 @@ class FileSessionStore:
             view = view[written:]
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable (the directory entry is data too)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -20,8 +20,14 @@ official Go SDK ``botgo`` ``interaction/signature``):
 aiohttp receiver (``qqbot_gateway.telemetry.webhook``) or any other web framework hands it the
 method, headers and body, and sends back the :class:`WebhookReply`. Accepted dispatches go
 through :meth:`GatewaySession.accept_callback` (the WebSocket path's event-id dedupe window)
-into the shard's bounded handler queue; nothing waits for a handler, so the ACK is immediate.
-Every answer is one :class:`~.events.WebhookRequest` lifecycle event with its ``outcome``.
+into the shard's bounded handler queue; nothing waits for a handler. With an
+:class:`~.journal.IntakeJournal` (the session store on, the service's default) an accepted
+dispatch is first made durable in the journal, with other concurrent callbacks in one group
+commit, and only then queued and ACKed (:meth:`WebhookIntake.receive`); if the journal cannot
+be written the answer is a 503 (``journal_failed``) so that the platform retries, and the event
+id leaves the dedupe window again. Without a journal the ACK is immediate and
+:meth:`WebhookIntake.handle` answers synchronously. Every answer is one
+:class:`~.events.WebhookRequest` lifecycle event with its ``outcome``.
 
 Ed25519 comes from ``cryptography`` (the ``webhook`` extra), imported only when a webhook key
 is made: the WebSocket path does not need it.
@@ -33,9 +39,9 @@ import binascii
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from . import events as ev
 from .protocol import SIGNATURE_HEADER, TIMESTAMP_HEADER, GatewayEvent, Op, WebhookKey, derive_seed
@@ -50,6 +56,7 @@ __all__ = [
     "DEFAULT_REPLAY_WINDOW",
     "DUPLICATE",
     "IGNORED",
+    "JOURNAL_FAILED",
     "MALFORMED_JSON",
     "MALFORMED_PAYLOAD",
     "MISSING_SIGNATURE",
@@ -64,6 +71,7 @@ __all__ = [
     "TOO_LARGE",
     "UNAVAILABLE",
     "VALIDATED",
+    "DispatchJournal",
     "WebhookConfig",
     "WebhookIntake",
     "WebhookKey",
@@ -83,6 +91,7 @@ VALIDATED: Final = "validated"  # op 13 answered with our signature
 IGNORED: Final = "ignored"  # a signed payload with an op we do not act on, ACKed
 QUEUE_FULL: Final = "queue_full"  # handler queue full: 503, the platform retries later
 UNAVAILABLE: Final = "unavailable"  # shutting down: 503, the platform retries later
+JOURNAL_FAILED: Final = "journal_failed"  # the intake journal cannot be written: 503, retried
 MISSING_SIGNATURE: Final = "missing_signature"  # no signature or timestamp header: 401
 BAD_SIGNATURE: Final = "bad_signature"  # malformed or wrong signature / timestamp: 401
 STALE_TIMESTAMP: Final = "stale_timestamp"  # outside the replay window: 401
@@ -100,6 +109,7 @@ OUTCOMES: Final[tuple[str, ...]] = (
     IGNORED,
     QUEUE_FULL,
     UNAVAILABLE,
+    JOURNAL_FAILED,
     MISSING_SIGNATURE,
     BAD_SIGNATURE,
     STALE_TIMESTAMP,
@@ -122,6 +132,26 @@ _REFUSAL_LOG_EVERY: Final = 60.0
 _RETRY_AFTER: Final = "1"
 
 
+class DispatchJournal(Protocol):
+    """Where accepted dispatches become durable before their ACK (:class:`~.journal.
+    IntakeJournal`). Each awaitable resolves True once the record is durable and the event is
+    in the handler queue, False if it could not be written; awaiting it never cancels the
+    append (a request whose client went away does not undo it)."""
+
+    def submit(self, event: GatewayEvent, body: bytes) -> Awaitable[bool]: ...
+
+    def pending(self, event_id: str) -> Awaitable[bool] | None:
+        """The append in flight for ``event_id``, if any."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A dispatch waiting for the journal: ``done`` resolves True once it is durable."""
+
+    done: Awaitable[bool]
+    outcome: str  # ACCEPTED, or DUPLICATE for a copy of a record still being written
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookReply:
     status: int
@@ -137,7 +167,8 @@ class WebhookIntake:
     ``deliver`` puts an accepted event into the bounded handler queue; ``queue_full`` says
     whether it is at capacity (then the request gets a 503 and the platform retries later;
     the event id is not remembered, so the retry is accepted). ``handlers_alive`` feeds the
-    status. ``clock`` is the event loop's (monotonic) clock, ``wall`` Unix time.
+    status. ``clock`` is the event loop's (monotonic) clock, ``wall`` Unix time. With a
+    ``journal`` (see the module docstring) answer requests with :meth:`receive`.
     """
 
     def __init__(
@@ -152,8 +183,10 @@ class WebhookIntake:
         config: WebhookConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        journal: DispatchJournal | None = None,
     ) -> None:
         self.key = key
+        self.journal = journal
         self.config = config or WebhookConfig()
         self.session = session
         self.shard = session.shard_id
@@ -209,6 +242,25 @@ class WebhookIntake:
         """An answer decided before the body was read (method, path, size)."""
         return self._answer(_error(status, outcome, detail), received_at, None, signed=False)
 
+    async def receive(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        received_at: float | None = None,
+    ) -> WebhookReply:
+        """A POST to the callback path with this (case-insensitive) header mapping and body;
+        with a journal, answered once the dispatch is durable (or could not be made so)."""
+        start = self._clock() if received_at is None else received_at
+        result = self._process(headers, body, start)
+        if isinstance(result, WebhookReply):
+            return result
+        durable = await result.done
+        if durable:
+            return self._answer(WebhookReply(200, _ACK_OK, result.outcome), start, Op.DISPATCH)
+        reply = _retry(503, JOURNAL_FAILED, "the intake journal cannot be written")
+        return self._answer(reply, start, Op.DISPATCH)
+
     def handle(
         self,
         headers: Mapping[str, str],
@@ -216,8 +268,17 @@ class WebhookIntake:
         *,
         received_at: float | None = None,
     ) -> WebhookReply:
-        """A POST to the callback path with this (case-insensitive) header mapping and body."""
+        """:meth:`receive` for an intake without a journal: the answer is immediate."""
+        if self.journal is not None:
+            raise RuntimeError("an intake with a journal answers through receive()")
         start = self._clock() if received_at is None else received_at
+        result = self._process(headers, body, start)
+        assert isinstance(result, WebhookReply)  # only the journal defers an answer
+        return result
+
+    def _process(
+        self, headers: Mapping[str, str], body: bytes, start: float
+    ) -> WebhookReply | _Pending:
         signature = headers.get(SIGNATURE_HEADER)
         timestamp = headers.get(TIMESTAMP_HEADER)
         if not signature or not timestamp:
@@ -243,7 +304,10 @@ class WebhookIntake:
                 self._warned_ops.add(op)
                 _log.warning("webhook: ignoring a signed payload with op %d (ACKed)", op)
             return self._answer(WebhookReply(200, _ACK_OK, IGNORED), start, op)
-        return self._answer(self._dispatch(payload), start, op)
+        result = self._dispatch(payload, body)
+        if isinstance(result, _Pending):
+            return result
+        return self._answer(result, start, op)
 
     def _authenticate(self, signature: str, timestamp: str, body: bytes) -> WebhookReply | None:
         try:
@@ -282,22 +346,39 @@ class WebhookIntake:
             _log.info("webhook: callback URL validated by the platform (op 13)")
         return WebhookReply(200, json.dumps(answer).encode(), VALIDATED)
 
-    def _dispatch(self, payload: Mapping[str, Any]) -> WebhookReply:
+    def _dispatch(self, payload: Mapping[str, Any], body: bytes) -> WebhookReply | _Pending:
         if self._closing:
             return _retry(503, UNAVAILABLE, "shutting down")
         if self._queue_full():
             return _retry(503, QUEUE_FULL, "handler queue full")
         actions = self.session.accept_callback(payload, self._clock())
+        journal = self.journal
+        duplicate: ev.DuplicateDropped | None = None
+        pending: _Pending | None = None
         delivered = False
         for action in actions:
             if isinstance(action, Deliver):
-                self._deliver(action.event)
                 delivered = True
+                if journal is None:
+                    self._deliver(action.event)
+                else:  # queued and ACKed once durable (the journal's group commit)
+                    pending = _Pending(journal.submit(action.event, body), ACCEPTED)
             elif isinstance(action, Emit):
                 self._bus.emit(action.event)
+                if isinstance(action.event, ev.DuplicateDropped):
+                    duplicate = action.event
+        if pending is not None:
+            return pending
         if delivered:
             return WebhookReply(200, _ACK_OK, ACCEPTED)
-        if any(isinstance(a, Emit) and isinstance(a.event, ev.DuplicateDropped) for a in actions):
+        if duplicate is not None:
+            # A copy of a record still being written gets the answer the original gets: an ACK
+            # before the original is durable could lose the event if its append then fails.
+            in_flight = None
+            if journal is not None and duplicate.event_id is not None:
+                in_flight = journal.pending(duplicate.event_id)
+            if in_flight is not None:
+                return _Pending(in_flight, DUPLICATE)
             return WebhookReply(200, _ACK_OK, DUPLICATE)
         return _error(400, MALFORMED_PAYLOAD, "op 0 without a string event type 't'")
 

@@ -174,6 +174,8 @@ class Telemetry:
             self.health.add_shard(shard, stats.get(shard))
             if getattr(client, "has_session_store", False):
                 self.store_metrics.register_shard(shard)
+                if mode == "webhook":
+                    self.store_metrics.register_journal(shard)
         subscribers: list[Callable[[ev.LifecycleEvent], None]] = []
         if self.tracing_enabled:
             self.tracing = Tracing(

@@ -459,6 +459,29 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         ),
     ),
     MetricSpec(
+        "webhook_journal_write_seconds",
+        "histogram",
+        ("shard",),
+        buckets=WEBHOOK_ACK_BUCKETS,
+        help="Duration of one intake journal append (write + fdatasync, shared by a batch).",
+        doc=(
+            "duration of one append to the webhook intake journal (write + `fdatasync` in a "
+            "worker thread); concurrent callbacks share one append (group commit), so the count "
+            "is appends, not callbacks; the ACK waits for it. Only with the session store on "
+            "(`QQBOT_STATE_DIR`); buckets 0.1 ms .. 5 s"
+        ),
+    ),
+    MetricSpec(
+        "webhook_journal_replayed_total",
+        "counter",
+        ("shard",),
+        "Callbacks re-delivered from the intake journal at start (ACKed, not handled before).",
+        (
+            "callbacks a previous process ACKed and did not handle, re-delivered to the handlers "
+            "from the intake journal at start (those it had handled are skipped, not counted)"
+        ),
+    ),
+    MetricSpec(
         "webhook_last_callback_timestamp_seconds",
         "gauge",
         ("shard",),

@@ -2,8 +2,10 @@
 
 Kept apart from :mod:`.metrics` (the per-frame hot path) because these change at most a few
 times a second per shard. Fed by the adapter's lifecycle events ``CheckpointWritten``,
-``CheckpointFailed`` and ``RestartResume``; shards are registered only when the client runs
-with a session store, so a process without one exports no misleading checkpoint age.
+``CheckpointFailed`` and ``RestartResume`` (and, with the webhook transport, the intake
+journal's ``JournalWritten`` and ``JournalReplayed``); shards are registered only when the
+client runs with a session store, so a process without one exports no misleading checkpoint
+age.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from prometheus_client.registry import Collector
 from qqbot_gateway.adapter import events as ev
 
 from ._clock import Clock
-from .metric_spec import counter, gauge, gauge_family
+from .metric_spec import counter, gauge, gauge_family, histogram
 
 __all__ = ["RESTART_RESUME_OUTCOMES", "StoreMetrics"]
 
@@ -46,7 +48,16 @@ class StoreMetrics:
         self.seq = gauge("checkpoint_seq", r)
         self.lag = gauge("checkpoint_lag_events", r)
         self.restart_resumes = counter("restart_resumes_total", r)
+        self.journal_write = histogram("webhook_journal_write_seconds", r)
+        self.journal_replayed = counter("webhook_journal_replayed_total", r)
+        self._journals: set[int] = set()
         registry.register(_AgeCollector(self))
+
+    def register_journal(self, shard: int) -> None:
+        """The webhook transport with the store on: its intake journal's children."""
+        self._journals.add(shard)
+        self.journal_write.labels(str(shard))
+        self.journal_replayed.labels(str(shard))
 
     def register_shard(self, shard: int, *, now: float | None = None) -> None:
         if shard in self._shards:
@@ -64,6 +75,9 @@ class StoreMetrics:
     def observe(self, event: ev.LifecycleEvent) -> None:
         kind = type(event)
         if kind is not ev.CheckpointWritten and kind is not ev.CheckpointFailed:
+            if kind is ev.JournalWritten or kind is ev.JournalReplayed:
+                self._observe_journal(event)
+                return
             if kind is not ev.RestartResume:
                 return
         if event.shard is None:
@@ -81,6 +95,15 @@ class StoreMetrics:
         elif isinstance(event, ev.RestartResume):
             outcome = event.outcome if event.outcome in RESTART_RESUME_OUTCOMES else "unusable"
             self.restart_resumes.labels(s.label, outcome).inc()
+
+    def _observe_journal(self, event: ev.LifecycleEvent) -> None:
+        if event.shard not in self._journals:
+            return
+        label = str(event.shard)
+        if isinstance(event, ev.JournalWritten):
+            self.journal_write.labels(label).observe(event.duration)
+        elif isinstance(event, ev.JournalReplayed):
+            self.journal_replayed.labels(label).inc(event.replayed)
 
     def ages(self) -> Iterable[tuple[str, float]]:
         now = self.clock.monotonic()

@@ -15,9 +15,10 @@ reverse proxy over plain HTTP). What it answers, each counted by outcome
 (``qqbot_gateway_webhook_requests_total``):
 
 * ``POST <path>``: the protocol (:class:`~qqbot_gateway.adapter.webhook.WebhookIntake`): 200
-  with the op 12 ACK or the op 13 answer; 401 for a missing, bad or stale signature; 400 for a
-  signed body that is not a callback; 503 + ``Retry-After`` while the handler queue is full or
-  the process shuts down (the platform retries);
+  with the op 12 ACK (once the dispatch is durable in the intake journal, when the session
+  store is on) or the op 13 answer; 401 for a missing, bad or stale signature; 400 for a signed
+  body that is not a callback; 503 + ``Retry-After`` while the handler queue is full, the
+  journal cannot be written or the process shuts down (the platform retries);
 * a body over ``max_body`` bytes: 413 (by ``Content-Length`` before reading, or while reading);
   a body that does not arrive within :data:`BODY_DEADLINE`: 408;
 * another method on the path: 405 with ``Allow: POST``; another path: 404;
@@ -189,7 +190,7 @@ class WebhookReceiver:
         if body is None:
             reply = intake.refuse(TOO_LARGE, 413, received_at=received, detail="body too large")
             return _response(reply.status, reply.body, reply.content_type, {"Connection": "close"})
-        reply = intake.handle(request.headers, body, received_at=received)
+        reply = await intake.receive(request.headers, body, received_at=received)
         return _response(reply.status, reply.body, reply.content_type, dict(reply.headers))
 
     def _healthz(self) -> web.Response:
