@@ -1,6 +1,7 @@
 """What the in-process benchmarks share: a session taken to READY without a socket, and the
-driver's action loop (``GatewayConnection._run_actions`` and the client's ``deliver``) minus
-the sends, so a benchmark measures the adapter's own per-event path."""
+driver's per-frame path (``GatewayConnection._read_loop``: ``receive_frame``, then the event
+to the dispatcher or the actions run) minus the sends, so a benchmark measures the adapter's
+own per-event path."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import Any
 
 from qqbot_gateway.adapter.dispatch import Dispatcher
 from qqbot_gateway.adapter.events import EventBus
+from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.session import Deliver, Emit, GatewaySession, Send
 
-__all__ = ["executor", "open_session"]
+__all__ = ["executor", "feeder", "open_session"]
 
 
 def open_session(session: GatewaySession) -> list[Any]:
@@ -36,3 +38,20 @@ def executor(dispatcher: Dispatcher, bus: EventBus) -> Callable[[list[Any]], Non
                 raise AssertionError("no sends expected")
 
     return execute
+
+
+def feeder(
+    session: GatewaySession, dispatcher: Dispatcher, bus: EventBus
+) -> Callable[[bytes, float], None]:
+    """One received text frame, as the connection's read loop handles it."""
+    execute = executor(dispatcher, bus)
+    receive_frame, put = session.receive_frame, dispatcher.put
+
+    def feed(data: bytes, now: float) -> None:
+        result = receive_frame(data, now)
+        if isinstance(result, GatewayEvent):
+            put(result)
+        else:
+            execute(result)
+
+    return feed

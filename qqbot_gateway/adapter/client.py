@@ -553,26 +553,26 @@ class QQBotClient:
             def handled() -> int:
                 return progress.handled
 
+        dispatcher = Dispatcher(
+            session,
+            bus=self.events,
+            handlers=self._handlers_for,
+            capacity=cfg.handler_queue_size,
+            around_event=lambda: self.handler_context,
+            progress=checkpointer.progress if checkpointer is not None else None,
+        )
         supervisor = ShardSupervisor(
             session,
             tokens=self._tokens,
             gateway_url=self._gateway_url,
             ws_http=self._ws_http,
             bus=self.events,
-            deliver=lambda event: dispatcher.put(event),
+            deliver=dispatcher.put,  # bound, no wrapper: called once per event
             transport=cfg.transport,
             policy=cfg.reconnect,
-            wait_for_drain=lambda: dispatcher.wait_for_drain(),
+            wait_for_drain=dispatcher.wait_for_drain,
         )
-        dispatcher = Dispatcher(
-            session,
-            bus=self.events,
-            handlers=self._handlers_for,
-            capacity=cfg.handler_queue_size,
-            log_context=supervisor.log_context,
-            around_event=lambda: self.handler_context,
-            progress=checkpointer.progress if checkpointer is not None else None,
-        )
+        dispatcher.log_context = supervisor.log_context
         return _Shard(session, supervisor, dispatcher, checkpointer)
 
     async def _gateway_url(self) -> str:

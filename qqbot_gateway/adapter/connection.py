@@ -22,7 +22,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Literal, assert_never
+from typing import Any, Final, Literal, assert_never
 
 import aiohttp
 from aiohappyeyeballs import AddrInfoType
@@ -51,6 +51,8 @@ _log = logging.getLogger("qqbot_gateway.connection")
 
 #: Our WebSocket: text frames arrive as UTF-8 bytes (``decode_text=False``).
 _WS = aiohttp.ClientWebSocketResponse[Literal[False]]
+#: Read per frame: a module global, not an enum member lookup (about 70 ns each in 3.11).
+_TEXT: Final = aiohttp.WSMsgType.TEXT
 
 
 def make_socket_factory(cfg: TransportConfig) -> Callable[[AddrInfoType], socket.socket]:
@@ -194,16 +196,23 @@ class GatewayConnection:
 
     # --- tasks ---------------------------------------------------------------------------
     async def _read_loop(self, ws: _WS) -> None:
+        done, receive, clock = self._done, ws.receive, self._loop.time
+        receive_frame, deliver = self._session.receive_frame, self._deliver
         try:
-            while not self._done.is_set():
-                msg = await ws.receive()
-                now = self._loop.time()
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    actions = self._session.receive_text(msg.data, now)
-                    if len(actions) == 1 and type(actions[0]) is Deliver:
-                        self._deliver(actions[0].event)  # a dispatch: no coroutine for it
-                    else:
-                        await self._run_actions(actions)
+            while not done.is_set():
+                msg = await receive()
+                now = clock()
+                if msg.type is _TEXT:
+                    result = receive_frame(msg.data, now)
+                    if isinstance(result, GatewayEvent):
+                        # A dispatch: no coroutine for it, and no wake-up for the timer. A
+                        # frame that only delivers an event moves no deadline earlier (it
+                        # pushes the idle and ping deadlines later; heartbeat, ACK, handshake
+                        # deadlines are untouched): the timer, woken at the deadline it
+                        # computed before, finds nothing due, recomputes and sleeps again.
+                        deliver(result)
+                        continue
+                    await self._run_actions(result)
                 elif msg.type is aiohttp.WSMsgType.BINARY:
                     await self._run_actions(self._session.receive(msg.data, now))
                 elif msg.type is aiohttp.WSMsgType.PONG:

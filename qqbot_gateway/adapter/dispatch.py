@@ -40,6 +40,9 @@ __all__ = ["Dispatcher", "Handler", "HandlerContext"]
 _log = logging.getLogger("qqbot_gateway.dispatch")
 
 Handler = Callable[[GatewayEvent], Awaitable[Any] | Any]
+#: A handler that returned an awaitable: (the awaitable, the handler, when it started, the
+#: index of the next handler).
+_Pending = tuple[Awaitable[Any], Handler, float, int]
 
 
 class _EventQueue:
@@ -96,12 +99,15 @@ class Dispatcher:
         self._handlers = handlers
         self.capacity = capacity
         self._queue = _EventQueue()
+        self._items = self._queue._items  # read directly on the per-event path
         self._drained = asyncio.Event()
         self._drained.set()
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[None] | None = None
         self._busy = False
-        self._log_context = log_context
+        self._paused = False  # intake paused by backpressure (``_drained`` clear)
+        #: Set as the handler task's log context when it starts (see ``context``).
+        self.log_context = log_context
         self._around_event = around_event
         self._progress = progress
         self._stats = session.stats
@@ -131,17 +137,23 @@ class Dispatcher:
 
     def put(self, event: GatewayEvent) -> None:
         """Called by the reader for every accepted dispatch. Never blocks."""
-        self._queue.put_nowait(event)
-        depth = self._queue.qsize()
+        items = self._items
+        items.append(event)  # the queue's put_nowait, inline: once per event
+        waiter = self._queue._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        depth = len(items)
         self._stats.queue_depth = depth
-        self._publish_depth(depth)
+        if self._interest.queue_depth:
+            self._publish_depth(depth)
         if depth >= self.capacity:
-            if self._drained.is_set():
+            if not self._paused:
                 _log.warning(
                     "shard %d: handler queue full (%d); pausing intake until it drains",
                     self._session.shard_id,
                     depth,
                 )
+            self._paused = True
             self._drained.clear()
             self._session.set_backpressure(True)
 
@@ -170,77 +182,124 @@ class Dispatcher:
         return left
 
     async def _work(self) -> None:
-        if self._log_context is not None:
-            current_shard.set(self._log_context)
+        if self.log_context is not None:
+            current_shard.set(self.log_context)
+        items, queue = self._items, self._queue
+        progress = self._progress
+        remember = progress.remember if progress is not None else None
         while True:
-            event = await self._queue.get()
+            # An event already queued is taken without a coroutine for ``get`` (as ``get``
+            # would: it returns without yielding when the queue is not empty).
+            event = items.popleft() if items else await queue.get()
             self._busy = True
             try:
                 around = self._around_event()
                 if around is None:
-                    await self._handle(event)
+                    # Synchronous handlers (the common case) run without a coroutine per event.
+                    handlers = self._handlers(event.type)
+                    pending = self._run_handlers(event, handlers, 0)
+                    if pending is not None:
+                        await self._finish(event, handlers, pending)
                 else:
                     with around(event):
                         await self._handle(event)
-                progress = self._progress
-                if progress is not None:  # inline, no call: this runs for every event
+                if progress is not None:  # inline: this runs for every event
                     progress.handled += 1
                     if event.seq is not None:
                         progress.last = event
                     event_id = event.event_id
-                    if event_id is not None:
-                        progress.remember(event_id)
+                    if event_id is not None and remember is not None:
+                        remember(event_id)
             finally:
                 self._busy = False
-                depth = self._queue.qsize()
+                depth = len(items)
                 self._stats.queue_depth = depth
-                self._publish_depth(depth)
-                if not self._drained.is_set() and depth <= self.capacity // 2:
+                if self._interest.queue_depth:
+                    self._publish_depth(depth)
+                if self._paused and depth <= self.capacity // 2:
+                    self._paused = False
                     self._session.set_backpressure(False)
                     self._drained.set()
 
     async def _handle(self, event: GatewayEvent) -> None:
-        for handler in self._handlers(event.type):
-            started = self._loop.time()
+        handlers = self._handlers(event.type)
+        pending = self._run_handlers(event, handlers, 0)
+        if pending is not None:
+            await self._finish(event, handlers, pending)
+
+    async def _finish(
+        self, event: GatewayEvent, handlers: list[Handler], pending: _Pending | None
+    ) -> None:
+        """Await the handler that returned an awaitable, then run the handlers after it."""
+        while pending is not None:
+            awaitable, handler, started, after = pending
             try:
-                result = handler(event)
-                if result is not None and inspect.isawaitable(result):
-                    await result
+                await awaitable
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a handler's bug never kills the session
-                name = getattr(handler, "__qualname__", repr(handler))
-                _log.error(
-                    "handler %s failed on %s (seq %s): %s",
-                    name,
-                    event.type,
-                    event.seq,
-                    type(exc).__name__,
-                    exc_info=True,
-                    extra={"shard": event.shard, "event_type": event.type},
-                )
-                self._bus.emit(
-                    ev.HandlerFailed(
-                        shard=event.shard,
-                        monotonic=self._loop.time(),
-                        event_type=event.type,
-                        handler=name,
-                        error_type=type(exc).__name__,
-                        error=str(exc)[:300],
-                    )
-                )
+                self._failed(event, handler, exc)
             else:
-                now = self._loop.time()
-                self._stats.count_handled(now - started)
-                if self._interest.handled:
-                    self._bus.emit(
-                        ev.HandlerCompleted(
-                            shard=event.shard,
-                            monotonic=now,
-                            event_type=event.type,
-                            duration=now - started,
-                        )
-                    )
+                self._completed(event, started)
+            pending = self._run_handlers(event, handlers, after)
+
+    def _run_handlers(
+        self, event: GatewayEvent, handlers: list[Handler], first: int
+    ) -> _Pending | None:
+        """Call ``handlers`` from index ``first`` on; stop at the first one that returns an
+        awaitable and hand it back (with the handler, its start time and the index of the next
+        handler) for :meth:`_finish` to await."""
+        clock, stats = self._loop.time, self._stats
+        for index in range(first, len(handlers)):
+            handler = handlers[index]
+            started = clock()
+            try:
+                result = handler(event)
+            except Exception as exc:  # noqa: BLE001 - a handler's bug never kills the session
+                self._failed(event, handler, exc)
+                continue
+            if result is not None and inspect.isawaitable(result):
+                return result, handler, started, index + 1
+            if self._interest.handled:
+                self._completed(event, started)
+            else:  # _completed without the event nobody listens to
+                stats.count_handled(clock() - started)
+        return None
+
+    def _completed(self, event: GatewayEvent, started: float) -> None:
+        now = self._loop.time()
+        self._stats.count_handled(now - started)
+        if self._interest.handled:
+            self._bus.emit(
+                ev.HandlerCompleted(
+                    shard=event.shard,
+                    monotonic=now,
+                    event_type=event.type,
+                    duration=now - started,
+                )
+            )
+
+    def _failed(self, event: GatewayEvent, handler: Handler, exc: Exception) -> None:
+        name = getattr(handler, "__qualname__", repr(handler))
+        _log.error(
+            "handler %s failed on %s (seq %s): %s",
+            name,
+            event.type,
+            event.seq,
+            type(exc).__name__,
+            exc_info=exc,
+            extra={"shard": event.shard, "event_type": event.type},
+        )
+        self._bus.emit(
+            ev.HandlerFailed(
+                shard=event.shard,
+                monotonic=self._loop.time(),
+                event_type=event.type,
+                handler=name,
+                error_type=type(exc).__name__,
+                error=str(exc)[:300],
+            )
+        )
 
     def _publish_depth(self, depth: int) -> None:
         if not self._interest.queue_depth:

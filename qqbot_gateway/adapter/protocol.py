@@ -35,6 +35,7 @@ __all__ = [
     "classify_close",
     "close_reason",
     "derive_seed",
+    "new_event",
     "parse_intents",
 ]
 
@@ -260,6 +261,57 @@ class GatewayEvent:
     shard: int
     session_id: str | None
     replayed: bool = False
+
+
+class _EventBuilder:
+    """``GatewayEvent``'s slots, not frozen: see :func:`new_event`."""
+
+    __slots__ = GatewayEvent.__slots__
+
+
+def new_event(
+    type: str,
+    data: Any,
+    seq: int | None,
+    event_id: str | None,
+    shard: int,
+    session_id: str | None,
+    replayed: bool,
+) -> GatewayEvent:
+    """``GatewayEvent(type, data, seq, event_id, shard, session_id, replayed)``, a third of
+    the cost: built once per dispatched event, on the reader's hot path.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__`` (about
+    100 ns a field, 0.8 us an event). This fills an object with the very same slots by plain
+    attribute stores and then makes it a ``GatewayEvent`` (``__class__`` assignment, which
+    CPython allows between classes of identical layout): the result is an ordinary
+    ``GatewayEvent``, frozen, equal to the one the constructor builds.
+    """
+    event: Any = _EventBuilder.__new__(_EventBuilder)
+    event.type = type
+    event.data = data
+    event.seq = seq
+    event.event_id = event_id
+    event.shard = shard
+    event.session_id = session_id
+    event.replayed = replayed
+    event.__class__ = GatewayEvent
+    return event  # type: ignore[no-any-return]
+
+
+def _check_new_event() -> None:
+    """Where ``__class__`` assignment is not allowed, ``new_event`` is the constructor."""
+    global new_event
+    args: tuple[Any, ...] = ("T", {}, 1, "id", 0, "s", False)
+    try:
+        ok = new_event(*args) == GatewayEvent(*args)
+    except TypeError:
+        ok = False
+    if not ok:  # pragma: no cover - CPython allows it
+        new_event = GatewayEvent
+
+
+_check_new_event()
 
 
 #: The message events a bot exists to handle (single chat, group @, guild @, guild DM): telemetry
