@@ -218,6 +218,8 @@ async def test_a_failed_journal_write_is_retried_and_a_restart_drops_redeliverie
         duplicates = 'qqbot_gateway_webhook_requests_total{outcome="duplicate",shard="0"}'
         assert await case.metric(http, duplicates) == 3
         assert await case.metric(http, "qqbot_gateway_webhook_journal_replayed_total") == 0
+        unusable = 'qqbot_gateway_restart_resumes_total{outcome="unusable",shard="0"}'
+        assert await case.metric(http, unusable) == 1  # the foreign journal, counted
         assert await second.signal(signal.SIGTERM) == 0
     counts = case.counts()
     print(

@@ -117,6 +117,8 @@ class Recovery:
     good_size: int = 0
     header_size: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: Why the file was not usable at all and was moved aside (None: it was usable or absent).
+    unusable: str | None = None
 
 
 def one_line(body: bytes) -> bytes:
@@ -235,10 +237,11 @@ class JournalFile:
                 f"{self.path}: {why}, and it cannot be moved aside: {exc.strerror or exc}"
             ) from None
         return Recovery(
+            unusable=f"{self.path}: {why}",
             warnings=[
                 f"webhook journal {self.path}: {why}; moved to {self.aside.name} and starting a "
                 "new journal (nothing in it can be replayed)"
-            ]
+            ],
         )
 
     # --- writing -------------------------------------------------------------------------
