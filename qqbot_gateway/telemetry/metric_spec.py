@@ -423,7 +423,7 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
             "what became of the session a previous process stored: `resumed`, `refused` (op 9 or "
             "expired on the platform: a new session, events may be missed), `too_old` (past "
             "`QQBOT_SESSION_MAX_AGE`, not tried), `unusable` (corrupt, another app id or shard "
-            "count)"
+            "count; with the webhook transport, a journal or checkpoint that could not be used)"
         ),
     ),
     MetricSpec(
