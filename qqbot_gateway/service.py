@@ -46,12 +46,14 @@ __all__ = [
     "EXIT_RUNTIME",
     "EXIT_SECOND_SIGNAL",
     "Handler",
+    "ReceiverError",
     "ServiceError",
     "check",
     "error_line",
     "load_handler",
     "print_event",
     "run_service",
+    "start_receiver",
 ]
 
 _log = logging.getLogger("qqbot_gateway.service")
@@ -77,6 +79,14 @@ class ServiceError(Exception):
     def __init__(self, message: str, status: int = EXIT_RUNTIME) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ReceiverError(ServiceError):
+    """The webhook receiver cannot listen; ``errno`` of the failed bind (None: the TLS files)."""
+
+    def __init__(self, message: str, status: int = EXIT_RUNTIME, errno: int | None = None) -> None:
+        super().__init__(message, status)
+        self.errno = errno
 
 
 def _say(text: str) -> None:
@@ -243,7 +253,9 @@ async def run_service(
                 f"({settings.source('token_url')}): {exc}"
             ) from None
         if client.webhook is not None:
-            receiver = await _start_receiver(settings, client, telemetry)
+            receiver = await start_receiver(
+                settings, client, health=lambda: telemetry.evaluate().healthy
+            )
         started = True
         if receiver is not None:
             _log.info(
@@ -300,23 +312,27 @@ async def run_service(
             loop.remove_signal_handler(sig)
 
 
-async def _start_receiver(settings: Settings, client: Any, telemetry: Any) -> Any:
-    """The webhook receiver on QQBOT_WEBHOOK_ADDR, or a ServiceError saying why not."""
+async def start_receiver(
+    settings: Settings, client: Any, *, health: Callable[[], bool] | None = None
+) -> Any:
+    """The webhook receiver for a started webhook-mode ``client`` on QQBOT_WEBHOOK_ADDR, or a
+    :class:`ReceiverError` naming the setting (the hermes plugin runs it the same way)."""
     from qqbot_gateway.telemetry.webhook import WebhookReceiver
 
-    receiver = WebhookReceiver(client.webhook, health=lambda: telemetry.evaluate().healthy)
+    receiver = WebhookReceiver(client.webhook, health=health)
     try:
         await receiver.start()
-    except OSError as exc:
-        host, port = settings.webhook_addr
-        raise ServiceError(
-            f"cannot listen on {host}:{port} ({settings.source('webhook_addr')}): "
-            f"{exc.strerror or exc}"
-        ) from None
     except ssl.SSLError as exc:
-        raise ServiceError(
+        raise ReceiverError(
             f"cannot use the TLS certificate/key ({settings.source('webhook_tls_cert')}): {exc}",
             EXIT_CONFIG,
+        ) from None
+    except OSError as exc:
+        host, port = settings.webhook_addr
+        raise ReceiverError(
+            f"cannot listen on {host}:{port} ({settings.source('webhook_addr')}): "
+            f"{exc.strerror or exc}",
+            errno=exc.errno,
         ) from None
     return receiver
 

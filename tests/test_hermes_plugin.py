@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from aiohttp import web
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.config import ConfigError
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
+from qqbot_gateway.simulator.webhook import WebhookDeliverer
 from tests.gateway_harness import APP_ID, INTERVAL, SECRET, poll_until, sim_config
 from tests.hermes_harness import (
     Watch,
@@ -79,7 +81,8 @@ async def started(
         adapter = load_platform(PLATFORM)
         watch = Watch(adapter, reply=lambda e: f"re: {e.text}")
         ok = await adapter.connect()
-        assert ok == adapter.is_connected
+        # With webhook_require_validation the receiver listens but is not connected yet.
+        assert ok == adapter.is_connected or more.get("webhook_require_validation")
         try:
             yield adapter, watch
         finally:
@@ -250,7 +253,6 @@ def test_settings_precedence_and_errors(tmp_path: Path) -> None:
         "dm_policy": ("everyone", "platforms.qqbot_gateway.extra.dm_policy: expected one of"),
         "api_base": ("ftp://x", "platforms.qqbot_gateway.extra.api_base: expected a http://"),
         "markdown_support": ("maybe", "platforms.qqbot_gateway.extra.markdown_support: expected"),
-        "transport": ("webhook", "platforms.qqbot_gateway.extra.transport: the hermes plugin"),
         "ack_miss_limit": (3, "platforms.qqbot_gateway.extra.ack_miss_limit: removed"),
     }
     for key, (value, message) in bad.items():
@@ -543,3 +545,131 @@ async def test_images_go_out_as_native_qq_media(sim: Simulator, tmp_path: Path) 
         assert sim.messages[-1].kind == "channel"
         assert url in sim.messages[-1].body["content"]
         assert watch.received
+
+
+# --- the webhook transport --------------------------------------------------------------------
+
+
+def _dispatch(index: int, text: str) -> dict[str, Any]:
+    """A C2C message as QQ posts it to the callback URL (op 0)."""
+    data = c2c_message(index, text)
+    return {"op": 0, "id": f"W{index}", "d": data, "s": index, "t": "C2C_MESSAGE_CREATE"}
+
+
+async def test_webhook_transport_in_hermes(sim: Simulator, tmp_path: Path) -> None:
+    """``transport: webhook``: the service's receiver runs inside hermes. Validation gates the
+    connected state (webhook_require_validation), a signed C2C message reaches hermes and its
+    reply is a passive reply, a forged callback never reaches hermes, a redelivery is dropped,
+    and disconnect() is the end of "connected"."""
+    webhook = {
+        "transport": "webhook",
+        "webhook_addr": "127.0.0.1:0",
+        "webhook_path": "/qq",
+        "webhook_require_validation": True,
+    }
+    async with started(sim, tmp_path, **webhook) as (adapter, watch):
+        assert adapter.receiver is not None and adapter.client is not None
+        url = adapter.receiver.url
+        assert url is not None and url.endswith("/qq")
+        assert not adapter.is_connected and not watch.marks  # listening, not validated yet
+        assert adapter.client.supervisors == {}  # no WebSocket, no shard
+        assert adapter.telemetry is not None
+        readyz = f"{adapter.telemetry.http_url}/readyz"
+        async with (
+            aiohttp.ClientSession() as http,
+            WebhookDeliverer(url, secret=SECRET, app_id=APP_ID) as platform,
+        ):
+            async with http.get(readyz) as resp:
+                assert resp.status == 503 and "no valid op 13" in await resp.text()
+            assert await platform.validate()
+            await watch.until(lambda: adapter.is_connected, 10, "connected after op 13")
+            assert [m for m, _ in watch.marks] == ["connected"]
+            async with http.get(readyz) as resp:
+                assert resp.status == 200  # the side server tells the same truth
+
+            # A forged callback (one bit of the signature flipped) is refused.
+            forged = json.dumps(_dispatch(2, "forged")).encode()
+            headers = platform.signed_headers(forged)
+            signature = bytearray(bytes.fromhex(headers["X-Signature-Ed25519"]))
+            signature[0] ^= 1
+            headers["X-Signature-Ed25519"] = signature.hex()
+            assert (await platform.post(forged, headers))[0] == 401
+
+            message = _dispatch(1, "hello over webhooks")
+            assert await platform.deliver(message)  # ACKed (op 12) once durable
+            await watch.until(lambda: sim.messages, 10, "hermes's reply")
+            reply = sim.messages[0]
+            assert (reply.kind, reply.msg_id, reply.msg_seq) == ("c2c", "M00001", 1)
+            assert reply.body["markdown"]["content"] == "re: hello over webhooks"
+            assert await platform.deliver(message)  # QQ redelivers: ACKed, dropped
+            await asyncio.sleep(0.3)  # room for a duplicate or the forged one to show up
+        assert watch.message_ids() == ["M00001"]
+        assert watch.received[0].source.chat_type == "dm"
+        assert len(sim.messages) == 1 and not watch.fatal
+        assert platform.stats.unexpected == []
+    assert not adapter.is_connected
+    assert [m for m, _ in watch.marks] == ["connected", "disconnected"]
+    assert adapter.receiver is None and adapter.client is None
+
+
+async def test_webhook_address_in_use_is_a_fatal_error(sim: Simulator, tmp_path: Path) -> None:
+    """A receiver that cannot bind: connect() returns False with a fatal, non-retryable error
+    naming the setting, which hermes's runner reads and shows (its status file says so), and
+    nothing is left running."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        extra = {"transport": "webhook", "webhook_addr": f"127.0.0.1:{port}"}
+        async with started(sim, tmp_path, **extra) as (adapter, watch):
+            assert not adapter.is_connected and not watch.marks
+            assert adapter.fatal_error_code == "qqbot_gateway_webhook_addr_in_use"
+            assert adapter.fatal_error_retryable is False
+            message = adapter.fatal_error_message or ""
+            assert message.startswith(
+                f"cannot listen on 127.0.0.1:{port} (platforms.qqbot_gateway.extra.webhook_addr): "
+            )
+            assert "address already in use" in message.lower()
+            status = json.loads((tmp_path / "hermes" / "gateway_state.json").read_text())
+            assert status["platforms"][PLATFORM]["state"] == "fatal"
+            assert status["platforms"][PLATFORM]["error_code"] == adapter.fatal_error_code
+            assert adapter.client is None and adapter.receiver is None
+            assert adapter.telemetry is None
+        assert not watch.fatal  # connect() returned False: hermes's runner reads the error
+
+
+def test_webhook_settings(tmp_path: Path) -> None:
+    env = {"QQ_APP_ID": "111", "QQ_CLIENT_SECRET": "hermes-secret"}
+    where = "platforms.qqbot_gateway.extra"
+    s = hermes.hermes_settings(
+        {}, {**env, "QQBOT_TRANSPORT": "webhook", "QQBOT_WEBHOOK_ADDR": "127.0.0.1:8080"}
+    )
+    assert (s.service.transport, s.service.webhook_addr) == ("webhook", ("127.0.0.1", 8080))
+    s = hermes.hermes_settings({"transport": "websocket"}, {**env, "QQBOT_TRANSPORT": "webhook"})
+    assert s.service.transport == "websocket"  # extra wins over the environment
+    cert = tmp_path / "cert.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    hook = {"transport": "webhook", "webhook_addr": "0.0.0.0:8443"}
+    bad: list[tuple[dict[str, Any], dict[str, str], str]] = [
+        ({"transport": "webhook"}, {}, f"{where}.webhook_addr: required with transport: webhook"),
+        ({}, {"QQBOT_TRANSPORT": "webhook"}, f"{where}.webhook_addr: required"),
+        ({"transport": "carrier-pigeon"}, {}, f"{where}.transport: expected one of"),
+        ({**hook, "webhook_addr": "8443"}, {}, f"{where}.webhook_addr: expected host:port"),
+        ({**hook, "webhook_path": "qq"}, {}, f"{where}.webhook_path: expected a path"),
+        (
+            {**hook, "webhook_tls_cert": str(cert)},
+            {},
+            f"{where}.webhook_tls_cert: TLS needs {where}.webhook_tls_key as well",
+        ),
+        (
+            hook,
+            {"QQBOT_WEBHOOK_TLS_KEY": str(cert)},
+            f"QQBOT_WEBHOOK_TLS_KEY: TLS needs {where}.webhook_tls_cert as well",
+        ),
+        ({**hook, "webhook_tls_key": str(tmp_path / "nope")}, {}, f"{where}.webhook_tls_key: "),
+        ({**hook, "shard_count": 2}, {}, f"{where}.shard_count: the webhook transport has no"),
+        ({**hook, "http_addr": "0.0.0.0:8443"}, {}, f"{where}.webhook_addr: port 8443 is the side"),
+        ({**hook, "webhook_max_body": 10}, {}, f"{where}.webhook_max_body: "),
+    ]
+    for extra, more_env, message in bad:
+        with pytest.raises(ConfigError, match="^" + re.escape(message)) as info:
+            hermes.hermes_settings(extra, {**env, **more_env})
+        assert "\n" not in str(info.value) and "QQBOT_TRANSPORT" not in str(info.value)

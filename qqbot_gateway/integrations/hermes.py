@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import errno
 import logging
 import mimetypes
 import os
@@ -40,7 +41,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, Final
@@ -71,6 +72,7 @@ from qqbot_gateway.adapter.errors import (
 )
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.store import StoreError
+from qqbot_gateway.adapter.webhook import VALIDATED
 from qqbot_gateway.config import (
     ENV_PREFIX,
     REMOVED_SETTINGS,
@@ -80,6 +82,7 @@ from qqbot_gateway.config import (
     load_settings,
     refuse_removed_env,
 )
+from qqbot_gateway.service import ReceiverError, start_receiver
 from qqbot_gateway.telemetry import Telemetry
 
 __all__ = [
@@ -135,12 +138,9 @@ _PLUGIN_KEYS: Final = (
 )
 #: Service settings that hermes owns inside its process (logging), or that have their own name
 #: here (the side server's address).
-_NOT_FROM_SERVICE: Final = frozenset({"log_format", "log_level", "http_addr", "transport"})
-#: The webhook transport needs its own listener wired next to the client: not mapped here.
-_WEBHOOK_ONLY: Final = frozenset(k for k in SETTING_NAMES if k.startswith("webhook_"))
-_SERVICE_KEYS: Final = tuple(
-    k for k in SETTING_NAMES if k not in _NOT_FROM_SERVICE and k not in _WEBHOOK_ONLY
-)
+_NOT_FROM_SERVICE: Final = frozenset({"log_format", "log_level", "http_addr"})
+_SERVICE_KEYS: Final = tuple(k for k in SETTING_NAMES if k not in _NOT_FROM_SERVICE)
+_SETTING_VAR = re.compile(re.escape(ENV_PREFIX) + r"[A-Z0-9_]+")
 
 _MAX_ROUTES: Final = 10_000
 _MAX_ATTACHMENTS: Final = 10
@@ -175,8 +175,8 @@ class HermesSettings:
 
 
 def _as_text(value: Any) -> str:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a value, got {value!r}")
+    if isinstance(value, bool):  # YAML's true / on / yes: the service's settings parse these
+        return "true" if value else "false"
     if isinstance(value, list | tuple):
         return ",".join(str(v) for v in value)
     return str(value)
@@ -230,12 +230,6 @@ def hermes_settings(
         if key in extra:
             raise ConfigError(f"{where}.{key}: {why}")
     refuse_removed_env(environ)
-    transport = extra.get("transport")
-    if transport is not None and str(transport).strip().lower() != "websocket":
-        raise ConfigError(
-            f"{where}.transport: the hermes plugin runs the WebSocket transport only, got "
-            f"{transport!r} (the webhook transport is not mapped to hermes yet)"
-        )
     env: dict[str, str] = {}
     names: dict[str, str] = {}  # QQBOT_X -> the name to show in a message
     for key in _SERVICE_KEYS:
@@ -263,6 +257,13 @@ def hermes_settings(
             except ValueError as exc:
                 raise ConfigError(f"{where}.{key}: {exc}") from None
             names[var] = f"{where}.{key}"
+
+    def _named(var: str) -> str:
+        if var in names or var in env:
+            return names.get(var, var)
+        key = var[len(ENV_PREFIX) :].lower()  # not set anywhere: the key the user would add
+        return f"{where}.{key}" if key in _SERVICE_KEYS else var
+
     http_addr = extra.get("http_addr")
     if http_addr is not None:
         env["QQBOT_HTTP_ADDR"] = _as_text(http_addr)
@@ -272,13 +273,20 @@ def hermes_settings(
         names["QQBOT_HTTP_ADDR"] = HTTP_ADDR_ENV
     try:
         service = load_settings(env=env, warn=lambda _: None)
-    except ConfigError as exc:
-        message = str(exc)
-        for var, name in names.items():
-            if message.startswith(var + ":"):
-                message = name + message[len(var) :]
-                break
-        raise ConfigError(message) from None
+    except ConfigError as exc:  # named as the user wrote it: extra's key, or hermes's variable
+        raise ConfigError(_SETTING_VAR.sub(lambda m: _named(m.group(0)), str(exc))) from None
+    # Later messages of the service (e.g. "cannot listen on ...") name the setting the same way.
+    service = replace(
+        service,
+        sources=tuple((k, names.get(ENV_PREFIX + k.upper(), v)) for k, v in service.sources),
+    )
+    if service.transport == "webhook" and "QQBOT_WEBHOOK_ADDR" not in env:
+        # The service listens on 0.0.0.0:8443 by default; inside hermes no port opens unasked.
+        raise ConfigError(
+            f"{where}.webhook_addr: required with transport: webhook (or QQBOT_WEBHOOK_ADDR): "
+            "the receiver's host:port, e.g. 0.0.0.0:8443 (QQ calls ports 80, 443, 8080 and 8443 "
+            "only) or 127.0.0.1:8080 behind a reverse proxy"
+        )
     if not service.app_id:
         raise ConfigError(f"{where}.app_id: required (or QQ_APP_ID / QQBOT_APP_ID)")
     if service.client_secret is None:
@@ -454,6 +462,11 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         self.MAX_MESSAGE_LENGTH = s.chunk_size if s else 2000
         self.client: QQBotClient | None = None
         self.telemetry: Telemetry | None = None
+        #: The webhook receiver (``transport: webhook``) while it runs.
+        self.receiver: Any = None
+        self._webhook = False  # the transport of the current connect()
+        self._listening = False
+        self._validated = False
         self._http: aiohttp.ClientSession | None = None
         self._unsubscribe: Any = None
         self._states: dict[int, ev.ConnectionState] = {}
@@ -479,7 +492,8 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
 
     # --- connection lifecycle ------------------------------------------------------------
     async def connect(self, *, is_reconnect: bool = False) -> bool:
-        """Start the client and wait (bounded) for every shard to be READY."""
+        """Start the client and wait (bounded) for every shard to be READY; with the webhook
+        transport, start the client and the receiver (connected once it listens)."""
         del is_reconnect  # a resume replays what QQ still holds either way
         if self.client is not None:
             return self._connected
@@ -503,10 +517,19 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
             client.add_handler(self._on_gateway_event, event_type)
         self._states = dict.fromkeys(client.config.shards, ev.ConnectionState.IDLE)
         self._zombies.clear()
-        self._unsubscribe = client.events.subscribe(
-            self._on_lifecycle,
-            kinds=(ev.StateChanged, ev.ZombieDetected, ev.ShardFatal, ev.SupervisorStopped),
+        webhook = service.transport == "webhook"
+        self._webhook, self._listening, self._validated = webhook, False, False
+        kinds: tuple[type[ev.LifecycleEvent], ...] = (
+            ev.StateChanged,
+            ev.ZombieDetected,
+            ev.ShardFatal,
+            ev.SupervisorStopped,
         )
+        if webhook:
+            kinds = (ev.WebhookListening, ev.WebhookStopped)
+            if service.webhook_require_validation:
+                kinds += (ev.WebhookRequest,)
+        self._unsubscribe = client.events.subscribe(self._on_lifecycle, kinds=kinds)
         self.client = client
         timeout = aiohttp.ClientTimeout(total=client.config.request_timeout * 3)
         self._http = aiohttp.ClientSession(timeout=timeout)
@@ -517,7 +540,15 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
                 self.telemetry = telemetry
                 await telemetry.start()
             await client.start()
-            ready = await self._wait_ready(self.settings.ready_timeout)
+            if webhook:
+                self.receiver = await start_receiver(service, client, health=self._healthy)
+                # Listening is connected; with webhook_require_validation, the first op 13 is.
+                ready = self._connected or service.webhook_require_validation
+            else:
+                ready = await self._wait_ready(self.settings.ready_timeout)
+        except ReceiverError as exc:
+            code, retryable = _receiver_failure(exc)
+            return await self._failed(code, str(exc), retryable)
         except InvalidCredentialsError as exc:
             return await self._failed("qqbot_gateway_credentials_refused", str(exc), False)
         except AuthError as exc:
@@ -538,12 +569,21 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
                 self.fatal_error_message or "shard stopped",
                 self.fatal_error_retryable,
             )
+        if not ready and webhook:
+            return await self._failed("qqbot_gateway_not_ready", "receiver not listening", True)
         if not ready:
             reasons = {s.last_reason for s in client.shard_status() if s.last_reason}
             detail = f" (last: {', '.join(sorted(reasons))})" if reasons else ""
             message = f"no READY within {self.settings.ready_timeout:g}s{detail}"
             return await self._failed("qqbot_gateway_not_ready", message, True)
         return True
+
+    def _healthy(self) -> bool:
+        """``GET /healthz`` on the receiver's port: the side server's verdict when it runs."""
+        if self.telemetry is not None:
+            return self.telemetry.evaluate().healthy
+        intake = self.client.webhook if self.client is not None else None
+        return intake is not None and intake.status().listening and intake.status().handlers_alive
 
     async def _wait_ready(self, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -574,13 +614,18 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
     async def _shutdown(self) -> None:
         self._closing = True
         client, self.client = self.client, None
+        receiver, self.receiver = self.receiver, None
         telemetry, self.telemetry = self.telemetry, None
         http, self._http = self._http, None
         if telemetry is not None:
             telemetry.begin_shutdown()
         drain = self.settings.service.drain_timeout if self.settings else 5.0
         if client is not None:
+            # With the webhook transport callbacks get a 503 from here on (QQ retries them),
+            # the journal and the handlers drain, and only then does the receiver stop.
             await client.close(drain_timeout=drain)
+        if receiver is not None:
+            await receiver.stop()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -593,7 +638,14 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
     # --- truth for hermes ----------------------------------------------------------------
     def _on_lifecycle(self, event: ev.LifecycleEvent) -> None:
         shard = event.shard
-        if isinstance(event, ev.StateChanged) and shard is not None:
+        if isinstance(event, ev.WebhookListening | ev.WebhookStopped):
+            self._listening = isinstance(event, ev.WebhookListening)
+            self._sync_connected()
+        elif isinstance(event, ev.WebhookRequest):
+            if event.outcome == VALIDATED and not self._validated:
+                self._validated = True
+                self._sync_connected()
+        elif isinstance(event, ev.StateChanged) and shard is not None:
             self._states[shard] = event.new
             if event.new is ev.ConnectionState.READY:
                 self._zombies.discard(shard)
@@ -610,11 +662,18 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
                 "qqbot_gateway_crashed", f"shard {shard} supervisor crashed: {event.error}", True
             )
 
-    def _sync_connected(self) -> None:
-        live = bool(self._states) and all(
+    def _live(self) -> bool:
+        if self._webhook:  # no connection: the receiver listening (and validated, if required)
+            s = self.settings
+            required = s is not None and s.service.webhook_require_validation
+            return self._listening and (self._validated or not required)
+        return bool(self._states) and all(
             state is ev.ConnectionState.READY and shard not in self._zombies
             for shard, state in self._states.items()
         )
+
+    def _sync_connected(self) -> None:
+        live = self._live()
         if live == self._connected or self._closing:
             return
         self._connected = live
@@ -947,6 +1006,19 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         if self.settings is not None and not self.settings.markdown_support:
             return _plain(content)
         return content
+
+
+def _receiver_failure(exc: ReceiverError) -> tuple[str, bool]:
+    """hermes's fatal-error code for a receiver that cannot listen, and whether to retry: a port
+    another process holds, a port we may not bind or unusable TLS files stay so (hermes's own
+    api_server treats a port in use the same way); anything else may clear up."""
+    if exc.errno is None:
+        return "qqbot_gateway_webhook_tls", False
+    if exc.errno == errno.EADDRINUSE:
+        return "qqbot_gateway_webhook_addr_in_use", False
+    if exc.errno == errno.EACCES:
+        return "qqbot_gateway_webhook_addr_denied", False
+    return "qqbot_gateway_webhook_listen", True
 
 
 async def _post(
