@@ -561,7 +561,7 @@ async def test_webhook_transport_in_hermes(sim: Simulator, tmp_path: Path) -> No
     connected state (webhook_require_validation), a signed C2C message reaches hermes and its
     reply is a passive reply, a forged callback never reaches hermes, a redelivery is dropped,
     and disconnect() is the end of "connected"."""
-    webhook = {
+    webhook: dict[str, Any] = {
         "transport": "webhook",
         "webhook_addr": "127.0.0.1:0",
         "webhook_path": "/qq",
