@@ -673,3 +673,47 @@ def test_webhook_settings(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="^" + re.escape(message)) as info:
             hermes.hermes_settings(extra, {**env, **more_env})
         assert "\n" not in str(info.value) and "QQBOT_TRANSPORT" not in str(info.value)
+
+
+async def test_webhook_callbacks_acked_before_a_restart_of_hermes_are_handed_over(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The intake journal inside hermes: callbacks QQ got an ACK for but hermes had not taken
+    when it stopped reach the next hermes process, each once; a redelivery after the restart
+    is dropped."""
+    env = {"QQ_CLIENT_SECRET": SECRET, "QQ_ALLOW_ALL_USERS": "true"}
+    extra = extra_for(
+        sim, tmp_path / "state", transport="webhook", webhook_addr="127.0.0.1:0", http_addr="off"
+    )
+    messages = [_dispatch(i, f"message {i}") for i in range(1, 4)]
+    with hermes_home(tmp_path / "hermes", plugin_config(PLATFORM, extra), env):
+        first = load_platform(PLATFORM)
+        Watch(first)
+        taken: list[str] = []
+        stuck = asyncio.Event()  # never set: hermes takes nothing before it stops
+
+        async def busy_hermes(event: Any) -> None:
+            taken.append(event.message_id)
+            await stuck.wait()
+
+        first.handle_message = busy_hermes
+        assert await first.connect()
+        async with WebhookDeliverer(first.receiver.url, secret=SECRET, app_id=APP_ID) as platform:
+            for message in messages:
+                assert await platform.deliver(message)  # ACKed: durable in the journal
+        await poll_until(lambda: taken, 10, "the first message in hermes's hands")
+        await first.disconnect()  # drain_timeout 1 s: the handler is cancelled
+
+        second = load_platform(PLATFORM)
+        watch = Watch(second)
+        assert await second.connect()
+        try:
+            await watch.until(lambda: len(watch.received) >= 3, 10, "the handed-over messages")
+            async with WebhookDeliverer(
+                second.receiver.url, secret=SECRET, app_id=APP_ID
+            ) as platform:
+                assert await platform.deliver(messages[0])  # QQ redelivers: dropped
+            await asyncio.sleep(0.3)
+            assert watch.message_ids() == ["M00001", "M00002", "M00003"]
+        finally:
+            await second.disconnect()
