@@ -434,6 +434,15 @@ def _median(results: list[Result]) -> tuple[float, float]:
     )
 
 
+def _spread(values: list[float]) -> str:
+    """``median [p25, p75] (min to max)`` of ratios."""
+    if len(values) < 2:
+        return f"{values[0]:.2f}x"
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    med = statistics.median(values)
+    return f"{med:.2f}x [{q1:.2f}, {q3:.2f}] ({min(values):.2f} to {max(values):.2f})"
+
+
 def _versions() -> str:
     import importlib.metadata as md
 
@@ -523,6 +532,17 @@ def main(argv: list[str] | None = None) -> None:
         tree, _, kind = name.rpartition(": ")
         label = f"{tree}: {LABELS[kind]}" if tree else LABELS[kind]
         print(f"| {label} | {rate:,.0f} | {cpu:.1f} | {ratio} | {cpu_ratio} |")
+    if results.get("botpy"):
+        # Each round ran every receiver once, minutes apart at most: a ratio within a round
+        # cancels the slow drifts of a shared machine. Median and quartiles over the rounds.
+        print("\nvs qq-botpy, round by round: median [p25, p75] (min to max)")
+        for name, rs in results.items():
+            if name == "botpy" or name.endswith("x50") or len(rs) != len(results["botpy"]):
+                continue
+            pairs = list(zip(rs, results["botpy"], strict=True))
+            rate = _spread([r.rate / b.rate for r, b in pairs])
+            cpu = _spread([b.cpu_us / r.cpu_us for r, b in pairs])
+            print(f"  {name:16s} events/s {rate}; CPU per event {cpu}")
     if results.get("run") and results.get("off"):
         run_rate, off_rate = _median(results["run"])[0], _median(results["off"])[0]
         print(f"\ntelemetry cost (run defaults vs off): {1 - run_rate / off_rate:+.1%} events/s")
