@@ -549,6 +549,12 @@ def main(argv: list[str] | None = None) -> None:
     if results.get("run") and results.get("off"):
         run_cpu, off_cpu = _median(results["run"])[1], _median(results["off"])[1]
         print(f"telemetry cost (run defaults vs off): {run_cpu / off_cpu - 1:+.1%} CPU per event")
+        pairs = list(zip(results["run"], results["off"], strict=True))
+        print(
+            "telemetry, round by round (run vs off): events/s "
+            f"{_spread([r.rate / o.rate for r, o in pairs])}, CPU per event "
+            f"{_spread([r.cpu_us / o.cpu_us for r, o in pairs])}"
+        )
     for prefix in ["", *(f"{tree}: " for tree in trees)]:
         if results.get(f"{prefix}run x50"):
             one = _median(results[f"{prefix}run"])[1]
