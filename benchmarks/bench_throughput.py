@@ -10,7 +10,10 @@ last event, the wall time and its own process CPU time, writes them as JSON and 
 Receivers:
 
 * ``run``: ``qqbot-gateway run`` itself (``python -m qqbot_gateway run --handler ...``) with
-  default settings: metrics, health, logs, and tracing as shipped.
+  default settings: metrics, health, logs, and tracing as shipped; the session store off, so
+  that every trial starts from nothing.
+* ``store``: the same with the session store on (the file store, in a fresh temporary
+  directory per trial): what the store costs on the real service path.
 * ``notrace``: the same wiring with ``TelemetryConfig(tracing=False)``.
 * ``traced``: ``qqbot-gateway run`` with a trace exporter configured: OTLP over HTTP
   (protobuf) to the flood server, which accepts and drops the spans; events sampled at the
@@ -60,9 +63,10 @@ from aiohttp import web
 APP_ID = "1024"
 SECRET = "bench-secret"
 QQ_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
-RECEIVERS = ("run", "notrace", "traced", "traced10", "off", "botpy", "bare")
+RECEIVERS = ("run", "store", "notrace", "traced", "traced10", "off", "botpy", "bare")
 LABELS = {
     "run": "`qqbot-gateway run` defaults",
+    "store": "the same, with the session store on (as by default; a temporary directory)",
     "notrace": "the same, tracing off",
     "traced": "the same, a trace exporter configured (1 % sampled, the default)",
     "traced10": "the same, a trace exporter configured (10 % sampled)",
@@ -375,8 +379,9 @@ def _trial(
                 "QQBOT_SHARD_COUNT": str(shards),
                 "QQBOT_HTTP_ADDR": "127.0.0.1:0",
                 "QQBOT_INTENTS": "GROUP_AND_C2C_EVENT",
-                # No session store: every trial identifies afresh (and leaves no state file).
-                "QQBOT_STATE_DIR": "off",
+                # No session store (every trial identifies afresh, no state file left), except
+                # for ``store``: the file store in this trial's temporary directory.
+                "QQBOT_STATE_DIR": tmp if kind == "store" else "off",
             }
             for name in [k for k in env if k.startswith("OTEL_")]:
                 del env[name]
@@ -385,7 +390,7 @@ def _trial(
                     env["QQBOT_TRACE_SAMPLE_RATIO"] = "0.1"
                 env["OTEL_TRACES_EXPORTER"] = "otlp"
                 env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{port}/v1/traces"
-            if kind in ("run", "traced", "traced10"):
+            if kind in ("run", "store", "traced", "traced10"):
                 argv = [
                     "-m",
                     "qqbot_gateway",
@@ -554,6 +559,13 @@ def main(argv: list[str] | None = None) -> None:
             "telemetry, round by round (run vs off): events/s "
             f"{_spread([r.rate / o.rate for r, o in pairs])}, CPU per event "
             f"{_spread([r.cpu_us / o.cpu_us for r, o in pairs])}"
+        )
+    if results.get("run") and results.get("store"):
+        pairs = list(zip(results["store"], results["run"], strict=True))
+        print(
+            "session store, round by round (store vs run): events/s "
+            f"{_spread([s.rate / r.rate for s, r in pairs])}, CPU per event "
+            f"{_spread([s.cpu_us / r.cpu_us for s, r in pairs])}"
         )
     for prefix in ["", *(f"{tree}: " for tree in trees)]:
         if results.get(f"{prefix}run x50"):
