@@ -28,14 +28,17 @@ every ``interval`` seconds and writes.
 ext4 a rename over the old file also starts the new file's writeback in the kernel, time the
 loop thread must not spend (measured: benchmarks/bench_store.md). Batched: at most one write
 per ``interval`` seconds; while a session is live and nothing happens the state is re-written
-every ``refresh`` seconds so its age stays meaningful. A failed write is logged (WARNING, once
-per failure streak), counted, and retried after a pause; it never stops the shard.
+every ``refresh`` seconds so its age stays meaningful. While the loop is saturated (see
+``SATURATED``) a write waits for a window with time to spare. A failed write is logged
+(WARNING, once per failure streak), counted, and retried after a pause; it never stops the
+shard.
 
 **The guarantee** (docs/session-store.md): at least once. An event reaches a
 handler a second time only if the process dies (SIGKILL, OOM kill, power loss) after its
 handlers completed and before the next checkpoint write finished: at most the events handled in
-the last ``interval`` seconds (plus the duration of a write), plus an event whose handler was
-running at the moment of death (it runs again from the start). A SIGTERM/SIGINT shutdown
+the last ``interval`` seconds (plus the duration of a write; while the loop is saturated by a
+burst, since the burst began), plus an event whose handler was running at the moment of death
+(it runs again from the start). A SIGTERM/SIGINT shutdown
 drains the queue and writes a final checkpoint, so a restart after it hands no event to a
 handler twice.
 """
