@@ -11,6 +11,11 @@ at a steady rate. After the op 13 validation and a healthy period it runs, one a
 * **slow receiver**: the proxy holds requests past the platform's timeout;
 * **slow handler**: the handler stalls, the bounded queue fills, callbacks get 503.
 
+The client runs with the intake journal on (in a temporary state directory), as the service
+does by default, so every ACK waits for its ``fdatasync``. The platform side retries a callback
+answered 503 for longer than a phase lasts (the slow-handler phase keeps the queue full for a
+whole phase), so a longer ``--duration`` does not make it give up on events.
+
 It then compares what the platform delivered with what the handler received (none lost, none
 twice) and shows every request counted by outcome. Exit status 0 only if nothing was lost or
 duplicated, nothing forged was accepted and every phase's fault really happened.
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
+import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -169,12 +176,18 @@ async def run_webhook_demo(
     stall = asyncio.Event()
     replies = 0
 
-    async with webhook_stack(
-        secret,
-        handler_queue_size=4,  # small: the slow-handler phase (1 event/s) fills it at once
-        http_port=http_port,
-        proxy_seed=5,
-    ) as stack:
+    # The intake journal on, as the service runs by default: every ACK waits for its fdatasync.
+    async with contextlib.AsyncExitStack() as stacks:
+        state_dir = stacks.enter_context(tempfile.TemporaryDirectory(prefix="qqbot-webhook-demo-"))
+        stack = await stacks.enter_async_context(
+            webhook_stack(
+                secret,
+                handler_queue_size=4,  # small: the slow-handler phase (1 event/s) fills it at once
+                http_port=http_port,
+                proxy_seed=5,
+                state_dir=state_dir,
+            )
+        )
         client, tel, receiver, proxy = stack.client, stack.telemetry, stack.receiver, stack.proxy
 
         @client.on()
@@ -189,7 +202,16 @@ async def run_webhook_demo(
 
         say(f"side server:       {tel.http_url}/healthz  /readyz  /metrics")
         say(f"webhook receiver:  {receiver.url}  (the platform posts via a chaos proxy)")
-        policy = DeliveryPolicy(timeout=1.0, max_attempts=30, backoff_base=0.05, backoff_cap=0.5)
+        # The platform keeps retrying a callback answered 503 for longer than a phase lasts plus
+        # the tail: the slow-handler phase keeps the queue full for a whole phase, and a retry
+        # budget shorter than that would make the platform give up (QQ's own schedule is not
+        # documented). Full jitter: a retry waits backoff_cap / 2 on average once at the cap.
+        phase_len = max(1.2, (duration - _LEAD_IN - _TAIL) / _PHASES)
+        cap = 0.5
+        attempts = max(30, math.ceil(2.0 * (phase_len + _TAIL) / (cap / 2)))
+        policy = DeliveryPolicy(
+            timeout=1.0, max_attempts=attempts, backoff_base=0.05, backoff_cap=cap
+        )
         platform = WebhookDeliverer(
             stack.platform_url, secret=secret, app_id=DEMO_APP_ID, policy=policy
         )
@@ -201,7 +223,6 @@ async def run_webhook_demo(
                 say(f"op 13 validation:  {'answered with a valid signature' if ok else 'FAILED'}")
                 loop = asyncio.get_running_loop()
                 start = loop.time()
-                phase_len = max(1.2, (duration - _LEAD_IN - _TAIL) / _PHASES)
                 schedule = [(start + _LEAD_IN + i * phase_len, p) for i, p in enumerate(_phases())]
                 end = start + _LEAD_IN + _PHASES * phase_len
                 say(f"healthy traffic at {event_rate:g} events/s ...")
@@ -260,6 +281,13 @@ async def run_webhook_demo(
         f"events: sent {len(sent)}, delivered {len(seen)}, lost {lost}, duplicated "
         f"{duplicated}, forged accepted {foreign}"
     )
+    gave_up = sum(
+        1
+        for task in deliveries
+        if task.done() and not task.cancelled() and task.exception() is None and not task.result()
+    )
+    if gave_up:
+        say(f"  the platform gave up on {gave_up} after {policy.max_attempts} attempts each")
     checks: list[tuple[str, Callable[[], bool]]] = [
         ("validation answered", lambda: ok),
         ("nothing lost, nothing twice", lambda: lost == 0 and duplicated == 0 and foreign == 0),

@@ -198,7 +198,8 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
     )
     tel.attach(client)
     proc: asyncio.subprocess.Process | None = None
-    hook_cm = webhook_stack(WEBHOOK_SECRET, path="/cb")
+    # The intake journal on, as in the service: its panels need its series.
+    hook_cm = webhook_stack(WEBHOOK_SECRET, path="/cb", state_dir=str(tmp_path / "state"))
     feeder: asyncio.Task[None] | None = None
     try:
         await tel.start()

@@ -159,6 +159,17 @@ async def test_sigkill_with_acked_callbacks_unhandled_loses_none(case: WebhookCa
         assert await case.metric(http, "qqbot_gateway_webhook_journal_replayed_total") == len(
             replayed
         )
+        # Redeliveries after the restart, of events the first process handled and of events
+        # the second replayed: dropped, not printed again.
+        again = [p for p in payloads if p["id"] in printed_at_kill][:3]
+        again += [p for p in payloads if p["id"] in {e["id"] for e in replayed}][:3]
+        printed = len(second.events)
+        duplicates = 'qqbot_gateway_webhook_requests_total{outcome="duplicate",shard="0"}'
+        before = await case.metric(http, duplicates)
+        for payload in again:
+            assert await qq.deliver(payload)
+        assert await case.metric(http, duplicates) - before == len(again) == 6
+        assert len(second.events) == printed
     counts = case.counts()
     lost = len(set(ids) - set(counts))
     duplicated = [i for i, n in counts.items() if n > 1]
@@ -218,6 +229,8 @@ async def test_a_failed_journal_write_is_retried_and_a_restart_drops_redeliverie
         duplicates = 'qqbot_gateway_webhook_requests_total{outcome="duplicate",shard="0"}'
         assert await case.metric(http, duplicates) == 3
         assert await case.metric(http, "qqbot_gateway_webhook_journal_replayed_total") == 0
+        unusable = 'qqbot_gateway_restart_resumes_total{outcome="unusable",shard="0"}'
+        assert await case.metric(http, unusable) == 1  # the foreign journal, counted
         assert await second.signal(signal.SIGTERM) == 0
     counts = case.counts()
     print(

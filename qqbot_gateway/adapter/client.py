@@ -476,6 +476,12 @@ class QQBotClient:
         recovery = await asyncio.to_thread(journal.file.recover)
         for warning in recovery.warnings:
             _log.warning("%s", warning)
+        if recovery.unusable is not None:  # counted like an unusable state file
+            self.events.emit(
+                ev.RestartResume(
+                    shard=0, monotonic=loop.time(), outcome="unusable", detail=recovery.unusable
+                )
+            )
         try:
             await asyncio.to_thread(journal.file.open, recovery)
         except OSError as exc:

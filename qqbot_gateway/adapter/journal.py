@@ -115,7 +115,10 @@ class Recovery:
     generation: str | None = None
     records: list[JournalRecord] = field(default_factory=list)
     good_size: int = 0
+    header_size: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: Why the file was not usable at all and was moved aside (None: it was usable or absent).
+    unusable: str | None = None
 
 
 def one_line(body: bytes) -> bytes:
@@ -177,8 +180,8 @@ class JournalFile:
         if problem is not None:
             return self._set_aside(problem)
         generation = json.loads(header[len(FORMAT) + 1 :])["generation"]
-        recovery = Recovery(generation=generation)
         offset = good = len(header) + 1
+        recovery = Recovery(generation=generation, header_size=offset)
         corrupt = 0
         pending_bad = 0  # bad lines after the last good record: the torn end, unless more follow
         lines = rest.split(b"\n")
@@ -234,10 +237,11 @@ class JournalFile:
                 f"{self.path}: {why}, and it cannot be moved aside: {exc.strerror or exc}"
             ) from None
         return Recovery(
+            unusable=f"{self.path}: {why}",
             warnings=[
                 f"webhook journal {self.path}: {why}; moved to {self.aside.name} and starting a "
                 "new journal (nothing in it can be replayed)"
-            ]
+            ],
         )
 
     # --- writing -------------------------------------------------------------------------
@@ -250,7 +254,7 @@ class JournalFile:
         self.generation = recovery.generation
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
-            self.header_size = len(self._header())
+            self.header_size = recovery.header_size  # the header as written, byte for byte
             if os.fstat(fd).st_size != recovery.good_size:
                 os.ftruncate(fd, recovery.good_size)
                 os.fdatasync(fd)
@@ -469,7 +473,9 @@ class IntakeJournal:
             self._wake.clear()
             if self._batch:
                 await self._commit()
-            if self._garbage() >= self._compact_at and not self._batch:
+            # Even with callbacks waiting: under a steady flood the batch is never empty here,
+            # and the file must stay bounded. They wait for one rewrite, once per COMPACT_AT.
+            if self._garbage() >= self._compact_at:
                 await self._compact()
             if self._closing and not self._batch:
                 return

@@ -423,7 +423,7 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
             "what became of the session a previous process stored: `resumed`, `refused` (op 9 or "
             "expired on the platform: a new session, events may be missed), `too_old` (past "
             "`QQBOT_SESSION_MAX_AGE`, not tried), `unusable` (corrupt, another app id or shard "
-            "count)"
+            "count; with the webhook transport, a journal or checkpoint that could not be used)"
         ),
     ),
     MetricSpec(
@@ -455,7 +455,8 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         help="Time from a callback's arrival to its answer (ACKed dispatches and validations).",
         doc=(
             "time from a callback's arrival to its 200 answer (the op 12 ACK, or the op 13 "
-            "answer): body read, signature verified, event queued; buckets 0.1 ms .. 5 s"
+            "answer): body read, signature verified, event journaled (with the session store "
+            "on) and queued; buckets 0.1 ms .. 5 s"
         ),
     ),
     MetricSpec(
