@@ -338,13 +338,16 @@ def main() -> None:
         f"else the file system has to flush: {all_on / all_off - 1:+.1%} here). The "
         "wall-clock rate swings with the other jobs on the machine. "
         f"Checkpoint writes completed during each flood: "
-        f"{', '.join(str(f.writes) for f in runs['on'])}. The writer task starts a write every "
-        "100 ms, but the worker thread that runs it rarely gets the GIL back from a saturated "
-        "loop (CPython's hand-off: the loop thread releases the GIL around every `epoll` call "
-        "and takes it back before the waiting thread has woken up), so a write started during "
-        "the flood finishes when the flood ends: the flood figures carry the per-event work, "
-        "not the writes, and at saturation the durable watermark trails until the burst is "
-        "over (at 1,000 events/s, below, writes run every 100 ms).",
+        f"{', '.join(str(f.writes) for f in runs['on'])}. A write started under a flood cannot "
+        "finish before the flood ends: the worker thread that runs it needs the GIL back after "
+        "each system call, and a saturated loop, which releases the GIL around every `epoll` "
+        "call, takes it back before the waiting thread has woken up (CPython's hand-off), "
+        "while each of those releases wakes the waiting thread for nothing. That cost the "
+        "loop 4 to 6 % of its time per event here before the writer learned to hold a write "
+        "back while the loop thread is busy for 95 % of a poll window "
+        "(`checkpoint.SATURATED`); the state is written in the first window with time to "
+        "spare, so at saturation the durable watermark trails until the burst is over, as it "
+        "did while the write was stuck (at 1,000 events/s, below, writes run every 100 ms).",
         "",
         "Runs, in order (events/s): off "
         f"{', '.join(f'{f.rate:,.0f}' for f in runs['off'])}; on "
@@ -378,13 +381,10 @@ def main() -> None:
         f"{one_write_cpu * 10 * 1e3:.1f} ms of CPU per second, "
         f"{one_write_cpu * 10:.1%} of one core, whatever the event rate). The flood "
         "comparison on this shared 2-core machine moves by several per cent between "
-        f"successive runs of this script (this run: {cpu_cost:+.1%} loop CPU, median): "
-        "under a flood the writer thread and each `fsync` (a journal commit that also "
-        "flushes what other processes wrote) compete with the saturated loop for two busy "
-        "cores. That part depends on the machine and the file system more than on this "
-        "code; an operator who needs the last per cent at saturation can raise "
-        "`QQBOT_CHECKPOINT_INTERVAL` (fewer writes; a longer window for duplicates after a "
-        "SIGKILL) or plug in another store backend.",
+        f"successive runs of this script (this run: {cpu_cost:+.1%} loop CPU, median), hence "
+        "the many interleaved rounds and the round-by-round ratios; below saturation the "
+        "writes run on the worker thread while the loop waits for events, and their CPU "
+        "(the figure above) is what they cost.",
         "",
         "## Checkpoint lag at 1,000 events/s",
         "",

@@ -10,7 +10,10 @@ last event, the wall time and its own process CPU time, writes them as JSON and 
 Receivers:
 
 * ``run``: ``qqbot-gateway run`` itself (``python -m qqbot_gateway run --handler ...``) with
-  default settings: metrics, health, logs, and tracing as shipped.
+  default settings: metrics, health, logs, and tracing as shipped; the session store off, so
+  that every trial starts from nothing.
+* ``store``: the same with the session store on (the file store, in a fresh temporary
+  directory per trial): what the store costs on the real service path.
 * ``notrace``: the same wiring with ``TelemetryConfig(tracing=False)``.
 * ``traced``: ``qqbot-gateway run`` with a trace exporter configured: OTLP over HTTP
   (protobuf) to the flood server, which accepts and drops the spans; events sampled at the
@@ -60,9 +63,10 @@ from aiohttp import web
 APP_ID = "1024"
 SECRET = "bench-secret"
 QQ_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
-RECEIVERS = ("run", "notrace", "traced", "traced10", "off", "botpy", "bare")
+RECEIVERS = ("run", "store", "notrace", "traced", "traced10", "off", "botpy", "bare")
 LABELS = {
     "run": "`qqbot-gateway run` defaults",
+    "store": "the same, with the session store on (as by default; a temporary directory)",
     "notrace": "the same, tracing off",
     "traced": "the same, a trace exporter configured (1 % sampled, the default)",
     "traced10": "the same, a trace exporter configured (10 % sampled)",
@@ -375,8 +379,9 @@ def _trial(
                 "QQBOT_SHARD_COUNT": str(shards),
                 "QQBOT_HTTP_ADDR": "127.0.0.1:0",
                 "QQBOT_INTENTS": "GROUP_AND_C2C_EVENT",
-                # No session store: every trial identifies afresh (and leaves no state file).
-                "QQBOT_STATE_DIR": "off",
+                # No session store (every trial identifies afresh, no state file left), except
+                # for ``store``: the file store in this trial's temporary directory.
+                "QQBOT_STATE_DIR": tmp if kind == "store" else "off",
             }
             for name in [k for k in env if k.startswith("OTEL_")]:
                 del env[name]
@@ -385,7 +390,7 @@ def _trial(
                     env["QQBOT_TRACE_SAMPLE_RATIO"] = "0.1"
                 env["OTEL_TRACES_EXPORTER"] = "otlp"
                 env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{port}/v1/traces"
-            if kind in ("run", "traced", "traced10"):
+            if kind in ("run", "store", "traced", "traced10"):
                 argv = [
                     "-m",
                     "qqbot_gateway",
@@ -432,6 +437,15 @@ def _median(results: list[Result]) -> tuple[float, float]:
         statistics.median(r.rate for r in results),
         statistics.median(r.cpu_us for r in results),
     )
+
+
+def _spread(values: list[float]) -> str:
+    """``median [p25, p75] (min to max)`` of ratios."""
+    if len(values) < 2:
+        return f"{values[0]:.2f}x"
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    med = statistics.median(values)
+    return f"{med:.2f}x [{q1:.2f}, {q3:.2f}] ({min(values):.2f} to {max(values):.2f})"
 
 
 def _versions() -> str:
@@ -523,12 +537,36 @@ def main(argv: list[str] | None = None) -> None:
         tree, _, kind = name.rpartition(": ")
         label = f"{tree}: {LABELS[kind]}" if tree else LABELS[kind]
         print(f"| {label} | {rate:,.0f} | {cpu:.1f} | {ratio} | {cpu_ratio} |")
+    if results.get("botpy"):
+        # Each round ran every receiver once, minutes apart at most: a ratio within a round
+        # cancels the slow drifts of a shared machine. Median and quartiles over the rounds.
+        print("\nvs qq-botpy, round by round: median [p25, p75] (min to max)")
+        for name, rs in results.items():
+            if name == "botpy" or name.endswith("x50") or len(rs) != len(results["botpy"]):
+                continue
+            pairs = list(zip(rs, results["botpy"], strict=True))
+            rate = _spread([r.rate / b.rate for r, b in pairs])
+            cpu = _spread([b.cpu_us / r.cpu_us for r, b in pairs])
+            print(f"  {name:16s} events/s {rate}; CPU per event {cpu}")
     if results.get("run") and results.get("off"):
         run_rate, off_rate = _median(results["run"])[0], _median(results["off"])[0]
         print(f"\ntelemetry cost (run defaults vs off): {1 - run_rate / off_rate:+.1%} events/s")
     if results.get("run") and results.get("off"):
         run_cpu, off_cpu = _median(results["run"])[1], _median(results["off"])[1]
         print(f"telemetry cost (run defaults vs off): {run_cpu / off_cpu - 1:+.1%} CPU per event")
+        pairs = list(zip(results["run"], results["off"], strict=True))
+        print(
+            "telemetry, round by round (run vs off): events/s "
+            f"{_spread([r.rate / o.rate for r, o in pairs])}, CPU per event "
+            f"{_spread([r.cpu_us / o.cpu_us for r, o in pairs])}"
+        )
+    if results.get("run") and results.get("store"):
+        pairs = list(zip(results["store"], results["run"], strict=True))
+        print(
+            "session store, round by round (store vs run): events/s "
+            f"{_spread([s.rate / r.rate for s, r in pairs])}, CPU per event "
+            f"{_spread([s.cpu_us / r.cpu_us for s, r in pairs])}"
+        )
     for prefix in ["", *(f"{tree}: " for tree in trees)]:
         if results.get(f"{prefix}run x50"):
             one = _median(results[f"{prefix}run"])[1]

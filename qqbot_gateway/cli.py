@@ -236,7 +236,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.print_events:
         handlers.append(print_event)
     _configure_logging(settings)
-    return asyncio.run(run_service(settings, handlers, end_session=args.end_session))
+    return asyncio.run(
+        run_service(settings, handlers, end_session=args.end_session, freeze_gc=True)
+    )
 
 
 # --- demo ---------------------------------------------------------------------------------

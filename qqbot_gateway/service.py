@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import inspect
 import json
@@ -181,9 +182,18 @@ async def run_service(
     end_session: bool = False,
     stop: asyncio.Event | None = None,
     signals: bool = True,
+    freeze_gc: bool = False,
 ) -> int:
     """Run until ``stop`` is set or a signal arrives (``signals``), then shut down as the module
-    docstring says. Returns the exit status; a ServiceError for a failure to report."""
+    docstring says. Returns the exit status; a ServiceError for a failure to report.
+
+    ``freeze_gc`` (the ``run`` command, which owns its process): once everything is started,
+    ``gc.freeze()`` moves the objects that exist then (modules, telemetry, configuration:
+    tens of thousands of objects that live as long as the process) out of the cyclic
+    collector's way. Under a flood, events waiting in the handler queue survive young
+    collections and make full ones frequent (several per second); each full collection walked
+    all of those startup objects (about 30 ms each), about a tenth of the process's CPU at
+    saturation (benchmarks/throughput.md). A library caller's process is not ours to freeze."""
     from qqbot_gateway.adapter.client import QQBotClient
     from qqbot_gateway.adapter.errors import AuthError, InvalidCredentialsError
     from qqbot_gateway.adapter.store import StoreError, StoreLockedError
@@ -257,6 +267,8 @@ async def run_service(
                 settings, client, health=lambda: telemetry.evaluate().healthy
             )
         started = True
+        if freeze_gc:
+            gc.freeze()
         if receiver is not None:
             _log.info(
                 "%s %s receiving webhooks on %s; side server %s",

@@ -314,6 +314,30 @@ async def test_a_failed_write_is_reported_and_retried() -> None:
     assert store.cleared and store.closed
 
 
+async def test_a_saturated_loop_holds_writes_back_until_it_has_time() -> None:
+    """A loop thread busy for (nearly) a whole poll window would leave a write waiting for the
+    GIL until the burst ends, at the loop's expense: the writer holds it back and writes in the
+    first window with time to spare."""
+    store = MemoryStore()
+    busy = True
+
+    def cpu_clock() -> float:  # the loop thread's CPU time: all of the wall time while busy
+        return time.monotonic() * 2 if busy else 0.0
+
+    shard = Shard(store, interval=0.01, cpu_clock=cpu_clock)  # type: ignore[arg-type]
+    written = asyncio.Event()
+    shard.bus.subscribe_to(ev.CheckpointWritten, lambda _: written.set())
+    shard.ckpt.start()
+    shard.put(1, 2, 3)
+    await asyncio.sleep(0.2)
+    assert store.saved == [] and shard.ckpt.lag == 3
+    busy = False
+    async with asyncio.timeout(5):
+        await written.wait()
+    assert store.saved[-1].seq == 3 and shard.ckpt.lag == 0
+    await shard.close()
+
+
 async def test_the_writer_waits_with_the_injected_sleep() -> None:
     """Polls and the pause after a failed write run on the injected sleep: no real waiting."""
     store = MemoryStore()

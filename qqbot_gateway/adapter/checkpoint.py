@@ -28,14 +28,17 @@ every ``interval`` seconds and writes.
 ext4 a rename over the old file also starts the new file's writeback in the kernel, time the
 loop thread must not spend (measured: benchmarks/bench_store.md). Batched: at most one write
 per ``interval`` seconds; while a session is live and nothing happens the state is re-written
-every ``refresh`` seconds so its age stays meaningful. A failed write is logged (WARNING, once
-per failure streak), counted, and retried after a pause; it never stops the shard.
+every ``refresh`` seconds so its age stays meaningful. While the loop is saturated (see
+``SATURATED``) a write waits for a window with time to spare. A failed write is logged
+(WARNING, once per failure streak), counted, and retried after a pause; it never stops the
+shard.
 
 **The guarantee** (docs/session-store.md): at least once. An event reaches a
 handler a second time only if the process dies (SIGKILL, OOM kill, power loss) after its
 handlers completed and before the next checkpoint write finished: at most the events handled in
-the last ``interval`` seconds (plus the duration of a write), plus an event whose handler was
-running at the moment of death (it runs again from the start). A SIGTERM/SIGINT shutdown
+the last ``interval`` seconds (plus the duration of a write; while the loop is saturated by a
+burst, since the burst began), plus an event whose handler was running at the moment of death
+(it runs again from the start). A SIGTERM/SIGINT shutdown
 drains the queue and writes a final checkpoint, so a restart after it hands no event to a
 handler twice.
 """
@@ -69,6 +72,16 @@ DEFAULT_REFRESH: Final = 30.0
 #: After a failed write, the next attempt waits at least this long (a full or read-only disk
 #: must not be hammered in a loop).
 _RETRY_DELAY: Final = 0.5
+#: The event loop is saturated when its thread ran for this share of a writer poll window. A
+#: write started then cannot finish before the burst is over: the worker thread needs the GIL
+#: back after each system call, and a saturated loop, which releases the GIL around every
+#: ``epoll`` and socket read, takes it back before the waiting thread has woken up (CPython's
+#: hand-off). Meanwhile each of those releases wakes the waiting thread for nothing, a cost the
+#: loop pays per release: 4 to 10 % of a saturated shard's events/s, measured
+#: (benchmarks/bench_store.md, benchmarks/throughput.md). So the writer holds the write back
+#: until a window in which the loop has time to spare: the state then written is the same, and
+#: the durable watermark trails the burst exactly as it did while the write was stuck.
+SATURATED: Final = 0.95
 #: Event ids persisted for deduplication. The replay after a restart starts past the
 #: watermark, and every id in the file is at or below it, so the window serves re-deliveries of
 #: recent events under new sequence numbers (and a duplicate replayed once more): the last 256
@@ -130,6 +143,7 @@ class Checkpointer:
         position: Callable[[], tuple[str | None, int]] | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] | None = None,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         if interval < 0 or refresh <= 0 or dedupe_ids < 0:
             raise ValueError("need interval >= 0, refresh > 0, dedupe_ids >= 0")
@@ -161,6 +175,9 @@ class Checkpointer:
         self._loop = asyncio.get_running_loop()
         self._sleep = sleep
         self._clock = clock or self._loop.time
+        #: The loop thread's CPU time (the writer task runs on it), against ``time.monotonic``:
+        #: how busy the loop was during each poll window (see ``SATURATED``).
+        self._cpu_clock = cpu_clock
         #: A watermark kept elsewhere (the webhook journal's, :mod:`.journal`): then the
         #: stream positions below (duplicates placed among sequence numbers) do not apply.
         self._position = position
@@ -245,8 +262,15 @@ class Checkpointer:
         poll = max(self.interval, _MIN_POLL)
         # Start the worker thread now: creating it under load can take a GIL round of its own.
         await asyncio.to_thread(int)
+        cpu, wall = self._cpu_clock(), time.monotonic()
         while True:
             await self._sleep(poll)
+            cpu_now, wall_now = self._cpu_clock(), time.monotonic()
+            window = wall_now - wall  # judged on windows of a real poll's length only
+            saturated = window >= _MIN_POLL and (cpu_now - cpu) >= SATURATED * window
+            cpu, wall = cpu_now, wall_now
+            if saturated:
+                continue  # a write now would wait for the burst to end, at the loop's expense
             position = self.position()
             if position[0] is None:
                 continue

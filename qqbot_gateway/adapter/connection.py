@@ -44,6 +44,7 @@ from .session import (
     TuneSocket,
 )
 from .types import TransportConfig
+from .waiting import loop_clock
 
 __all__ = ["ConnectError", "GatewayConnection", "TransportConfig", "make_socket_factory"]
 
@@ -196,7 +197,7 @@ class GatewayConnection:
 
     # --- tasks ---------------------------------------------------------------------------
     async def _read_loop(self, ws: _WS) -> None:
-        done, receive, clock = self._done, ws.receive, self._loop.time
+        done, receive, clock = self._done, ws.receive, loop_clock(self._loop)
         receive_frame, deliver = self._session.receive_frame, self._deliver
         try:
             while not done.is_set():

@@ -34,6 +34,7 @@ from .context import ShardContext, current_shard
 from .protocol import GatewayEvent
 from .session import GatewaySession
 from .types import HandlerContext
+from .waiting import loop_clock
 
 __all__ = ["Dispatcher", "Handler", "HandlerContext"]
 
@@ -103,6 +104,7 @@ class Dispatcher:
         self._drained = asyncio.Event()
         self._drained.set()
         self._loop = asyncio.get_running_loop()
+        self._clock = loop_clock(self._loop)
         self._task: asyncio.Task[None] | None = None
         self._busy = False
         self._paused = False  # intake paused by backpressure (``_drained`` clear)
@@ -249,7 +251,7 @@ class Dispatcher:
         """Call ``handlers`` from index ``first`` on; stop at the first one that returns an
         awaitable and hand it back (with the handler, its start time and the index of the next
         handler) for :meth:`_finish` to await."""
-        clock, stats = self._loop.time, self._stats
+        clock, stats = self._clock, self._stats
         for index in range(first, len(handlers)):
             handler = handlers[index]
             started = clock()
@@ -267,7 +269,7 @@ class Dispatcher:
         return None
 
     def _completed(self, event: GatewayEvent, started: float) -> None:
-        now = self._loop.time()
+        now = self._clock()
         self._stats.count_handled(now - started)
         if self._interest.handled:
             self._bus.emit(

@@ -1,4 +1,5 @@
-"""Waiting in the drivers: an injected sleep that something else can cut short.
+"""Waiting in the drivers: an injected sleep that something else can cut short; the loop's
+clock, read per event.
 
 A driver module (it runs tasks); the schedules themselves are pure (:mod:`.backoff`).
 """
@@ -6,11 +7,21 @@ A driver module (it runs tasks); the schedules themselves are pure (:mod:`.backo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 
 from .backoff import Sleep
 
-__all__ = ["sleep_or_wake"]
+__all__ = ["loop_clock", "sleep_or_wake"]
+
+
+def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """``loop.time``, or the function it calls when that is all it does: asyncio's own loops
+    return ``time.monotonic()``, and calling that directly saves a Python frame (about 40 ns,
+    read several times per event). A loop with a clock of its own keeps it."""
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
 
 
 async def sleep_or_wake(sleep: Sleep, wake: asyncio.Event, seconds: float, *, name: str) -> None:
