@@ -602,35 +602,60 @@ async def test_webhook_transport_in_hermes(sim: Simulator, tmp_path: Path) -> No
             assert (reply.kind, reply.msg_id, reply.msg_seq) == ("c2c", "M00001", 1)
             assert reply.body["markdown"]["content"] == "re: hello over webhooks"
             assert await platform.deliver(message)  # QQ redelivers: ACKed, dropped
+            # Group @-messages, guild channel @-messages and guild DMs, as QQ posts them.
+            others = [
+                platform.make_event(t)
+                for t in ("GROUP_AT_MESSAGE_CREATE", "AT_MESSAGE_CREATE", "DIRECT_MESSAGE_CREATE")
+            ]
+            for payload in others:
+                assert await platform.deliver(payload)
+            await watch.until(lambda: len(sim.messages) >= 4, 10, "every reply")
             await asyncio.sleep(0.3)  # room for a duplicate or the forged one to show up
-        assert watch.message_ids() == ["M00001"]
-        assert watch.received[0].source.chat_type == "dm"
-        assert len(sim.messages) == 1 and not watch.fatal
+        # hermes answers each message in a task of its own: compared without order.
+        expected = [("c2c", "M00001")]
+        expected += [
+            (k, p["d"]["id"]) for k, p in zip(("group", "channel", "dms"), others, strict=True)
+        ]
+        assert sorted(watch.message_ids()) == sorted(msg_id for _, msg_id in expected)
+        assert sorted(e.source.chat_type for e in watch.received) == ["dm", "dm", "group", "group"]
+        assert sorted((m.kind, m.msg_id, m.msg_seq) for m in sim.messages) == sorted(
+            (kind, msg_id, 1) for kind, msg_id in expected
+        )
+        assert not watch.fatal
         assert platform.stats.unexpected == []
     assert not adapter.is_connected
     assert [m for m, _ in watch.marks] == ["connected", "disconnected"]
     assert adapter.receiver is None and adapter.client is None
 
 
-async def test_webhook_address_in_use_is_a_fatal_error(sim: Simulator, tmp_path: Path) -> None:
-    """A receiver that cannot bind: connect() returns False with a fatal, non-retryable error
-    naming the setting, which hermes's runner reads and shows (its status file says so), and
-    nothing is left running."""
+@pytest.mark.parametrize("how", ["port_taken", "bad_tls"])
+async def test_a_receiver_that_cannot_listen_is_a_fatal_error(
+    sim: Simulator, tmp_path: Path, how: str
+) -> None:
+    """A receiver that cannot listen (the port is taken; the TLS files are no PEM): connect()
+    returns False with a fatal, non-retryable error naming the setting, which hermes's runner
+    reads and shows (its status file says so), and nothing is left running."""
+    where = "platforms.qqbot_gateway.extra"
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         extra = {"transport": "webhook", "webhook_addr": f"127.0.0.1:{port}"}
+        code, expected = "qqbot_gateway_webhook_addr_in_use", f"cannot listen on 127.0.0.1:{port} "
+        expected += f"({where}.webhook_addr): "
+        if how == "bad_tls":
+            pem = tmp_path / "not.pem"
+            pem.write_text("not a certificate\n")
+            extra = {**extra, "webhook_addr": "127.0.0.1:0"}
+            extra.update(webhook_tls_cert=str(pem), webhook_tls_key=str(pem))
+            code = "qqbot_gateway_webhook_tls"
+            expected = f"cannot use the TLS certificate/key ({where}.webhook_tls_cert): "
         async with started(sim, tmp_path, **extra) as (adapter, watch):
             assert not adapter.is_connected and not watch.marks
-            assert adapter.fatal_error_code == "qqbot_gateway_webhook_addr_in_use"
+            assert adapter.fatal_error_code == code
             assert adapter.fatal_error_retryable is False
-            message = adapter.fatal_error_message or ""
-            assert message.startswith(
-                f"cannot listen on 127.0.0.1:{port} (platforms.qqbot_gateway.extra.webhook_addr): "
-            )
-            assert "address already in use" in message.lower()
+            assert (adapter.fatal_error_message or "").startswith(expected)
             status = json.loads((tmp_path / "hermes" / "gateway_state.json").read_text())
             assert status["platforms"][PLATFORM]["state"] == "fatal"
-            assert status["platforms"][PLATFORM]["error_code"] == adapter.fatal_error_code
+            assert status["platforms"][PLATFORM]["error_code"] == code
             assert adapter.client is None and adapter.receiver is None
             assert adapter.telemetry is None
         assert not watch.fatal  # connect() returned False: hermes's runner reads the error
