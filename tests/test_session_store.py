@@ -338,6 +338,28 @@ async def test_a_saturated_loop_holds_writes_back_until_it_has_time() -> None:
     await shard.close()
 
 
+async def test_a_loop_saturated_for_good_still_checkpoints_after_max_hold() -> None:
+    """Held back at most ``max_hold``: a loop that never has time to spare (CPU-heavy handlers,
+    a long flood) still gets its checkpoints, else the stored session would age past resuming."""
+    store = MemoryStore()
+
+    def cpu_clock() -> float:  # busy for all of every window, for good
+        return time.monotonic() * 2
+
+    shard = Shard(store, interval=0.01, cpu_clock=cpu_clock, max_hold=0.3)  # type: ignore[arg-type]
+    written = asyncio.Event()
+    shard.bus.subscribe_to(ev.CheckpointWritten, lambda _: written.set())
+    loop = asyncio.get_running_loop()
+    shard.ckpt.start()
+    t0 = loop.time()
+    shard.put(1, 2, 3)
+    async with asyncio.timeout(5):
+        await written.wait()
+    assert loop.time() - t0 >= 0.25  # held back first (the first window starts the hold)
+    assert store.saved[-1].seq == 3
+    await shard.close()
+
+
 async def test_the_writer_waits_with_the_injected_sleep() -> None:
     """Polls and the pause after a failed write run on the injected sleep: no real waiting."""
     store = MemoryStore()

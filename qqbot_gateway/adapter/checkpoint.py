@@ -29,15 +29,15 @@ ext4 a rename over the old file also starts the new file's writeback in the kern
 loop thread must not spend (measured: benchmarks/bench_store.md). Batched: at most one write
 per ``interval`` seconds; while a session is live and nothing happens the state is re-written
 every ``refresh`` seconds so its age stays meaningful. While the loop is saturated (see
-``SATURATED``) a write waits for a window with time to spare. A failed write is logged
-(WARNING, once per failure streak), counted, and retried after a pause; it never stops the
-shard.
+``SATURATED``) a write waits for a window with time to spare, at most ``MAX_HOLD``. A failed
+write is logged (WARNING, once per failure streak), counted, and retried after a pause; it never
+stops the shard.
 
 **The guarantee** (docs/session-store.md): at least once. An event reaches a
 handler a second time only if the process dies (SIGKILL, OOM kill, power loss) after its
 handlers completed and before the next checkpoint write finished: at most the events handled in
-the last ``interval`` seconds (plus the duration of a write; while the loop is saturated by a
-burst, since the burst began), plus an event whose handler was running at the moment of death
+the last ``interval`` seconds (plus the duration of a write; while the loop is saturated, up to
+``MAX_HOLD`` more), plus an event whose handler was running at the moment of death
 (it runs again from the start). A SIGTERM/SIGINT shutdown
 drains the queue and writes a final checkpoint, so a restart after it hands no event to a
 handler twice.
@@ -82,6 +82,17 @@ _RETRY_DELAY: Final = 0.5
 #: until a window in which the loop has time to spare: the state then written is the same, and
 #: the durable watermark trails the burst exactly as it did while the write was stuck.
 SATURATED: Final = 0.95
+#: But never longer than this: a loop saturated for good (CPU-heavy handlers, a long flood) still
+#: gets a checkpoint this often, paying the stuck write's cost for one write's duration. Without
+#: the bound the durable watermark and ``written_at`` would stop moving: the checkpoint-age alert
+#: fires, and after a crash the stored session could be too old to resume.
+MAX_HOLD: Final = 1.0
+#: A write made on a saturated loop (after ``MAX_HOLD``) could not finish before the burst ends
+#: either, so the loop thread hands the worker thread the GIL: it sleeps this long once per loop
+#: iteration while the write is pending (a write needs about six hand-offs, one per system
+#: call), for at most ``_NUDGE_FOR`` seconds (a hung disk must not slow the loop for longer).
+_NUDGE: Final = 0.0002
+_NUDGE_FOR: Final = 0.25
 #: Event ids persisted for deduplication. The replay after a restart starts past the
 #: watermark, and every id in the file is at or below it, so the window serves re-deliveries of
 #: recent events under new sequence numbers (and a duplicate replayed once more): the last 256
@@ -144,9 +155,11 @@ class Checkpointer:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] | None = None,
         cpu_clock: Callable[[], float] = time.thread_time,
+        max_hold: float = MAX_HOLD,
     ) -> None:
-        if interval < 0 or refresh <= 0 or dedupe_ids < 0:
-            raise ValueError("need interval >= 0, refresh > 0, dedupe_ids >= 0")
+        if interval < 0 or refresh <= 0 or dedupe_ids < 0 or max_hold < 0:
+            raise ValueError("need interval >= 0, refresh > 0, dedupe_ids >= 0, max_hold >= 0")
+        self.max_hold = max_hold
         self.store = store
         self.app_id = app_id
         self.shard_id = shard_id
@@ -170,6 +183,7 @@ class Checkpointer:
         self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._saving: asyncio.Task[None] | None = None
+        self._nudge = False  # the next write is made on a saturated loop (see MAX_HOLD)
         self._failing = False
         self._ended = False
         self._loop = asyncio.get_running_loop()
@@ -263,6 +277,7 @@ class Checkpointer:
         # Start the worker thread now: creating it under load can take a GIL round of its own.
         await asyncio.to_thread(int)
         cpu, wall = self._cpu_clock(), time.monotonic()
+        held_since: float | None = None  # when the loop first held a write back (MAX_HOLD)
         while True:
             await self._sleep(poll)
             cpu_now, wall_now = self._cpu_clock(), time.monotonic()
@@ -270,7 +285,12 @@ class Checkpointer:
             saturated = window >= _MIN_POLL and (cpu_now - cpu) >= SATURATED * window
             cpu, wall = cpu_now, wall_now
             if saturated:
-                continue  # a write now would wait for the burst to end, at the loop's expense
+                if held_since is None:
+                    held_since = wall_now
+                if wall_now - held_since < self.max_hold:
+                    continue  # a write now would wait for the burst to end, at its expense
+            held_since = None
+            self._nudge = saturated
             position = self.position()
             if position[0] is None:
                 continue
@@ -296,6 +316,8 @@ class Checkpointer:
             )
             self._saving = save
             try:
+                if self._nudge:
+                    await self._hand_off(save)
                 await asyncio.shield(save)
             except Exception as exc:  # noqa: BLE001 - a failed write is retried, never fatal
                 self._on_failure(exc)
@@ -317,6 +339,18 @@ class Checkpointer:
                 )
             )
             return True
+
+    async def _hand_off(self, save: asyncio.Task[None]) -> None:
+        """Let the worker thread have the GIL while a saturated loop waits for ``save``.
+
+        A saturated loop releases the GIL only around ``epoll`` calls and takes it back at once,
+        which CPython counts as a switch: the worker thread, waiting to return from a system
+        call, never asks for a forced one and waits until the burst ends (see ``SATURATED``).
+        A short real sleep on the loop thread is a release it can win."""
+        until = time.monotonic() + _NUDGE_FOR
+        while not save.done() and time.monotonic() < until:
+            time.sleep(_NUDGE)  # noqa: ASYNC251 - deliberately blocks: the GIL hand-off
+            await asyncio.sleep(0)
 
     def _on_failure(self, exc: Exception) -> None:
         detail = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
