@@ -99,6 +99,21 @@ class Bot:
             tail = "\n".join(self.stderr[-30:])
             pytest.fail(f"{what}: not within {timeout}s (rc {self.proc.returncode}):\n{tail}")
 
+    async def stderr_lines(self, text: str, timeout: float = 15.0) -> list[str]:
+        """The stderr lines containing ``text``, once there is one or the process has ended.
+
+        stderr is read by its own task, so a line written before an event on stdout can still
+        be on its way when the test has seen that event."""
+        assert self.proc is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not any(text in line for line in self.stderr) and loop.time() < deadline:
+            if self.proc.returncode is not None:
+                await asyncio.gather(*self._tasks)
+                break
+            await asyncio.sleep(0.05)
+        return [line for line in self.stderr if text in line]
+
     async def signal(self, sig: signal.Signals, timeout: float = 60.0) -> int:
         assert self.proc is not None
         if self.proc.returncode is None:
@@ -317,7 +332,7 @@ async def test_corrupt_and_foreign_state_files_mean_a_fresh_identify(case: Case)
         case.state_file.write_text(content)
         bot = await case.bot()
         await bot.wait(partial(bot.saw, "READY"), f"READY after a {label} file", START_TIMEOUT)
-        warnings = [line for line in bot.stderr if "not resuming the stored session" in line]
+        warnings = await bot.stderr_lines("not resuming the stored session")
         assert len(warnings) == 1, bot.stderr
         await case.streaming(bot, 5)
         assert await bot.signal(signal.SIGTERM) == 0
@@ -357,7 +372,7 @@ async def test_an_expired_session_identifies_with_a_warning_and_a_metric(case: C
     env_port = free_port()
     second = await case.bot(QQBOT_HTTP_ADDR=f"127.0.0.1:{env_port}")
     await second.wait(lambda: second.saw("READY"), "READY", START_TIMEOUT)
-    warnings = [line for line in second.stderr if "could not be resumed" in line]
+    warnings = await second.stderr_lines("could not be resumed")
     assert len(warnings) == 1 and "may be missed" in warnings[0], second.stderr
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{env_port}/metrics") as resp:

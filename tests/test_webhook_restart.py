@@ -184,7 +184,7 @@ async def test_sigkill_with_acked_callbacks_unhandled_loses_none(case: WebhookCa
     # A duplicate only inside the documented window: handled after the last durable checkpoint.
     assert generation is not None
     assert all(numbers[i] > durable for i in duplicated), (durable, duplicated)
-    assert any("re-delivering" in line for line in second.stderr), second.stderr[-20:]
+    assert await second.stderr_lines("re-delivering"), second.stderr[-20:]
 
 
 async def test_a_failed_journal_write_is_retried_and_a_restart_drops_redeliveries(
