@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -37,6 +35,7 @@ from dataclasses import replace
 from typing import Final, cast
 
 from qqbot_gateway._version import __version__
+from qqbot_gateway.adapter.protocol import missing_cryptography
 from qqbot_gateway.config import ConfigError, Settings, load_settings, settings_help
 from qqbot_gateway.demo_defaults import DEFAULT_DURATION, DEFAULT_EVENT_RATE, DEFAULT_INTERVAL
 from qqbot_gateway.service import (
@@ -227,11 +226,8 @@ def _configure_logging(settings: Settings) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _load_settings(args.config)
     settings.require_credentials()
-    if settings.transport == "webhook" and importlib.util.find_spec("cryptography") is None:
-        raise ConfigError(
-            f"{settings.source('transport')}: the webhook transport needs Ed25519 from the "
-            "'cryptography' package: pip install 'qqbot-gateway[webhook]'"
-        )
+    if settings.transport == "webhook" and (missing := missing_cryptography()):
+        raise ConfigError(f"{settings.source('transport')}: {missing}")
     handlers = [load_handler(spec) for spec in args.handler]
     if args.print_events:
         handlers.append(print_event)
@@ -279,11 +275,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _webhook_demo(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("cryptography") is None:
-        raise ConfigError(
-            "--transport webhook: needs the 'cryptography' package: "
-            "pip install 'qqbot-gateway[webhook]'"
-        )
+    if missing := missing_cryptography():
+        raise ConfigError(f"--transport webhook: {missing}")
     from qqbot_gateway import webhook_demo
 
     duration = args.duration

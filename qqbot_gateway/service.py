@@ -364,14 +364,12 @@ def _every_shard_stopped(client: Any) -> int:
 def _check_webhook(settings: Settings, say: Say) -> int:
     """``check`` with the webhook transport: there is no session to open; the platform calls us.
     Say what the receiver will do and prove the signing key works (a round trip)."""
+    from qqbot_gateway.adapter.protocol import missing_cryptography
     from qqbot_gateway.adapter.webhook import WebhookKey
 
     _app_id, secret = settings.require_credentials()
-    if importlib.util.find_spec("cryptography") is None:
-        raise ServiceError(
-            "webhook: the 'cryptography' package is missing: pip install 'qqbot-gateway[webhook]'",
-            EXIT_CONFIG,
-        )
+    if missing := missing_cryptography():
+        raise ServiceError(f"webhook: {missing}", EXIT_CONFIG)
     key = WebhookKey(secret.get())
     body = b'{"op":0,"d":{},"t":"CHECK"}'
     if not key.verify(bytes.fromhex(key.sign_hex("0", body)), b"0" + body):

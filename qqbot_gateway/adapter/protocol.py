@@ -8,6 +8,7 @@ behaviour; where the two disagree, the observed behaviour wins.
 from __future__ import annotations
 
 import enum
+import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_TOKEN_URL",
     "DISCONNECT_REASONS",
     "MESSAGE_EVENT_TYPES",
+    "NEEDS_CRYPTOGRAPHY",
     "SANDBOX_API_BASE",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
@@ -35,6 +37,7 @@ __all__ = [
     "classify_close",
     "close_reason",
     "derive_seed",
+    "missing_cryptography",
     "new_event",
     "parse_intents",
 ]
@@ -339,6 +342,19 @@ def derive_seed(secret: str | bytes) -> bytes:
     return (raw * repeats)[:_SEED_SIZE]
 
 
+#: The one line for a webhook transport chosen without ``cryptography`` (the ``webhook`` extra).
+NEEDS_CRYPTOGRAPHY: Final = (
+    "the webhook transport needs Ed25519 from the 'cryptography' package: "
+    "pip install 'qqbot-gateway[webhook]'"
+)
+
+
+def missing_cryptography() -> str | None:
+    """:data:`NEEDS_CRYPTOGRAPHY` when ``cryptography`` is not installed, else None (the check
+    imports nothing, so it is cheap and safe before any connection is opened)."""
+    return NEEDS_CRYPTOGRAPHY if importlib.util.find_spec("cryptography") is None else None
+
+
 class WebhookKey:
     """The bot's Ed25519 key pair, derived from the bot secret. Never shows the secret."""
 
@@ -349,10 +365,7 @@ class WebhookKey:
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
             from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
         except ImportError:  # pragma: no cover - depends on the installation
-            raise RuntimeError(
-                "the webhook transport needs the 'cryptography' package: "
-                "pip install 'qqbot-gateway[webhook]'"
-            ) from None
+            raise RuntimeError(NEEDS_CRYPTOGRAPHY) from None
         self._private: Ed25519PrivateKey = Ed25519PrivateKey.from_private_bytes(derive_seed(secret))
         self._public: Ed25519PublicKey = self._private.public_key()
         self.public_bytes = self._public.public_bytes(Encoding.Raw, PublicFormat.Raw)
