@@ -32,6 +32,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from qqbot_gateway.adapter.protocol import url_host
+
 from ._guard import ConnectionGuard
 from .health import Check, HealthReport
 from .status import StatusPage
@@ -125,8 +127,7 @@ class SideServer:
     def url(self) -> str | None:
         if self.host is None or self.port is None:
             return None
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{url_host(self.host)}:{self.port}"
 
     async def start(self, host: str, port: int) -> None:
         runner = web.AppRunner(

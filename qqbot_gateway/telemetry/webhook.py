@@ -42,6 +42,7 @@ from typing import Final
 
 from aiohttp import web
 
+from qqbot_gateway.adapter.protocol import url_host
 from qqbot_gateway.adapter.webhook import (
     BAD_METHOD,
     NOT_FOUND,
@@ -102,8 +103,7 @@ class WebhookReceiver:
         """The callback URL as seen from this host (the platform sees the public one)."""
         if self.host is None or self.port is None:
             return None
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{self.config.path}"
+        return f"{self.scheme}://{url_host(self.host)}:{self.port}{self.config.path}"
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         cfg = self.config
