@@ -934,7 +934,8 @@ class GatewaySession:
                     )
                 )
             ]
-            out.extend(self._deliver(conn, event_type, d, seq, event_id, now))
+            # conn.phase is READY now: nothing delivered from here on is a replay
+            out.extend(self._deliver(event_type, d, seq, event_id, self.session_id, False, now))
             return out
         if event_type == "RESUMED":
             if seq is not None and seq > self.seq:
@@ -954,7 +955,7 @@ class GatewaySession:
                     )
                 )
             ]
-            out.extend(self._deliver(conn, event_type, d, None, event_id, now))
+            out.extend(self._deliver(event_type, d, None, event_id, self.session_id, False, now))
             return out
         if (seq is not None and seq <= self.seq) or (
             event_id is not None and event_id in self._recent_ids
@@ -981,7 +982,7 @@ class GatewaySession:
         if replayed:
             conn.replayed += 1
         if self.interest.dispatched:
-            return self._deliver(conn, event_type, d, seq, event_id, now)
+            return self._deliver(event_type, d, seq, event_id, self.session_id, replayed, now)
         # _deliver without the EventDispatched nobody listens to, inline: once per event.
         dispatched = self.stats.dispatched
         count = dispatched.get(event_type)
@@ -993,15 +994,18 @@ class GatewaySession:
 
     def _deliver(
         self,
-        conn: _Conn,
         event_type: str,
         d: Any,
         seq: int | None,
         event_id: str | None,
+        session_id: str | None,
+        replayed: bool,
         now: float,
     ) -> list[Action]:
-        replayed = conn.resuming and conn.phase is _AWAIT_READY
-        event = new_event(event_type, d, seq, event_id, self.shard_id, self.session_id, replayed)
+        """The deliver tail of an accepted dispatch, WebSocket or webhook: count it, then
+        ``Deliver`` (+ ``EventDispatched`` if anyone listens). ``_dispatch`` inlines the
+        no-listener case (once per event, on the reader's hot path)."""
+        event = new_event(event_type, d, seq, event_id, self.shard_id, session_id, replayed)
         self.stats.count_dispatch(event_type)
         if not self.interest.dispatched:
             return [Deliver(event)]
@@ -1042,29 +1046,9 @@ class GatewaySession:
             )
             return [Emit(dropped)]
         if event_id is not None:
-            self._recent_ids[event_id] = None
-            if len(self._recent_ids) > self._dedupe_window:
-                self._recent_ids.popitem(last=False)
-        event = GatewayEvent(
-            type=t,
-            data=payload.get("d"),
-            seq=seq,
-            event_id=event_id,
-            shard=self.shard_id,
-            session_id=None,
-        )
-        self.stats.count_dispatch(t)
-        if not self.interest.dispatched:
-            return [Deliver(event)]
-        dispatched = ev.EventDispatched(
-            shard=self.shard_id,
-            monotonic=now,
-            event_type=t,
-            seq=seq,
-            event_id=event_id,
-            replayed=False,
-        )
-        return [Deliver(event), Emit(dispatched)]
+            self.remember_ids((event_id,))
+        # No connection: no session id, never a replay.
+        return self._deliver(t, payload.get("d"), seq, event_id, None, False, now)
 
     # --- helpers -------------------------------------------------------------------------
     def _heartbeat(self, conn: _Conn, now: float) -> list[Action]:
