@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Final
 
+from qqbot_gateway.adapter.protocol import url_host
 from qqbot_gateway.config import ConfigError, load_settings
 
 __all__ = ["healthz_url", "main"]
@@ -35,9 +36,7 @@ def healthz_url(env: Mapping[str, str]) -> str | None:
     if addr is None:
         return None
     host, port = addr
-    host = _LOOPBACK.get(host, host)
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}/healthz"
+    return f"http://{url_host(_LOOPBACK.get(host, host))}:{port}/healthz"
 
 
 def main(env: Mapping[str, str] | None = None) -> int:

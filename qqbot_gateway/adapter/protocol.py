@@ -40,6 +40,7 @@ __all__ = [
     "missing_cryptography",
     "new_event",
     "parse_intents",
+    "url_host",
 ]
 
 DEFAULT_API_BASE: Final = "https://api.sgroup.qq.com"
@@ -340,6 +341,11 @@ def derive_seed(secret: str | bytes) -> bytes:
         raise ValueError("the bot secret is empty")
     repeats = -(-_SEED_SIZE // len(raw))  # ceil: 12 bytes need 3 copies, 16 need 2
     return (raw * repeats)[:_SEED_SIZE]
+
+
+def url_host(host: str) -> str:
+    """``host`` as written in a URL: an IPv6 address in brackets (``[::1]``), else unchanged."""
+    return f"[{host}]" if ":" in host else host
 
 
 #: The one line for a webhook transport chosen without ``cryptography`` (the ``webhook`` extra).

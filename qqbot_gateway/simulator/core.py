@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from qqbot_gateway.adapter.protocol import url_host
 from qqbot_gateway.simulator.config import SimulatorConfig
 from qqbot_gateway.simulator.events import EventFactory
 from qqbot_gateway.simulator.faults import (
@@ -169,8 +170,7 @@ class SimulatorCore:
 
     @property
     def base_url(self) -> str:
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        return f"http://{url_host(self._host)}:{self._port}"
 
     @property
     def token_url(self) -> str:

@@ -5,15 +5,22 @@ A :class:`ConnectionGuard` wraps aiohttp's protocol factory (``runner.server``) 
 each connection must complete a request's headers every ``deadline`` seconds (a watchdog
 closes it otherwise, which ends slow-header clients and idle keep-alive connections alike).
 The server's handler calls :meth:`ConnectionGuard.seen` for every request.
+
+:func:`start_guarded` and :func:`stop_guarded` are the start and the bounded stop both servers
+share.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ConnectionGuard"]
+from aiohttp import web
+
+__all__ = ["ConnectionGuard", "start_guarded", "stop_guarded"]
 
 #: A connection over the limit is closed as soon as it is connected: looked for this often...
 _DROP_RETRY = 0.01
@@ -88,3 +95,65 @@ class ConnectionGuard:
             self._drop(proto)
             return
         asyncio.get_running_loop().call_later(self.deadline, self._watchdog, proto, count)
+
+
+async def start_guarded(
+    app: web.Application,
+    guard: ConnectionGuard,
+    host: str,
+    port: int,
+    *,
+    backlog: int,
+    ssl_context: ssl.SSLContext | None = None,
+    **runner_options: Any,
+) -> tuple[web.AppRunner, asyncio.Server]:
+    """Serve ``app`` on ``host:port`` through ``guard``: an :class:`~aiohttp.web.AppRunner` (no
+    access log, no signal handlers, keep-alive as long as the guard's deadline, 1 s shutdown,
+    plus ``runner_options``) and ``loop.create_server``. If the bind fails (OSError: port in
+    use, address not available, ...) the runner is cleaned up and the error propagates as is."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=guard.deadline,
+        shutdown_timeout=1.0,
+        **runner_options,
+    )
+    await runner.setup()
+    factory = runner.server
+    assert factory is not None
+    loop = asyncio.get_running_loop()
+    try:
+        server = await loop.create_server(
+            guard.protocol_factory(factory),
+            host,
+            port,
+            ssl=ssl_context,
+            reuse_address=True,
+            backlog=backlog,
+        )
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, server
+
+
+async def stop_guarded(
+    runner: web.AppRunner | None,
+    server: asyncio.AbstractServer | None,
+    guard: ConnectionGuard,
+    within: float,
+) -> None:
+    """Stop listening, close the open connections and wait for the server to close, each of
+    the two waits bounded by ``within`` seconds; then forget the guard's connections."""
+    if server is not None:
+        server.close()
+    if runner is not None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await runner.cleanup()  # closes open connections
+    if server is not None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await server.wait_closed()
+    guard.clear()

@@ -21,7 +21,6 @@ which is the right answer) and is built so that requests to it never disturb the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -32,7 +31,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from ._guard import ConnectionGuard
+from qqbot_gateway.adapter.protocol import url_host
+
+from ._guard import ConnectionGuard, start_guarded, stop_guarded
 from .health import Check, HealthReport
 from .status import StatusPage
 
@@ -125,51 +126,28 @@ class SideServer:
     def url(self) -> str | None:
         if self.host is None or self.port is None:
             return None
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{url_host(self.host)}:{self.port}"
 
     async def start(self, host: str, port: int) -> None:
-        runner = web.AppRunner(
+        _http_log.addFilter(self._malformed)
+        self._runner, self._server = await start_guarded(
             self.app,
-            access_log=None,
+            self._guard,
+            host,
+            port,
+            backlog=128,
             logger=_http_log,
-            handle_signals=False,
             max_line_size=MAX_LINE_SIZE,
             max_field_size=MAX_FIELD_SIZE,
             max_headers=MAX_HEADERS,
-            keepalive_timeout=self._deadline,
-            shutdown_timeout=1.0,
         )
-        _http_log.addFilter(self._malformed)
-        await runner.setup()
-        loop = asyncio.get_running_loop()
-        factory = runner.server
-        assert factory is not None
-        try:
-            self._server = await loop.create_server(
-                self._guard.protocol_factory(factory), host, port, reuse_address=True, backlog=128
-            )
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = host, int(sockname[1])
 
     async def stop(self, within: float = 2.0) -> None:
         server, self._server = self._server, None
         runner, self._runner = self._runner, None
-        if server is not None:
-            server.close()
-        if runner is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(within):
-                    await runner.cleanup()  # closes open connections (bounded below)
-        if server is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(within):
-                    await server.wait_closed()
-        self._guard.clear()
+        await stop_guarded(runner, server, self._guard, within)
         _http_log.removeFilter(self._malformed)
 
     # --- handlers ------------------------------------------------------------------------

@@ -34,7 +34,6 @@ keep-alive connections are closed), no access log, no body or signature in a log
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from typing import Final
 
 from aiohttp import web
 
+from qqbot_gateway.adapter.protocol import url_host
 from qqbot_gateway.adapter.webhook import (
     BAD_METHOD,
     NOT_FOUND,
@@ -50,7 +50,7 @@ from qqbot_gateway.adapter.webhook import (
     WebhookConfig,
     WebhookIntake,
 )
-from qqbot_gateway.telemetry._guard import ConnectionGuard
+from qqbot_gateway.telemetry._guard import ConnectionGuard, start_guarded, stop_guarded
 
 __all__ = ["BODY_DEADLINE", "IDLE_DEADLINE", "MAX_CONNECTIONS", "WebhookReceiver"]
 
@@ -102,8 +102,7 @@ class WebhookReceiver:
         """The callback URL as seen from this host (the platform sees the public one)."""
         if self.host is None or self.port is None:
             return None
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{self.config.path}"
+        return f"{self.scheme}://{url_host(self.host)}:{self.port}{self.config.path}"
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         cfg = self.config
@@ -118,29 +117,9 @@ class WebhookReceiver:
         """Listen on the configured address; raises OSError (port in use, bad TLS files)."""
         cfg = self.config
         ctx = self._ssl_context()
-        runner = web.AppRunner(
-            self.app,
-            access_log=None,
-            handle_signals=False,
-            keepalive_timeout=IDLE_DEADLINE,
-            shutdown_timeout=1.0,
+        runner, server = await start_guarded(
+            self.app, self._guard, cfg.host, cfg.port, backlog=512, ssl_context=ctx
         )
-        await runner.setup()
-        factory = runner.server
-        assert factory is not None
-        loop = asyncio.get_running_loop()
-        try:
-            server = await loop.create_server(
-                self._guard.protocol_factory(factory),
-                cfg.host,
-                cfg.port,
-                ssl=ctx,
-                reuse_address=True,
-                backlog=512,
-            )
-        except BaseException:
-            await runner.cleanup()
-            raise
         self._runner, self._server = runner, server
         sockname = server.sockets[0].getsockname()
         self.host, self.port = cfg.host, int(sockname[1])
@@ -154,14 +133,7 @@ class WebhookReceiver:
         if runner is None or server is None:
             return
         self.intake.stopped("shutdown")
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within):
-                await runner.cleanup()  # closes open connections
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within):
-                await server.wait_closed()
-        self._guard.clear()
+        await stop_guarded(runner, server, self._guard, within)
 
     # --- requests ------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
