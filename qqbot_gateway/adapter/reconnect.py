@@ -129,8 +129,6 @@ class Plan:
     delay: float
     #: How the next connection starts.
     mode: Literal["resume", "identify"]
-    #: The level of the disconnect line (the first of ``logs`` for a RECONNECT).
-    level: int
     #: Lifecycle events to emit now, in order.
     events: tuple[ev.LifecycleEvent, ...]
     #: Log lines to write now, in order.
@@ -142,6 +140,12 @@ class Plan:
     #: Wait for the handlers to drain before the delay (a backpressure close).
     drain_first: bool = False
     fatal_message: str | None = None
+
+    @property
+    def level(self) -> int:
+        """The level of the disconnect line: the last of ``logs`` for a RECONNECT; ERROR for a
+        STOP (its words are the shard's fatal message, written by the shell)."""
+        return self.logs[-1].level if self.logs else logging.ERROR
 
 
 class ReconnectPlanner:
@@ -175,7 +179,6 @@ class ReconnectPlanner:
                 kind=PlanKind.STOP,
                 delay=0.0,
                 mode=mode,
-                level=logging.ERROR,
                 events=(disconnected,),
                 logs=(),
                 state=state,
@@ -189,7 +192,6 @@ class ReconnectPlanner:
                 kind=PlanKind.RECONNECT,
                 delay=BACKPRESSURE_PAUSE,
                 mode=mode,
-                level=line.level,
                 events=(disconnected,),
                 logs=(line,),
                 state=state,
@@ -239,7 +241,6 @@ class ReconnectPlanner:
             kind=PlanKind.RECONNECT,
             delay=delay,
             mode=mode,
-            level=line.level,
             events=tuple(events),
             logs=tuple(logs),
             state=PlannerState(failures=failures + 1, quick_failures=quick),
