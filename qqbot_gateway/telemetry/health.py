@@ -263,11 +263,12 @@ class HealthEvaluator:
             checks.append(Check("supervisors", False, status_error))
         for shard, s in sorted(self._shards.items()):
             status = statuses.get(shard)
-            checks.append(self._connection_check(shard, s, now))
-            checks.extend(self._layer_checks(shard, s, now))
+            zombie = self._zombie(s, now)  # once per shard: three checks judge by it
+            checks.append(self._connection_check(shard, s, zombie, now))
+            checks.extend(self._layer_checks(shard, s, zombie, now))
             checks.append(self._session_check(shard, s, status, now))
             checks.append(self._supervisor_check(shard, s, status, now))
-            ready = self._ready_check(shard, s, status, now)
+            ready = self._ready_check(shard, s, status, zombie, now)
             readiness.append(ready)
             shard_ready[shard] = ready.ok and not self._shutting_down
         checks.append(self._loop_check(now))
@@ -410,8 +411,9 @@ class HealthEvaluator:
             return f"idle_timeout: no frame for {now - last:.1f}s (limit {idle:g}s)"
         return None
 
-    def _layer_checks(self, shard: int, s: _Shard, now: float) -> list[Check]:
-        """One check per liveness layer: its state and timers, in seconds and in H."""
+    def _layer_checks(self, shard: int, s: _Shard, zombie: str | None, now: float) -> list[Check]:
+        """One check per liveness layer: its state and timers, in seconds and in H.
+        ``zombie`` is :meth:`_zombie`'s verdict for this shard at ``now``."""
         base = f"shard/{shard}/liveness"
         names = ("ping", "ack", "idle", "tcp")
         interval = s.interval
@@ -420,7 +422,6 @@ class HealthEvaluator:
             return [Check(f"{base}/{n}", True, why) for n in names]
         lv = self.liveness
         fired = s.zombie_reason
-        zombie = self._zombie(s, now)
 
         def seconds(value: float) -> str:
             return f"{value:.3g}s = {value / interval:.2f} H"
@@ -467,9 +468,8 @@ class HealthEvaluator:
             )
         return out
 
-    def _connection_check(self, shard: int, s: _Shard, now: float) -> Check:
+    def _connection_check(self, shard: int, s: _Shard, zombie: str | None, now: float) -> Check:
         name = f"shard/{shard}/connection"
-        zombie = self._zombie(s, now)
         if zombie is not None:
             return Check(name, False, zombie)
         if not s.connected:
@@ -574,12 +574,13 @@ class HealthEvaluator:
                 )
         return Check(name, True, f"{state.value} for {max(0.0, in_state):.1f}s")
 
-    def _ready_check(self, shard: int, s: _Shard, status: ShardStatus | None, now: float) -> Check:
+    def _ready_check(
+        self, shard: int, s: _Shard, status: ShardStatus | None, zombie: str | None, now: float
+    ) -> Check:
         name = f"shard/{shard}/ready"
         state = status.state if status is not None else s.state
         if state is not ev.ConnectionState.READY or not s.live:
             return Check(name, False, f"no live session (state {state.value})")
-        zombie = self._zombie(s, now)
         if zombie is not None:
             return Check(name, False, zombie)
         interval = s.interval
