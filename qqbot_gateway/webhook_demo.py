@@ -129,9 +129,7 @@ async def webhook_stack(
             await proxy.start()
             yield WebhookStack(sim, client, tel, receiver, proxy)
         finally:
-            if client.webhook is not None:
-                client.webhook.close()
-            await client.close(drain_timeout=2)
+            await client.close(drain_timeout=2)  # callbacks get a 503 from here on
             if receiver is not None:
                 await receiver.stop()
             if proxy is not None:
