@@ -543,7 +543,7 @@ class QQBotClient:
         checkpointer: Checkpointer | None = None
         store = self._stores.get(shard_id)
         if store is not None:
-            checkpointer = Checkpointer(
+            checkpointer = ckpt = Checkpointer(
                 store,
                 app_id=cfg.app_id,
                 shard_id=shard_id,
@@ -552,12 +552,8 @@ class QQBotClient:
                 interval=cfg.checkpoint_interval,
                 live=lambda: supervisor.state is ev.ConnectionState.READY,
                 current_session=lambda: (session.session_id, session.seq),
-                accepted_count=lambda: handled() + dispatcher.outstanding,
+                accepted_count=lambda: ckpt.handled_count + dispatcher.outstanding,
             )
-            progress = checkpointer.progress
-
-            def handled() -> int:
-                return progress.handled
 
         dispatcher = Dispatcher(
             session,
