@@ -364,7 +364,7 @@ def _every_shard_stopped(client: Any) -> int:
 def _check_webhook(settings: Settings, say: Say) -> int:
     """``check`` with the webhook transport: there is no session to open; the platform calls us.
     Say what the receiver will do and prove the signing key works (a round trip)."""
-    from qqbot_gateway.adapter.protocol import missing_cryptography
+    from qqbot_gateway.adapter.protocol import missing_cryptography, url_host
     from qqbot_gateway.adapter.webhook import WebhookKey
 
     _app_id, secret = settings.require_credentials()
@@ -377,7 +377,7 @@ def _check_webhook(settings: Settings, say: Say) -> int:
     host, port = settings.webhook_addr
     scheme = "https" if settings.webhook_tls_cert else "http"
     say("transport:      webhook (no WebSocket session is opened)")
-    say(f"receiver:       {scheme}://{host}:{port}{settings.webhook_path}")
+    say(f"receiver:       {scheme}://{url_host(host)}:{port}{settings.webhook_path}")
     say("signing key:    derived from the secret, sign/verify round trip ok")
     if port not in (80, 443, 8080, 8443) and scheme == "https":
         say(f"note:           QQ accepts callback URLs on ports 80, 443, 8080, 8443 only ({port})")

@@ -226,6 +226,7 @@ async def test_check_with_the_webhook_transport_opens_no_session() -> None:
             QQBOT_APP_ID=sim.config.app_id,
             QQBOT_TRANSPORT="webhook",
             QQBOT_WEBHOOK_PATH="/qq",
+            QQBOT_WEBHOOK_ADDR="[::]:8443",
         )
         proc = await spawn_cli("check", env=env)
         async with asyncio.timeout(60):
@@ -234,5 +235,5 @@ async def test_check_with_the_webhook_transport_opens_no_session() -> None:
     text = out.decode()
     assert proc.returncode == 0, text + err.decode()
     assert "transport:      webhook" in text
-    assert "receiver:       http://0.0.0.0:8443/qq" in text
+    assert "receiver:       http://[::]:8443/qq" in text  # an IPv6 host in brackets
     assert "round trip ok" in text and secret not in text

@@ -37,7 +37,12 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
-from qqbot_gateway.adapter.protocol import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookKey
+from qqbot_gateway.adapter.protocol import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookKey,
+    url_host,
+)
 from qqbot_gateway.simulator.events import EVENT_INTENTS, EventFactory
 
 __all__ = [
@@ -352,7 +357,7 @@ class ChaosProxy:
         self._runner = runner
         self._http = aiohttp.ClientSession()
         path = self.target.split("/", 3)[3] if self.target.count("/") >= 3 else ""
-        self.url = f"http://{host}:{bound}/{path}"
+        self.url = f"http://{url_host(host)}:{bound}/{path}"
 
     async def stop(self) -> None:
         if self._runner is not None:
