@@ -288,15 +288,22 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
                 assert result, f"${name}: {selector} finds nothing"
                 assert all(label in s["metric"] for s in result), name
 
-            # The reconnects the silent death caused are visible by reason.
-            reasons = await query(
-                f'sum by (reason) (qqbot_gateway:reconnects:rate5m{{job="{JOB}"}}) > 0'
-            )
-            assert {s["metric"]["reason"] for s in reasons} & {
-                "ack_timeout",
-                "idle_timeout",
-                "hello_timeout",
-            }
+            # The reconnects the silent death caused are visible by reason: the zombie verdict
+            # (usually the ping layer's) and then the blackholed reconnects' missing Hello.
+            # Polled: each reaches the recording rule a scrape and an evaluation later.
+            silent_death = {"ping_timeout", "ack_timeout", "idle_timeout", "hello_timeout"}
+            seen_reasons: set[str] = set()
+
+            async def reasons_recorded() -> bool:
+                reasons = await query(
+                    f'sum by (reason) (qqbot_gateway:reconnects:rate5m{{job="{JOB}"}}) > 0'
+                )
+                seen_reasons.update(s["metric"]["reason"] for s in reasons)
+                zombie = seen_reasons & {"ping_timeout", "ack_timeout", "idle_timeout"}
+                return bool(zombie) and "hello_timeout" in seen_reasons
+
+            await _until(reasons_recorded, 20 * INTERVAL, "the zombie and Hello-timeout reasons")
+            assert seen_reasons <= silent_death, seen_reasons
             sim.unblackhole()
     finally:
         if proc is not None:
