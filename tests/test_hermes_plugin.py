@@ -163,12 +163,14 @@ async def test_blackhole_is_detected_and_resumed_with_every_message_once(
         assert sim.blackhole(current=True) == 1
         for i in range(5, 25):  # sent while the link is dead: they wait in the replay buffer
             await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(i), event_id=f"E{i}")
-        # hermes is told at once that the connection is gone ...
-        await watch.until(lambda: not adapter.is_connected, 10 * INTERVAL, "disconnected")
-        assert watch.marks[marks_before][0] == "disconnected"
-        # ... and that it is back after the resume, which replays what the cut held back.
-        await watch.until(lambda: adapter.is_connected, 15 * INTERVAL, "connected again")
+        # hermes is told at once that the connection is gone, and that it is back after the
+        # resume, which replays what the cut held back. Read from the marks hermes got, not
+        # from the live flag: the resume over loopback can be over between two polls.
+        await watch.until(
+            lambda: len(watch.marks) >= marks_before + 2, 15 * INTERVAL, "disconnected, connected"
+        )
         assert [m for m, _ in watch.marks[marks_before:]] == ["disconnected", "connected"]
+        assert adapter.is_connected
         assert sim.resumes and sim.resumes[-1].outcome == "resumed"
         for i in range(25, 30):
             await sim.emit_event("C2C_MESSAGE_CREATE", c2c_message(i), event_id=f"E{i}")

@@ -400,13 +400,13 @@ async def test_resume_window_expires(http: aiohttp.ClientSession) -> None:
 async def test_heartbeat_starvation_closes_4009(
     http: aiohttp.ClientSession, sim: Simulator, token: str
 ) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()  # before Hello: the deadline counts from it
     c = await connect(http, sim)
     ready = await c.identify(token)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
     assert await c.expect_close(wait=2.0) == 4009
-    # About 1.45 x the interval after Hello.
-    assert 0.3 < loop.time() - t0 < 1.0
+    # About 1.45 x the interval (0.435 s) after Hello; margins for a loaded machine's timers.
+    assert 0.4 < loop.time() - t0 < 1.5
     closed = sim.connections[-1]
     assert closed.closed_by == "server" and closed.close_code == 4009
     # 4009 keeps the session resumable.

@@ -81,7 +81,14 @@ async def test_blackhole_is_seen_and_recovered() -> None:
                 return (await get("/readyz"))[0] == 503
 
             await until(ready, 10 * INTERVAL, "ready")
-            await asyncio.sleep(2.5 * INTERVAL)  # a few heartbeats and ACKs
+
+            async def heartbeats_acked() -> bool:  # a few heartbeats and ACKs
+                return (
+                    value("qqbot_gateway_heartbeats_sent_total") >= 2
+                    and value("qqbot_gateway_heartbeat_acks_total") >= 1
+                )
+
+            await until(heartbeats_acked, 10 * INTERVAL, "two heartbeats, one ACKed")
             sent_before = value("qqbot_gateway_heartbeats_sent_total")
             acks_before = value("qqbot_gateway_heartbeat_acks_total")
             rtt_before = value("qqbot_gateway_heartbeat_rtt_seconds_count")
@@ -123,10 +130,15 @@ async def test_blackhole_is_seen_and_recovered() -> None:
 
             sim.unblackhole()
             await until(ready, 20 * INTERVAL, "ready again")
-            await asyncio.sleep(1.5 * INTERVAL)
+
+            async def acked_again() -> bool:
+                return (
+                    value("qqbot_gateway_heartbeat_acks_total") > acks_before
+                    and value("qqbot_gateway_heartbeat_rtt_seconds_count") > rtt_before
+                )
+
+            await until(acked_again, 10 * INTERVAL, "heartbeats ACKed after the resume")
             assert value("qqbot_gateway_heartbeats_sent_total") > sent_before
-            assert value("qqbot_gateway_heartbeat_acks_total") > acks_before
-            assert value("qqbot_gateway_heartbeat_rtt_seconds_count") > rtt_before
             assert value("qqbot_gateway_resumes_total", outcome="success") >= 1
             status, doc = await get("/healthz")
             assert status == 200 and doc["status"] == "ok"
