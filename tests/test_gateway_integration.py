@@ -296,7 +296,16 @@ async def test_a_server_that_never_answers_pings_costs_no_reconnect(
     mark = h.mark()
     await h.sim.send_reconnect()  # a fresh connection, calibrating against the deaf server
     await h.wait_event(ev.SessionResumed, 10 * INTERVAL, after=mark)
-    await asyncio.sleep(5 * INTERVAL)  # 3 calibration pings, each given up after 1 interval
+    # 3 calibration pings, each given up after 1 interval; then one more interval of watching
+    await h.wait_for(
+        lambda: any(
+            isinstance(e, ev.PingLayerChanged) and e.state == "disabled"
+            for e in h.rec.lifecycle[mark:]
+        ),
+        10 * INTERVAL,
+        "the ping layer disabled",
+    )
+    await asyncio.sleep(INTERVAL)
     since = h.rec.lifecycle[mark:]
     changes = [e.state for e in since if isinstance(e, ev.PingLayerChanged)]
     assert changes == ["calibrating", "disabled"], changes

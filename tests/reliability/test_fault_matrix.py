@@ -1076,8 +1076,9 @@ async def hello_interval_tiny(h: Harness, pr: Probe, ctx: Ctx) -> Seen:
     await asyncio.sleep(8 * lv.min_heartbeat_interval)
     beats = [e for e in h.rec.of(ev.HeartbeatSent) if e.monotonic >= t1]
     rate = len(beats) / (h.loop.time() - t1)
-    # Clamped to 0.2 s: about 5 a second. A 1 ms interval would be about 1000.
-    assert rate <= 1.5 / lv.min_heartbeat_interval, rate
+    # Clamped to 0.2 s: about 5 a second (up to 3 per interval with ACK probes when ACKs are
+    # late on a loaded machine). A 1 ms interval would be about 1000.
+    assert rate <= 3.5 / lv.min_heartbeat_interval, rate
     assert not pr.since(ev.ZombieDetected)
     return Seen(
         f"clamped to {hello.heartbeat_interval:g}s",
@@ -1326,7 +1327,8 @@ def shutdown_during_reconnect(phase: str) -> Callable[[Harness, Probe, Ctx], Awa
         async with asyncio.timeout(10):
             await h.client.close(drain_timeout=1.0)
         took = h.loop.time() - t0
-        assert took < 2.0, f"close() took {took:.2f}s"
+        # drain_timeout 1 s + the 0.5 s close timeout at worst, plus a loaded machine's margin
+        assert took < 3.5, f"close() took {took:.2f}s"
         (status,) = h.client.shard_status()
         assert status.state is ConnectionState.STOPPED and not status.task_alive
         assert any(e.reason == "shutdown" for e in pr.since(ev.SupervisorStopped))
