@@ -183,7 +183,6 @@ class Checkpointer:
         self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._saving: asyncio.Task[None] | None = None
-        self._nudge = False  # the next write is made on a saturated loop (see MAX_HOLD)
         self._failing = False
         self._ended = False
         self._loop = asyncio.get_running_loop()
@@ -290,7 +289,6 @@ class Checkpointer:
                 if wall_now - held_since < self.max_hold:
                     continue  # a write now would wait for the burst to end, at its expense
             held_since = None
-            self._nudge = saturated
             position = self.position()
             if position[0] is None:
                 continue
@@ -299,10 +297,11 @@ class Checkpointer:
             if not changed and not (stale and self._live()):
                 continue
             state = self.snapshot(position)
-            if state is not None and not await self._write(state):
+            # A write made on a saturated loop (after MAX_HOLD) hands the worker thread the GIL.
+            if state is not None and not await self._write(state, hand_off=saturated):
                 await self._sleep(max(self.interval, _RETRY_DELAY))
 
-    async def _write(self, state: StoredSession) -> bool:
+    async def _write(self, state: StoredSession, *, hand_off: bool = False) -> bool:
         async with self._write_lock:
             if self._ended:
                 return False
@@ -316,7 +315,7 @@ class Checkpointer:
             )
             self._saving = save
             try:
-                if self._nudge:
+                if hand_off:
                     await self._hand_off(save)
                 await asyncio.shield(save)
             except Exception as exc:  # noqa: BLE001 - a failed write is retried, never fatal

@@ -412,12 +412,12 @@ class QQBotClient:
         )
         self._webhook_dispatcher = dispatcher
         if checkpointer is not None and isinstance(store, FileSessionStore):
-            progress = checkpointer.progress
+            ckpt = checkpointer
             journal = IntakeJournal(
                 JournalFile(store.directory, cfg.app_id),
                 bus=self.events,
                 deliver=dispatcher.put,
-                handled=lambda: progress.handled,
+                handled=lambda: ckpt.handled_count,
                 forget=session.forget_id,
             )
             self._journal, self._webhook_checkpointer = journal, checkpointer
