@@ -264,6 +264,16 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def interleaved(payloads: list[bytes], rounds: int, prefix: str) -> dict[str, list[Flood]]:
+    """``rounds`` floods with the store off and on, the order alternating each round."""
+    runs: dict[str, list[Flood]] = {"off": [], "on": []}
+    for r in range(rounds):
+        for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
+            directory = f"{prefix}-{mode}-{r}"
+            runs[mode].append(asyncio.run(flood(mode == "on", payloads, directory)))
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=60_000)
@@ -274,22 +284,12 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help=f"write {REPORT.name}")
     args = parser.parse_args()
     payloads = frames(args.events)
-    runs: dict[str, list[Flood]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory(prefix="qqbot-bench-store-") as tmp:
-        for r in range(args.rounds):
-            order = ("off", "on") if r % 2 == 0 else ("on", "off")
-            for mode in order:
-                directory = os.path.join(tmp, f"{mode}-{r}")
-                runs[mode].append(asyncio.run(flood(mode == "on", payloads, directory)))
+        runs = interleaved(payloads, args.rounds, os.path.join(tmp, "short"))
         # Sustained floods, longer than checkpoint.MAX_HOLD: writes must still complete.
-        long_payloads = frames(args.long_events)
-        long_runs: dict[str, list[Flood]] = {"off": [], "on": []}
-        for r in range(args.long_rounds):
-            order = ("off", "on") if r % 2 == 0 else ("on", "off")
-            for mode in order:
-                directory = os.path.join(tmp, f"long-{mode}-{r}")
-                flooded = asyncio.run(flood(mode == "on", long_payloads, directory))
-                long_runs[mode].append(flooded)
+        long_runs = interleaved(
+            frames(args.long_events), args.long_rounds, os.path.join(tmp, "long")
+        )
         lag = asyncio.run(paced(payloads, 1000.0, args.seconds, os.path.join(tmp, "lag")))
         one_write_cpu, one_write_wall = write_cpu(os.path.join(tmp, "cpu"))
     per_event_inline = inline_cost()
