@@ -91,6 +91,19 @@ _LOG_FORMATS: Final = ("auto", "json", "console")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _DEFAULT_HTTP_ADDR: Final = "0.0.0.0:8080"  # every interface: kubelet and Prometheus connect
 _TRANSPORTS: Final = ("websocket", "webhook")
+_DELIVERIES: Final = ("local", "stream")
+#: Shard lease length. A dead owner holds its shards this long at most, so it is most of the
+#: failover time: 10 s is a quarter of QQ's 41.25 s heartbeat interval (a takeover resumes well
+#: inside the session's resume window and within the 0.5 H goal), and renewing every third of it
+#: rides out a Redis hiccup of several seconds without giving the shard up.
+DEFAULT_LEASE_TTL: Final = 10.0
+#: Below 1 s renewals (every third) would compete with the event path on a busy Redis.
+MIN_LEASE_TTL: Final = 1.0
+#: Above 10 minutes a dead owner would outlast QQ's resume window: failover would lose events.
+MAX_LEASE_TTL: Final = 600.0
+#: A worker's entry pending this long is taken over by another worker. 30 s: well past a
+#: handler's ordinary run (an LLM call takes seconds), short against a consumer's restart.
+DEFAULT_STREAM_CLAIM_IDLE: Final = 30.0
 #: 8443: one of the four ports QQ accepts in a callback URL (80, 443, 8080, 8443), and not the
 #: side port's 8080.
 _DEFAULT_WEBHOOK_ADDR: Final = "0.0.0.0:8443"
@@ -334,6 +347,23 @@ def _state_dir(raw: Any) -> str | None:
     return str(Path(text).expanduser())
 
 
+def _redis_url(raw: Any) -> Secret:
+    from qqbot_gateway.cluster.connect import parse_redis_url
+
+    text = _text(raw)
+    parse_redis_url(text)  # ValueError with a reason that never holds the password
+    return Secret(text)
+
+
+def _lease_ttl(raw: Any) -> float:
+    value = _number(raw, "seconds")
+    if not MIN_LEASE_TTL <= value <= MAX_LEASE_TTL:
+        raise ValueError(
+            f"expected seconds between {MIN_LEASE_TTL:g} and {MAX_LEASE_TTL:g}, got {_show(raw)}"
+        )
+    return value
+
+
 def default_state_dir(env: Mapping[str, str] | None = None) -> str:
     """``$XDG_STATE_HOME/qqbot-gateway``, else ``~/.local/state/qqbot-gateway``.
 
@@ -562,6 +592,48 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         ),
     ),
     Setting(
+        "redis_url",
+        _redis_url,
+        None,
+        "unset (no Redis)",
+        (
+            "cluster mode: `redis://`, `rediss://`, `unix://` or `redis+sentinel://h1,h2/service` "
+            "(needs the `redis` extra); shard leases with fencing, the session store, shared "
+            "dedupe and the event stream live there (see docs/cluster.md). Unset: the file "
+            "store, one process, no Redis anywhere. The password is never shown"
+        ),
+    ),
+    Setting(
+        "lease_ttl",
+        _lease_ttl,
+        DEFAULT_LEASE_TTL,
+        f"`{DEFAULT_LEASE_TTL:g}`",
+        (
+            "with `QQBOT_REDIS_URL`: seconds a shard lease lasts without renewal; bounds how "
+            "long a dead owner holds a shard (see docs/cluster.md for the choice)"
+        ),
+    ),
+    Setting(
+        "delivery",
+        _choice(_DELIVERIES),
+        "local",
+        "`local`",
+        (
+            "`local`: handlers run in this process; `stream` (needs `QQBOT_REDIS_URL`): every "
+            "accepted event is appended to the app's Redis stream for `qqbot-gateway worker`"
+        ),
+    ),
+    Setting(
+        "stream_claim_idle",
+        _positive_seconds,
+        DEFAULT_STREAM_CLAIM_IDLE,
+        f"`{DEFAULT_STREAM_CLAIM_IDLE:g}`",
+        (
+            "workers: seconds an entry stays pending with a dead or stuck worker before another "
+            "worker claims it"
+        ),
+    ),
+    Setting(
         "checkpoint_interval",
         _non_negative_seconds,
         DEFAULT_CHECKPOINT_INTERVAL,
@@ -763,6 +835,12 @@ class Settings:
     session_max_age: float = _DEFAULTS["session_max_age"]
     state_lock: str = _DEFAULTS["state_lock"]
     checkpoint_interval: float = _DEFAULTS["checkpoint_interval"]
+    #: Cluster mode (``QQBOT_REDIS_URL``): None without Redis. A Secret: the URL may hold a
+    #: password; :func:`qqbot_gateway.cluster.connect.redact_url` shows it safely.
+    redis_url: Secret | None = _DEFAULTS["redis_url"]
+    lease_ttl: float = _DEFAULTS["lease_ttl"]
+    delivery: str = _DEFAULTS["delivery"]
+    stream_claim_idle: float = _DEFAULTS["stream_claim_idle"]
     transport: str = _DEFAULTS["transport"]
     webhook_addr: tuple[str, int] = _DEFAULTS["webhook_addr"]
     webhook_path: str = _DEFAULTS["webhook_path"]
@@ -991,6 +1069,11 @@ def load_settings(
     http_addr = values.get("http_addr", _DEFAULTS["http_addr"])
     webhook_addr = values.get("webhook_addr", _DEFAULTS["webhook_addr"])
     transport = values.get("transport", _DEFAULTS["transport"])
+    if values.get("delivery") == "stream" and "redis_url" not in values:
+        raise ConfigError(
+            f"{_source(raw, 'delivery')}: stream delivery needs QQBOT_REDIS_URL "
+            "(the stream lives in Redis)"
+        )
     if transport == "webhook":
         _check_webhook(raw, values, shard_count, shard_ids, http_addr, webhook_addr)
     fields = {

@@ -8,6 +8,7 @@ Fixtures every file may request:
 - ``start_sim``: ``await start_sim(**overrides)`` starts one more simulator on 127.0.0.1 (the
   module's ``simulator_config`` with ``overrides`` replaced); every one is stopped after the test.
 - ``sim``: one started simulator with the module's ``simulator_config``.
+- ``redis_server``: a real ``redis-server`` on a free port (:mod:`tests.redis_harness`).
 """
 
 from __future__ import annotations
@@ -108,3 +109,17 @@ async def start_sim(simulator_config: SimulatorConfig) -> AsyncIterator[StartSim
 @pytest.fixture
 async def sim(start_sim: StartSim) -> Simulator:
     return await start_sim()
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Any) -> AsyncIterator[Any]:
+    """A real ``redis-server`` on a free loopback port (skips when it is not installed); see
+    :mod:`tests.redis_harness`. Stopped after the test."""
+    from tests.redis_harness import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        await server.start()
+        yield server
+    finally:
+        server.kill()
