@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -159,3 +161,65 @@ async def test_example_runs_against_the_simulator(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def _quick_start() -> list[list[str]]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+async def test_the_readme_quick_start_against_the_simulator(sim: Simulator, tmp_path: Path) -> None:
+    """The README's quick start, typed as it stands, with the simulator in QQ's place (the
+    simulator's app id is the README's, the secret file holds the simulator's secret, and
+    QQBOT_API_BASE / QQBOT_TOKEN_URL point at it): `check` exits 0, then `run --print-events`
+    prints a dispatched event and stops cleanly on SIGTERM."""
+    export, check, run = _quick_start()
+    assert export[0] == "export" and check[1:] == ["check"] and run[1] == "run", (export, check)
+    (tmp_path / "client-secret").write_text(SECRET + "\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QQBOT_", "OTEL_"))}
+    for assignment in export[1:]:
+        name, value = assignment.split("=", 1)
+        env[name] = value.replace("$PWD", str(tmp_path))
+    assert set(env) >= {"QQBOT_APP_ID", "QQBOT_CLIENT_SECRET_FILE"}
+    qq = Simulator(sim_config(app_id=env["QQBOT_APP_ID"]))
+    await qq.start()
+    try:
+        env |= {
+            "QQBOT_API_BASE": qq.base_url,
+            "QQBOT_TOKEN_URL": qq.token_url,
+            "QQBOT_STATE_DIR": str(tmp_path / "state"),
+            "QQBOT_HTTP_ADDR": f"127.0.0.1:{_free_port()}",
+        }
+        cli = [sys.executable, "-m", "qqbot_gateway"]
+        proc = await asyncio.create_subprocess_exec(
+            *cli, *check[1:], cwd=tmp_path, env=env, stdout=PIPE, stderr=PIPE
+        )
+        async with asyncio.timeout(STARTUP):
+            out, err = await proc.communicate()
+        assert proc.returncode == 0, (out + err).decode()
+        assert SECRET not in (out + err).decode()
+        stdout = tmp_path / "stdout"
+        with stdout.open("wb") as sink:
+            proc = await asyncio.create_subprocess_exec(
+                *cli, *run[1:], cwd=tmp_path, env=env, stdout=sink, stderr=PIPE
+            )
+        try:
+            async with asyncio.timeout(STARTUP):
+                while not await qq.emit_event("C2C_MESSAGE_CREATE"):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # emits once the session is live
+            await poll_until(
+                lambda: '"C2C_MESSAGE_CREATE"' in stdout.read_text(), STARTUP, "an event line"
+            )
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(STOP):
+                _, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    finally:
+        await qq.stop()
