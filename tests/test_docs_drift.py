@@ -213,3 +213,17 @@ def test_every_relative_link_resolves() -> None:
             if re.match(r"[a-z]+:", target):
                 continue
             assert (page.parent / target).exists(), f"{page.name} links {target}"
+
+
+def test_the_core_metric_list_names_real_metrics() -> None:
+    """docs/operations.md lists the core set without the prefix: each name (and label) exists."""
+    section = _text(ROOT / "docs" / "operations.md").split("## Metrics and dashboards", 1)[1]
+    (bullets,) = [b for b in section.split("\n\n") if b.startswith("* heartbeats")]
+    # Parentheses hold remarks and label values ("the layer that fired: `ping_timeout`").
+    listed = re.findall(r"`([a-z_]+)(?:\{(\w+)\})?`", re.sub(r"\([^)]*\)", "", bullets, flags=re.S))
+    assert len(listed) > 30, listed
+    by_name = {m.name: m for m in METRICS}
+    for name, label in listed:
+        assert name in by_name, f"docs/operations.md lists {name}, which is not a metric"
+        if label:
+            assert label in by_name[name].labels, f"{name} has no label {label}"
