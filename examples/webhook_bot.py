@@ -1,7 +1,7 @@
 """The webhook transport as a library: QQ posts signed callbacks, the same handlers answer.
 
 ``QQBOT_TRANSPORT=webhook`` (plus ``QQBOT_WEBHOOK_ADDR``, ``QQBOT_WEBHOOK_PATH``) and the
-``webhook`` extra (``pip install 'qqbot-gateway[webhook]'``, for Ed25519)::
+``webhook`` extra (``pip install '.[webhook]'`` in a checkout, for Ed25519; docs/install.md)::
 
     QQBOT_TRANSPORT=webhook QQBOT_WEBHOOK_ADDR=127.0.0.1:8443 python examples/webhook_bot.py
 

@@ -20,7 +20,12 @@ from qqbot_gateway.telemetry.metric_spec import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-FRONT = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "SECURITY.md"]
+FRONT = [
+    ROOT / "README.md",
+    ROOT / "CHANGELOG.md",
+    ROOT / "SECURITY.md",
+    ROOT / "examples" / "README.md",
+]
 PAGES = FRONT + DOCS
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 DEMO = "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/qqbot-gateway demo"
