@@ -542,6 +542,9 @@ def test_every_kustomize_directory_renders_and_validates(directory: Path) -> Non
     (container,) = sts["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert int(env["QQBOT_SHARD_COUNT"]) == sts["spec"]["replicas"]
+    # Every variable is a setting the loader knows (drift between manifests and config).
+    unknown = {n for n in env if n.removeprefix("QQBOT_").lower() not in config.SETTING_NAMES}
+    assert not unknown, unknown
     if directory.parent.name == "examples":
         assert {d["metadata"].get("namespace") for d in docs} == {"qqbot-gateway"}
         assert container["image"] != "qqbot-gateway", "an example must set the image"
