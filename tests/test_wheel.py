@@ -93,7 +93,11 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_demo(tmp_path: Path) 
     dist = tmp_path / "dist"
     # pip builds in an isolated environment with the build-system requirements (setuptools 77+
     # for the SPDX license), as any user's pip does.
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)], 600)
+    build = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(dist), str(src)], 600
+    )
+    # The license is an SPDX expression (PEP 639): no deprecation warning from setuptools.
+    assert "SetuptoolsDeprecationWarning" not in build.stdout + build.stderr
     (wheel,) = dist.glob("qqbot_gateway-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in STATIC:
