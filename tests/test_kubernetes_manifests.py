@@ -390,8 +390,18 @@ def test_dockerfile() -> None:
     # The user has no home: the session store gets its own directory, owned by the user.
     assert "QQBOT_STATE_DIR=/var/lib/qqbot-gateway" in text
     assert "install -d -o 10001 -g 10001 -m 0700 /var/lib/qqbot-gateway" in text
-    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    ignored_lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    ignored = " ".join(ignored_lines).split()
     assert {".git", ".venv", "tests"} <= set(ignored)
+    # The image is built from what the wheel is built from, the license file included.
+    copied = {src for i in instructions if i[0].upper() == "COPY" for src in i[1].split()[:-1]}
+    assert copied == {"pyproject.toml", "README.md", "LICENSE", "qqbot_gateway"}, copied
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    license_files = re.search(r"^license-files = \[(.*)\]$", pyproject, re.M)
+    assert license_files is not None
+    assert set(re.findall(r'"([^"]+)"', license_files.group(1))) <= copied
+    patterns = {line.strip() for line in ignored_lines if line.strip() and line[0] != "#"}
+    assert not copied & patterns, "a file the image needs is in .dockerignore"
 
 
 # ------------------------------------------------------------------- webhook overlay
