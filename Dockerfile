@@ -18,9 +18,12 @@ RUN groupadd --system --gid 10001 qqbot \
  && install -d -o 10001 -g 10001 -m 0700 /var/lib/qqbot-gateway
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY qqbot_gateway ./qqbot_gateway
-# The webhook extra (Ed25519 from cryptography): one image for both transports.
+# The webhook extra (Ed25519 from cryptography): one image for both transports. DL3013 ("pin
+# versions in pip") does not apply: this installs the checkout itself, and its dependencies are
+# pinned in ranges in pyproject.toml.
+# hadolint ignore=DL3013
 RUN pip install ".[webhook]" \
  && rm -rf /src
 

