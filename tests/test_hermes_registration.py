@@ -297,3 +297,27 @@ def test_docs_list_every_key_the_plugin_accepts() -> None:
     documented = _documented_keys()
     assert accepted - documented == set(), "accepted but not in docs/hermes.md"
     assert documented - accepted == set(), "in docs/hermes.md but not accepted"
+
+
+def test_the_shipped_manifest_matches_the_code(tmp_path: Path) -> None:
+    """``plugin.yaml`` (package data, so in the wheel) as hermes 0.19.0's manifest parser reads
+    it: a platform plugin named like the entry point, asking for this project's variables."""
+    import importlib.resources
+
+    from hermes_cli.plugins import PluginManager
+
+    resource = importlib.resources.files("qqbot_gateway.integrations.hermes") / "plugin.yaml"
+    assert resource.is_file()
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"integrations/hermes/plugin.yaml"' in pyproject  # package-data: shipped
+    plugin_dir = tmp_path / "qqbot-gateway"
+    plugin_dir.mkdir()
+    (plugin_dir / "plugin.yaml").write_text(resource.read_text(encoding="utf-8"))
+    manifest = PluginManager()._parse_manifest(plugin_dir / "plugin.yaml", plugin_dir, "user", "")
+    assert manifest is not None
+    assert manifest.name == hermes.ENTRY_POINT and manifest.kind == "platform"
+    required = [e["name"] if isinstance(e, dict) else e for e in manifest.requires_env]
+    assert required == list(hermes.REQUIRED_ENV)
+    text = resource.read_text(encoding="utf-8")
+    for var in (hermes.HOME_CHANNEL_ENV, hermes.HTTP_ADDR_ENV, hermes.PLATFORM_ENV):
+        assert f"name: {var}" in text
