@@ -214,3 +214,39 @@ async def test_group_messages_are_off_by_default(sim: Simulator, tmp_path: Path)
             assert [e.source.chat_type for e in watch.received] == ["dm"]
         finally:
             await adapter.disconnect()
+
+
+async def test_the_standalone_sender_directly(sim: Simulator, tmp_path: Path) -> None:
+    """What hermes's contract leaves to the sender: targets, limits, a result for every case."""
+
+    from gateway.config import PlatformConfig
+
+    def config() -> Any:
+        return PlatformConfig(
+            enabled=True, extra={**extra_for(sim, tmp_path / "s"), "client_secret": SECRET}
+        )
+
+    env = {"QQBOT_STATE_DIR": "off"}
+    send = hermes.standalone_send
+    ok = await send(config(), "channel:1234567", "to a channel", thread_id="t", environ=env)
+    assert ok["success"] and ok["message_id"]
+    assert await send(config(), f"dms:{GROUP}", "to a guild DM", environ=env) == {
+        "success": True,
+        "message_id": sim.messages[-1].id,
+    }
+    bare = await send(config(), USER, "a bare openid is C2C", caption="new in main", environ=env)
+    assert bare["success"]
+    assert [(m.kind, m.target) for m in sim.messages] == [
+        ("channel", "1234567"),
+        ("dms", GROUP),
+        ("c2c", USER),
+    ]
+    media_only = await send(config(), USER, "", media_files=[("/tmp/x.png", False)], environ=env)
+    assert "media" in media_only["error"]
+    assert "2000" in (await send(config(), USER, "x" * 2001, environ=env))["error"]
+    assert (await send(config(), USER, "  ", environ=env)) == {"success": True, "message_id": None}
+
+    broken_extra = {"app_id": APP_ID, "shard_count": "x", "client_secret": SECRET}
+    broken = await send(PlatformConfig(enabled=True, extra=broken_extra), USER, "x", environ=env)
+    assert "shard_count" in broken["error"]
+    assert len(sim.messages) == 3
