@@ -112,7 +112,7 @@ class SdkClient:
         self.received: list[str] = []
         self.fatal: list[str] = []
         self.fatal_error_message: str | None = None
-        self.conn_ids: set[int] = set()
+        self.sessions: set[str] = set()
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
 
@@ -127,8 +127,14 @@ class SdkClient:
         )
         return out.stdout.strip()
 
+    @property
+    def conn_ids(self) -> set[int]:
+        """The SDK's connections: those that identified or resumed with its sessions."""
+        return {i.conn_id for i in self.sim.identifies if i.session_id in self.sessions} | {
+            r.conn_id for r in self.sim.resumes if r.session_id in self.sessions
+        }
+
     async def connect(self) -> bool:
-        before = {i.conn_id for i in self.sim.identifies}
         env = {
             **os.environ,
             "QQ_API_BASE": self.sim.base_url,
@@ -151,7 +157,6 @@ class SdkClient:
             await poll_until(lambda: self.is_connected or self.fatal, 30, "the SDK's READY")
         except AssertionError:
             return False
-        self.conn_ids = {i.conn_id for i in self.sim.identifies} - before
         return self.is_connected
 
     async def _read(self) -> None:
@@ -163,6 +168,8 @@ class SdkClient:
                 continue
             if item["ev"] == "connected":
                 self.is_connected = True
+                if item.get("session"):
+                    self.sessions.add(str(item["session"]))
             elif item["ev"] == "disconnected":
                 self.is_connected = False
             elif item["ev"] == "message" and item.get("id"):
@@ -270,8 +277,14 @@ async def scenario(
                 for t in tracks.values():
                     t.poll(now)
                 await asyncio.sleep(0.02)
+            sdk_sessions = sdk.sessions if sdk is not None else set()
             builtin_conn = next(
-                (i.conn_id for i in sim.identifies if (i.intents or 0) & BUILTIN_INTENT_BIT), None
+                (
+                    i.conn_id
+                    for i in sim.identifies
+                    if (i.intents or 0) & BUILTIN_INTENT_BIT and i.session_id not in sdk_sessions
+                ),
+                None,
             )
 
             def unanswered_on(conn_ids: set[int | None]) -> int:
@@ -393,7 +406,9 @@ def main(args: argparse.Namespace) -> int:
                 '`QQ_TOKEN_URL`. "Told disconnected/connected" is its `on_disconnected` / '
                 "`on_connected` callbacks (what an adapter on it would report to hermes), "
                 '"delivered" what reached its `on_message_event`. It is not hermes main '
-                "itself (not installable here), only the client hermes main's adapter wraps.\n"
+                "itself (not installable here), only the client hermes main's adapter wraps. It "
+                'heartbeats every 0.8 intervals and ignores op 11, so "unanswered heartbeats" '
+                "grows by one per beat with no reaction.\n"
             )
         report = (
             "# hermes-agent: built-in QQ adapter vs the qqbot-gateway plugin"

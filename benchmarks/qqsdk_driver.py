@@ -11,6 +11,8 @@ the SDK the way an adapter does (``QQApiClient`` for tokens and discovery, ``QQW
 
     {"t": <time.monotonic()>, "ev": "connected" | "disconnected" | "message" | "fatal", ...}
 
+(``connected`` carries the session id, so the benchmark knows which connections are the SDK's).
+
 and stops when its stdin closes. ``time.monotonic()`` is CLOCK_MONOTONIC, shared by every process
 of the machine, so the benchmark compares these times with its own.
 """
@@ -42,7 +44,7 @@ async def main(app_id: str, secret: str) -> None:
 
     callbacks = WSCallbacks(
         on_message_event=on_message,
-        on_connected=lambda: emit("connected"),
+        on_connected=lambda: emit("connected", session=session["id"]),
         on_disconnected=lambda: emit("disconnected"),
         on_fatal_error=lambda code, message: emit("fatal", code=code, message=message),
         get_token=api.ensure_token_sync,
