@@ -436,7 +436,7 @@ def main(args: argparse.Namespace) -> int:
             "resume), not lost; how many arrive within the window depends on whether the "
             "first slowed reconnect (30 s after the 5th quick one, with jittered backoff "
             "before) falls inside it: 213 of 225 in a run of this benchmark without the SDK on "
-            "the same machine minutes earlier, 212 in the previous report. "
+            "the same machine minutes apart, 212 in the previous report. "
             "The built-in adapter never notices "
             '(its op 11 handler does nothing). "Unanswered heartbeats" counts the heartbeats '
             "that got no ACK during the window on the connection the built-in adapter (and the "
