@@ -250,3 +250,40 @@ async def test_the_standalone_sender_directly(sim: Simulator, tmp_path: Path) ->
     broken = await send(PlatformConfig(enabled=True, extra=broken_extra), USER, "x", environ=env)
     assert "shard_count" in broken["error"]
     assert len(sim.messages) == 3
+
+
+async def test_the_package_directory_is_a_hermes_directory_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For a hermes that only scans ``~/.hermes/plugins/<name>/``: the package directory, linked
+    there, is found by hermes 0.19.0's directory discovery through the shipped ``plugin.yaml``
+    (``kind: platform``) and registers the platform (the entry point hidden for the test)."""
+    import importlib.metadata as md
+
+    real = md.entry_points
+
+    def without_ours(**kwargs: Any) -> Any:
+        found: Any = real(**kwargs)
+        if kwargs.get("group") == "hermes_agent.plugins":
+            return md.EntryPoints([])
+        if not kwargs:
+            return md.EntryPoints([e for e in found.select() if e.group != "hermes_agent.plugins"])
+        return found
+
+    monkeypatch.setattr(md, "entry_points", without_ours)
+    home = tmp_path / "hermes"
+    (home / "plugins").mkdir(parents=True)
+    (home / "plugins" / PLUGIN).symlink_to(Path(hermes.__file__).parent, target_is_directory=True)
+    with hermes_home(home, {"plugins": {"enabled": [PLUGIN]}}, {}):
+        from gateway.platform_registry import platform_registry
+        from hermes_cli.plugins import discover_plugins, get_plugin_manager
+
+        discover_plugins(force=True)
+        loaded = get_plugin_manager()._plugins[PLUGIN]
+        assert loaded.enabled and loaded.error is None
+        assert (loaded.manifest.source, loaded.manifest.kind) == ("user", "platform")
+        entry = platform_registry.get(PLATFORM)
+        assert entry is not None and entry.standalone_sender_fn is not None
+        assert entry.required_env == list(hermes.REQUIRED_ENV)
+    monkeypatch.undo()
+    discover_plugins(force=True)  # the entry point again, for the tests after this one
