@@ -69,10 +69,20 @@ __all__ = [
 
 ENV_PREFIX: Final = "QQBOT_"
 
-#: ``QQBOT_*`` variables that belong to other tools (the simulator, the test suite) or name the
-#: file itself: no typo warning for these.
-_OTHER_VARIABLES: Final = frozenset({"QQBOT_CONFIG"})
-_OTHER_PREFIXES: Final = ("QQBOT_SIM_", "QQBOT_TEST_")
+#: ``QQBOT_*`` variables that belong to other tools (the simulator, the test suite, the hermes
+#: plugin, hermes's built-in QQ adapter: one ``.env`` often feeds both) or name the file itself:
+#: no typo warning for these.
+_OTHER_VARIABLES: Final = frozenset(
+    {
+        "QQBOT_CONFIG",
+        # hermes's built-in QQ adapter's cron home channel.
+        "QQBOT_HOME_CHANNEL",
+        "QQBOT_HOME_CHANNEL_NAME",
+        "QQBOT_HOME_CHANNEL_THREAD_ID",
+    }
+)
+#: ``QQBOT_HERMES_*``: the hermes plugin's own settings (qqbot_gateway.integrations.hermes).
+_OTHER_PREFIXES: Final = ("QQBOT_SIM_", "QQBOT_TEST_", "QQBOT_HERMES_")
 
 #: Settings that no longer exist, with what replaces them: an error, not a warning, because
 #: silently ignoring e.g. ``ws_ping_interval = 0`` would leave a layer on that was meant off.

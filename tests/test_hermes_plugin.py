@@ -99,15 +99,15 @@ async def test_messages_reach_hermes_and_replies_are_passive(
         for event_type in hermes.MESSAGE_KINDS:
             if event_type != "MESSAGE_CREATE":  # the simulator does not generate it
                 await sim.emit_event(event_type)
-        await watch.until(lambda: len(watch.received) == 4, 10, "four messages")
+        await watch.until(lambda: len(watch.received) == 5, 10, "five messages")
         chat_types = sorted(e.source.chat_type for e in watch.received)
-        assert chat_types == ["dm", "dm", "group", "group"]
+        assert chat_types == ["dm", "dm", "group", "group", "group"]
         for event in watch.received:
             assert not event.text.startswith("<@"), event.text  # mentions stripped
             assert event.message_id and event.source.user_id
 
         # Every reply reached the simulator as a passive reply: msg_id + msg_seq.
-        await watch.until(lambda: len(sim.messages) >= 4, 10, "four replies")
+        await watch.until(lambda: len(sim.messages) >= 5, 10, "five replies")
         answered = {m.msg_id: m for m in sim.messages}
         assert set(answered) == {e.message_id for e in watch.received}
         assert {m.kind for m in sim.messages} == {"c2c", "group", "channel", "dms"}

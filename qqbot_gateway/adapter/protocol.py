@@ -11,7 +11,7 @@ import enum
 import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -23,6 +23,8 @@ __all__ = [
     "DEFAULT_API_BASE",
     "DEFAULT_TOKEN_URL",
     "DISCONNECT_REASONS",
+    "EVENT_INTENTS",
+    "GROUP_MEMBER_EVENT_TYPES",
     "MESSAGE_EVENT_TYPES",
     "NEEDS_CRYPTOGRAPHY",
     "SANDBOX_API_BASE",
@@ -31,6 +33,9 @@ __all__ = [
     "CloseAction",
     "ClosePolicy",
     "GatewayEvent",
+    "GroupAuthor",
+    "GroupMemberData",
+    "GroupMessageData",
     "Intents",
     "Op",
     "WebhookKey",
@@ -326,6 +331,69 @@ MESSAGE_EVENT_TYPES: Final = (
     "AT_MESSAGE_CREATE",
     "DIRECT_MESSAGE_CREATE",
 )
+
+#: The member events of QQ groups (a member joined, a member left or was removed).
+GROUP_MEMBER_EVENT_TYPES: Final = ("GROUP_MEMBER_ADD", "GROUP_MEMBER_REMOVE")
+
+#: The intent that subscribes to each event type a bot exists to handle. QQ's documentation gives
+#: ``1<<25`` (``GROUP_AND_C2C_EVENT``) for every group and C2C event it documents; for
+#: ``GROUP_MESSAGE_CREATE`` (every message of a group, not only @-messages: for bots QQ granted
+#: it, platform update of 2026-05-27) and the member events it gives no bit of its own, and the
+#: SDKs that handle them subscribe with the same ``GROUP_AND_C2C_EVENT``. Event types not listed
+#: here are not refused: every dispatch reaches the handlers registered for its type (or
+#: ``"*"``) unchanged, and telemetry counts it by type.
+EVENT_INTENTS: Final[dict[str, Intents]] = {
+    "C2C_MESSAGE_CREATE": Intents.GROUP_AND_C2C_EVENT,
+    "GROUP_AT_MESSAGE_CREATE": Intents.GROUP_AND_C2C_EVENT,
+    "GROUP_MESSAGE_CREATE": Intents.GROUP_AND_C2C_EVENT,
+    "GROUP_MEMBER_ADD": Intents.GROUP_AND_C2C_EVENT,
+    "GROUP_MEMBER_REMOVE": Intents.GROUP_AND_C2C_EVENT,
+    "GROUP_ADD_ROBOT": Intents.GROUP_AND_C2C_EVENT,
+    "GROUP_DEL_ROBOT": Intents.GROUP_AND_C2C_EVENT,
+    "FRIEND_ADD": Intents.GROUP_AND_C2C_EVENT,
+    "FRIEND_DEL": Intents.GROUP_AND_C2C_EVENT,
+    "AT_MESSAGE_CREATE": Intents.PUBLIC_GUILD_MESSAGES,
+    "MESSAGE_CREATE": Intents.GUILD_MESSAGES,
+    "DIRECT_MESSAGE_CREATE": Intents.DIRECT_MESSAGE,
+    "INTERACTION_CREATE": Intents.INTERACTION,
+}
+
+
+class GroupAuthor(TypedDict, total=False):
+    """``author`` of a group message: the sender's openid in this group."""
+
+    member_openid: str
+    union_openid: str
+    id: str
+
+
+class GroupMessageData(TypedDict, total=False):
+    """``d`` of ``GROUP_AT_MESSAGE_CREATE`` and ``GROUP_MESSAGE_CREATE`` (the same fields): ``id``
+    answers it passively (``msg_id``), ``group_openid`` is where the reply goes."""
+
+    id: str
+    author: GroupAuthor
+    content: str
+    timestamp: str  # RFC 3339
+    group_openid: str
+    group_id: str
+    attachments: list[dict[str, Any]]
+    message_type: int
+    message_scene: dict[str, Any]
+    msg_elements: list[dict[str, Any]]
+
+
+class GroupMemberData(TypedDict, total=False):
+    """``d`` of ``GROUP_MEMBER_ADD`` / ``GROUP_MEMBER_REMOVE``. QQ's public documentation has no
+    field table for these; the shape is that of its documented group events
+    (``GROUP_ADD_ROBOT``: ``group_openid``, ``op_member_openid``, ``timestamp``) plus the member
+    concerned (``member_openid``). A handler must treat every field as optional."""
+
+    group_openid: str
+    member_openid: str
+    op_member_openid: str
+    timestamp: int
+
 
 # --- webhook signatures (HTTP callbacks; see adapter.webhook) ------------------------------
 

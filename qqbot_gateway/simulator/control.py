@@ -261,6 +261,8 @@ def control_help(width: int = 96) -> str:
         "  GET  /_sim/state            sessions, connections, counters, active faults",
         "  GET  /_sim/messages         messages the bot sent on the send endpoints",
         '  POST /_sim/events           {"count": N, "type": T, "data": {...}, "shard": S}: emit',
+        "                              (T also GROUP_MESSAGE_CREATE, GROUP_MEMBER_ADD/_REMOVE,",
+        "                              or any name: unknown types pass through unchanged)",
         "  POST /_sim/events/pause     stop the background event generator (and /resume)",
         "  POST /_sim/reset            every fault off",
         '  POST /_sim/faults           {"fault": NAME, ...params}; NAME is one of:',

@@ -12,6 +12,7 @@ from qqbot_gateway.adapter.protocol import Intents
 __all__ = [
     "EVENT_INTENTS",
     "GENERATED_TYPES",
+    "ON_REQUEST_TYPES",
     "UNKNOWN_EVENT_TYPE",
     "EventFactory",
 ]
@@ -28,6 +29,17 @@ EVENT_INTENTS: Final[dict[str, int]] = {
 }
 
 GENERATED_TYPES: Final = (*EVENT_INTENTS, UNKNOWN_EVENT_TYPE)
+
+#: Types with realistic payloads that the background generator never picks (so runs that count
+#: generated kinds stay as they were): emitted on request, ``emit_event(type)`` or
+#: ``POST /_sim/events {"type": T}``. ``GROUP_MESSAGE_CREATE`` is a group message without an @
+#: (QQ sends it to bots granted every group message); the member events carry the group, the
+#: member and who acted.
+ON_REQUEST_TYPES: Final[dict[str, int]] = {
+    "GROUP_MESSAGE_CREATE": int(Intents.GROUP_AND_C2C_EVENT),
+    "GROUP_MEMBER_ADD": int(Intents.GROUP_AND_C2C_EVENT),
+    "GROUP_MEMBER_REMOVE": int(Intents.GROUP_AND_C2C_EVENT),
+}
 
 # QQ timestamps are ISO 8601 in China Standard Time.
 _CST: Final = timezone(timedelta(hours=8))
@@ -96,12 +108,13 @@ class EventFactory:
                 "message_scene": {"source": "default"},
                 "message_type": 0,
             }
-        elif event_type == "GROUP_AT_MESSAGE_CREATE":
+        elif event_type in ("GROUP_AT_MESSAGE_CREATE", "GROUP_MESSAGE_CREATE"):
             member = rng.choice(self.user_openids)
             group = rng.choice(self.group_openids)
             d = {
                 "author": {"id": member, "member_openid": member, "union_openid": member},
-                "content": f" {content}",
+                # An @-message's text starts after the (removed) mention; a plain one does not.
+                "content": f" {content}" if event_type == "GROUP_AT_MESSAGE_CREATE" else content,
                 "group_id": group,
                 "group_openid": group,
                 "id": self.message_id(),
@@ -133,6 +146,15 @@ class EventFactory:
             if event_type == "DIRECT_MESSAGE_CREATE":
                 d["direct_message"] = True
                 d["src_guild_id"] = rng.choice(self.guild_ids)
+        elif event_type in ("GROUP_MEMBER_ADD", "GROUP_MEMBER_REMOVE"):
+            member = rng.choice(self.user_openids)
+            d = {
+                "group_openid": rng.choice(self.group_openids),
+                "member_openid": member,
+                # Who acted: the member (joined, left) or an admin (invited, removed).
+                "op_member_openid": rng.choice((member, *self.user_openids)),
+                "timestamp": int(datetime.now(UTC).timestamp()),
+            }
         else:
             d = {"note": "an event type the client does not know", "value": rng.randrange(1000)}
         return self.event_id(event_type), d

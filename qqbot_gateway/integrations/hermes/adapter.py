@@ -1,4 +1,4 @@
-"""hermes-agent platform plugin: a hermes QQ bot on this project's client.
+"""The hermes platform adapter: a hermes QQ bot on this project's client.
 
 hermes-agent loads it through its own plugin discovery (entry point group
 ``hermes_agent.plugins``, name ``qqbot-gateway``) once it is listed in ``config.yaml``::
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import errno
 import logging
 import mimetypes
@@ -49,9 +48,6 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -69,7 +65,6 @@ from gateway.platforms.base import (
 )
 
 from qqbot_gateway.adapter import events as ev
-from qqbot_gateway.adapter.api import MessageResult
 from qqbot_gateway.adapter.client import QQBotClient
 from qqbot_gateway.adapter.errors import (
     APIConnectionError,
@@ -82,74 +77,17 @@ from qqbot_gateway.adapter.errors import (
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.store import StoreError
 from qqbot_gateway.adapter.webhook import VALIDATED
-from qqbot_gateway.config import (
-    ENV_PREFIX,
-    REMOVED_SETTINGS,
-    SETTING_NAMES,
-    ConfigError,
-    Settings,
-    load_settings,
-    refuse_removed_env,
-)
+from qqbot_gateway.config import ConfigError
 from qqbot_gateway.service import ReceiverError, start_receiver
 from qqbot_gateway.telemetry import Telemetry
 
-__all__ = [
-    "DEFAULT_PLATFORM",
-    "ENTRY_POINT",
-    "HermesSettings",
-    "QQBotGatewayAdapter",
-    "check_requirements",
-    "hermes_settings",
-    "register",
-    "validate_config",
-]
+from .inbound import MESSAGE_KINDS, Inbound, env_true, inbound, matches
+from .sender import guess_kind, post_message, split_chat_id
+from .settings import ALLOW_ALL_ENV, HermesSettings, hermes_settings, platform_name
+
+__all__ = ["MAX_REPLIES_PER_MESSAGE", "TRUNCATED_NOTE", "QQBotGatewayAdapter", "url_is_safe"]
 
 _log = logging.getLogger("qqbot_gateway.hermes")
-
-#: The name under ``plugins: enabled:`` (the entry point's name in pyproject.toml).
-ENTRY_POINT: Final = "qqbot-gateway"
-#: The platform key under ``platforms:``; differs from the built-in ``qqbot`` so that both can
-#: run side by side while migrating. ``QQBOT_HERMES_PLATFORM=qqbot`` takes the built-in's place.
-DEFAULT_PLATFORM: Final = "qqbot_gateway"
-PLATFORM_ENV: Final = "QQBOT_HERMES_PLATFORM"
-#: The side server's own address setting inside hermes (``http_addr`` in ``extra`` wins); off
-#: unless set, so a hermes process never opens a port it was not asked to.
-HTTP_ADDR_ENV: Final = "QQBOT_HERMES_HTTP_ADDR"
-#: hermes's allow-list settings for QQ, shared with its built-in adapter so they carry over.
-ALLOWED_USERS_ENV: Final = "QQ_ALLOWED_USERS"
-ALLOW_ALL_ENV: Final = "QQ_ALLOW_ALL_USERS"
-INSTALL_HINT: Final = "pip install 'qqbot-gateway[hermes]'"
-
-#: Dispatch types that carry a user message, and where each one is answered.
-MESSAGE_KINDS: Final[dict[str, str]] = {
-    "C2C_MESSAGE_CREATE": "c2c",
-    "GROUP_AT_MESSAGE_CREATE": "group",
-    "AT_MESSAGE_CREATE": "channel",
-    "MESSAGE_CREATE": "channel",
-    "DIRECT_MESSAGE_CREATE": "dms",
-}
-_CHAT_KINDS: Final = ("c2c", "group", "channel", "dms")
-_POLICIES: Final = ("open", "allowlist", "pairing", "disabled")
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
-
-#: Keys of ``extra`` this plugin reads besides the service settings.
-_PLUGIN_KEYS: Final = (
-    "http_addr",
-    "markdown_support",
-    "dm_policy",
-    "allow_from",
-    "group_policy",
-    "group_allow_from",
-    "ready_timeout",
-    "chunk_size",
-)
-#: Service settings that hermes owns inside its process (logging), or that have their own name
-#: here (the side server's address).
-_NOT_FROM_SERVICE: Final = frozenset({"log_format", "log_level", "http_addr"})
-_SERVICE_KEYS: Final = tuple(k for k in SETTING_NAMES if k not in _NOT_FROM_SERVICE)
-_SETTING_VAR = re.compile(re.escape(ENV_PREFIX) + r"[A-Z0-9_]+")
 
 _MAX_ROUTES: Final = 10_000
 _MAX_ATTACHMENTS: Final = 10
@@ -157,293 +95,6 @@ _TYPING_DEBOUNCE: Final = 50.0
 #: QQ accepts at most this many passive replies to one message (C2C and group).
 MAX_REPLIES_PER_MESSAGE: Final = 5
 TRUNCATED_NOTE: Final = "\n\n[… truncated: QQ accepts 5 replies to one message]"
-_MENTION = re.compile(r"^\s*(?:<@!?\d+>\s*)+")
-_GROUP_MENTION = re.compile(r"^\s*@\S+\s+")
-
-
-# --- settings -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HermesSettings:
-    """The plugin's validated settings: the service's, plus what hermes users configure today."""
-
-    service: Settings
-    markdown_support: bool = True
-    dm_policy: str = "pairing"
-    allow_from: tuple[str, ...] = ()
-    group_policy: str = "pairing"
-    group_allow_from: tuple[str, ...] = ()
-    #: connect() waits this long for READY before reporting a retryable failure to hermes
-    #: (below hermes's own 30 s connect timeout).
-    ready_timeout: float = 25.0
-    #: Long replies are split into chunks of at most this many characters, each one a passive
-    #: reply to the same message with its own msg_seq.
-    chunk_size: int = 2000
-    warnings: tuple[str, ...] = field(default=(), compare=False)
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, bool):  # YAML's true / on / yes: the service's settings parse these
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-def _bool(name: str, raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
-
-
-def _list(raw: Any) -> tuple[str, ...]:
-    items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
-    return tuple(s for s in (str(x).strip() for x in items) if s)
-
-
-def _number(name: str, raw: Any, *, integer: bool = False) -> float:
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = int(raw) if integer else float(raw)
-    except (TypeError, ValueError):
-        what = "a positive integer" if integer else "a positive number of seconds"
-        raise ConfigError(f"{name}: expected {what}, got {raw!r}") from None
-    if value <= 0:
-        what = "a positive integer" if integer else "a positive number of seconds"
-        raise ConfigError(f"{name}: expected {what}, got {raw!r}")
-    return value
-
-
-def hermes_settings(
-    extra: Mapping[str, Any] | None,
-    environ: Mapping[str, str] | None = None,
-    *,
-    platform: str = DEFAULT_PLATFORM,
-) -> HermesSettings:
-    """Validate a ``platforms.<name>.extra`` block plus the environment.
-
-    Precedence: ``extra``, then ``QQBOT_*`` variables, then hermes's ``QQ_APP_ID`` /
-    ``QQ_CLIENT_SECRET``. Raises :class:`~qqbot_gateway.config.ConfigError` naming the setting.
-    """
-    extra = dict(extra or {})
-    environ = os.environ if environ is None else environ
-    where = f"platforms.{platform}.extra"
-    for key, why in REMOVED_SETTINGS.items():  # an error: ignoring one would change behaviour
-        if key in extra:
-            raise ConfigError(f"{where}.{key}: {why}")
-    refuse_removed_env(environ)
-    env: dict[str, str] = {}
-    names: dict[str, str] = {}  # QQBOT_X -> the name to show in a message
-    for key in _SERVICE_KEYS:
-        var = ENV_PREFIX + key.upper()
-        if environ.get(var, "").strip():
-            env[var] = environ[var]
-    for var in ("XDG_STATE_HOME", "HOME"):  # where the session store lives by default
-        if environ.get(var, "").strip():
-            env[var] = environ[var]
-    if not {"QQBOT_CLIENT_SECRET", "QQBOT_CLIENT_SECRET_FILE"} & set(env):
-        if environ.get("QQ_CLIENT_SECRET", "").strip():
-            env["QQBOT_CLIENT_SECRET"] = environ["QQ_CLIENT_SECRET"]
-            names["QQBOT_CLIENT_SECRET"] = "QQ_CLIENT_SECRET"
-    if "QQBOT_APP_ID" not in env and environ.get("QQ_APP_ID", "").strip():
-        env["QQBOT_APP_ID"] = environ["QQ_APP_ID"]
-        names["QQBOT_APP_ID"] = "QQ_APP_ID"
-    if {"client_secret", "client_secret_file"} & set(extra):
-        for var in ("QQBOT_CLIENT_SECRET", "QQBOT_CLIENT_SECRET_FILE"):
-            env.pop(var, None)
-    for key in _SERVICE_KEYS:
-        if key in extra and extra[key] is not None:
-            var = ENV_PREFIX + key.upper()
-            try:
-                env[var] = _as_text(extra[key])
-            except ValueError as exc:
-                raise ConfigError(f"{where}.{key}: {exc}") from None
-            names[var] = f"{where}.{key}"
-
-    def _named(var: str) -> str:
-        if var in names or var in env:
-            return names.get(var, var)
-        key = var[len(ENV_PREFIX) :].lower()  # not set anywhere: the key the user would add
-        return f"{where}.{key}" if key in _SERVICE_KEYS else var
-
-    http_addr = extra.get("http_addr")
-    if http_addr is not None:
-        env["QQBOT_HTTP_ADDR"] = _as_text(http_addr)
-        names["QQBOT_HTTP_ADDR"] = f"{where}.http_addr"
-    else:
-        env["QQBOT_HTTP_ADDR"] = environ.get(HTTP_ADDR_ENV, "").strip() or "off"
-        names["QQBOT_HTTP_ADDR"] = HTTP_ADDR_ENV
-    try:
-        service = load_settings(env=env, warn=lambda _: None)
-    except ConfigError as exc:  # named as the user wrote it: extra's key, or hermes's variable
-        raise ConfigError(_SETTING_VAR.sub(lambda m: _named(m.group(0)), str(exc))) from None
-    # Later messages of the service (e.g. "cannot listen on ...") name the setting the same way.
-    service = replace(
-        service,
-        sources=tuple((k, names.get(ENV_PREFIX + k.upper(), v)) for k, v in service.sources),
-    )
-    if service.transport == "webhook" and "QQBOT_WEBHOOK_ADDR" not in env:
-        # The service listens on 0.0.0.0:8443 by default; inside hermes no port opens unasked.
-        raise ConfigError(
-            f"{where}.webhook_addr: required with transport: webhook (or QQBOT_WEBHOOK_ADDR): "
-            "the receiver's host:port, e.g. 0.0.0.0:8443 (QQ calls ports 80, 443, 8080 and 8443 "
-            "only) or 127.0.0.1:8080 behind a reverse proxy"
-        )
-    if not service.app_id:
-        raise ConfigError(f"{where}.app_id: required (or QQ_APP_ID / QQBOT_APP_ID)")
-    if service.client_secret is None:
-        raise ConfigError(
-            f"{where}.client_secret: required (or QQ_CLIENT_SECRET, QQBOT_CLIENT_SECRET or "
-            "QQBOT_CLIENT_SECRET_FILE; a file keeps it out of config.yaml)"
-        )
-
-    values: dict[str, Any] = {}
-    if "markdown_support" in extra:
-        values["markdown_support"] = _bool(f"{where}.markdown_support", extra["markdown_support"])
-    for key in ("dm_policy", "group_policy"):
-        if key in extra:
-            policy = str(extra[key]).strip().lower()
-            if policy not in _POLICIES:
-                raise ConfigError(
-                    f"{where}.{key}: expected one of {', '.join(_POLICIES)}, got {extra[key]!r}"
-                )
-            values[key] = policy
-    for key in ("allow_from", "group_allow_from"):
-        if key in extra and extra[key] is not None:
-            values[key] = _list(extra[key])
-    if "ready_timeout" in extra:
-        values["ready_timeout"] = _number(f"{where}.ready_timeout", extra["ready_timeout"])
-    if "chunk_size" in extra:
-        values["chunk_size"] = int(
-            _number(f"{where}.chunk_size", extra["chunk_size"], integer=True)
-        )
-    known = (*_SERVICE_KEYS, *_PLUGIN_KEYS)
-    warnings = []
-    for key in extra:
-        if key in known or not isinstance(key, str):
-            continue
-        match = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
-        if match:
-            warnings.append(f"{where}.{key}: unknown setting (did you mean {match[0]}?)")
-    return HermesSettings(service=service, warnings=tuple(warnings), **values)
-
-
-# --- inbound ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A user message, in the terms hermes uses (chat, user, chat type)."""
-
-    kind: str  # c2c, group, channel or dms: where the reply goes
-    chat_id: str
-    user_id: str
-    user_name: str | None
-    chat_type: str  # "dm" or "group", as hermes's built-in QQ adapter reports them
-    guild_id: str | None
-    text: str
-    msg_id: str
-    timestamp: datetime
-    attachments: tuple[dict[str, Any], ...]
-    #: Text of the message this one quotes (QQ's ``message_type`` 103, ``msg_elements``).
-    quote: str = ""
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def inbound(event: GatewayEvent) -> Inbound | None:
-    """Map a message dispatch to :class:`Inbound`; None for other events or unusable data."""
-    kind = MESSAGE_KINDS.get(event.type)
-    d = event.data
-    if kind is None or not isinstance(d, dict):
-        return None
-    msg_id = _str(d.get("id"))
-    raw_author = d.get("author")
-    author: dict[str, Any] = raw_author if isinstance(raw_author, dict) else {}
-    raw_member = d.get("member")
-    member: dict[str, Any] = raw_member if isinstance(raw_member, dict) else {}
-    raw_content = d.get("content")
-    content = raw_content if isinstance(raw_content, str) else ""
-    guild_id = _str(d.get("guild_id"))
-    user_name = None
-    if kind == "c2c":
-        chat_id = _str(author.get("user_openid")) or _str(author.get("id"))
-        user_id, chat_type = chat_id, "dm"
-    elif kind == "group":
-        chat_id = _str(d.get("group_openid"))
-        user_id = _str(author.get("member_openid")) or _str(author.get("id"))
-        chat_type = "group"
-        content = _GROUP_MENTION.sub("", content) if content.lstrip().startswith("@") else content
-    elif kind == "channel":
-        chat_id = _str(d.get("channel_id"))
-        user_id = _str(author.get("id"))
-        user_name = _str(member.get("nick")) or _str(author.get("username"))
-        chat_type = "group"
-        content = _MENTION.sub("", content)
-    else:  # dms: a guild direct-message session is addressed by its guild id
-        chat_id = guild_id
-        user_id = _str(author.get("id"))
-        user_name = _str(author.get("username"))
-        chat_type = "dm"
-    if chat_id is None or user_id is None or msg_id is None:
-        return None
-    raw_attachments = d.get("attachments")
-    listed = list(raw_attachments) if isinstance(raw_attachments, list) else []
-    quoted: list[str] = []
-    elements = d.get("msg_elements")
-    if str(d.get("message_type")) == "103" and isinstance(elements, list):
-        for element in elements:
-            if not isinstance(element, dict):
-                continue
-            said = element.get("content")
-            if isinstance(said, str) and said.strip():
-                quoted.append(said.strip())
-            if isinstance(element.get("attachments"), list):
-                listed += element["attachments"]  # a quoted image or voice counts too
-    attachments = tuple(a for a in listed if isinstance(a, dict))
-    return Inbound(
-        kind=kind,
-        chat_id=chat_id,
-        user_id=user_id,
-        user_name=user_name,
-        chat_type=chat_type,
-        guild_id=guild_id,
-        text=content.strip(),
-        msg_id=msg_id,
-        timestamp=_timestamp(d.get("timestamp")),
-        attachments=attachments,
-        quote=" ".join(quoted),
-    )
-
-
-def _timestamp(raw: Any) -> datetime:
-    if isinstance(raw, str) and raw:
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(raw)
-        with contextlib.suppress(ValueError):
-            return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
-    return datetime.now(tz=UTC)
-
-
-def _matches(entries: tuple[str, ...], value: str) -> bool:
-    value = value.strip().lower()
-    return any(e.lower() in ("*", value) for e in entries)
-
-
-def _env_true(environ: Mapping[str, str], name: str) -> bool:
-    return environ.get(name, "").strip().lower() in _TRUE
-
-
-# --- the adapter --------------------------------------------------------------------------
 
 
 class QQBotGatewayAdapter(BasePlatformAdapter):
@@ -749,17 +400,17 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         if msg.chat_type == "dm":
             policy = self._dm_policy
             if policy == "allowlist":
-                return _matches(tuple(self._allow_from), msg.user_id)
+                return matches(tuple(self._allow_from), msg.user_id)
             if policy == "open":
-                return _env_true(os.environ, ALLOW_ALL_ENV) or _env_true(
+                return env_true(os.environ, ALLOW_ALL_ENV) or env_true(
                     os.environ, "GATEWAY_ALLOW_ALL_USERS"
                 )
             return bool(policy == "pairing")  # hermes's runner runs the pairing handshake
         policy = self._group_policy
         if policy == "allowlist":
             allowed = tuple(self._group_allow_from)
-            return _matches(allowed, msg.chat_id) or (
-                msg.guild_id is not None and _matches(allowed, msg.guild_id)
+            return matches(allowed, msg.chat_id) or (
+                msg.guild_id is not None and matches(allowed, msg.guild_id)
             )
         return bool(policy == "open")
 
@@ -833,14 +484,13 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
 
     # --- outbound ------------------------------------------------------------------------
     def _route(self, chat_id: str) -> tuple[str, str]:
-        kind, sep, rest = chat_id.partition(":")
-        if sep and kind in _CHAT_KINDS and rest:
-            return kind, rest
+        kind, target = split_chat_id(chat_id)
+        if kind is not None:
+            return kind, target
         known = self._routes.get(chat_id)
         if known is not None:
             return known, chat_id
-        # Unknown chat (e.g. after a restart): openids are hex, guild channel ids are numeric.
-        return ("channel" if chat_id.isdigit() else "c2c"), chat_id
+        return guess_kind(chat_id), chat_id  # unknown chat, e.g. after a restart
 
     async def send(
         self,
@@ -872,11 +522,11 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         for index, chunk in enumerate(chunks):
             try:
                 if markdown:
-                    result = await _post(
-                        client, kind, target, None, msg_id=msg_id, markdown={"content": chunk}
+                    result = await post_message(
+                        client.api, kind, target, None, msg_id=msg_id, markdown={"content": chunk}
                     )
                 else:
-                    result = await _post(client, kind, target, chunk, msg_id=msg_id)
+                    result = await post_message(client.api, kind, target, chunk, msg_id=msg_id)
             except (APIError, APIConnectionError, ValueError) as exc:
                 _log.warning(
                     "qqbot-gateway: send to %s %s failed at chunk %d/%d: %s",
@@ -963,8 +613,8 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
                 file_info = upload.get("file_info") if isinstance(upload, dict) else None
                 if not isinstance(file_info, str) or not file_info:
                     raise ValueError("the upload answered no file_info")
-                result = await _post(
-                    client,
+                result = await post_message(
+                    client.api,
                     kind,
                     target,
                     caption or None,
@@ -1030,19 +680,6 @@ def _receiver_failure(exc: ReceiverError) -> tuple[str, bool]:
     return "qqbot_gateway_webhook_listen", True
 
 
-async def _post(
-    client: QQBotClient, kind: str, target: str, content: str | None, **fields: Any
-) -> MessageResult:
-    api = client.api
-    if kind == "c2c":
-        return await api.send_c2c(target, content, **fields)
-    if kind == "group":
-        return await api.send_group(target, content, **fields)
-    if kind == "channel":
-        return await api.send_channel(target, content, **fields)
-    return await api.send_dm(target, content, **fields)
-
-
 def _plain(text: str) -> str:
     from gateway.platforms.helpers import strip_markdown
 
@@ -1054,55 +691,3 @@ def url_is_safe(url: str, guard: Any) -> bool:
     if urlsplit(url).scheme not in ("http", "https"):
         return False
     return bool(guard(url))
-
-
-# --- registration -------------------------------------------------------------------------
-
-
-def platform_name(environ: Mapping[str, str] | None = None) -> str:
-    environ = os.environ if environ is None else environ
-    name = environ.get(PLATFORM_ENV, "").strip().lower()
-    return name or DEFAULT_PLATFORM
-
-
-def check_requirements() -> bool:
-    """hermes calls this before creating the adapter: everything is a hard dependency."""
-    return True
-
-
-_reported: set[str] = set()
-
-
-def validate_config(config: PlatformConfig) -> bool:
-    """False (with one ERROR line naming the setting) when the platform block is unusable."""
-    try:
-        hermes_settings(getattr(config, "extra", None) or {}, platform=platform_name())
-    except ConfigError as exc:
-        message = str(exc)
-        if message not in _reported:
-            _reported.add(message)
-            _log.error("qqbot-gateway: %s", message)
-        return False
-    return True
-
-
-def register(ctx: Any) -> None:
-    """hermes's plugin hook: registers the platform (``platforms: qqbot_gateway:``)."""
-    name = platform_name()
-    ctx.register_platform(
-        name=name,
-        label="QQ Bot (qqbot-gateway)",
-        adapter_factory=lambda cfg: QQBotGatewayAdapter(cfg),
-        check_fn=check_requirements,
-        validate_config=validate_config,
-        required_env=["QQ_APP_ID", "QQ_CLIENT_SECRET"],
-        install_hint=INSTALL_HINT,
-        allowed_users_env=ALLOWED_USERS_ENV,
-        allow_all_env=ALLOW_ALL_ENV,
-        max_message_length=2000,
-        emoji="🐧",
-        platform_hint=(
-            "You are chatting on QQ. Replies are split into messages of at most 2000 "
-            "characters; keep them short."
-        ),
-    )
