@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from qqbot_gateway.telemetry import TelemetryConfig
 
 __all__ = [
+    "CLUSTER_SETTINGS",
     "ENV_PREFIX",
     "REMOVED_SETTINGS",
     "SETTINGS",
@@ -102,6 +103,10 @@ _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _DEFAULT_HTTP_ADDR: Final = "0.0.0.0:8080"  # every interface: kubelet and Prometheus connect
 _TRANSPORTS: Final = ("websocket", "webhook")
 _DELIVERIES: Final = ("local", "stream")
+#: The settings of cluster mode (Redis leases, the stream, workers): ``qqbot-gateway run`` and
+#: ``worker`` read them; an embedding that runs one client of its own (the hermes plugin) refuses
+#: them rather than ignore them.
+CLUSTER_SETTINGS: Final = frozenset({"redis_url", "lease_ttl", "delivery", "stream_claim_idle"})
 #: Shard lease length. A dead owner holds its shards this long at most, so it is most of the
 #: failover time: 10 s is a quarter of QQ's 41.25 s heartbeat interval (a takeover resumes well
 #: inside the session's resume window and within the 0.5 H goal), and renewing every third of it

@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("gateway.platforms.base", reason="hermes-agent is not installed")
 
-from qqbot_gateway.config import load_settings
+from qqbot_gateway.config import CLUSTER_SETTINGS, ConfigError, load_settings
 from qqbot_gateway.integrations import hermes
 from qqbot_gateway.integrations.hermes import registration
 
@@ -321,3 +321,14 @@ def test_the_shipped_manifest_matches_the_code(tmp_path: Path) -> None:
     text = resource.read_text(encoding="utf-8")
     for var in (hermes.HOME_CHANNEL_ENV, hermes.HTTP_ADDR_ENV, hermes.PLATFORM_ENV):
         assert f"name: {var}" in text
+
+
+@pytest.mark.parametrize("key", sorted(CLUSTER_SETTINGS))
+def test_cluster_settings_are_refused_not_ignored(key: str) -> None:
+    from qqbot_gateway.integrations.hermes.settings import hermes_settings
+
+    env = {"QQBOT_APP_ID": "1", "QQBOT_CLIENT_SECRET": "s"}
+    with pytest.raises(ConfigError, match=f"platforms.qqbot_gateway.extra.{key}: cluster mode"):
+        hermes_settings({key: "x"}, environ=env)
+    with pytest.raises(ConfigError, match=f"QQBOT_{key.upper()}: cluster mode"):
+        hermes_settings({}, environ={**env, f"QQBOT_{key.upper()}": "x"})

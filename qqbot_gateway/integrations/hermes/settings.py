@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from qqbot_gateway.config import (
+    CLUSTER_SETTINGS,
     ENV_PREFIX,
     REMOVED_SETTINGS,
     SETTING_NAMES,
@@ -85,7 +86,9 @@ PLUGIN_KEYS: Final = (
 #: here (the side server's address).
 _NOT_FROM_SERVICE: Final = frozenset({"log_format", "log_level", "http_addr"})
 #: The service settings accepted in ``extra`` under their lowercase names.
-SERVICE_KEYS: Final = tuple(k for k in SETTING_NAMES if k not in _NOT_FROM_SERVICE)
+SERVICE_KEYS: Final = tuple(
+    k for k in SETTING_NAMES if k not in _NOT_FROM_SERVICE and k not in CLUSTER_SETTINGS
+)
 _SETTING_VAR = re.compile(re.escape(ENV_PREFIX) + r"[A-Z0-9_]+")
 
 
@@ -172,6 +175,14 @@ def hermes_settings(
         if key in extra:
             raise ConfigError(f"{where}.{key}: {why}")
     refuse_removed_env(environ)
+    for key in sorted(CLUSTER_SETTINGS):  # refused, not ignored: the user expects them to act
+        var = ENV_PREFIX + key.upper()
+        name = f"{where}.{key}" if key in extra else var if environ.get(var, "").strip() else None
+        if name is not None:
+            raise ConfigError(
+                f"{name}: cluster mode (Redis leases, stream delivery) runs under "
+                "`qqbot-gateway run`, not inside hermes; unset it for the plugin"
+            )
     env: dict[str, str] = {}
     names: dict[str, str] = {}  # QQBOT_X -> the name to show in a message
     for key in SERVICE_KEYS:
