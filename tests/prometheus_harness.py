@@ -1,0 +1,165 @@
+"""Real Prometheus and Alertmanager processes on free loopback ports, for the end-to-end tests.
+
+Debian's ``prometheus`` and ``prometheus-alertmanager`` binaries (or upstream's, on PATH). Each
+process gets a temporary data directory, logs to a file in it (shown when a wait times out)
+and is always stopped by :func:`stop`. Shared by tests/test_prometheus_e2e.py and
+tests/test_alertmanager_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+PROMETHEUS = shutil.which("prometheus")
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+JOB = "qqbot-gateway"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _spawn(binary: str, log_path: Path, *args: str) -> asyncio.subprocess.Process:
+    log = log_path.open("wb")
+    try:
+        return await asyncio.create_subprocess_exec(
+            binary, *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
+        )
+    finally:
+        log.close()
+
+
+async def start_prometheus(
+    tmp: Path,
+    *targets: str,
+    rule_files: list[Path],
+    alertmanager: str | None = None,
+    interval: str = "1s",
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Prometheus scraping ``targets`` (job ``qqbot-gateway``) and evaluating ``rule_files``
+    every ``interval``, sending alerts to ``alertmanager`` (``host:port``) if given. Returns
+    the process and its base URL; the log is ``tmp/prometheus.log``."""
+    assert PROMETHEUS is not None
+    config: dict[str, Any] = {
+        "global": {
+            "scrape_interval": interval,
+            "evaluation_interval": interval,
+            "scrape_timeout": interval,
+        },
+        "rule_files": [str(p) for p in rule_files],
+        "scrape_configs": [
+            {
+                "job_name": JOB,
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": list(targets)}],
+            }
+        ],
+    }
+    if alertmanager is not None:
+        config["alerting"] = {
+            "alertmanagers": [
+                {"api_version": "v2", "static_configs": [{"targets": [alertmanager]}]}
+            ]
+        }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (tmp / "prometheus-data").mkdir()
+    port = free_port()
+    proc = await _spawn(
+        PROMETHEUS,
+        tmp / "prometheus.log",
+        f"--config.file={tmp / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--storage.tsdb.retention.time=1h",
+        "--log.level=warn",
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def start_alertmanager(
+    tmp: Path, config: dict[str, Any]
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Alertmanager with ``config``, clustering off. Returns the process and its base URL; the
+    log is ``tmp/alertmanager.log``."""
+    assert ALERTMANAGER is not None
+    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (tmp / "alertmanager-data").mkdir()
+    port = free_port()
+    proc = await _spawn(
+        ALERTMANAGER,
+        tmp / "alertmanager.log",
+        f"--config.file={tmp / 'alertmanager.yml'}",
+        f"--storage.path={tmp / 'alertmanager-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",  # no gossip port: one instance, nothing else opened
+        "--log.level=warn",
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def logs(tmp: Path | None) -> str:
+    if tmp is None:
+        return ""
+    out = []
+    for name in ("prometheus.log", "alertmanager.log"):
+        path = tmp / name
+        if path.exists():
+            out.append(f"--- {name}\n" + path.read_text(errors="replace")[-3000:])
+    return "\n".join(out)
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], within: float, what: str, tmp: Path | None = None
+) -> None:
+    """Poll ``check`` every 0.25 s; fail the test with the processes' logs after ``within``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out after {within:g}s waiting for {what}\n{logs(tmp)}")
+        await asyncio.sleep(0.25)
+
+
+async def ready(
+    http: aiohttp.ClientSession, proc: asyncio.subprocess.Process, url: str, tmp: Path
+) -> bool:
+    """True once ``url``/-/ready answers 200; fails the test if the process exited."""
+    if proc.returncode is not None:
+        pytest.fail(f"{url} exited with {proc.returncode}\n{logs(tmp)}")
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with http.get(f"{url}/-/ready") as resp:
+            return resp.status == 200
+    return False
+
+
+async def query(http: aiohttp.ClientSession, prom: str, expr: str) -> list[dict[str, Any]]:
+    """An instant query's result vector."""
+    async with http.get(f"{prom}/api/v1/query", params={"query": expr}) as resp:
+        body = await resp.json()
+    assert body["status"] == "success", (expr, body)
+    result = body["data"]["result"]
+    assert isinstance(result, list)
+    return result
