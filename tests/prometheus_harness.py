@@ -47,6 +47,7 @@ async def start_prometheus(
     rule_files: list[Path],
     alertmanager: str | None = None,
     interval: str = "1s",
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[asyncio.subprocess.Process, str]:
     """Prometheus scraping ``targets`` (job ``qqbot-gateway``) and evaluating ``rule_files``
     every ``interval``, sending alerts to ``alertmanager`` (``host:port``) if given. Returns
@@ -74,7 +75,7 @@ async def start_prometheus(
             ]
         }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    (tmp / "prometheus-data").mkdir()
+    (tmp / "prometheus-data").mkdir(exist_ok=True)  # may hold backfilled blocks
     port = free_port()
     proc = await _spawn(
         PROMETHEUS,
@@ -84,6 +85,7 @@ async def start_prometheus(
         f"--web.listen-address=127.0.0.1:{port}",
         "--storage.tsdb.retention.time=1h",
         "--log.level=warn",
+        *extra_args,
     )
     return proc, f"http://127.0.0.1:{port}"
 
