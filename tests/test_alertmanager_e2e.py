@@ -26,6 +26,9 @@ as they are in production (a fresh Prometheus would judge a one-second blip agai
 seconds of history). Alertmanager's group_wait / group_interval / repeat_interval are shortened
 in the copy the test runs; the routes, grouping, matchers and inhibitions are the committed ones.
 
+A second, Alertmanager-only test posts QQBotGatewayTargetAbsent with a per-shard page, an SLO
+burn and the Watchdog: only TargetAbsent pages, and the Watchdog still reaches the switch.
+
 Skipped when ``prometheus``, ``prometheus-alertmanager`` or ``promtool`` is not installed.
 """
 
@@ -494,3 +497,68 @@ async def test_outage_pages_through_alertmanager_and_resolves(tmp_path: Path) ->
         await client.close(drain_timeout=1.0)
         await tel.stop()
         await sim.stop()
+
+
+async def test_target_absent_holds_back_every_other_alert_but_the_watchdog(tmp_path: Path) -> None:
+    """No target scraped at all: QQBotGatewayTargetAbsent pages alone; the per-shard page and
+    the SLO burn are held back; the Watchdog still reaches the dead man's switch."""
+    receiver = Receiver()
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        await receiver.start()
+        am_proc, am = await start_alertmanager(tmp_path, _alertmanager_config(receiver.base))
+        procs.append(am_proc)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+
+            async def am_ready() -> bool:
+                return await ready(http, am_proc, am, tmp_path)
+
+            await until(am_ready, 30, "Alertmanager /-/ready", tmp_path)
+            app = {"app": "qqbot-gateway"}
+            await _post_alerts(
+                http,
+                am,
+                [
+                    # absent() leaves no job label: only app and severity.
+                    {**app, "alertname": "QQBotGatewayTargetAbsent", "severity": "critical"},
+                    {
+                        **app,
+                        "alertname": "QQBotGatewayNoSession",
+                        "job": JOB,
+                        "instance": "gw-0:8080",
+                        "shard": "0",
+                        "severity": "critical",
+                    },
+                    {
+                        **app,
+                        "alertname": "QQBotGatewayAvailabilityBudgetBurn",
+                        "job": JOB,
+                        "shard": "0",
+                        "severity": "critical",
+                        "sloth_severity": "page",
+                    },
+                    {**app, "alertname": "Watchdog", "severity": "none"},
+                ],
+            )
+
+            async def routed() -> bool:
+                return bool(
+                    receiver.find("pager", "QQBotGatewayTargetAbsent")
+                    and receiver.find("deadmansswitch", "Watchdog")
+                )
+
+            await until(routed, 20, "TargetAbsent paged and Watchdog at the switch", tmp_path)
+            await asyncio.sleep(2 * GROUP_INTERVAL)  # a held-back alert would be out by now
+            sent = {
+                (n.receiver, a["labels"]["alertname"])
+                for n in receiver.got
+                for a in n.body["alerts"]
+            }
+            assert sent == {
+                ("pager", "QQBotGatewayTargetAbsent"),
+                ("deadmansswitch", "Watchdog"),
+            }
+    finally:
+        for proc in procs:
+            await stop(proc)
+        await receiver.stop()
