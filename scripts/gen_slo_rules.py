@@ -378,7 +378,10 @@ WATCHDOG: Final[dict[str, Any]] = {
 
 def render_groups(spec: dict[str, Any], factor: float = 1.0) -> list[dict[str, Any]]:
     """Every rule group: the inputs, then per SLO the SLI, meta and alert groups, then Watchdog."""
-    inputs = yaml.safe_load(INPUTS.read_text(encoding="utf-8"))["groups"]
+    try:
+        inputs = yaml.safe_load(INPUTS.read_text(encoding="utf-8"))["groups"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError) as exc:
+        raise SpecError(f"{INPUTS}: not a Prometheus rules file ({exc})") from exc
     groups = scale_rule_groups(inputs, factor)
     for slo in spec["slos"]:
         groups += [_sli_group(spec, slo, factor), _meta_group(spec, slo), _alert_group(spec, slo)]
@@ -494,6 +497,8 @@ def _alert_labels(spec: dict[str, Any], slo: dict[str, Any], kind: str, job: str
         "delivery": {"job": job, "transport": "websocket"},
         "freshness": {"job": job},
     }
+    if slo["name"] not in by_slo:
+        raise SpecError(f"no burn-rate test inputs for SLO {slo['name']!r}: add them here")
     return {**by_slo[slo["name"]], **_ids(spec, slo), **_labels(spec, slo), **rule["labels"]}
 
 
