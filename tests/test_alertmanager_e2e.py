@@ -63,6 +63,7 @@ from .prometheus_harness import (
     JOB,
     PROMETHEUS,
     free_port,
+    gen_slo_rules,
     query,
     ready,
     start_alertmanager,
@@ -70,7 +71,7 @@ from .prometheus_harness import (
     stop,
     until,
 )
-from .test_prometheus_rules import RUNBOOK_URL, _gen_slo
+from .test_prometheus_rules import RUNBOOK_URL
 
 PROMTOOL = shutil.which("promtool")
 pytestmark = [
@@ -104,7 +105,7 @@ HISTORY = 2400
 
 
 def _seconds(duration: str) -> float:
-    return float(_gen_slo().parse_duration(duration))
+    return float(gen_slo_rules().parse_duration(duration))
 
 
 def _rule(groups: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -121,7 +122,7 @@ def _masked(expr: str) -> str:
 
 def _scaled_rules(tmp: Path) -> tuple[list[Path], list[dict[str, Any]]]:
     """The committed rules with every range and ``for:`` times SCALE, written to ``tmp``."""
-    gen = _gen_slo()
+    gen = gen_slo_rules()
     committed = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
     scaled = gen.scale_rule_groups(committed, SCALE)
     main = tmp / "rules.yml"

@@ -7,18 +7,17 @@ promtool tests; they are skipped with that reason only when it is not on PATH. T
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from .prometheus_harness import gen_slo_rules
 from .test_dashboard_lint import DASHBOARD, METRICS_DOC, ROOT, all_panels, metric_names
 
 RULES = ROOT / "dashboards" / "prometheus" / "rules.yml"
@@ -303,14 +302,7 @@ OBJECTIVES = {"availability": 99.5, "delivery": 99.9, "freshness": 99.5}
 
 
 def _gen_slo() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "gen_slo_rules", ROOT / "scripts" / "gen_slo_rules.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gen_slo_rules"] = module
-    spec.loader.exec_module(module)
-    return module
+    return gen_slo_rules()
 
 
 def slo_rules() -> list[dict[str, Any]]:
