@@ -290,7 +290,10 @@ def _lint_target(where: str, target: dict[str, Any], shard_labelled: set[str]) -
     found = False
     for name, matchers in selectors(expr):
         found = True
-        for label in ("job", "instance"):
+        # The SLO series (Sloth's slo:* rules, dashboards/slo/rules.yml) are aggregated over the
+        # processes of a job on purpose (a shard may move between them): no instance label.
+        labels = ("job",) if name.startswith("slo:") else ("job", "instance")
+        for label in labels:
             if matchers.get(label) != ("=~", f"${label}"):
                 problems.append(
                     f'target-{label}-rule: {ref}: {name or "{...}"} lacks {label}=~"${label}"'
@@ -321,7 +324,15 @@ def test_dashboard_passes_the_linter(dashboard: dict[str, Any]) -> None:
 
 def test_dashboard_has_the_promised_rows_and_panels(dashboard: dict[str, Any]) -> None:
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Fleet overview", "Heartbeat", "Liveness", "Events", "Process", "Webhook"]
+    assert rows == [
+        "Fleet overview",
+        "Heartbeat",
+        "Liveness",
+        "Events",
+        "Process",
+        "Webhook",
+        "Error budgets",
+    ]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert "qqbot_gateway_transport_info" in variables["transport"]["definition"]
     assert 'transport=~"$transport"' in variables["instance"]["definition"]
@@ -348,6 +359,10 @@ def test_dashboard_has_the_promised_rows_and_panels(dashboard: dict[str, Any]) -
         "histogram_quantile(0.99, sum by (le) (rate(qqbot_gateway_webhook_ack_seconds_bucket",
         "qqbot_gateway_webhook_last_callback_age_seconds",
         "qqbot_gateway_webhook_listening",
+        'slo:period_error_budget_remaining:ratio{sloth_slo="availability"',
+        'slo:period_error_budget_remaining:ratio{sloth_slo="delivery"',
+        'slo:period_error_budget_remaining:ratio{sloth_slo="freshness"',
+        'slo:current_burn_rate:ratio{sloth_slo="availability"',
     ):
         assert needle in exprs, needle
 

@@ -353,8 +353,13 @@ def test_prometheus_rule_is_generated_without_drift() -> None:
     committed = (OPERATOR / "prometheusrule.yaml").read_text(encoding="utf-8")
     assert committed == gen.render(), "run: python scripts/gen_k8s_rules.py"
     assert gen.main(["--check"]) == 0
-    source = yaml.safe_load((ROOT / "dashboards" / "prometheus" / "rules.yml").read_text())
-    assert _by_kind("PrometheusRule")["spec"]["groups"] == source["groups"]
+    groups = [
+        group
+        for path in ("prometheus/rules.yml", "slo/rules.yml")
+        for group in yaml.safe_load((ROOT / "dashboards" / path).read_text())["groups"]
+    ]
+    assert _by_kind("PrometheusRule")["spec"]["groups"] == groups
+    assert any(r.get("alert") == "Watchdog" for g in groups for r in g["rules"])
 
 
 def test_generator_detects_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,8 @@ side server on 127.0.0.1. Debian's ``prometheus`` binary scrapes it every second
 dashboards/prometheus/rules.yml every second. The test then
 
 * checks that every recording rule and every dashboard query (template variables replaced by
-  the real job / instance / shard, ``$__rate_interval`` by 4 s) returns data, and that every
+  the real job / instance / shard, ``$__rate_interval`` by 4 s) returns data (the SLO rules,
+  dashboards/slo/rules.yml, are loaded too: the error-budget panels read them), and that every
   template variable's ``label_values`` selector finds its label;
 * runs a webhook-transport client next to it (the simulator's platform side posting signed
   callbacks, some forged), scraped as a second target, so that the dashboard's Webhook row
@@ -16,7 +17,8 @@ dashboards/prometheus/rules.yml every second. The test then
   same expression that pages after ~3.8 minutes at QQ's 41.25 s.
 
 Skipped only when the ``prometheus`` binary is not installed. Everything is bounded by timeouts;
-Prometheus runs with a temporary storage directory and is always killed.
+Prometheus runs with a temporary storage directory and is always killed
+(tests/prometheus_harness.py, shared with tests/test_alertmanager_e2e.py).
 """
 
 from __future__ import annotations
@@ -25,9 +27,6 @@ import asyncio
 import contextlib
 import json
 import re
-import shutil
-import socket
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,9 +44,11 @@ from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
 from qqbot_gateway.webhook_demo import webhook_stack
 
 from .gateway_harness import INTERVAL, client_config, sim_config
+from .prometheus_harness import JOB, PROMETHEUS, start_prometheus, stop, until
+from .prometheus_harness import query as prom_query
+from .prometheus_harness import ready as process_ready
 from .test_dashboard_lint import DASHBOARD, all_panels
 
-PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
     pytest.mark.skipif(
         PROMETHEUS is None,
@@ -59,19 +60,17 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "dashboards" / "prometheus" / "rules.yml"
-JOB = "qqbot-gateway"
+SLO_RULES = ROOT / "dashboards" / "slo" / "rules.yml"
 RATE_INTERVAL = "4s"  # Grafana's $__rate_interval floor: 4 x the 1 s scrape interval
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rules() -> list[dict[str, Any]]:
-    data = yaml.safe_load(RULES.read_text(encoding="utf-8"))
-    return [rule for group in data["groups"] for rule in group["rules"]]
+    return [
+        rule
+        for path in (RULES, SLO_RULES)
+        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+        for rule in group["rules"]
+    ]
 
 
 def _substitute(expr: str, instance: str) -> str:
@@ -106,73 +105,6 @@ def _variable_selectors(instance: str) -> dict[str, tuple[str, str]]:
         assert m, var
         out[var["name"]] = (_substitute(m.group(1), instance), m.group(2))
     return out
-
-
-def _documented_job() -> dict[str, Any]:
-    path = ROOT / "deploy" / "prometheus" / "scrape-static.yml"
-    (job,) = yaml.safe_load(path.read_text(encoding="utf-8"))["scrape_configs"]
-    assert job["job_name"] == JOB
-    return job  # type: ignore[no-any-return]
-
-
-async def _start_prometheus(tmp: Path, *targets: str) -> tuple[asyncio.subprocess.Process, str]:
-    assert PROMETHEUS is not None
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "rule_files": [str(RULES)],
-        # The job a plain-Prometheus user merges in (deploy/prometheus/scrape-static.yml),
-        # pointed at this run's targets and scraped every second.
-        "scrape_configs": [
-            {
-                **_documented_job(),
-                "scrape_interval": "1s",
-                "scrape_timeout": "1s",
-                "static_configs": [{"targets": list(targets)}],
-            }
-        ],
-    }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    (tmp / "data").mkdir()
-    port = _free_port()
-    log = (tmp / "prometheus.log").open("wb")
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            PROMETHEUS,
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=1h",
-            "--log.level=warn",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-    finally:
-        log.close()
-    return proc, f"http://127.0.0.1:{port}"
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            async with asyncio.timeout(10):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
-async def _until(
-    check: Callable[[], Awaitable[bool]], within: float, what: str, tmp: Path | None = None
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            log = (tmp / "prometheus.log").read_text(errors="replace")[-3000:] if tmp else ""
-            pytest.fail(f"timed out after {within:g}s waiting for {what}\n{log}")
-        await asyncio.sleep(0.25)
 
 
 WEBHOOK_SECRET = "prometheus-e2e-webhook"
@@ -218,28 +150,20 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
         feeder = asyncio.create_task(_feed_webhooks(hook.platform_url))
         target = str(urlsplit(str(tel.http_url)).netloc)
         hook_target = str(urlsplit(str(hook.telemetry.http_url)).netloc)
-        proc, prom = await _start_prometheus(tmp_path, target, hook_target)
+        proc, prom = await start_prometheus(
+            tmp_path, target, hook_target, rule_files=[RULES, SLO_RULES]
+        )
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
 
             async def query(expr: str) -> list[dict[str, Any]]:
-                async with http.get(f"{prom}/api/v1/query", params={"query": expr}) as resp:
-                    body = await resp.json()
-                assert body["status"] == "success", (expr, body)
-                result = body["data"]["result"]
-                assert isinstance(result, list)
-                return result
+                return await prom_query(http, prom, expr)
 
             async def prometheus_ready() -> bool:
                 assert proc is not None
-                if proc.returncode is not None:
-                    pytest.fail("prometheus exited:\n" + (tmp_path / "prometheus.log").read_text())
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with http.get(f"{prom}/-/ready") as resp:
-                        return resp.status == 200
-                return False
+                return await process_ready(http, proc, prom, tmp_path)
 
-            await _until(prometheus_ready, 30, "Prometheus /-/ready", tmp_path)
+            await until(prometheus_ready, 30, "Prometheus /-/ready", tmp_path)
 
             async def rules_loaded() -> bool:
                 async with http.get(f"{prom}/api/v1/rules") as resp:
@@ -247,13 +171,13 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
                 names = {r.get("name") for g in body["data"]["groups"] for r in g["rules"]}
                 return {r.get("alert") or r.get("record") for r in _rules()} <= names
 
-            await _until(rules_loaded, 15, "the rules to load", tmp_path)
+            await until(rules_loaded, 15, "the rules to load", tmp_path)
 
             async def scraped_ready() -> bool:
                 result = await query(f'qqbot_gateway_ready{{job="{JOB}", shard="0"}} == 1')
                 return bool(result)
 
-            await _until(scraped_ready, 20 * INTERVAL, "a READY shard scraped by Prometheus")
+            await until(scraped_ready, 20 * INTERVAL, "a READY shard scraped by Prometheus")
             # A few heartbeats and scrapes so that every rate() has two samples.
             await asyncio.sleep(5 * INTERVAL)
 
@@ -264,7 +188,7 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
             async def silent_expr_true() -> bool:
                 return bool(await query(silent["expr"]))
 
-            await _until(silent_expr_true, 30 * INTERVAL, "the silent-disconnect expression")
+            await until(silent_expr_true, 30 * INTERVAL, "the silent-disconnect expression")
             (sample,) = await query(silent["expr"])
             assert sample["metric"]["shard"] == "0"
             assert sample["metric"]["job"] == JOB
@@ -275,7 +199,7 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
                     await query('ALERTS{alertname="QQBotGatewaySilentDisconnect", shard="0"}')
                 )
 
-            await _until(alert_pending, 10, "QQBotGatewaySilentDisconnect pending in Prometheus")
+            await until(alert_pending, 10, "QQBotGatewaySilentDisconnect pending in Prometheus")
 
             # ---- every recording rule and every dashboard query returns data
             checks = {f"rule {r['record']}": r["record"] for r in _rules() if "record" in r}
@@ -312,12 +236,12 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
                 zombie = seen_reasons & {"ping_timeout", "ack_timeout", "idle_timeout"}
                 return bool(zombie) and "hello_timeout" in seen_reasons
 
-            await _until(reasons_recorded, 20 * INTERVAL, "the zombie and Hello-timeout reasons")
+            await until(reasons_recorded, 20 * INTERVAL, "the zombie and Hello-timeout reasons")
             assert seen_reasons <= silent_death, seen_reasons
             sim.unblackhole()
     finally:
         if proc is not None:
-            await _stop(proc)
+            await stop(proc)
         if feeder is not None:
             feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):

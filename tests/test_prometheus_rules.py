@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from .prometheus_harness import gen_slo_rules
 from .test_dashboard_lint import DASHBOARD, METRICS_DOC, ROOT, all_panels, metric_names
 
 RULES = ROOT / "dashboards" / "prometheus" / "rules.yml"
@@ -271,7 +272,262 @@ def test_every_metric_in_rules_and_dashboard_is_documented() -> None:
             for name in metric_names(m.group(1)):
                 used[name] = f"variable {var['name']}"
     undocumented = {n: w for n, w in used.items() if not _allowed(n, documented, recorded)}
+    slo_recorded = {
+        r["record"]
+        for group in yaml.safe_load(
+            (ROOT / "dashboards" / "slo" / "rules.yml").read_text(encoding="utf-8")
+        )["groups"]
+        for r in group["rules"]
+        if "record" in r
+    }
+    undocumented = {n: w for n, w in undocumented.items() if n not in slo_recorded}
     assert undocumented == {}, "metrics not in docs/metrics.md"
     # Every recording rule the dashboard uses exists.
-    assert {n for n in used if ":" in n} <= recorded
+    assert {n for n in used if ":" in n} <= recorded | slo_recorded
     assert "qqbot_gateway_heartbeat_rtt_seconds_bucket" in used
+
+
+# ----------------------------------------------------------------------- SLO rules (Sloth)
+
+SLO_DIR = ROOT / "dashboards" / "slo"
+SLO_RULES = SLO_DIR / "rules.yml"
+SLO_TESTS = sorted((SLO_DIR / "tests").glob("*.yml"))
+#: The windows and factors the runbook and the spec state, written here independently of the
+#: generator: (short, long, factor) per severity.
+STATED_WINDOWS = {
+    "page": {("5m", "1h", 14.4), ("30m", "6h", 6.0)},
+    "ticket": {("2h", "1d", 3.0), ("6h", "3d", 1.0)},
+}
+OBJECTIVES = {"availability": 99.5, "delivery": 99.9, "freshness": 99.5}
+
+
+def _gen_slo() -> Any:
+    return gen_slo_rules()
+
+
+def slo_rules() -> list[dict[str, Any]]:
+    data = yaml.safe_load(SLO_RULES.read_text(encoding="utf-8"))
+    return [rule for group in data["groups"] for rule in group["rules"]]
+
+
+def slo_alerts() -> list[dict[str, Any]]:
+    return [r for r in slo_rules() if "alert" in r]
+
+
+def test_slo_rules_are_generated_without_drift() -> None:
+    gen = _gen_slo()
+    assert gen.main(["--check"]) == 0, "run: python scripts/gen_slo_rules.py"
+
+
+def test_slo_generator_detects_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = _gen_slo()
+    stale = tmp_path / "rules.yml"
+    stale.write_text(SLO_RULES.read_text(encoding="utf-8").replace("14.4", "15"), "utf-8")
+    monkeypatch.setattr(gen, "TARGET", stale)
+    monkeypatch.setattr(gen, "ROOT", tmp_path)
+    assert gen.main(["--check"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.replace("objective: 99.9", "objective: 100"), "objective"),
+        (lambda s: s.replace('version: "prometheus/v1"', 'version: "openslo/v1"'), "version"),
+        (lambda s: s.replace("{{.window}}", "5m"), "no {{.window}} placeholder"),
+        (lambda s: s.replace("#qqbotgatewaydeliverybudgetburn", "#delivery"), "runbook_url"),
+        (
+            lambda s: s.replace("          severity: critical", "          severity: page", 1),
+            "severity",
+        ),
+    ],
+)
+def test_slo_generator_rejects_a_bad_spec_with_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Any, message: str
+) -> None:
+    gen = _gen_slo()
+    text = (SLO_DIR / "qqbot-gateway.yml").read_text(encoding="utf-8")
+    bad = tmp_path / "spec.yml"
+    bad.write_text(edit(text), encoding="utf-8")
+    assert bad.read_text(encoding="utf-8") != text
+    assert gen.main(["--spec", str(bad), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gen_slo_rules: ") and message in err, err
+
+
+def test_slo_time_scale_scales_every_window_and_nothing_else(tmp_path: Path) -> None:
+    gen = _gen_slo()
+    assert gen.scale_ranges("rate(x[5m]) + y[1d:1m] + z[1h30m]", 0.5) == (
+        "rate(x[2m30s]) + y[12h:30s] + z[45m]"
+    )
+    assert gen.format_duration(3600 / 41.25) == "1m27s273ms"
+    out = tmp_path / "scaled.yml"
+    assert gen.main(["--time-scale", "0.5", "--output", str(out)]) == 0
+    scaled = yaml.safe_load(out.read_text(encoding="utf-8"))["groups"]
+    committed = yaml.safe_load(SLO_RULES.read_text(encoding="utf-8"))["groups"]
+    assert gen.scale_rule_groups(committed, 0.5) == scaled
+    masked = re.compile(r"\[[0-9a-z:]+\]")
+    for a, b in zip(
+        (r for g in committed for r in g["rules"]),
+        (r for g in scaled for r in g["rules"]),
+        strict=True,
+    ):
+        assert masked.sub("[]", a["expr"]) == masked.sub("[]", b["expr"])
+        assert {k: v for k, v in a.items() if k != "expr"} == {
+            k: v for k, v in b.items() if k != "expr"
+        }
+    assert gen.main(["--time-scale", "0.5"]) == 2  # the committed files are never scaled
+
+
+@needs_promtool
+def test_promtool_check_slo_rules() -> None:
+    result = _run("check", "rules", str(SLO_RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(slo_rules())} rules found" in result.stdout
+
+
+@needs_promtool
+@pytest.mark.slow
+def test_promtool_slo_unit_tests_pass() -> None:
+    assert len(SLO_TESTS) >= 3, SLO_TESTS
+    result = _run("test", "rules", *map(str, SLO_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(SLO_TESTS)
+
+
+@needs_promtool
+@pytest.mark.slow
+def test_promtool_burn_rate_tests_can_fail(tmp_path: Path) -> None:
+    """A page alert at 16x instead of 14.4x fails the generated test of the 1 h pair."""
+    text = SLO_RULES.read_text(encoding="utf-8")
+    broken = text.replace("(14.4 * 0.005)", "(16 * 0.005)")
+    assert broken != text
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "rules.yml").write_text(broken, encoding="utf-8")
+    tests = yaml.safe_load((SLO_DIR / "tests" / "burn_rate_page_test.yml").read_text("utf-8"))
+    tests["tests"] = [
+        t for t in tests["tests"] if t["name"].startswith("availability page") and "1h" in t["name"]
+    ]
+    assert len(tests["tests"]) == 1
+    path = tmp_path / "tests" / "one.yml"
+    path.write_text(yaml.safe_dump(tests), encoding="utf-8")
+    result = _run("test", "rules", str(path))
+    assert result.returncode != 0
+    assert "QQBotGatewayAvailabilityBudgetBurn" in result.stdout + result.stderr
+
+
+def _pairs(expr: str) -> set[tuple[str, str, float]]:
+    """(short, long, factor) of every `short and long` condition of a Sloth alert expression."""
+    found = re.findall(
+        r"ratio_rate(\w+)\{[^}]*\} > \(([\d.]+) \* ([\d.e-]+)\)\) without \(sloth_window\)\s*"
+        r"and\s*max\(slo:sli_error:ratio_rate(\w+)\{[^}]*\} > \(([\d.]+) \* ([\d.e-]+)\)\)",
+        expr,
+    )
+    out = set()
+    for short, f1, b1, long, f2, b2 in found:
+        assert (f1, b1) == (f2, b2), expr
+        out.add((short, long, float(f1)))
+    return out
+
+
+def test_slo_burn_rate_alerts_use_the_stated_windows_and_objectives() -> None:
+    seen = set()
+    for alert in slo_alerts():
+        if alert["alert"] == "Watchdog":
+            continue
+        labels = alert["labels"]
+        slo = labels["category"]
+        severity = labels["sloth_severity"]
+        assert labels["severity"] == {"page": "critical", "ticket": "warning"}[severity]
+        assert labels["app"] == "qqbot-gateway"
+        assert _pairs(alert["expr"]) == STATED_WINDOWS[severity], alert["alert"]
+        budget = round(1 - OBJECTIVES[slo] / 100, 9)
+        assert all(
+            abs(float(b) - budget) < 1e-12
+            for b in re.findall(r"> \([\d.]+ \* ([\d.e-]+)\)", alert["expr"])
+        )
+        assert "for" not in alert  # the short window does what for: would (Sloth's shape)
+        seen.add((alert["alert"], severity))
+    assert seen == {
+        (f"QQBotGateway{slo.title()}BudgetBurn", sev)
+        for slo in OBJECTIVES
+        for sev in STATED_WINDOWS
+    }
+
+
+def test_every_burn_rate_alert_and_window_pair_is_promtool_tested() -> None:
+    """Each (alert, severity, window pair) has a generated test that checks 1.05x fires,
+    0.95x does not and a stopped burn resolves."""
+    cases = set()
+    for path in SLO_TESTS:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert data["rule_files"] == ["../rules.yml"], path
+        if not path.name.startswith("burn_rate_"):
+            continue
+        for test in data["tests"]:
+            for case in test.get("promql_expr_test", []):
+                m = re.fullmatch(
+                    r'ALERTS\{alertname="(\w+)",sloth_severity="(\w+)"\}', case["expr"]
+                )
+                if not m:
+                    continue
+                jobs = {
+                    s["labels"].split('job="', 1)[1].split('"', 1)[0] for s in case["exp_samples"]
+                }
+                pair = re.search(r"over (\w+) and (\w+)", test["name"])
+                assert pair, test["name"]
+                cases.add((m.group(1), m.group(2), pair.group(2), pair.group(1), frozenset(jobs)))
+    for alert in slo_alerts():
+        if alert["alert"] == "Watchdog":
+            continue
+        severity = alert["labels"]["sloth_severity"]
+        for short, long, _factor in STATED_WINDOWS[severity]:
+            fired = frozenset({"above", "resolved"})
+            assert (alert["alert"], severity, short, long, fired) in cases, (alert["alert"], short)
+            assert (alert["alert"], severity, short, long, frozenset()) in cases
+
+
+def test_slo_and_watchdog_alerts_have_runbook_sections() -> None:
+    anchors = runbook_anchors()
+    text = RUNBOOK.read_text(encoding="utf-8")
+    names = {a["alert"] for a in slo_alerts()}
+    assert "Watchdog" in names
+    for alert in slo_alerts():
+        annotations = alert["annotations"]
+        for key in ("summary", "description", "runbook_url"):
+            assert str(annotations.get(key, "")).strip(), f"{alert['alert']} lacks {key}"
+        base, _, anchor = annotations["runbook_url"].partition("#")
+        assert base == RUNBOOK_URL and anchor == alert["alert"].lower(), annotations["runbook_url"]
+        assert anchor in anchors
+        section = text.split(f"## {alert['alert']}\n", 1)[1].split("\n## ", 1)[0]
+        for part in ("**Meaning.**", "**Likely causes", "**What to check.**", "**What to do.**"):
+            assert part in section, f"{alert['alert']} section lacks {part}"
+
+
+def test_watchdog_always_fires_and_every_alert_carries_the_app_label() -> None:
+    (watchdog,) = [a for a in slo_alerts() if a["alert"] == "Watchdog"]
+    assert watchdog["expr"].strip() == "vector(1)"
+    assert "for" not in watchdog
+    for alert in alerts() + slo_alerts():
+        assert alert["labels"].get("app") == "qqbot-gateway", alert["alert"]
+
+
+def test_availability_sli_counts_an_unscraped_process_as_down() -> None:
+    (rule,) = [r for r in slo_rules() if r.get("record") == "qqbot_gateway:shard_available:bool"]
+    expr = re.sub(r"\s+", " ", rule["expr"])
+    assert "and on (job, instance) (up == 1)" in expr
+    assert re.search(
+        r"or max by \(job, shard\) \(last_over_time\(qqbot_gateway_ready\[1d\]\)\) \* 0", expr
+    )
+
+
+def test_every_metric_in_the_slo_rules_is_documented() -> None:
+    documented = documented_metrics()
+    recorded = {r["record"] for r in records()} | {
+        r["record"] for r in slo_rules() if "record" in r
+    }
+    for rule in slo_rules():
+        for name in metric_names(rule["expr"]):
+            assert _allowed(name, documented, recorded), (
+                name,
+                rule.get("record") or rule.get("alert"),
+            )

@@ -1,0 +1,194 @@
+"""Real Prometheus and Alertmanager processes on free loopback ports, for the end-to-end tests.
+
+Debian's ``prometheus`` and ``prometheus-alertmanager`` binaries (or upstream's, on PATH). Each
+process gets a temporary data directory, logs to a file in it (shown when a wait times out)
+and is always stopped by :func:`stop`. Shared by tests/test_prometheus_e2e.py and
+tests/test_alertmanager_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import shutil
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMETHEUS = shutil.which("prometheus")
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+JOB = "qqbot-gateway"
+
+
+def gen_slo_rules() -> Any:
+    """scripts/gen_slo_rules.py as a module (the SLO rule generator and its time scaling)."""
+    name = "gen_slo_rules"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _spawn(binary: str, log_path: Path, *args: str) -> asyncio.subprocess.Process:
+    log = log_path.open("wb")
+    try:
+        return await asyncio.create_subprocess_exec(
+            binary, *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
+        )
+    finally:
+        log.close()
+
+
+def documented_job() -> dict[str, Any]:
+    """The scrape job of deploy/prometheus/scrape-static.yml (it must yield ``job=JOB``)."""
+    path = ROOT / "deploy" / "prometheus" / "scrape-static.yml"
+    (job,) = yaml.safe_load(path.read_text(encoding="utf-8"))["scrape_configs"]
+    assert job["job_name"] == JOB
+    return job  # type: ignore[no-any-return]
+
+
+async def start_prometheus(
+    tmp: Path,
+    *targets: str,
+    rule_files: list[Path],
+    alertmanager: str | None = None,
+    interval: str = "1s",
+    extra_args: tuple[str, ...] = (),
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Prometheus scraping ``targets`` (job ``qqbot-gateway``) and evaluating ``rule_files``
+    every ``interval``, sending alerts to ``alertmanager`` (``host:port``) if given. Returns
+    the process and its base URL; the log is ``tmp/prometheus.log``."""
+    assert PROMETHEUS is not None
+    config: dict[str, Any] = {
+        "global": {
+            "scrape_interval": interval,
+            "evaluation_interval": interval,
+            "scrape_timeout": interval,
+        },
+        "rule_files": [str(p) for p in rule_files],
+        # The job a plain-Prometheus user merges in (deploy/prometheus/scrape-static.yml),
+        # pointed at this run's targets and scraped every ``interval``.
+        "scrape_configs": [
+            {
+                **documented_job(),
+                "scrape_interval": interval,
+                "scrape_timeout": interval,
+                "static_configs": [{"targets": list(targets)}],
+            }
+        ],
+    }
+    if alertmanager is not None:
+        config["alerting"] = {
+            "alertmanagers": [
+                {"api_version": "v2", "static_configs": [{"targets": [alertmanager]}]}
+            ]
+        }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (tmp / "prometheus-data").mkdir(exist_ok=True)  # may hold backfilled blocks
+    port = free_port()
+    proc = await _spawn(
+        PROMETHEUS,
+        tmp / "prometheus.log",
+        f"--config.file={tmp / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--storage.tsdb.retention.time=1h",
+        "--log.level=warn",
+        *extra_args,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def start_alertmanager(
+    tmp: Path, config: dict[str, Any]
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Alertmanager with ``config``, clustering off. Returns the process and its base URL; the
+    log is ``tmp/alertmanager.log``."""
+    assert ALERTMANAGER is not None
+    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (tmp / "alertmanager-data").mkdir()
+    port = free_port()
+    proc = await _spawn(
+        ALERTMANAGER,
+        tmp / "alertmanager.log",
+        f"--config.file={tmp / 'alertmanager.yml'}",
+        f"--storage.path={tmp / 'alertmanager-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",  # no gossip port: one instance, nothing else opened
+        "--log.level=warn",
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def logs(tmp: Path | None) -> str:
+    if tmp is None:
+        return ""
+    out = []
+    for name in ("prometheus.log", "alertmanager.log"):
+        path = tmp / name
+        if path.exists():
+            out.append(f"--- {name}\n" + path.read_text(errors="replace")[-3000:])
+    return "\n".join(out)
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], within: float, what: str, tmp: Path | None = None
+) -> None:
+    """Poll ``check`` every 0.25 s; fail the test with the processes' logs after ``within``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out after {within:g}s waiting for {what}\n{logs(tmp)}")
+        await asyncio.sleep(0.25)
+
+
+async def ready(
+    http: aiohttp.ClientSession, proc: asyncio.subprocess.Process, url: str, tmp: Path
+) -> bool:
+    """True once ``url``/-/ready answers 200; fails the test if the process exited."""
+    if proc.returncode is not None:
+        pytest.fail(f"{url} exited with {proc.returncode}\n{logs(tmp)}")
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with http.get(f"{url}/-/ready") as resp:
+            return resp.status == 200
+    return False
+
+
+async def query(http: aiohttp.ClientSession, prom: str, expr: str) -> list[dict[str, Any]]:
+    """An instant query's result vector."""
+    async with http.get(f"{prom}/api/v1/query", params={"query": expr}) as resp:
+        body = await resp.json()
+    assert body["status"] == "success", (expr, body)
+    result = body["data"]["result"]
+    assert isinstance(result, list)
+    return result
