@@ -1,0 +1,42 @@
+"""A plugin written for ``nonebot-adapter-qq``: replies to every message, reports what it saw.
+
+Each line on stdout is one JSON object: ``{"hook": "connect"|"disconnect", "t": ...}`` from
+NoneBot's bot hooks, ``{"event": id, "type": ..., "msg": ...}`` per message a matcher handled.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from nonebot import get_driver, on_message
+from nonebot.adapters.qq import Bot, MessageEvent
+
+driver = get_driver()
+
+
+def _say(record: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+@driver.on_bot_connect
+async def connected(bot: Bot) -> None:
+    _say({"hook": "connect", "bot": bot.self_id, "t": time.monotonic()})
+
+
+@driver.on_bot_disconnect
+async def disconnected(bot: Bot) -> None:
+    _say({"hook": "disconnect", "bot": bot.self_id, "t": time.monotonic()})
+
+
+echo = on_message(priority=5, block=True)
+
+
+@echo.handle()
+async def reply(bot: Bot, event: MessageEvent) -> None:
+    text = event.get_plaintext().strip()
+    _say({"event": event.event_id, "type": event.__type__.value, "msg": getattr(event, "id", None)})
+    await echo.send(f"echo: {text}")
