@@ -341,16 +341,10 @@ class BotRunner:
                 self._zombies.discard(shard)
         elif isinstance(event, ev.ZombieDetected) and shard is not None:
             self._zombies.add(shard)  # the link is dead now, before it is even closed
-        elif isinstance(event, ev.ShardFatal):
-            self.stopped = True
-            logger.opt(colors=False).error(
-                f"{self.name}: shard {shard} stopped for good: {event.message}"
-            )
-        elif isinstance(event, ev.SupervisorStopped) and event.reason == "crashed":
-            self.stopped = True
-            logger.opt(colors=False).error(
-                f"{self.name}: shard {shard} supervisor crashed: {event.error}"
-            )
+        elif isinstance(event, ev.ShardFatal | ev.SupervisorStopped):
+            # Stopped for good: the client logged the one error line (close code, what to do).
+            if not isinstance(event, ev.SupervisorStopped) or event.reason != "shutdown":
+                self.stopped = True
         live = bool(self._states) and all(
             state is ev.ConnectionState.READY and s not in self._zombies
             for s, state in self._states.items()
