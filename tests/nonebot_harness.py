@@ -37,6 +37,7 @@ def bot_env(
     plugin: str = "echo",
     state_dir: Path | None = None,
     secret: str = SECRET,
+    use_websocket: bool = True,
     extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment of a NoneBot process: NoneBot's own keys and, for ours, QQBOT_*."""
@@ -50,7 +51,15 @@ def bot_env(
             "NB_ADAPTER": adapter,
             "NB_PLUGIN": plugin,
             "QQ_BOTS": json.dumps(
-                [{"id": APP_ID, "secret": secret, "intent": INTENT, "shard": [0, 1]}]
+                [
+                    {
+                        "id": APP_ID,
+                        "secret": secret,
+                        "intent": INTENT,
+                        "shard": [0, 1],
+                        "use_websocket": use_websocket,
+                    }
+                ]
             ),
             "QQ_API_BASE": sim.base_url + "/",
             "QQ_AUTH_BASE": sim.token_url,

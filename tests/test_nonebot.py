@@ -9,6 +9,7 @@ replies to every message and reports what it handled and NoneBot's connect/disco
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,8 +23,17 @@ from nonebot.adapters.qq.config import BotInfo
 from qqbot_gateway.config import ConfigError
 from qqbot_gateway.integrations.nonebot import Adapter, gateway_settings
 from qqbot_gateway.simulator import Simulator
-from tests.gateway_harness import APP_ID, INTERVAL, sim_config
-from tests.nonebot_harness import DRIVERS, NoneBotProcess, bot_env, emit, replied_to
+from qqbot_gateway.simulator.webhook import WebhookDeliverer, WebhookFaults
+from tests.gateway_harness import APP_ID, INTERVAL, SECRET, sim_config
+from tests.nonebot_harness import (
+    DRIVERS,
+    KINDS,
+    NoneBotProcess,
+    bot_env,
+    emit,
+    message,
+    replied_to,
+)
 
 # --- settings (no NoneBot process) ----------------------------------------------------------
 
@@ -286,3 +296,40 @@ async def test_fatal_close_code_stops_the_bot_with_one_line(sim: Simulator) -> N
     assert len(errors) == 1, "\n".join(bot.log)
     assert "stopped for good" in errors[0]
     assert bot.hooks() == ["connect", "disconnect"]
+
+
+@pytest.mark.slow
+async def test_webhook_bot_on_nonebots_own_server(sim: Simulator, tmp_path: Path) -> None:
+    """``use_websocket: false``: QQ's callbacks on the original's route of NoneBot's server
+    (~fastapi), through the client's intake: validation answered, forged copies refused,
+    replays and duplicate storms handled once, every message answered by the plugin."""
+    port = _free_port()
+    env = bot_env(
+        sim,
+        driver="~fastapi+~httpx",
+        state_dir=tmp_path / "state",
+        use_websocket=False,
+        extra={"HOST": "127.0.0.1", "PORT": str(port)},
+    )
+    bot = await NoneBotProcess(env).start()
+    payloads: list[dict[str, Any]] = []
+    for index in range(8):
+        event_type, data = message(KINDS[index % len(KINDS)], index, prefix="W")
+        event_id = f"{event_type}:{data['id']}"
+        payloads.append({"op": 0, "id": event_id, "d": data, "s": index + 1, "t": event_type})
+    faults = WebhookFaults(bad_signature=0.3, replay=0.5, duplicate_storm=0.3, storm_size=3)
+    try:
+        await bot.connected()
+        url = f"http://127.0.0.1:{port}/qq/webhook"
+        async with WebhookDeliverer(url, secret=SECRET, app_id=APP_ID, faults=faults, seed=5) as qq:
+            assert await qq.validate()
+            assert await qq.deliver_many(payloads, concurrency=4) == len(payloads)
+            assert not qq.stats.unexpected, qq.stats.unexpected
+        await _all_handled_and_replied(bot, sim, [p["id"] for p in payloads])
+    finally:
+        status = await bot.stop()
+    # uvicorn (the ~fastapi driver) re-raises SIGTERM once its graceful shutdown is over
+    assert status in (0, -signal.SIGTERM), bot.describe()
+    assert bot.hooks() == ["connect", "disconnect"]  # the shutdown ran: routes stopped
+    _assert_once(bot)
+    assert sorted(bot.handled()) == sorted(p["id"] for p in payloads)

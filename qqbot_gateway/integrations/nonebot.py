@@ -29,11 +29,17 @@ Lifecycle: NoneBot's startup (``on_ready``) starts the bots, its shutdown closes
 as one is not (a zombie counts at once), each once per real change. A fatal close (4914, bad
 credentials) is one error line and that bot stops; it is never retried.
 
+``use_websocket: false`` (QQ's HTTP callbacks) is served where the original serves it, on
+NoneBot's own server (``/qq/``, ``/qq/webhook``, ``/qq/webhook/``; an ASGI driver such as
+``~fastapi``), but through the client's webhook intake: Ed25519 signature and replay window
+always checked, event-id dedupe, the bounded queue and, with the session store, the intake
+journal (a callback is durable before its ACK; a restart re-delivers what was ACKed and not
+handled). Such a bot is connected while its routes are served.
+
 Every ``QQBOT_*`` setting of the service (see :mod:`qqbot_gateway.config`) applies, from the
 environment or NoneBot's ``.env`` files, except the ones ``QQ_BOTS`` owns (app id, secret,
-intents, shards, endpoints). The side server is off unless ``QQBOT_HTTP_ADDR`` is set (NoneBot
-itself listens on 8080). ``use_websocket: false`` (webhook) is not supported yet: startup
-refuses it with one line. ``docs/nonebot.md`` has the details and the measurements.
+intents, shards, endpoints, transport). The side server is off unless ``QQBOT_HTTP_ADDR`` is
+set (NoneBot itself listens on 8080). ``docs/nonebot.md`` has the details and the measurements.
 """
 
 from __future__ import annotations
@@ -51,9 +57,17 @@ from nonebot.adapters.qq import Adapter as OriginalAdapter
 from nonebot.adapters.qq import Bot, ReadyEvent
 from nonebot.adapters.qq.config import BotInfo
 from nonebot.adapters.qq.event import GuildMessageEvent, MessageAuditEvent, QQMessageEvent
-from nonebot.adapters.qq.models import Dispatch, Opcode
+from nonebot.adapters.qq.models import Dispatch, Opcode, User
 from nonebot.adapters.qq.store import audit_result
-from nonebot.drivers import URL, Driver, HTTPClientMixin
+from nonebot.drivers import (
+    URL,
+    ASGIMixin,
+    Driver,
+    HTTPClientMixin,
+    HTTPServerSetup,
+    Request,
+    Response,
+)
 from nonebot.log import LoguruHandler, logger
 from typing_extensions import override
 
@@ -94,6 +108,8 @@ OWNED_BY_QQ_BOTS: Final = frozenset(
 _NOT_FROM_SERVICE: Final = frozenset({"log_format", "log_level"})
 #: Shutdown: the client's close gets the drain timeout plus this (as ``run``'s _CLOSE_MARGIN).
 _CLOSE_MARGIN: Final = 5.0
+#: Startup asks ``GET /users/@me`` for at most this long (best effort, see BotRunner.start).
+_ME_TIMEOUT: Final = 5.0
 
 
 def _text(value: Any) -> str:
@@ -152,8 +168,10 @@ def gateway_settings(
         api_base=api_base.rstrip("/"),
         token_url=token_url,
         gateway_url=gateway_url,
-        transport="websocket",
+        transport="websocket" if info.use_websocket else "webhook",
     )
+    if not info.use_websocket:  # callbacks have no shards: one logical shard 0
+        settings = replace(settings, shard_count=1, shard_ids=(0,))
     return settings, warnings
 
 
@@ -165,6 +183,10 @@ class BotRunner:
         self.info = info
         self.settings = settings
         self.bot = Bot(adapter, info.id, info)
+        #: ``use_websocket: false``: QQ's callbacks arrive on NoneBot's own server (/qq/webhook)
+        #: and go through the client's webhook intake; there is no connection.
+        self.webhook = not info.use_websocket
+        self._listening = False
         self.client: QQBotClient | None = None
         self.telemetry: Telemetry | None = None
         self.connected = False
@@ -191,10 +213,21 @@ class BotRunner:
                 settings = self.settings = await self._discover_shards(settings)
             client = QQBotClient(settings.client_config())
             client.add_handler(self._on_event)
-            self._states = dict.fromkeys(client.config.shards, ev.ConnectionState.IDLE)
+            if not self.webhook:
+                self._states = dict.fromkeys(client.config.shards, ev.ConnectionState.IDLE)
+            # Subscribed before start(): this observer sees a SessionReady before the shard's
+            # own state change to READY, so the bot knows itself when NoneBot's hooks run.
             client.events.subscribe(
                 self._on_lifecycle,
-                kinds=(ev.StateChanged, ev.ZombieDetected, ev.ShardFatal, ev.SupervisorStopped),
+                kinds=(
+                    ev.SessionReady,
+                    ev.StateChanged,
+                    ev.ZombieDetected,
+                    ev.ShardFatal,
+                    ev.SupervisorStopped,
+                    ev.WebhookListening,
+                    ev.WebhookStopped,
+                ),
             )
             self.client = client
             if settings.http_addr is not None:
@@ -209,7 +242,16 @@ class BotRunner:
                         f"side server: cannot listen on {host}:{port} "
                         f"({settings.source('http_addr')}): {exc.strerror or exc}"
                     ) from None
+            if settings.state_dir is not None or self.webhook:
+                # A session resumed from the store brings no READY (the bot's own user) into
+                # this process: ask for it as the original's webhook path does (best effort).
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_ME_TIMEOUT):
+                        self.bot.self_info = await self.bot.me()
             await client.start()
+            if self.webhook and client.webhook is not None:
+                # NoneBot's server serves the callback routes: listening from now on.
+                client.webhook.listening(self.adapter.webhook_url)
         except InvalidCredentialsError as exc:
             return await self._failed(f"bad credentials: {exc}; check QQ_BOTS id and secret")
         except AuthError as exc:
@@ -226,11 +268,13 @@ class BotRunner:
             )
         except (ConfigError, TelemetryConfigError, ValueError) as exc:
             return await self._failed(str(exc))
-        shards = ", ".join(str(s) for s in settings.client_config().shards)
-        logger.opt(colors=False).info(
-            f"{self.name}: qqbot-gateway running shard(s) {shards} of {settings.shard_count}; "
-            f"side server {self.telemetry.http_url if self.telemetry else 'off'}"
-        )
+        side = self.telemetry.http_url if self.telemetry else "off"
+        if self.webhook:
+            what = f"receiving webhooks on {self.adapter.webhook_url}"
+        else:
+            shards = ", ".join(str(s) for s in settings.client_config().shards)
+            what = f"running shard(s) {shards} of {settings.shard_count}"
+        logger.opt(colors=False).info(f"{self.name}: qqbot-gateway {what}; side server {side}")
         return True
 
     async def _discover_shards(self, settings: Settings) -> Settings:
@@ -281,7 +325,10 @@ class BotRunner:
         if client is not None:
             try:
                 async with asyncio.timeout(drain + _CLOSE_MARGIN):
+                    # Webhook: callbacks get a 503 from here on (QQ retries them).
                     await client.close(drain_timeout=drain)
+                    if client.webhook is not None:
+                        client.webhook.stopped("shutdown")
                     if self._tasks:  # NoneBot's matchers still running for handed-over events
                         await asyncio.wait(self._tasks, timeout=drain)
             except TimeoutError:
@@ -332,10 +379,30 @@ class BotRunner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def callback(self, request: Request) -> Response:
+        """A POST on NoneBot's callback route for this bot: the intake's answer."""
+        intake = self.client.webhook if self.client is not None else None
+        if intake is None:
+            return Response(503, content="bot not running")
+        content = request.content
+        body = content.encode() if isinstance(content, str) else bytes(content or b"")
+        reply = await intake.receive(request.headers, body)
+        headers = {"Content-Type": reply.content_type, **dict(reply.headers)}
+        return Response(reply.status, headers=headers, content=reply.body)
+
     # --- the link's truth for NoneBot ------------------------------------------------------
     def _on_lifecycle(self, event: ev.LifecycleEvent) -> None:
         shard = event.shard
-        if isinstance(event, ev.StateChanged) and shard is not None:
+        if isinstance(event, ev.SessionReady):
+            # What the original's on_ready sets before its bot_connect; the READY event the
+            # handler gets next carries the full user and sets it again.
+            self.bot._session_id = event.session_id
+            if event.user_id:
+                self.bot.self_info = User(id=event.user_id, username=event.username, bot=True)
+            return
+        if isinstance(event, ev.WebhookListening | ev.WebhookStopped):
+            self._listening = isinstance(event, ev.WebhookListening)
+        elif isinstance(event, ev.StateChanged) and shard is not None:
             self._states[shard] = event.new
             if event.new is ev.ConnectionState.READY:
                 self._zombies.discard(shard)
@@ -345,9 +412,12 @@ class BotRunner:
             # Stopped for good: the client logged the one error line (close code, what to do).
             if not isinstance(event, ev.SupervisorStopped) or event.reason != "shutdown":
                 self.stopped = True
-        live = bool(self._states) and all(
-            state is ev.ConnectionState.READY and s not in self._zombies
-            for s, state in self._states.items()
+        live = self._listening or (
+            bool(self._states)
+            and all(
+                state is ev.ConnectionState.READY and s not in self._zombies
+                for s, state in self._states.items()
+            )
         )
         self._set_connected(live and not self._closing)
 
@@ -381,11 +451,11 @@ class Adapter(OriginalAdapter):
                 "is needed (the gateway connection is qqbot-gateway's own)."
             )
         webhook = [bot.id for bot in self.qq_config.qq_bots if not bot.use_websocket]
-        if webhook:
+        if webhook and not isinstance(self.driver, ASGIMixin):
             raise RuntimeError(
-                f"QQ_BOTS: use_websocket: false (bot {', '.join(webhook)}) is not supported by "
-                "qqbot_gateway.integrations.nonebot yet; use nonebot.adapters.qq.Adapter for "
-                "webhook bots, or `qqbot-gateway run` with QQBOT_TRANSPORT=webhook"
+                f"Current driver {self.config.driver} does not support ASGI server! "
+                f"QQ_BOTS with use_websocket: false (bot {', '.join(webhook)}) receive QQ's "
+                "callbacks on NoneBot's own server: DRIVER=~fastapi+~httpx, for example."
             )
         _route_library_logs()
         self.on_ready(self.startup)
@@ -398,8 +468,43 @@ class Adapter(OriginalAdapter):
             return URL(SANDBOX_API_BASE)
         return URL(str(self.qq_config.qq_api_base))
 
+    @property
+    def webhook_url(self) -> str:
+        """Where QQ's callbacks are served (the original's routes on NoneBot's server)."""
+        host = getattr(self.config, "host", "127.0.0.1")
+        port = getattr(self.config, "port", 8080)
+        return f"http://{host}:{port}/qq/webhook"
+
+    @override
+    async def _handle_http(self, request: Request) -> Response:
+        """The original's routes (``/qq/``, ``/qq/webhook``, ``/qq/webhook/``), answered by the
+        client's webhook intake: signature, replay window, dedupe and, with the session store,
+        the intake journal (a callback is durable before its ACK)."""
+        bot_id = request.headers.get("X-Bot-Appid")
+        hooks = [r for r in self.runners if r.webhook]
+        runner = next((r for r in hooks if r.info.id == bot_id), None)
+        if runner is None and not bot_id and len(hooks) == 1:
+            runner = hooks[0]  # one webhook bot: a request without the header is for it
+        if runner is None:
+            log = (
+                "Missing X-Bot-Appid header in request" if not bot_id else f"Bot {bot_id} not found"
+            )
+            logger.opt(colors=False).warning(f"QQ webhook: {log}")
+            return Response(403, content="Bot not found")
+        return await runner.callback(request)
+
     @override
     async def startup(self) -> None:
+        if isinstance(self.driver, ASGIMixin):
+            for path, name in (("/qq/", "Root"), ("/qq/webhook", ""), ("/qq/webhook/", "Slash")):
+                self.setup_http_server(
+                    HTTPServerSetup(
+                        URL(path),
+                        "POST",
+                        f"{self.get_name()} {name} Webhook".replace("  ", " "),
+                        self._handle_http,
+                    )
+                )
         extra = dict(self.config.model_extra or {})
         custom = self.qq_config.qq_custom_gateway_url
         for info in self.qq_config.qq_bots:
@@ -417,6 +522,14 @@ class Adapter(OriginalAdapter):
                 continue
             for warning in dict.fromkeys(warnings):
                 logger.opt(colors=False).warning(f"QQ bot {info.id}: {warning}")
+            if settings.http_addr is not None:
+                if any(r.settings.http_addr is not None for r in self.runners):
+                    # One side server per process: its health report follows one client.
+                    logger.opt(colors=False).warning(
+                        f"QQ bot {info.id}: no side server (QQBOT_HTTP_ADDR serves the first "
+                        "bot of QQ_BOTS only)"
+                    )
+                    settings = replace(settings, http_addr=None)
             runner = BotRunner(self, info, settings)
             self.runners.append(runner)
             await runner.start()
