@@ -333,3 +333,24 @@ async def test_webhook_bot_on_nonebots_own_server(sim: Simulator, tmp_path: Path
     assert bot.hooks() == ["connect", "disconnect"]  # the shutdown ran: routes stopped
     _assert_once(bot)
     assert sorted(bot.handled()) == sorted(p["id"] for p in payloads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("driver", "use_websocket", "says"),
+    [
+        ("~none", True, "needs an HTTP client driver"),
+        ("~aiohttp", False, "use_websocket: false"),
+    ],
+)
+async def test_a_driver_that_cannot_work_is_refused_at_startup(
+    sim: Simulator, driver: str, use_websocket: bool, says: str
+) -> None:
+    bot = await NoneBotProcess(bot_env(sim, driver=driver, use_websocket=use_websocket)).start()
+    assert bot.proc is not None
+    async with asyncio.timeout(30):
+        await bot.proc.wait()
+    status = await bot.stop()
+    assert status != 0
+    assert any(says in line for line in bot.log), "\n".join(bot.log)
+    assert not sim.connections
