@@ -354,3 +354,22 @@ async def test_a_driver_that_cannot_work_is_refused_at_startup(
     assert status != 0
     assert any(says in line for line in bot.log), "\n".join(bot.log)
     assert not sim.connections
+
+
+@pytest.mark.slow
+async def test_token_endpoint_down_at_startup_is_retried(sim: Simulator) -> None:
+    """Unlike bad credentials, a failing token endpoint may pass: a warning, then the bot
+    connects once it answers again (no error line, no process restart)."""
+    sim.set_token_fault("500")
+    bot = await NoneBotProcess(bot_env(sim)).start()
+    try:
+        await bot.until(
+            lambda: any("trying again in" in line for line in bot.log), 40, "the retry warning"
+        )
+        sim.set_token_fault(None)
+        await bot.connected(timeout=40)
+        ids = await emit(sim, 0, 4, prefix="T")
+        await _all_handled_and_replied(bot, sim, ids)
+    finally:
+        await bot.stop()
+    assert not [line for line in bot.log if "[ERROR]" in line], "\n".join(bot.log)

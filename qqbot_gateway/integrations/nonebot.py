@@ -110,6 +110,11 @@ _NOT_FROM_SERVICE: Final = frozenset({"log_format", "log_level"})
 _CLOSE_MARGIN: Final = 5.0
 #: Startup asks ``GET /users/@me`` for at most this long (best effort, see BotRunner.start).
 _ME_TIMEOUT: Final = 5.0
+#: A start that failed on something that may pass (the token endpoint down) is tried again
+#: after 2, 4, 8, ... seconds, at most a minute apart (the client's own token retries come
+#: first: TokenManager tries 3 times at startup).
+_RETRY_BASE: Final = 2.0
+_RETRY_CAP: Final = 60.0
 
 
 def _text(value: Any) -> str:
@@ -194,6 +199,9 @@ class BotRunner:
         self._states: dict[int, ev.ConnectionState] = {}
         self._zombies: set[int] = set()
         self._closing = False
+        self._stopping = False  # stop() was called: no further start
+        self._retry: asyncio.Task[bool] | None = None
+        self._attempts = 0
         #: NoneBot's handling of each event runs in its own task, as in the original adapter
         #: (matchers of different events run concurrently); at most this many at once, then
         #: the client's handler queue takes the backpressure (and, full, resumes later).
@@ -206,7 +214,11 @@ class BotRunner:
 
     # --- start and stop --------------------------------------------------------------------
     async def start(self) -> bool:
-        """Start the client (and the side server); False after one error line if it cannot."""
+        """Start the client (and the side server). False if it cannot: after one error line
+        when that is for good, or with a warning and a later attempt when it may pass."""
+        if self._stopping:
+            return False
+        self._closing = False
         settings = self.settings
         try:
             if settings.shard_ids is None:
@@ -254,8 +266,10 @@ class BotRunner:
                 client.webhook.listening(self.adapter.webhook_url)
         except InvalidCredentialsError as exc:
             return await self._failed(f"bad credentials: {exc}; check QQ_BOTS id and secret")
-        except AuthError as exc:
-            return await self._failed(f"no access token from {settings.token_url}: {exc}")
+        except AuthError as exc:  # the token endpoint unreachable or failing: may pass
+            return await self._failed(
+                f"no access token from {settings.token_url}: {exc}", retry=True
+            )
         except StoreLockedError as exc:
             holder = f"pid {exc.holder_pid}" if exc.holder_pid is not None else "another process"
             return await self._failed(
@@ -275,6 +289,7 @@ class BotRunner:
             shards = ", ".join(str(s) for s in settings.client_config().shards)
             what = f"running shard(s) {shards} of {settings.shard_count}"
         logger.opt(colors=False).info(f"{self.name}: qqbot-gateway {what}; side server {side}")
+        self._attempts = 0
         return True
 
     async def _discover_shards(self, settings: Settings) -> Settings:
@@ -308,14 +323,33 @@ class BotRunner:
                 await tokens.close()
         return replace(settings, shard_count=shards, shard_ids=None)
 
-    async def _failed(self, message: str) -> bool:
+    async def _failed(self, message: str, *, retry: bool = False) -> bool:
+        await self._close()
+        if retry and not self._stopping:
+            delay = min(_RETRY_CAP, _RETRY_BASE * 2**self._attempts)
+            self._attempts += 1
+            logger.opt(colors=False).warning(f"{self.name}: {message}; trying again in {delay:g}s")
+            self._retry = asyncio.create_task(self._start_later(delay), name=f"{self.name} start")
+            return False
         self.stopped = True
         logger.opt(colors=False).error(f"{self.name}: {message}")
-        await self.stop()
         return False
+
+    async def _start_later(self, delay: float) -> bool:
+        await asyncio.sleep(delay)
+        return await self.start()
 
     async def stop(self) -> None:
         """Close as ``run`` does: 4000 and the session kept (with a store), handlers drained."""
+        self._stopping = True
+        retry, self._retry = self._retry, None
+        if retry is not None and retry is not asyncio.current_task():
+            retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await retry
+        await self._close()
+
+    async def _close(self) -> None:
         self._closing = True
         client, self.client = self.client, None
         telemetry, self.telemetry = self.telemetry, None
