@@ -165,8 +165,19 @@ async def test_plugin_for_the_original_runs_unchanged(
         for m in sim.messages:
             assert m.msg_seq is not None and m.body["content"].startswith("echo: hello")
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                assert resp.status == 200, await resp.text()
+            answers: list[tuple[int, str]] = []
+
+            async def healthy() -> bool:
+                async with http.get(f"http://127.0.0.1:{port}/healthz?verbose") as resp:
+                    answers.append((resp.status, await resp.text()))
+                    return resp.status == 200
+
+            # polled: a startup stall of a loaded machine may fail the loop-lag check a moment
+            for _ in range(50):
+                if await healthy():
+                    break
+                await asyncio.sleep(0.2)
+            assert answers[-1][0] == 200, answers[-1]
             async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
                 assert "qqbot_gateway_heartbeat_acks_total" in await resp.text()
     finally:
