@@ -187,7 +187,11 @@ async def test_plugin_for_the_original_runs_unchanged(
     # shutdown keeps the session (close 4000), as `qqbot-gateway run` does
     assert sim.connections[-1].close_code == 4000
     assert bot.hooks()[0] == "connect"
+    assert bot.records[0].get("self") == BOT_USER  # as the original: known before the hook
 
+
+#: The simulator's bot user (``/users/@me`` and READY).
+BOT_USER = sim_config().bot_id
 
 FAULTS = ("blackhole", "stop_acks", "reconnect", "close_4009")
 
@@ -267,6 +271,8 @@ async def test_restart_resumes_the_stored_session(sim: Simulator, tmp_path: Path
     finally:
         assert await second.stop() == 0, second.describe()
     assert not set(before) & set(second.handled()), "handled again after the restart"
+    # no READY in the second process, yet its connect hook knows the bot's own user
+    assert [r["self"] for r in second.records if r.get("hook") == "connect"] == [BOT_USER]
     _assert_once(second)
     assert len(sim.sessions_created) == 1  # the second process resumed it
 

@@ -110,6 +110,9 @@ _NOT_FROM_SERVICE: Final = frozenset({"log_format", "log_level"})
 _CLOSE_MARGIN: Final = 5.0
 #: Startup asks ``GET /users/@me`` for at most this long (best effort, see BotRunner.start).
 _ME_TIMEOUT: Final = 5.0
+#: ... and, while it keeps failing, again before a message event at most this often (seconds):
+#: each attempt holds up the shard's events for up to _ME_TIMEOUT.
+_ME_RETRY: Final = 30.0
 #: A start that failed on something that may pass (the token endpoint down) is tried again
 #: after 2, 4, 8, ... seconds, at most a minute apart (the client's own token retries come
 #: first: TokenManager tries 3 times at startup).
@@ -202,6 +205,7 @@ class BotRunner:
         self._stopping = False  # stop() was called: no further start
         self._retry: asyncio.Task[bool] | None = None
         self._attempts = 0
+        self._me_asked: float | None = None
         #: NoneBot's handling of each event runs in its own task, as in the original adapter
         #: (matchers of different events run concurrently); at most this many at once, then
         #: the client's handler queue takes the backpressure (and, full, resumes later).
@@ -401,10 +405,15 @@ class BotRunner:
         elif event.type == "RESUMED" and event.session_id is not None:
             bot._session_id = event.session_id  # what on_ready would have set
         if bot._self_info is None and isinstance(nb_event, GuildMessageEvent | QQMessageEvent):
-            # A session resumed from the store has had no READY in this process: the @-me
-            # check needs the bot's own user, as the original's webhook path fetches it.
-            with contextlib.suppress(Exception):
-                bot.self_info = await bot.me()
+            # A session resumed from the store has had no READY in this process and the
+            # startup's GET /users/@me failed: the @-me check needs the bot's own user, as
+            # the original's webhook path fetches it. Asked again at most every _ME_RETRY.
+            now = asyncio.get_running_loop().time()
+            if self._me_asked is None or now - self._me_asked >= _ME_RETRY:
+                self._me_asked = now
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_ME_TIMEOUT):
+                        bot.self_info = await bot.me()
         if isinstance(nb_event, MessageAuditEvent):
             audit_result.add_result(nb_event)
         while len(self._tasks) >= self._max_tasks:

@@ -22,9 +22,16 @@ def _say(record: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _self(bot: Bot) -> str | None:
+    try:
+        return str(bot.self_info.id)
+    except RuntimeError:  # the original's "Bot ... is not connected!"
+        return None
+
+
 @driver.on_bot_connect
 async def connected(bot: Bot) -> None:
-    _say({"hook": "connect", "bot": bot.self_id, "t": time.monotonic()})
+    _say({"hook": "connect", "bot": bot.self_id, "self": _self(bot), "t": time.monotonic()})
 
 
 @driver.on_bot_disconnect
