@@ -390,3 +390,43 @@ async def test_token_endpoint_down_at_startup_is_retried(sim: Simulator) -> None
     finally:
         await bot.stop()
     assert not [line for line in bot.log if "[ERROR]" in line], "\n".join(bot.log)
+
+
+_API_BASE_PROBE = """
+import nonebot
+from qqbot_gateway.integrations.nonebot import Adapter
+nonebot.init()
+print(Adapter(nonebot.get_driver()).get_api_base())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "https://api.bot.qq.com/"),
+        ({"QQ_IS_SANDBOX": "true"}, "https://sandbox.api.sgroup.qq.com/"),
+        ({"QQ_IS_SANDBOX": "true", "QQ_API_BASE": "http://127.0.0.1:1/"}, "http://127.0.0.1:1/"),
+    ],
+)
+async def test_api_base_and_sandbox(env: dict[str, str], expected: str) -> None:
+    """QQ_API_BASE as in the original; QQ_IS_SANDBOX (older versions' key) picks the sandbox
+    OpenAPI when no QQ_API_BASE is given."""
+    import os
+    import sys
+
+    from tests.nonebot_harness import ROOT
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("QQ_", "QQBOT_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _API_BASE_PROBE,
+        cwd=str(ROOT),
+        env={**clean, "DRIVER": "~aiohttp", "PYTHONPATH": str(ROOT), **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip().splitlines()[-1] == expected

@@ -53,6 +53,7 @@ from dataclasses import replace
 from typing import Any, Final
 
 import aiohttp
+from nonebot import get_plugin_config
 from nonebot.adapters.qq import Adapter as OriginalAdapter
 from nonebot.adapters.qq import Bot, ReadyEvent
 from nonebot.adapters.qq.config import BotInfo
@@ -69,6 +70,7 @@ from nonebot.drivers import (
     Response,
 )
 from nonebot.log import LoguruHandler, logger
+from pydantic import BaseModel
 from typing_extensions import override
 
 from qqbot_gateway.adapter import events as ev
@@ -82,7 +84,7 @@ from qqbot_gateway.adapter.types import Secret
 from qqbot_gateway.config import ENV_PREFIX, SETTING_NAMES, ConfigError, Settings, load_settings
 from qqbot_gateway.telemetry import Telemetry, TelemetryConfigError
 
-__all__ = ["SANDBOX_API_BASE", "Adapter", "BotRunner", "gateway_settings"]
+__all__ = ["SANDBOX_API_BASE", "Adapter", "BotRunner", "SandboxConfig", "gateway_settings"]
 
 _log = logging.getLogger("qqbot_gateway.nonebot")
 
@@ -181,6 +183,12 @@ def gateway_settings(
     if not info.use_websocket:  # callbacks have no shards: one logical shard 0
         settings = replace(settings, shard_count=1, shard_ids=(0,))
     return settings, warnings
+
+
+class SandboxConfig(BaseModel):
+    """``QQ_IS_SANDBOX``: a key of older nonebot-adapter-qq versions, read the same way."""
+
+    qq_is_sandbox: bool = False
 
 
 class BotRunner:
@@ -482,6 +490,7 @@ class Adapter(OriginalAdapter):
     @override
     def __init__(self, driver: Driver, **kwargs: Any) -> None:
         self.runners: list[BotRunner] = []
+        self.sandbox = get_plugin_config(SandboxConfig).qq_is_sandbox
         super().__init__(driver, **kwargs)
 
     @override
@@ -506,8 +515,7 @@ class Adapter(OriginalAdapter):
 
     @override
     def get_api_base(self) -> URL:
-        sandbox = _flag(getattr(self.config, "qq_is_sandbox", False))
-        if sandbox and "qq_api_base" not in self.qq_config.model_fields_set:
+        if self.sandbox and "qq_api_base" not in self.qq_config.model_fields_set:
             return URL(SANDBOX_API_BASE)
         return URL(str(self.qq_config.qq_api_base))
 
@@ -581,12 +589,6 @@ class Adapter(OriginalAdapter):
     async def shutdown(self) -> None:
         runners, self.runners = self.runners, []
         await asyncio.gather(*(r.stop() for r in runners), return_exceptions=True)
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def _route_library_logs() -> None:
