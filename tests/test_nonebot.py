@@ -299,7 +299,8 @@ async def test_bad_credentials_are_one_error_line(sim: Simulator) -> None:
 
 @pytest.mark.slow
 async def test_fatal_close_code_stops_the_bot_with_one_line(sim: Simulator) -> None:
-    bot = await NoneBotProcess(bot_env(sim)).start()
+    port = _free_port()
+    bot = await NoneBotProcess(bot_env(sim, extra={"QQBOT_HTTP_ADDR": f"127.0.0.1:{port}"})).start()
     try:
         await bot.connected()
         opened = len(sim.connections)
@@ -307,6 +308,11 @@ async def test_fatal_close_code_stops_the_bot_with_one_line(sim: Simulator) -> N
         await bot.until(lambda: "disconnect" in bot.hooks(), 10, "the disconnect hook")
         await asyncio.sleep(4 * INTERVAL)
         assert len(sim.connections) == opened, "reconnected after a fatal close"
+        async with aiohttp.ClientSession() as http:  # the liveness probe fails: restart me
+            async with http.get(f"http://127.0.0.1:{port}/healthz?verbose") as resp:
+                body = await resp.text()
+                assert resp.status == 503, body
+                assert "stopped for good" in body
     finally:
         await bot.stop()
     errors = [line for line in bot.log if "[ERROR]" in line]
