@@ -436,3 +436,25 @@ async def test_api_base_and_sandbox(env: dict[str, str], expected: str) -> None:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip().splitlines()[-1] == expected
+
+
+@pytest.mark.slow
+async def test_slow_matchers_meet_the_bounded_queue(sim: Simulator, tmp_path: Path) -> None:
+    """A slow plugin under a burst: at most QQBOT_HANDLER_QUEUE_SIZE events are in NoneBot's
+    hands, the client's queue takes the rest and, full, lets QQ replay them after a resume:
+    every message is handled once and answered, memory stays bounded."""
+    env = bot_env(
+        sim,
+        state_dir=tmp_path / "state",
+        extra={"QQBOT_HANDLER_QUEUE_SIZE": "4", "NB_MATCHER_SLEEP": str(0.5 * INTERVAL)},
+    )
+    bot = await NoneBotProcess(env).start()
+    try:
+        await bot.connected()
+        ids = await emit(sim, 0, 24, prefix="S")
+        await _all_handled_and_replied(bot, sim, ids)
+    finally:
+        assert await bot.stop() == 0, bot.describe()
+    _assert_once(bot)
+    assert any("handler_backpressure" in line for line in bot.log), "no backpressure"
+    assert len(sim.sessions_created) == 1  # backpressure resumed; it never re-identified
