@@ -28,6 +28,7 @@ import pytest
 from qqbot_gateway.simulator import Simulator
 from qqbot_gateway.simulator.records import DispatchRecord
 from qqbot_gateway.simulator.webhook import WebhookDeliverer
+from tests import nonebot_harness
 from tests.gateway_harness import APP_ID, INTERVAL, SECRET, poll_until, sim_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,7 @@ CASES = {
     "webhook_bot.py": "webhook",
     "webhook_own_server.py": "webhook",
     "handlers.py": "websocket",
+    "nonebot_bot.py": "nonebot",
 }
 STARTUP = 60.0  # seconds: an interpreter start and a first session on a loaded machine
 STOP = 30.0
@@ -62,6 +64,11 @@ async def sim() -> AsyncIterator[Simulator]:
         yield simulator
     finally:
         await simulator.stop()
+
+
+async def _emit_nonebot(sim: Simulator) -> list[DispatchRecord]:
+    event_type, data = nonebot_harness.message("c2c", 1, prefix="EX")
+    return await sim.emit_event(event_type, data, event_id=f"{event_type}:{data['id']}")
 
 
 def _replies(sim: Simulator) -> list[str]:
@@ -93,6 +100,13 @@ async def test_example_runs_against_the_simulator(
     }
     if transport == "webhook":
         env |= {"QQBOT_TRANSPORT": "webhook", "QQBOT_WEBHOOK_ADDR": f"127.0.0.1:{webhook_port}"}
+    if transport == "nonebot":
+        # NoneBot's own configuration keys, as a NoneBot user has them in .env; the session
+        # store and the side server through QQBOT_* as for every example.
+        env = nonebot_harness.bot_env(sim, state_dir=tmp_path / "state") | {
+            "QQBOT_HTTP_ADDR": f"127.0.0.1:{http_port}",
+            "PYTHONPATH": str(ROOT),
+        }
     if name == "handlers.py":
         argv = [sys.executable, "-m", "qqbot_gateway", "run", "--handler", "handlers:echo"]
         argv.append("--print-events")
@@ -108,8 +122,15 @@ async def test_example_runs_against_the_simulator(
         return f"stdout:\n{stdout.read_text()}\nstderr:\n{stderr.read_text()[-3000:]}"
 
     try:
-        if transport == "websocket":
-            records: list[DispatchRecord] = []
+        records: list[DispatchRecord] = []
+        if transport == "nonebot":
+            # A message shaped as QQ sends it (nonebot-adapter-qq's models need every field).
+            async with asyncio.timeout(STARTUP):
+                while not (records := await _emit_nonebot(sim)):
+                    assert proc.returncode is None, output()
+                    await asyncio.sleep(0.05)
+            content = None
+        elif transport == "websocket":
             async with asyncio.timeout(STARTUP):
                 while not records:  # emits only once a live (READY) session exists
                     assert proc.returncode is None, output()

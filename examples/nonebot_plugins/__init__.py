@@ -1,0 +1,1 @@
+"""NoneBot plugins of examples/nonebot_bot.py."""
