@@ -96,3 +96,28 @@ async def test_control_api_emits_them_and_handlers_get_them_unchanged() -> None:
         assert _dispatched(registry, "other") in (None, 0.0)  # a handful of types: no folding
     finally:
         await stop_harness(h)
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    [
+        "C2C_MESSAGE_CREATE",
+        "GROUP_AT_MESSAGE_CREATE",
+        "GROUP_MESSAGE_CREATE",
+        "AT_MESSAGE_CREATE",
+        "DIRECT_MESSAGE_CREATE",
+    ],
+)
+def test_generated_messages_parse_with_nonebot_adapter_qq_models(event_type: str) -> None:
+    """The simulator's messages carry every field QQ sends that nonebot-adapter-qq 1.7.3's
+    models require (message_scene.ext, a group author's bot and member_role, ...): NoneBot bots
+    see the simulator's traffic as they see QQ's, not as parse warnings."""
+    pytest.importorskip("nonebot.adapters.qq")
+    from nonebot.adapters.qq.event import EVENT_CLASSES
+    from nonebot.compat import type_validate_python
+
+    factory = EventFactory(random.Random(5))
+    event_id, data = factory.build(event_type, bot_id="11111111111111111111")
+    cls = EVENT_CLASSES[event_type]
+    event = type_validate_python(cls, {**data, "event_id": event_id, "__type__": event_type})
+    assert event.get_plaintext().strip() != "" or event_type == "DIRECT_MESSAGE_CREATE"

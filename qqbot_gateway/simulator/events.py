@@ -105,21 +105,28 @@ class EventFactory:
                 "content": content,
                 "id": self.message_id(),
                 "timestamp": ts,
-                "message_scene": {"source": "default"},
+                "message_scene": {"source": "default", "ext": []},
                 "message_type": 0,
             }
         elif event_type in ("GROUP_AT_MESSAGE_CREATE", "GROUP_MESSAGE_CREATE"):
             member = rng.choice(self.user_openids)
             group = rng.choice(self.group_openids)
             d = {
-                "author": {"id": member, "member_openid": member, "union_openid": member},
+                # As QQ sends it (nonebot-adapter-qq's models require bot and member_role).
+                "author": {
+                    "id": member,
+                    "member_openid": member,
+                    "union_openid": member,
+                    "bot": False,
+                    "member_role": "member",
+                },
                 # An @-message's text starts after the (removed) mention; a plain one does not.
                 "content": f" {content}" if event_type == "GROUP_AT_MESSAGE_CREATE" else content,
                 "group_id": group,
                 "group_openid": group,
                 "id": self.message_id(),
                 "timestamp": ts,
-                "message_scene": {"source": "default"},
+                "message_scene": {"source": "default", "ext": []},
                 "message_type": 0,
             }
         elif event_type in ("AT_MESSAGE_CREATE", "DIRECT_MESSAGE_CREATE"):
