@@ -47,7 +47,8 @@ _log = logging.getLogger("qqbot_gateway.shard")
 
 #: An ownership check: awaited before each connection attempt; raising stops the shard.
 Guard = Callable[[], Awaitable[None]]
-#: When the shard stops itself (a control-path failure), handlers get this long to drain.
+#: When the shard stops itself (a control-path failure), handlers get this long to drain: the
+#: default of ``QQBotClient.close``, as a shutdown would give them.
 _FAILURE_DRAIN: Final = 5.0
 
 
