@@ -215,3 +215,38 @@ async def test_an_ownership_guard_that_refuses_stops_the_shard_before_it_connect
         assert "PermissionError: the lease on shard 0 belongs to another process" in reason
         assert [s.reason for s in stopped] == ["crashed"]
         assert any("the lease on shard 0" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+async def test_webhook_mode_a_broken_checkpoint_writer_turns_the_handlers_red(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = SimulatorConfig(app_id="1024", heartbeat_interval_ms=1000)
+    async with Simulator(config) as sim:
+        client = QQBotClient(
+            ClientConfig(
+                app_id=sim.config.app_id,
+                client_secret=Secret(sim.config.client_secret),
+                api_base=sim.base_url,
+                token_url=sim.token_url,
+                state_dir=str(tmp_path),
+                mode="webhook",
+                checkpoint_interval=0.01,
+            )
+        )
+        await client.start()
+        try:
+            intake = client.webhook
+            assert intake is not None and intake.status().handlers_alive
+
+            def broken(self: Checkpointer) -> tuple[str | None, int]:
+                raise RuntimeError("injected into the webhook checkpoint path")
+
+            monkeypatch.setattr(Checkpointer, "position", broken)
+            async with asyncio.timeout(WAIT):
+                while intake.status().handlers_alive:  # noqa: ASYNC110 - a status to poll
+                    await asyncio.sleep(0.02)
+        finally:
+            await client.close(drain_timeout=1.0)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any("injected into the webhook checkpoint path" in e for e in errors), errors
