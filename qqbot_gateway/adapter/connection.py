@@ -29,6 +29,7 @@ from aiohappyeyeballs import AddrInfoType
 
 from . import events as ev
 from . import protocol as p
+from .errors import ConnectError
 from .protocol import GatewayEvent
 from .session import (
     RESUMABLE_CLOSE_CODE,
@@ -46,7 +47,14 @@ from .session import (
 from .types import TransportConfig
 from .waiting import loop_clock
 
-__all__ = ["ConnectError", "GatewayConnection", "TransportConfig", "make_socket_factory"]
+__all__ = [
+    "CONTROL_KINDS",
+    "ConnectError",
+    "Control",
+    "GatewayConnection",
+    "TransportConfig",
+    "make_socket_factory",
+]
 
 _log = logging.getLogger("qqbot_gateway.connection")
 
@@ -54,6 +62,13 @@ _log = logging.getLogger("qqbot_gateway.connection")
 _WS = aiohttp.ClientWebSocketResponse[Literal[False]]
 #: Read per frame: a module global, not an enum member lookup (about 70 ns each in 3.11).
 _TEXT: Final = aiohttp.WSMsgType.TEXT
+#: What the session says that the adapter needs in order to work: READY and RESUMED (the
+#: supervisor's state, the restored session's verdict), a zombie verdict (its WARNING line) and a
+#: dropped duplicate (its place in the checkpoint watermark). These go to ``control`` by a direct
+#: call, after the observers' bus had them; an exception there is not the bus's to swallow.
+CONTROL_KINDS: Final = frozenset(
+    {ev.SessionReady, ev.SessionResumed, ev.ZombieDetected, ev.DuplicateDropped}
+)
 
 
 def make_socket_factory(cfg: TransportConfig) -> Callable[[AddrInfoType], socket.socket]:
@@ -86,17 +101,16 @@ def apply_socket_options(sock: socket.socket, cfg: TransportConfig) -> None:
         )
 
 
-class ConnectError(Exception):
-    """The WebSocket could not be opened. ``detail`` never contains a token."""
-
-    def __init__(self, detail: str, *, status: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.status = status
+#: The direct call for the kinds in :data:`CONTROL_KINDS`.
+Control = Callable[[ev.LifecycleEvent], None]
 
 
 class GatewayConnection:
-    """One WebSocket connection, from open to gone. Use once: ``outcome = await conn.run()``."""
+    """One WebSocket connection, from open to gone. Use once: ``outcome = await conn.run()``.
+
+    ``control`` gets the session's events of :data:`CONTROL_KINDS` by a direct call, after the
+    bus: an exception it raises propagates (the caller owns the failure; the supervisor stops
+    the shard with it)."""
 
     def __init__(
         self,
@@ -108,8 +122,10 @@ class GatewayConnection:
         transport: TransportConfig,
         bus: ev.EventBus,
         deliver: Callable[[GatewayEvent], None],
+        control: Control | None = None,
     ) -> None:
         self._session = session
+        self._control = control
         self._http = ws_http
         self._url = url
         self._token = token
@@ -234,12 +250,7 @@ class GatewayConnection:
                 self._poke.set()
         except Exception as exc:  # noqa: BLE001 - the reader must never die silently
             _log.warning("gateway reader failed: %s", type(exc).__name__, exc_info=True)
-            self._execute(
-                self._session.close_requested(
-                    p.NETWORK_ERROR, f"reader failed: {exc!r}", abort=True
-                )
-            )
-            self._done.set()
+            self._link_failed(exc, "reader")
 
     async def _timer_loop(self) -> None:
         try:
@@ -290,9 +301,13 @@ class GatewayConnection:
     def _apply(self, action: LocalAction) -> None:
         match action:
             case Emit():
-                if isinstance(action.event, ev.PingLayerChanged):
-                    self._log_ping_layer(action.event)
-                self._bus.emit(action.event)
+                event = action.event
+                if isinstance(event, ev.PingLayerChanged):
+                    self._log_ping_layer(event)
+                self._bus.emit(event)
+                control = self._control
+                if control is not None and type(event) in CONTROL_KINDS:
+                    control(event)
             case Deliver():
                 self._deliver(action.event)
             case Close():
@@ -349,18 +364,8 @@ class GatewayConnection:
         try:
             async with self._send_lock, asyncio.timeout(self._cfg.send_timeout):
                 await frame()
-        except TimeoutError:
-            self._execute(
-                self._session.close_requested(
-                    p.NETWORK_ERROR, f"send timed out after {self._cfg.send_timeout:g}s", abort=True
-                )
-            )
-        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
-            self._execute(
-                self._session.close_requested(
-                    p.NETWORK_ERROR, f"send failed: {type(exc).__name__}", abort=True
-                )
-            )
+        except (aiohttp.ClientError, OSError) as exc:  # OSError: TimeoutError, ConnectionError
+            self._link_failed(exc, "send")
 
     # --- ending --------------------------------------------------------------------------
     def _server_gone(self, code: int | None, detail: str) -> None:
@@ -368,13 +373,23 @@ class GatewayConnection:
         self._done.set()
 
     def _on_error(self, exc: Any) -> None:
+        self._link_failed(exc, "WebSocket")
+
+    def _link_failed(self, exc: BaseException, during: str) -> None:
+        """The one mapping of a failure on the open link (aiohttp's, the socket's, a timeout)
+        to the session's verdict: a close reason and detail; the link is aborted. (Opening the
+        link has its own, in :meth:`run`: :class:`~.errors.ConnectError`.)"""
         if (
             isinstance(exc, aiohttp.WebSocketError)
             and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
         ):
             reason, detail = p.PROTOCOL_ERROR, f"frame over {self._cfg.max_frame_size} bytes"
+        elif isinstance(exc, TimeoutError) and during == "send":
+            reason, detail = p.NETWORK_ERROR, f"send timed out after {self._cfg.send_timeout:g}s"
+        elif during == "reader":
+            reason, detail = p.NETWORK_ERROR, f"reader failed: {exc!r}"
         else:
-            reason, detail = p.NETWORK_ERROR, f"WebSocket error: {type(exc).__name__}"
+            reason, detail = p.NETWORK_ERROR, f"{during} failed: {type(exc).__name__}"
         self._execute(self._session.close_requested(reason, detail, abort=True))
         self._done.set()
 

@@ -31,7 +31,9 @@ through::
                   v
               DISCONNECTED  -> an Outcome telling the supervisor what to do next
 
-Liveness is layered; every verdict is taken here, with explicit times, and every timer is a
+Liveness is layered; every verdict is taken in the sans-I/O core (the layers' rules are the
+pure :mod:`.liveness` module, which the session consults per connection; the phases of a
+connection are the data table :data:`PHASE_TRANSITIONS`), with explicit times, and every timer is a
 fraction of the server's heartbeat interval H (or derived from a measured round-trip time and
 then floored and capped in H), so a test at H = 1 s runs exactly the production logic
 (:class:`LivenessConfig`):
@@ -65,18 +67,33 @@ from __future__ import annotations
 import enum
 import math
 import platform
-from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
 
 from . import events as ev
 from . import protocol as p
+from .actions import (
+    Action,
+    Close,
+    Deliver,
+    Emit,
+    LocalAction,
+    Outcome,
+    Send,
+    SendPing,
+    TuneSocket,
+)
+from .callbacks import CallbackAcceptor
+from .liveness import Link, Liveness, PingState, RttEstimator
 from .protocol import CloseAction, GatewayEvent, Op, new_event
+from .types import DEFAULT_DEDUPE_WINDOW, DedupeWindow, LivenessConfig
 
 __all__ = [
+    "PHASE_TRANSITIONS",
     "Action",
     "Close",
     "Deliver",
@@ -91,6 +108,7 @@ __all__ = [
     "Send",
     "SendPing",
     "TuneSocket",
+    "next_phase",
 ]
 
 #: Close code we use for every close we start ourselves. Anything but 1000/1001 keeps the
@@ -101,188 +119,38 @@ RESUMABLE_CLOSE_CODE: Final = 4000
 ABNORMAL_CLOSURE: Final = 1006
 
 
-@dataclass(frozen=True, slots=True)
-class LivenessConfig:
-    """Timing rules. Every timer is a fraction of the heartbeat interval H from Hello (after
-    clamping H), or derived from a measured round-trip time and then floored and capped in H.
-
-    ``None`` disables a layer where allowed (the ACK layer is the one the protocol itself
-    defines and cannot be disabled). The defaults come from the numbers in
-    ``benchmarks/bench_detection.md``: a half-open link is declared dead within
-    ``ping_quiet + ping_timeout_min`` (0.35 H) while the ping layer is armed, a server that
-    stops ACKing within ``1 + ack_timeout_min`` (1.4 H), with no false positive over a
-    10-minute run with ACK and pong latency of median 50 ms, jitter to 10x, 1 % spikes to
-    0.2 H and 100 ms event loop stalls, at H = 1 s.
-    """
-
-    #: ACK deadline per heartbeat, in H: RFC 6298 RTO of the ACK RTT, clamped into
-    #: [min, max]. The floor 0.4 H: with ``ack_probes`` = 2, a false positive needs the ACK
-    #: late by more than 0.4 H *and* both probes' ACKs late by 0.27 H and 0.13 H (about 3e-6 per
-    #: heartbeat under the benchmark's latency model); it bounds "server stops ACKing" to 1.4 H.
-    #: The cap 0.9 H: a measured RTT can stretch the deadline that far, never into the next
-    #: heartbeat.
-    ack_timeout_min: float = 0.4
-    ack_timeout_max: float = 0.9
-    #: Extra heartbeats sent while a heartbeat waits for its ACK, evenly inside the deadline.
-    ack_probes: int = 2
-    #: The WebSocket ping layer. False switches it off (``QQBOT_WS_PING=off``).
-    ws_ping: bool = True
-    #: Probe after this much silence, in H (and again after each such silence). 0.05 H: one
-    #: ping per ~2 s of silence at QQ's 41.25 s, negligible; several pings in flight before a
-    #: verdict, so one slow pong is not a false positive.
-    ping_quiet: float = 0.05
-    #: Pong deadline, in H: RFC 6298 RTO of the ping RTT clamped into [min, max]. 0.3 H floor:
-    #: at H = 1 s it tolerates the benchmark's 10x jitter (500 ms pongs) because six pings sent
-    #: into the silence must all be late; 0.45 cap keeps ping_quiet + deadline within 0.5 H.
-    ping_timeout_min: float = 0.3
-    ping_timeout_max: float = 0.45
-    #: The layer stands by (``suspended``) while the smoothed ping RTT exceeds this, in H, and
-    #: arms again below 3/4 of it: a link that slow leaves the pong deadline no margin over
-    #: the RTT. Judged on the smoothed RTT, not on the RTO, so jitter alone never suspends it.
-    ping_suspend_rtt: float = 0.2
-    #: Pings that go without a pong for ``ping_lost_after`` x H while other frames prove the
-    #: link alive, in a row, after which the layer turns itself off for the connection.
-    ping_unanswered_limit: int = 3
-    ping_lost_after: float = 1.0
-    #: No frame at all for this many intervals makes a zombie. 2.5: the backstop behind the
-    #: ACK layer (which judges by 1.9 H at most); a healthy link is never silent that long.
-    idle_timeout_factor: float | None = 2.5
-    #: Absolute cap on the idle deadline, whatever the interval.
-    idle_timeout_max: float = 180.0
-    #: TCP_USER_TIMEOUT set on the socket after Hello: this many H, at least the floor in
-    #: seconds (kernel retransmissions need time on a lossy but live link). 1 H: the kernel
-    #: layer never fires before the ping layer, and bounds a starved loop's dead socket.
-    tcp_user_timeout_factor: float | None = 1.0
-    tcp_user_timeout_min: float = 1.0
-    #: Hello's interval is clamped into this range: a malformed tiny value must never become
-    #: a heartbeat storm, a huge one must not disable liveness.
-    min_heartbeat_interval: float = 0.2
-    max_heartbeat_interval: float = 120.0
-    #: Seconds from the WebSocket opening to op 10 Hello.
-    hello_timeout: float | None = 10.0
-    #: Seconds from Identify/Resume to READY/RESUMED; None derives 2 x interval within
-    #: [handshake_timeout_min, handshake_timeout_max] (a resume replays a backlog first).
-    handshake_timeout: float | None = None
-    handshake_timeout_min: float = 5.0
-    handshake_timeout_max: float = 60.0
-    #: Consecutive failed resumes after which the session is dropped and we identify.
-    max_resume_failures: int = 3
-    #: Consecutive identifies answered by op 9 before READY after which we stop: the intents
-    #: are not granted to this bot (a configuration error, not something to retry).
-    max_identify_rejections: int = 3
-
-    def __post_init__(self) -> None:
-        if not 0 < self.ack_timeout_min <= self.ack_timeout_max < 1.0:
-            raise ValueError("need 0 < ack_timeout_min <= ack_timeout_max < 1 (in intervals)")
-        if not 0 <= self.ack_probes <= 10:
-            raise ValueError("ack_probes must be between 0 and 10")
-        if not 0 < self.ping_quiet < 1.0:
-            raise ValueError("ping_quiet must be between 0 and 1 (in intervals)")
-        if not 0 < self.ping_timeout_min <= self.ping_timeout_max < 1.0:
-            raise ValueError("need 0 < ping_timeout_min <= ping_timeout_max < 1 (in intervals)")
-        if not 0 < self.ping_suspend_rtt < self.ping_timeout_max:
-            raise ValueError("need 0 < ping_suspend_rtt < ping_timeout_max (in intervals)")
-        if self.ping_unanswered_limit < 1:
-            raise ValueError("ping_unanswered_limit must be at least 1")
-        if self.ping_lost_after <= self.ping_timeout_max:
-            raise ValueError("ping_lost_after must exceed ping_timeout_max (in intervals)")
-        if self.idle_timeout_factor is not None and self.idle_timeout_factor <= 1.0:
-            raise ValueError("idle_timeout_factor must be greater than 1 (or None to disable)")
-        if self.tcp_user_timeout_factor is not None and self.tcp_user_timeout_factor <= 0:
-            raise ValueError("tcp_user_timeout_factor must be positive (or None to disable)")
-        if not 0 < self.min_heartbeat_interval <= self.max_heartbeat_interval:
-            raise ValueError("need 0 < min_heartbeat_interval <= max_heartbeat_interval")
-        for name in ("hello_timeout", "handshake_timeout"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive (or None)")
-        if self.max_resume_failures < 1 or self.max_identify_rejections < 1:
-            raise ValueError("max_resume_failures and max_identify_rejections must be >= 1")
-
-    @property
-    def ack_miss_limit(self) -> int:
-        """Heartbeats outstanding (the heartbeat and its probes) when the ACK layer fires."""
-        return 1 + self.ack_probes
-
-    def handshake_deadline(self, interval: float) -> float:
-        if self.handshake_timeout is not None:
-            return self.handshake_timeout
-        return min(max(2.0 * interval, self.handshake_timeout_min), self.handshake_timeout_max)
-
-    def idle_deadline(self, interval: float) -> float | None:
-        if self.idle_timeout_factor is None:
-            return None
-        return min(self.idle_timeout_factor * interval, self.idle_timeout_max)
-
-    def ack_deadline(self, interval: float, rto: float | None) -> float:
-        """Seconds a heartbeat may wait for its ACK (probes included)."""
-        return _clamp(rto, self.ack_timeout_min * interval, self.ack_timeout_max * interval)
-
-    def pong_deadline(self, interval: float, rto: float | None) -> float:
-        """Seconds the first ping sent into a silence may wait for any frame."""
-        return _clamp(rto, self.ping_timeout_min * interval, self.ping_timeout_max * interval)
-
-    def worst_case(self, interval: float) -> dict[str, float]:
-        """Worst-case detection per layer at the floors, in seconds (for reports)."""
-        out = {
-            p.PING_TIMEOUT: (self.ping_quiet + self.ping_timeout_min) * interval,
-            p.ACK_TIMEOUT: (1.0 + self.ack_timeout_min) * interval,
-        }
-        idle = self.idle_deadline(interval)
-        if idle is not None:
-            out[p.IDLE_TIMEOUT] = idle
-        return out
-
-    def tcp_user_timeout(self, interval: float) -> float | None:
-        if self.tcp_user_timeout_factor is None:
-            return None
-        return max(self.tcp_user_timeout_factor * interval, self.tcp_user_timeout_min)
-
-
-def _clamp(value: float | None, low: float, high: float) -> float:
-    return low if value is None else min(max(value, low), high)
-
-
-class RttEstimator:
-    """RFC 6298 section 2: smoothed RTT and RTT variance (alpha 1/8, beta 1/4)."""
-
-    __slots__ = ("rttvar", "samples", "srtt")
-
-    def __init__(self) -> None:
-        self.srtt: float | None = None
-        self.rttvar = 0.0
-        self.samples = 0
-
-    def sample(self, rtt: float) -> None:
-        rtt = max(rtt, 0.0)
-        self.samples += 1
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-            return
-        self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-        self.srtt = 0.875 * self.srtt + 0.125 * rtt
-
-    def rto(self) -> float | None:
-        """srtt + 4 x rttvar, or None before the first sample."""
-        return None if self.srtt is None else self.srtt + 4 * self.rttvar
-
-
-class PingState(enum.Enum):
-    """The WebSocket ping layer of one connection."""
-
-    OFF = "off"  # switched off by configuration
-    CALIBRATING = "calibrating"  # pinging, judging nothing until a first pong
-    ARMED = "armed"  # the server answers pings: a silent link past the deadline is dead
-    SUSPENDED = "suspended"  # measured RTT exceeds the cap: standing by, not judging
-    DISABLED = "disabled"  # pings go unanswered while the link is alive: off for this conn
-
-
 class Phase(enum.Enum):
     DISCONNECTED = "disconnected"
     AWAIT_HELLO = "await_hello"
     AWAIT_READY = "await_ready"
     READY = "ready"
     CLOSING = "closing"
+
+
+#: The phase transitions of one connection as data, in h11's manner (``h11/_state.py``):
+#: (phase, what happened) -> the next phase. What happened: ``connect`` (a new WebSocket),
+#: ``hello`` (op 10), ``ready`` (READY or RESUMED), ``close`` (we decided to close: a verdict, op
+#: 7, op 9, a request; deciding again while closing keeps closing) and ``lost`` (the connection is
+#: gone). Every change of phase goes through :func:`next_phase`, so a pair not in the table is a
+#: bug that fails loudly instead of a state no rule covers. The module docstring draws it.
+PHASE_TRANSITIONS: Final[Mapping[tuple[Phase, str], Phase]] = MappingProxyType(
+    {
+        (Phase.DISCONNECTED, "connect"): Phase.AWAIT_HELLO,
+        (Phase.AWAIT_HELLO, "hello"): Phase.AWAIT_READY,
+        (Phase.AWAIT_READY, "ready"): Phase.READY,
+        (Phase.READY, "ready"): Phase.READY,  # a second READY: the session id it names wins
+        **{(phase, "close"): Phase.CLOSING for phase in Phase if phase is not Phase.DISCONNECTED},
+        **{(phase, "lost"): Phase.DISCONNECTED for phase in Phase},
+    }
+)
+
+
+def next_phase(phase: Phase, happened: str) -> Phase:
+    """The phase after ``happened`` in ``phase`` (:data:`PHASE_TRANSITIONS`)."""
+    try:
+        return PHASE_TRANSITIONS[phase, happened]
+    except KeyError:
+        raise RuntimeError(f"no phase transition for {happened!r} in {phase.value}") from None
 
 
 # The per-frame path compares against these module constants: reading a member off an enum
@@ -294,92 +162,14 @@ _OP_DISPATCH: Final = int(Op.DISPATCH)
 _OP_HEARTBEAT_ACK: Final = int(Op.HEARTBEAT_ACK)
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
-    payload: dict[str, Any]
-
-
-# Deliver and Emit are made once per dispatched event: plain slots classes (a frozen
-# dataclass's __init__ costs several times more); nobody keeps or mutates an action.
-@dataclass(slots=True)
-class Deliver:
-    event: GatewayEvent
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    reason: str
-    code: int
-    abort: bool
-    detail: str
-
-
-@dataclass(slots=True)
-class Emit:
-    event: ev.LifecycleEvent
-
-
-@dataclass(frozen=True, slots=True)
-class SendPing:
-    """Send a WebSocket ping with this payload; report its pong with ``receive_pong``."""
-
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TuneSocket:
-    """Set ``TCP_USER_TIMEOUT`` on the connection's socket (seconds; None leaves it)."""
-
-    tcp_user_timeout: float | None
-
-
-#: The actions a driver can run without awaiting anything (no frame to write).
-LocalAction = TuneSocket | Deliver | Close | Emit
-#: Every action: a closed union; a driver matches it exhaustively (``assert_never``).
-Action = Send | SendPing | LocalAction
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What ended a connection, and what the supervisor should do about it."""
-
-    reason: str
-    close_code: int | None
-    detail: str
-    action: CloseAction
-    #: True if the next connection will try to resume.
-    resumable: bool
-    #: The connection reached READY/RESUMED.
-    was_ready: bool
-    fatal_message: str | None = None
-
-
-@dataclass(slots=True)
-class _Conn:
-    """State that lives and dies with one connection."""
+@dataclass(slots=True, kw_only=True)
+class _Conn(Link):
+    """State that lives and dies with one connection: the liveness state (:class:`Link`) and
+    the protocol's."""
 
     opened_at: float
     token: str
     phase: Phase = Phase.AWAIT_HELLO
-    interval: float | None = None
-    hello_at: float | None = None
-    last_frame_at: float = 0.0
-    next_heartbeat_at: float | None = None
-    unacked: int = 0
-    # ACK layer: the oldest unanswered heartbeat of this round, its deadline, probes sent
-    ack_round_at: float | None = None
-    ack_deadline_at: float | None = None
-    probes_sent: int = 0
-    ack_rtt: RttEstimator = field(default_factory=RttEstimator)
-    # send times of the op 1 frames not matched to an op 11 yet (the server answers in order)
-    acks_owed: deque[float] = field(default_factory=deque)
-    # ping layer: payload -> (sent at, pong deadline in seconds), oldest first
-    ping_state: PingState = PingState.OFF
-    pings: dict[bytes, tuple[float, float]] = field(default_factory=dict)
-    ping_counter: int = 0
-    last_ping_at: float | None = None
-    pings_unanswered: int = 0
-    ping_rtt: RttEstimator = field(default_factory=RttEstimator)
     resuming: bool = False
     resume_sent_at: float | None = None
     replayed: int = 0
@@ -404,7 +194,8 @@ class GatewaySession:
         intents: int,
         liveness: LivenessConfig | None = None,
         properties: Mapping[str, Any] | None = None,
-        dedupe_window: int = 4096,
+        dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
+        dedupe: DedupeWindow | None = None,
         stats: ev.ShardStats | None = None,
     ) -> None:
         if not 0 <= shard_id < shard_count:
@@ -413,6 +204,8 @@ class GatewaySession:
         self.shard_count = shard_count
         self.intents = p.parse_intents(intents)
         self.liveness = liveness or LivenessConfig()
+        #: The liveness layers (pure, :mod:`.liveness`), applied to each connection's state.
+        self._layers = Liveness(self.liveness, shard_id)
         self.properties: dict[str, Any] = dict(
             properties
             or {"$os": platform.system().lower(), "$browser": "qqbot-gateway", "$device": ""}
@@ -422,8 +215,10 @@ class GatewaySession:
         self.seq: int = 0
         self.resume_failures = 0
         self.identify_rejections = 0
-        self._recent_ids: OrderedDict[str, None] = OrderedDict()
-        self._dedupe_window = dedupe_window
+        #: Accepted event ids: a redelivery among them is dropped (read on the per-frame path).
+        self._recent_ids = dedupe if dedupe is not None else DedupeWindow(dedupe_window)
+        self._dedupe_window = self._recent_ids.limit
+        self._callbacks: CallbackAcceptor | None = None
         self._conn: _Conn | None = None
         self._backpressure = False
         #: Per-event facts as counters (frames by op, dispatches by type, last frame time).
@@ -478,15 +273,12 @@ class GatewaySession:
 
     def remember_ids(self, event_ids: Iterable[str]) -> None:
         """Add handled event ids (oldest first) to the dedupe window."""
-        for event_id in event_ids:
-            self._recent_ids[event_id] = None
-        while len(self._recent_ids) > self._dedupe_window:
-            self._recent_ids.popitem(last=False)
+        self._recent_ids.remember(event_ids)
 
     def forget_id(self, event_id: str) -> None:
         """Take an accepted id out of the dedupe window again: its callback was answered with a
         retry (the webhook journal could not record it), so the redelivery must be accepted."""
-        self._recent_ids.pop(event_id, None)
+        self._recent_ids.forget(event_id)
 
     def set_backpressure(self, on: bool) -> None:
         """While on, the next dispatch is refused: the connection closes without advancing
@@ -498,7 +290,8 @@ class GatewaySession:
         """A new WebSocket is open. ``token`` is the bare access token."""
         if self._conn is not None and self._conn.phase is not Phase.DISCONNECTED:
             raise RuntimeError("connect() while a connection is still active")
-        self._conn = _Conn(opened_at=now, token=token, last_frame_at=now)
+        phase = next_phase(Phase.DISCONNECTED, "connect")
+        self._conn = _Conn(opened_at=now, token=token, last_frame_at=now, phase=phase)
         return []
 
     def receive(self, data: str | bytes, now: float) -> list[Action]:
@@ -546,7 +339,7 @@ class GatewaySession:
         if phase is _CLOSING:
             return out  # we are tearing this link down; nothing more is acted on
         if op == _OP_HEARTBEAT_ACK:
-            out.extend(self._on_ack(conn, now))
+            out.extend(self._layers.on_ack(conn, now))
         elif op == _OP_DISPATCH and phase is _AWAIT_HELLO:
             detail = "dispatch before Hello"
             out.extend([self._violation(now, detail), self._close(conn, p.PROTOCOL_ERROR, detail)])
@@ -568,20 +361,7 @@ class GatewaySession:
         conn.last_frame_at = now
         if conn.phase is Phase.CLOSING:
             return []
-        sent = conn.pings.pop(bytes(payload), None)
-        if sent is None:
-            return []  # unsolicited (RFC 6455 allows it) or already given up: a frame, no more
-        interval = conn.interval
-        assert interval is not None  # pings are only sent after Hello
-        rtt = now - sent[0]
-        conn.ping_rtt.sample(rtt)
-        conn.pings_unanswered = 0
-        deadline = self.liveness.pong_deadline(interval, conn.ping_rtt.rto())
-        out: list[Action] = [
-            Emit(ev.PongReceived(shard=self.shard_id, monotonic=now, rtt=rtt, deadline=deadline))
-        ]
-        out.extend(self._judge_ping_layer(conn, now))
-        return out
+        return self._layers.on_pong(conn, payload, now)
 
     def receive_ping(self, now: float) -> list[Action]:
         """The server sent a WebSocket ping (the driver answers it): proof of a live link."""
@@ -601,40 +381,10 @@ class GatewaySession:
                 return [self._close(conn, p.HELLO_TIMEOUT, detail, abort=True)]
             return []
         assert conn.interval is not None and conn.hello_at is not None
-        interval = conn.interval
-        idle = lv.idle_deadline(interval)
-        if idle is not None and now >= conn.last_frame_at + idle:
-            return self._zombie(conn, p.IDLE_TIMEOUT, now, f"no frame for {idle:g}s")
-        verdict = self._ping_verdict(conn)
-        if verdict is not None and now >= verdict[0]:
-            sent_at, deadline, n = verdict[1], verdict[2], len(conn.pings)
-            detail = (
-                f"no frame for {now - conn.last_frame_at:.3f}s: {n} ping(s) unanswered, the "
-                f"first sent {now - sent_at:.3f}s ago (pong deadline {deadline:.3f}s = "
-                f"{deadline / interval:.2f} H)"
-            )
-            return self._zombie(conn, p.PING_TIMEOUT, now, detail)
-        if conn.ack_deadline_at is not None and now >= conn.ack_deadline_at:
-            assert conn.ack_round_at is not None
-            waited = now - conn.ack_round_at
-            limit = conn.ack_deadline_at - conn.ack_round_at
-            detail = (
-                f"heartbeat unacknowledged for {waited:.3f}s, {conn.probes_sent} probe(s) too "
-                f"(ACK deadline {limit:.3f}s = {limit / interval:.2f} H)"
-            )
-            return self._zombie(conn, p.ACK_TIMEOUT, now, detail)
-        out: list[Action] = []
-        if conn.next_heartbeat_at is not None and now >= conn.next_heartbeat_at:
-            out.extend(self._heartbeat(conn, now))
-        else:
-            probe_at = self._next_probe_at(conn)
-            if probe_at is not None and now >= probe_at:
-                conn.probes_sent += 1
-                out.extend(self._send_heartbeat(conn, now))
-        out.extend(self._ping_housekeeping(conn, now))
-        ping_at = self._next_ping_at(conn)
-        if ping_at is not None and now >= ping_at:
-            out.extend(self._ping(conn, now))
+        verdict = self._layers.verdict(conn, now)
+        if verdict is not None:
+            return self._zombie(conn, verdict[0], now, verdict[1])
+        out = self._layers.timers(conn, now, self.seq)
         if conn.phase is Phase.AWAIT_READY:
             limit = lv.handshake_deadline(conn.interval)
             if now >= conn.hello_at + limit:
@@ -653,22 +403,7 @@ class GatewaySession:
         if conn.phase is Phase.AWAIT_HELLO:
             return None if lv.hello_timeout is None else conn.opened_at + lv.hello_timeout
         assert conn.interval is not None and conn.hello_at is not None
-        candidates = [
-            conn.next_heartbeat_at,
-            conn.ack_deadline_at,
-            self._next_probe_at(conn),
-            self._next_ping_at(conn),
-        ]
-        verdict = self._ping_verdict(conn)
-        if verdict is not None:
-            candidates.append(verdict[0])
-        if conn.pings:
-            first_sent = next(iter(conn.pings.values()))[0]
-            candidates.append(first_sent + lv.ping_lost_after * conn.interval)
-        deadlines = [t for t in candidates if t is not None]
-        idle = lv.idle_deadline(conn.interval)
-        if idle is not None:
-            deadlines.append(conn.last_frame_at + idle)
+        deadlines = self._layers.deadlines(conn)
         if conn.phase is Phase.AWAIT_READY:
             deadlines.append(conn.hello_at + lv.handshake_deadline(conn.interval))
         return min(deadlines) if deadlines else None
@@ -719,6 +454,7 @@ class GatewaySession:
         stops the shard, or the adapter would retry against a ban.
         """
         conn = self._require_conn()
+        conn.phase = next_phase(conn.phase, "lost")
         self._conn = None
         if close_code is None:
             close_code, detail = conn.server_code, detail or conn.server_detail
@@ -808,11 +544,7 @@ class GatewaySession:
             return [self._violation(now, detail), self._close(conn, p.PROTOCOL_ERROR, detail)]
         lv = self.liveness
         interval = min(max(ms / 1000.0, lv.min_heartbeat_interval), lv.max_heartbeat_interval)
-        conn.interval = interval
-        conn.hello_at = now
-        conn.phase = Phase.AWAIT_READY
-        # The first heartbeat goes out one interval after Hello, then one per interval.
-        conn.next_heartbeat_at = now + interval
+        conn.phase = next_phase(conn.phase, "hello")
         out: list[Action] = [
             Emit(
                 ev.HelloReceived(
@@ -823,14 +555,7 @@ class GatewaySession:
                 )
             )
         ]
-        user_timeout = lv.tcp_user_timeout(interval)
-        if user_timeout is not None:
-            out.append(TuneSocket(user_timeout))
-        if lv.ws_ping:
-            detail = "waiting for a first pong to prove the server answers pings"
-            out.append(self._set_ping_state(conn, PingState.CALIBRATING, now, detail))
-        else:
-            out.append(self._set_ping_state(conn, PingState.OFF, now, "switched off"))
+        out.extend(self._layers.start(conn, interval, now))
         token = f"QQBot {conn.token}"
         if self.session_id is not None:
             conn.resuming = True
@@ -858,31 +583,6 @@ class GatewaySession:
             out.append(
                 Emit(ev.IdentifySent(shard=self.shard_id, monotonic=now, intents=self.intents))
             )
-        return out
-
-    def _on_ack(self, conn: _Conn, now: float) -> list[Action]:
-        # The server answers op 1 frames in order: this op 11 answers the oldest one owed. Its
-        # RTT is a sample even when a probe was sent (dropping those, as Karn's rule would, keeps
-        # the estimate below any RTT past the first probe: a slowly rising RTT would then end
-        # in a false verdict). An ACK owed by an earlier round (a probe's, arriving after the
-        # next heartbeat) is a sample but does not answer the round that is open now.
-        if conn.interval is None:
-            return []  # before Hello nothing was sent: an op 11 now answers nothing
-        owed = conn.acks_owed
-        while owed and owed[0] < now - conn.interval:
-            owed.popleft()  # more than H old: that ACK is not coming; do not match against it
-        sent_at = owed.popleft() if owed else None
-        if sent_at is not None:
-            conn.ack_rtt.sample(now - sent_at)
-        round_at = conn.ack_round_at
-        if round_at is None or (sent_at is not None and sent_at < round_at):
-            return []
-        conn.unacked = 0
-        out: list[Action] = [
-            Emit(ev.HeartbeatAcked(shard=self.shard_id, monotonic=now, rtt=now - round_at))
-        ]
-        conn.ack_round_at = conn.ack_deadline_at = None
-        conn.probes_sent = 0
         return out
 
     def _on_invalid_session(self, conn: _Conn, d: Any, now: float) -> list[Action]:
@@ -919,7 +619,7 @@ class GatewaySession:
             self.seq = seq or 0
             self.resume_failures = 0
             self.identify_rejections = 0
-            conn.phase = Phase.READY
+            conn.phase = next_phase(conn.phase, "ready")
             conn.became_ready = True
             raw_user = d.get("user")
             user: dict[str, Any] = raw_user if isinstance(raw_user, dict) else {}
@@ -942,7 +642,7 @@ class GatewaySession:
                 self.seq = seq
             self.resume_failures = 0
             self.identify_rejections = 0
-            conn.phase = Phase.READY
+            conn.phase = next_phase(conn.phase, "ready")
             conn.became_ready = True
             out = [
                 Emit(
@@ -1025,161 +725,17 @@ class GatewaySession:
 
     # --- webhook -------------------------------------------------------------------------
     def accept_callback(self, payload: Mapping[str, Any], now: float) -> list[Action]:
-        """A dispatch that arrived as a signed webhook callback instead of a WebSocket frame.
-
-        There is no connection, no heartbeat and no order: the platform retries a delivery it
-        considers failed, possibly after later ones. So a duplicate is told by its event id
-        alone, in the same window as WebSocket dispatches (``seq`` is passed through, never
-        used to drop one). Answers ``Deliver`` (+ ``EventDispatched`` if anyone listens), or
-        ``DuplicateDropped``, or a ``ProtocolViolation`` for a dispatch without a string ``t``.
-        """
-        t = payload.get("t")
-        if not isinstance(t, str) or not t:
-            return [self._violation(now, "callback dispatch without a string 't'")]
-        s = payload.get("s")
-        seq = s if isinstance(s, int) and not isinstance(s, bool) else None
-        raw_id = payload.get("id")
-        event_id = raw_id if isinstance(raw_id, str) and raw_id else None
-        if event_id is not None and event_id in self._recent_ids:
-            dropped = ev.DuplicateDropped(
-                shard=self.shard_id, monotonic=now, event_type=t, seq=seq, event_id=event_id
+        """A dispatch that arrived as a webhook callback, deduplicated in this session's window
+        (see :class:`~.callbacks.CallbackAcceptor`, which the webhook transport uses alone)."""
+        acceptor = self._callbacks
+        if acceptor is None:
+            acceptor = self._callbacks = CallbackAcceptor(
+                self.shard_id, window=self._recent_ids, stats=self.stats
             )
-            return [Emit(dropped)]
-        if event_id is not None:
-            self.remember_ids((event_id,))
-        # No connection: no session id, never a replay.
-        return self._deliver(t, payload.get("d"), seq, event_id, None, False, now)
+        acceptor.interest = self.interest
+        return acceptor.accept_callback(payload, now)
 
     # --- helpers -------------------------------------------------------------------------
-    def _heartbeat(self, conn: _Conn, now: float) -> list[Action]:
-        """The regular heartbeat, once per interval; it opens an ACK round if none is open."""
-        assert conn.interval is not None
-        # Scheduled from now, not from the previous due time: after a stalled loop we never
-        # fire a burst of catch-up heartbeats faster than the interval.
-        conn.next_heartbeat_at = now + conn.interval
-        if conn.ack_round_at is None:
-            conn.ack_round_at = now
-            conn.probes_sent = 0
-            limit = self.liveness.ack_deadline(conn.interval, conn.ack_rtt.rto())
-            conn.ack_deadline_at = now + limit
-        return self._send_heartbeat(conn, now)
-
-    def _send_heartbeat(self, conn: _Conn, now: float) -> list[Action]:
-        conn.unacked += 1
-        conn.acks_owed.append(now)
-        d = self.seq if self.seq > 0 else None
-        return [
-            Send(p.frame(Op.HEARTBEAT, d)),
-            Emit(ev.HeartbeatSent(shard=self.shard_id, monotonic=now, seq=d, unacked=conn.unacked)),
-        ]
-
-    def _next_probe_at(self, conn: _Conn) -> float | None:
-        """When the next ACK probe is due (evenly spaced inside the ACK deadline)."""
-        probes = self.liveness.ack_probes
-        if conn.ack_round_at is None or conn.ack_deadline_at is None:
-            return None
-        if conn.probes_sent >= probes:
-            return None
-        span = conn.ack_deadline_at - conn.ack_round_at
-        return conn.ack_round_at + span * (conn.probes_sent + 1) / (probes + 1)
-
-    def _next_ping_at(self, conn: _Conn) -> float | None:
-        """When the next ping is due: after ``ping_quiet`` x H without a frame or a ping.
-
-        Calibrating, one ping at a time, ``ping_quiet`` x H after Hello (or after the previous
-        one was given up) whatever the traffic: a busy link is never quiet, and the layer must
-        be armed before the link goes silent.
-        """
-        state = conn.ping_state
-        if state in (PingState.OFF, PingState.DISABLED) or conn.interval is None:
-            return None
-        quiet = self.liveness.ping_quiet * conn.interval
-        if state is PingState.CALIBRATING:
-            if conn.pings:
-                return None
-            start = conn.last_ping_at if conn.last_ping_at is not None else conn.hello_at
-            assert start is not None
-            return start + quiet
-        ref = conn.last_frame_at
-        if conn.last_ping_at is not None and conn.last_ping_at > ref:
-            ref = conn.last_ping_at
-        return ref + quiet
-
-    def _ping_verdict(self, conn: _Conn) -> tuple[float, float, float] | None:
-        """(verdict time, sent at, deadline) of the first ping sent into the current silence,
-        while the layer is armed; None if there is none."""
-        if conn.ping_state is not PingState.ARMED:
-            return None
-        for sent_at, deadline in conn.pings.values():
-            if sent_at >= conn.last_frame_at:
-                return sent_at + deadline, sent_at, deadline
-        return None
-
-    def _ping(self, conn: _Conn, now: float) -> list[Action]:
-        assert conn.interval is not None
-        conn.ping_counter += 1
-        payload = b"qqbot-%d" % conn.ping_counter
-        deadline = self.liveness.pong_deadline(conn.interval, conn.ping_rtt.rto())
-        conn.pings[payload] = (now, deadline)
-        conn.last_ping_at = now
-        return [
-            SendPing(payload),
-            Emit(ev.PingSent(shard=self.shard_id, monotonic=now, outstanding=len(conn.pings))),
-        ]
-
-    def _ping_housekeeping(self, conn: _Conn, now: float) -> list[Action]:
-        """Give up on pings unanswered for ``ping_lost_after`` x H; if the link was alive
-        meanwhile (a frame arrived after the ping), the server is not answering pings."""
-        assert conn.interval is not None
-        lost_after = self.liveness.ping_lost_after * conn.interval
-        alive_misses = 0
-        for payload, (sent_at, _) in list(conn.pings.items()):
-            if now < sent_at + lost_after:
-                break
-            del conn.pings[payload]
-            if conn.last_frame_at > sent_at:
-                alive_misses += 1
-        if not alive_misses:
-            return []
-        conn.pings_unanswered += alive_misses
-        limit = self.liveness.ping_unanswered_limit
-        if conn.pings_unanswered < limit or conn.ping_state in (PingState.OFF, PingState.DISABLED):
-            return []
-        conn.pings.clear()
-        detail = (
-            f"{conn.pings_unanswered} WebSocket pings went unanswered while the link was alive: "
-            "the server does not answer pings; the ping layer is off for this connection"
-        )
-        return [self._set_ping_state(conn, PingState.DISABLED, now, detail)]
-
-    def _judge_ping_layer(self, conn: _Conn, now: float) -> list[Emit]:
-        """After a pong: armed, or suspended while the smoothed RTT is too high for H."""
-        if conn.ping_state in (PingState.OFF, PingState.DISABLED):
-            return []
-        assert conn.interval is not None
-        srtt = conn.ping_rtt.srtt or 0.0
-        limit = self.liveness.ping_suspend_rtt * conn.interval
-        if conn.ping_state is PingState.SUSPENDED:
-            if srtt >= 0.75 * limit:
-                return []
-        elif srtt > limit:
-            detail = (
-                f"smoothed ping RTT {srtt:.3f}s exceeds {limit:.3f}s "
-                f"({self.liveness.ping_suspend_rtt:g} H): standing by, the ACK layer judges"
-            )
-            return [self._set_ping_state(conn, PingState.SUSPENDED, now, detail)]
-        if conn.ping_state is PingState.ARMED:
-            return []
-        detail = f"the server answers pings (RTT {srtt:.3f}s)"
-        return [self._set_ping_state(conn, PingState.ARMED, now, detail)]
-
-    def _set_ping_state(self, conn: _Conn, state: PingState, now: float, detail: str) -> Emit:
-        conn.ping_state = state
-        event = ev.PingLayerChanged(
-            shard=self.shard_id, monotonic=now, state=state.value, detail=detail
-        )
-        return Emit(event)
-
     def _zombie(self, conn: _Conn, reason: str, now: float, detail: str) -> list[Action]:
         assert conn.interval is not None
         return [
@@ -1206,7 +762,7 @@ class GatewaySession:
     ) -> Close:
         action = Close(reason=reason, code=code, abort=abort, detail=detail)
         conn.closing = action
-        conn.phase = Phase.CLOSING
+        conn.phase = next_phase(conn.phase, "close")
         return action
 
     def _bad_frame(self, now: float, size: int, detail: str) -> list[Action]:
