@@ -50,7 +50,7 @@ from .backoff import Sleep
 from .checkpoint import Checkpointer
 from .connection import make_socket_factory
 from .context import ShardContext
-from .dispatch import Dispatcher, Handler
+from .dispatch import BatchSink, Dispatcher, Handler
 from .journal import IntakeJournal, JournalFile, JournalRecord
 from .reconnect import session_start_wait
 from .session import Deliver, Emit, GatewaySession
@@ -157,6 +157,9 @@ class QQBotClient:
         self._closing = False
         #: Optional hook wrapping the handling of each event (telemetry sets a tracing span).
         self.handler_context: HandlerContext | None = None
+        #: Set before ``start()``: accepted events go to this sink in batches instead of the
+        #: handlers (``QQBOT_DELIVERY=stream``; see ``dispatch.py``).
+        self.event_sink: BatchSink | None = None
         #: The callback intake in webhook mode (after ``start()``), else None.
         self.webhook: WebhookIntake | None = None
         self._journal: IntakeJournal | None = None
@@ -409,6 +412,7 @@ class QQBotClient:
             log_context=ShardContext(0),
             around_event=lambda: self.handler_context,
             progress=checkpointer.progress if checkpointer is not None else None,
+            sink=self.event_sink,
         )
         self._webhook_dispatcher = dispatcher
         if checkpointer is not None and isinstance(store, FileSessionStore):
@@ -562,6 +566,7 @@ class QQBotClient:
             capacity=cfg.handler_queue_size,
             around_event=lambda: self.handler_context,
             progress=checkpointer.progress if checkpointer is not None else None,
+            sink=self.event_sink,
         )
         supervisor = ShardSupervisor(
             session,
