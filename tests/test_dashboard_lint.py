@@ -321,7 +321,15 @@ def test_dashboard_passes_the_linter(dashboard: dict[str, Any]) -> None:
 
 def test_dashboard_has_the_promised_rows_and_panels(dashboard: dict[str, Any]) -> None:
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Fleet overview", "Heartbeat", "Liveness", "Events", "Process", "Webhook"]
+    assert rows == [
+        "Fleet overview",
+        "Heartbeat",
+        "Liveness",
+        "Events",
+        "Process",
+        "Webhook",
+        "Workers",
+    ]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert "qqbot_gateway_transport_info" in variables["transport"]["definition"]
     assert 'transport=~"$transport"' in variables["instance"]["definition"]
@@ -348,6 +356,9 @@ def test_dashboard_has_the_promised_rows_and_panels(dashboard: dict[str, Any]) -
         "histogram_quantile(0.99, sum by (le) (rate(qqbot_gateway_webhook_ack_seconds_bucket",
         "qqbot_gateway_webhook_last_callback_age_seconds",
         "qqbot_gateway_webhook_listening",
+        "qqbot_gateway_stream_group_lag",
+        "qqbot_gateway_worker_events_total",
+        "qqbot_gateway_stream_dead_letters",
     ):
         assert needle in exprs, needle
 
