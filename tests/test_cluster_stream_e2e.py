@@ -195,6 +195,25 @@ class Fleet:
         return lost, dups
 
 
+async def side(proc: Proc, path: str, *, status: bool = False) -> str:
+    """GET ``path`` from the process's side server: the body, or the status code."""
+    import aiohttp
+
+    url = f"http://{proc.env['QQBOT_HTTP_ADDR']}{path}"
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return str(resp.status) if status else await resp.text()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of the first sample of ``name`` with ``labels`` in a Prometheus text body."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} {labels} in the metrics")
+
+
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     config = SimulatorConfig(
@@ -245,6 +264,16 @@ async def test_a_worker_sigkilled_mid_flood_loses_nothing(fleet: Fleet) -> None:
     assert set(dups) <= killed_printed, dups
     assert len(dups) <= 64, "at most the killed worker's in-flight events (concurrency 64)"
     assert any("claimed" in line for line in a.stderr), "a took over b's pending entries"
+    # The side servers: a worker's probes and metrics, the gateway's stream metrics.
+    worker_metrics = await side(a, "/metrics")
+    assert await side(a, "/healthz", status=True) == "200"
+    assert await side(a, "/readyz", status=True) == "200"
+    handled = sample(worker_metrics, "qqbot_gateway_worker_events_total", outcome="handled")
+    assert handled == len(a.events)  # every event a printed (READY too, if a took it)
+    assert sample(worker_metrics, "qqbot_gateway_worker_claims_total") >= pending
+    gateway_metrics = await side(gateway, "/metrics")
+    assert sample(gateway_metrics, "qqbot_gateway_stream_appended_total") >= 5000
+    assert sample(gateway_metrics, "qqbot_gateway_stream_group_pending", group="handlers") == 0
     assert await a.stop() == 0
     assert await gateway.stop() == 0
 

@@ -256,6 +256,7 @@ class Dispatcher:
             self._in_hand = take
             self._busy = True
             started = self._clock()
+            failures = 0
             try:
                 while True:
                     try:
@@ -264,8 +265,11 @@ class Dispatcher:
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - retried; the queue holds the rest
-                        _log.warning(
-                            "shard %d: could not hand %d events on (%s: %s); retrying in %gs",
+                        failures += 1
+                        # One WARNING per failure streak (a Redis outage retries twice a second).
+                        _log.log(
+                            logging.WARNING if failures == 1 else logging.DEBUG,
+                            "shard %d: could not hand %d events on (%s: %s); retrying every %gs",
                             self._session.shard_id,
                             take,
                             type(exc).__name__,
@@ -273,6 +277,13 @@ class Dispatcher:
                             _SINK_RETRY,
                         )
                         await asyncio.sleep(_SINK_RETRY)
+                if failures:
+                    _log.warning(
+                        "shard %d: handed %d events on after %d failed attempts",
+                        self._session.shard_id,
+                        take,
+                        failures,
+                    )
                 # Each event's "handler duration" is its batch's append (retries included).
                 elapsed = self._clock() - started
                 stats = self._stats
