@@ -12,12 +12,13 @@ seq, ``i`` event id, ``h`` shard, ``sid`` session id, ``r`` replayed, ``a`` app 
 wall-clock time of the append (for end-to-end latency).
 
 **Durable before handled.** :meth:`StreamPublisher.append` is the dispatcher's batch sink: one
-pipelined ``XADD`` per batch, and the dispatcher marks the batch handled (so the session's
-checkpoint watermark passes it) only after every ``XADD`` was answered. An event Redis did not
-acknowledge is replayed from the platform after a crash, exactly like an event that had not
-reached a handler with ``local`` delivery. What "answered" means on disk is Redis's own
-persistence setting: with ``appendfsync always`` the reply follows the fsync; with the default
-``everysec`` up to a second of appends can be lost with the Redis host (not with the gateway).
+script call per batch doing an ``XADD`` per event, and the dispatcher marks the batch handled
+(so the session's checkpoint watermark passes it) only after Redis answered the call. An event
+Redis did not acknowledge is replayed from the platform after a crash, exactly like an event
+that had not reached a handler with ``local`` delivery. What "answered" means on disk is Redis's
+own persistence setting: with ``appendfsync always`` the reply follows the fsync; with the
+default ``everysec`` up to a second of appends can be lost with the Redis host (not with the
+gateway).
 
 **Bounded, never trimmed unread.** The stream holds at most ``max_len`` entries. Every
 ``poll`` seconds the publisher trims what every consumer group has acknowledged (``XTRIM
@@ -40,7 +41,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -76,6 +76,16 @@ FORMAT: Final = "1"
 #: looks again). Half a second: a blocked gateway resumes appending within it, and the two
 #: commands it costs are nothing to Redis.
 DEFAULT_POLL: Final = 0.5
+
+
+# KEYS[1]: the stream; ARGV: one encoded event each, appended in order.
+_APPEND: Final = """
+local stream = KEYS[1]
+for i = 1, #ARGV do
+  redis.call('XADD', stream, '*', 'e', ARGV[i])
+end
+return #ARGV
+"""
 
 
 class StreamError(ClusterError):
@@ -289,8 +299,8 @@ class StreamPublisher:
         self.length = 0
         #: The last state read (None before the first poll).
         self.state: StreamState | None = None
-        self._waiting = False
         self._task: asyncio.Task[None] | None = None
+        self._append = redis.register_script(_APPEND)
 
     async def start(self) -> None:
         await check_owner(self.redis, self.keys, claim=True)
@@ -332,11 +342,11 @@ class StreamPublisher:
         if self.length + count > self.max_len:
             await self._wait_for_room(count)
         app, now = self.keys.app_id, time.time()
-        stream = self.keys.stream
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.xadd(stream, {"e": encode_event(event, app, now)})
-            await pipe.execute()
+        # One script call per batch: one command to pack and parse instead of one per event
+        # (a third of the gateway's cost per event at a flood), applied atomically.
+        await self._append(
+            keys=[self.keys.stream], args=[encode_event(e, app, now) for e in events]
+        )
         self.appended += count
         self.length += count
 
@@ -364,7 +374,3 @@ class StreamPublisher:
                     self.max_len,
                 )
             await asyncio.sleep(self.poll)
-
-
-def group_names(state: StreamState) -> Iterable[str]:
-    return (g.name for g in state.groups)

@@ -14,7 +14,7 @@ The life of an entry::
                             claim_idle (run it); "done" -> duplicate (ack, no handler);
                             another live consumer's -> leave it pending (a copy in flight)
     handlers                every handler returned -> done; one raised -> not acknowledged
-    MULTI SET key done EX window; XACK; EXEC      (after the handlers, one round trip a batch)
+    finish (Lua): SET key done EX window; XACK    (after the handlers, one call a batch, atomic)
 
     pending >= claim_idle   another worker's scan (XPENDING IDLE) finds it: deliveries below
                             QQBOT_STREAM_MAX_ATTEMPTS -> XCLAIM (delivery n+1) and handled;
@@ -24,7 +24,7 @@ The life of an entry::
 **Effectively once per group.** An event reaches a handler of a group a second time only if
 
 1. a worker died (or lost Redis) after its handlers returned and before its ``SET done`` +
-   ``XACK`` transaction was applied: the entry is claimed after ``claim_idle`` and handled
+   ``XACK`` script was applied: the entry is claimed after ``claim_idle`` and handled
    again (at most the events in flight in that worker: ``QQBOT_WORKER_CONCURRENCY``);
 2. a handler ran longer than ``claim_idle``: another worker claims the entry and runs it too;
 3. a handler raised: the entry is retried (every handler of the worker runs again) until it
@@ -119,6 +119,15 @@ end
 return out
 """
 
+# KEYS[1]: the stream, KEYS[2..]: the dedupe keys of the handled entries (not the duplicates').
+# ARGV: group, dedupe window (s), the entry ids to acknowledge. Mark done, then XACK: atomic.
+_FINISH: Final = """
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], 'done', 'EX', ARGV[2])
+end
+return redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
+"""
+
 
 def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -194,6 +203,7 @@ class StreamWorker:
         self._done_ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._begin: Any = None
+        self._finish_script: Any = None
         self._loop = asyncio.get_running_loop()
 
     # --- start ---------------------------------------------------------------------------
@@ -204,6 +214,7 @@ class StreamWorker:
         if created:
             _log.info("created consumer group %s on %s", self.config.group, self.keys.stream)
         self._begin = self.redis.register_script(_BEGIN)
+        self._finish_script = self.redis.register_script(_FINISH)
         await self.refresh_state()
 
     async def refresh_state(self) -> StreamState:
@@ -508,12 +519,10 @@ class StreamWorker:
         cfg, keys = self.config, self.keys
         window = max(1, int(cfg.dedupe_window))
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for entry in done:
-                    if entry.key:
-                        pipe.set(keys.done(cfg.group, entry.key), "done", ex=window)
-                pipe.xack(keys.stream, cfg.group, *(e.entry_id for e in done))
-                await pipe.execute()
+            await self._finish_script(
+                keys=[keys.stream, *(keys.done(cfg.group, e.key) for e in done if e.key)],
+                args=[cfg.group, window, *(e.entry_id for e in done)],
+            )
         except BaseException:
             self._done[:0] = done
             raise
