@@ -241,6 +241,8 @@ class Trial:
     events: int
     wall: float
     cpu: float
+    #: The 1-minute load average after the trial (other work on the shared machine).
+    load: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -436,10 +438,12 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(args)
     trials: list[Trial] = []
     lat: dict[str, list[list[float]]] = {"local": [], "stream": []}
+    loads: dict[str, list[float]] = {"local": [], "stream": []}
     for r in range(opts.rounds):
         order = ("local", "stream") if r % 2 == 0 else ("stream", "local")
         for mode in order:
             t = throughput(mode, opts.events, opts.warmup, opts.timeout)
+            t.load = os.getloadavg()[0]
             trials.append(t)
             print(
                 f"throughput {mode}: {t.rate:,.0f} events/s, {t.cpu_us:.0f} us CPU/event",
@@ -448,18 +452,24 @@ def main(argv: list[str] | None = None) -> None:
         for mode in order:
             values = latencies(mode, opts.rate, opts.seconds, opts.timeout)
             lat[mode].append(values)
+            loads[mode].append(os.getloadavg()[0])
             print(
                 f"latency {mode} at {opts.rate:g}/s: p50 {_pct(values, 0.5) * 1e3:.2f} ms, "
                 f"p99 {_pct(values, 0.99) * 1e3:.2f} ms, max {max(values) * 1e3:.1f} ms",
                 flush=True,
             )
-    report = _report(opts, trials, lat)
+    report = _report(opts, trials, lat, loads)
     print(report)
     if opts.out is not None:
         opts.out.write_text(report)
 
 
-def _report(opts: Any, trials: list[Trial], lat: dict[str, list[list[float]]]) -> str:
+def _report(
+    opts: Any,
+    trials: list[Trial],
+    lat: dict[str, list[list[float]]],
+    loads: dict[str, list[float]],
+) -> str:
     lines = [
         "# bench_workers: stream delivery (gateway -> Redis -> 2 workers) against local",
         "",
@@ -476,33 +486,36 @@ def _report(opts: Any, trials: list[Trial], lat: dict[str, list[list[float]]]) -
         f"## Throughput: a flood of {opts.events:,} events (after {opts.warmup:,} of warmup), "
         "no-op handler",
         "",
-        "| trial | delivery | events/s handled | CPU per event (all processes of the path) |",
-        "|---|---|---|---|",
+        "| trial | delivery | events/s handled | CPU per event (all processes of the path) "
+        "| load average after |",
+        "|---|---|---|---|---|",
     ]
     for i, t in enumerate(trials, 1):
-        lines.append(f"| {i} | {t.mode} | {t.rate:,.0f} | {t.cpu_us:.0f} us |")
+        lines.append(f"| {i} | {t.mode} | {t.rate:,.0f} | {t.cpu_us:.0f} us | {t.load:.1f} |")
     for mode in ("local", "stream"):
         rates = [t.rate for t in trials if t.mode == mode]
         cpus = [t.cpu_us for t in trials if t.mode == mode]
         lines.append(
             f"| median | {mode} | **{statistics.median(rates):,.0f}** | "
-            f"{statistics.median(cpus):.0f} us |"
+            f"{statistics.median(cpus):.0f} us | |"
         )
     lines += [
         "",
         f"## Latency at {opts.rate:g} events/s for {opts.seconds:g} s: platform write -> "
         "handler call",
         "",
-        "| delivery | trial | p50 | p90 | p99 | max |",
-        "|---|---|---|---|---|---|",
+        "| delivery | trial | p50 | p90 | p99 | max | load average after |",
+        "|---|---|---|---|---|---|---|",
     ]
     for mode in ("local", "stream"):
         for i, values in enumerate(lat[mode], 1):
             lines.append(
                 f"| {mode} | {i} | {_pct(values, 0.5) * 1e3:.2f} ms | "
                 f"{_pct(values, 0.9) * 1e3:.2f} ms | **{_pct(values, 0.99) * 1e3:.2f} ms** | "
-                f"{max(values) * 1e3:.1f} ms |"
+                f"{max(values) * 1e3:.1f} ms | {loads[mode][i - 1]:.1f} |"
             )
+        p99s = [_pct(values, 0.99) * 1e3 for values in lat[mode]]
+        lines.append(f"| {mode} | median | | | **{statistics.median(p99s):.2f} ms** | | |")
     lines += [
         "",
         "## Reading it",

@@ -10,3 +10,9 @@ async def slow(event: Any) -> None:
     """10 ms of waiting (an API call's worth, scaled down): a worker always has entries in
     flight, so a SIGKILL leaves some pending."""
     await asyncio.sleep(0.01)
+
+
+async def echo(event: Any, client: Any) -> None:
+    """The handler a bot would run with local delivery: a passive reply through client.api."""
+    if event.type == "C2C_MESSAGE_CREATE":
+        await client.api.reply(event, f"echo: {event.data.get('content', '')}")

@@ -352,3 +352,20 @@ async def test_bad_input_is_one_line_and_exit_2(
     assert rc == 2, proc.stderr[-10:]
     assert len(errors) == 1 and message.replace("{port}", port) in errors[0], proc.stderr
     assert not any("hunter2" in line or "Traceback" in line for line in proc.stderr)
+
+
+async def test_a_worker_handler_replies_through_client_api_as_in_process(fleet: Fleet) -> None:
+    """The same ``f(event, client)`` as with local delivery: the worker's own token and api."""
+    gateway = await fleet.gateway()
+    await fleet.live_session(gateway, "a live session")
+    worker = await fleet.worker("a", "--handler", "tests.stream_handlers:echo")
+    await fleet.sim.emit_events(20, "C2C_MESSAGE_CREATE", shard=0)
+
+    def handled() -> list[dict[str, Any]]:
+        return [e for e in worker.events if e["type"] == "C2C_MESSAGE_CREATE"]
+
+    await worker.wait(lambda: len(handled()) == 20, "20 events handled", START_TIMEOUT)
+    want = {e["data"]["id"] for e in handled()}
+    replied = {m.msg_id for m in fleet.sim.messages if m.kind == "c2c"}
+    assert want <= replied, "every reply sent (print-events runs after the echo returned)"
+    assert all(str(m.body.get("content", "")).startswith("echo: ") for m in fleet.sim.messages)
