@@ -369,3 +369,29 @@ async def test_a_worker_handler_replies_through_client_api_as_in_process(fleet: 
     replied = {m.msg_id for m in fleet.sim.messages if m.kind == "c2c"}
     assert want <= replied, "every reply sent (print-events runs after the echo returned)"
     assert all(str(m.body.get("content", "")).startswith("echo: ") for m in fleet.sim.messages)
+
+
+async def test_redis_stopped_mid_flood_loses_nothing_and_hands_nothing_twice(
+    fleet: Fleet,
+) -> None:
+    """Redis stops answering for longer than the clients' 5 s socket timeout (SIGSTOP), then
+    comes back: appends and acknowledgements that timed out are retried (some were applied
+    after all, so the stream holds copies), and the copies are recognised by id."""
+    gateway = await fleet.gateway()
+    await fleet.live_session(gateway, "a live session")
+    await fleet.worker("a")
+    await fleet.worker("b")
+    flooding = asyncio.create_task(flood(fleet.sim, 2000, pause=0.2))
+    await asyncio.sleep(1.0)
+    fleet.redis.pause()
+    try:
+        await asyncio.sleep(7.0)
+    finally:
+        fleet.redis.resume()
+    await flooding
+    lost, dups = await fleet.drain_and_count("Redis stopped for 7 s mid-flood, 2,000 events")
+    assert lost == 0
+    assert dups == []
+    assert any("retrying" in line for line in gateway.stderr + fleet.workers[0].stderr)
+    for proc in (gateway, *fleet.workers):
+        assert await proc.stop() == 0

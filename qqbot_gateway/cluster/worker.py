@@ -230,9 +230,17 @@ class StreamWorker:
             asyncio.create_task(self._acker(), name="qqbot worker acker"),
             asyncio.create_task(self._poller(), name="qqbot worker state"),
         ]
+        stopper = asyncio.create_task(stop.wait(), name="qqbot worker stop")
         try:
-            await stop.wait()
+            await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
+            for task in loops:
+                if task.done() and not stop.is_set():
+                    # A loop never ends by itself: a bug. Stop (exit 1) rather than run on
+                    # without reading, claiming or acknowledging.
+                    exc = task.exception()
+                    raise RuntimeError(f"worker loop {task.get_name()!r} stopped: {exc!r}") from exc
         finally:
+            stopper.cancel()
             reader, claimer, acker, poller = loops
             for task in (reader, claimer, poller):
                 task.cancel()
@@ -382,7 +390,10 @@ class StreamWorker:
                     raise ValueError(f"written by app {app!r}, not {cfg.app_id!r}")
             except ValueError as exc:
                 self._slots.release()
-                await self._dead_letter(entry_id, 1, reason=str(exc), raw=raw)
+                try:
+                    await self._dead_letter(entry_id, 1, reason=str(exc), raw=raw)
+                except Exception as redis_exc:  # noqa: BLE001 - stays pending: retried by a claim
+                    self._redis_failed("dead letter", redis_exc)
                 continue
             batch.append(_Entry(entry_id, raw, event, dedupe_key(event, entry_id), published))
         if not batch:
