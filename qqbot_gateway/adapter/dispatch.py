@@ -15,7 +15,7 @@ one-at-a-time, in-order handling. An event cut short by a shutdown is not handle
 
 **A batch sink instead of handlers** (``sink``, the ``stream`` delivery of
 :mod:`qqbot_gateway.cluster.stream`): the task takes up to ``batch`` queued events at once,
-awaits ``sink(events)`` (one pipelined append) and only then marks all of them handled, in
+awaits ``sink(events)`` (one append of the batch) and only then marks all of them handled, in
 order, so the watermark passes an event only once the sink has made it durable. A sink that
 raises is logged and called again with the same events after a pause; meanwhile the queue fills
 and the backpressure above applies. Handlers are not called on this path.
