@@ -318,3 +318,21 @@ async def test_the_dispatcher_marks_events_handled_only_once_the_sink_returned()
     assert getattr(progress.last, "seq", None) == 5
     assert list(progress.ids) == [f"ev-{i}" for i in range(1, 6)]
     assert await dispatcher.close(1.0) == 0
+
+
+async def test_dead_consumers_holding_nothing_are_forgotten(redis: Any) -> None:
+    pub = StreamPublisher(redis, APP, max_len=1000, group="handlers")
+    await pub.start()
+    keys = StreamKeys(APP)
+    await pub.append([event(1)])
+    await redis.xreadgroup("handlers", "holder", {keys.stream: ">"}, count=1)  # keeps it pending
+    # A dead pod that had acknowledged all it read.
+    await redis.xgroup_createconsumer(keys.stream, "handlers", "old-pod")
+    worker = StreamWorker(redis, config(claim_idle=0.01, forget_idle=0.2), [print])
+    await worker.start()
+    assert await worker.forget_consumers() == [], "not idle long enough yet"
+    await asyncio.sleep(0.4)
+    assert await worker.forget_consumers() == ["old-pod"]
+    consumers: Any = await redis.xinfo_consumers(keys.stream, "handlers")
+    assert [c["name"] for c in consumers] == [b"holder"], "a consumer with pending entries stays"
+    await pub.close()

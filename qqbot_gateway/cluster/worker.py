@@ -80,6 +80,9 @@ _SCAN: Final = 100
 _RETRY: Final = 0.5
 #: The state (length, lag, pending) for metrics is read this often.
 _STATE_POLL: Final = 2.0
+#: Every this many state polls (60 s) the worker forgets consumers idle for
+#: ``WorkerConfig.forget_idle`` (an hour: far past any restart) with nothing pending.
+_FORGET_EVERY: Final = 30
 #: Handler durations and end-to-end latencies (seconds).
 HANDLER_SECONDS_BUCKETS: Final = (
     0.0005,
@@ -142,6 +145,8 @@ class WorkerConfig:
     claim_idle: float = 30.0
     max_attempts: int = 5
     dedupe_window: float = 3600.0
+    #: Consumers idle this long (and at least 20 claim_idle) with nothing pending are deleted.
+    forget_idle: float = 3600.0
 
 
 @dataclass(slots=True)
@@ -542,14 +547,38 @@ class StreamWorker:
 
     # --- state ---------------------------------------------------------------------------
     async def _poller(self) -> None:
+        polls = 0
         while True:
             await asyncio.sleep(_STATE_POLL)
+            polls += 1
             try:
                 await self.refresh_state()
                 self.stats.redis_ok = True
                 self.stats.last_read_at = self._loop.time()
+                if polls % _FORGET_EVERY == 0:
+                    await self.forget_consumers()
             except Exception as exc:  # noqa: BLE001 - reported, retried
                 self._redis_failed("state", exc)
+
+    async def forget_consumers(self) -> list[str]:
+        """Delete the group's consumers that hold nothing and were idle for ``forget_idle``
+        (dead workers' names: a pod name per restart would pile up in ``XINFO CONSUMERS`` and
+        ``stream_group_consumers``). A consumer with pending entries is never deleted (they
+        would be lost to the group); a live one deleted by mistake is re-created by its next
+        read."""
+        cfg = self.config
+        forget_ms = max(cfg.forget_idle, 20 * cfg.claim_idle) * 1000
+        consumers: Any = await self.redis.xinfo_consumers(self.keys.stream, cfg.group)
+        gone = []
+        for c in consumers:
+            name = _text(c.get("name"))
+            if name != cfg.consumer and not int(c.get("pending") or 0):
+                if int(c.get("idle") or 0) > forget_ms:
+                    await self.redis.xgroup_delconsumer(self.keys.stream, cfg.group, name)
+                    gone.append(name)
+        if gone:
+            _log.info("forgot %d idle consumers of group %s: %s", len(gone), cfg.group, gone)
+        return gone
 
     def _redis_failed(self, what: str, exc: Exception) -> None:
         if self.stats.redis_ok:
