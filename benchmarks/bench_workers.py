@@ -529,8 +529,9 @@ def _report(
         "  2 s / (CPU per event); the flood server's CPU is not counted (it pre-builds frames).",
         "* The latency is one machine's clock (the flood server writes the send time into each",
         "  frame; the handler reads `time.time()`); the stream path adds the gateway's batch",
-        "  append (one script call per batch, an `XADD` per event inside it), Redis, and the worker's `XREADGROUP` (a",
-        "  blocking read answered as soon as an entry arrives) and dedupe script.",
+        "  append (one script call per batch, an `XADD` per event inside it), Redis, and the",
+        "  worker's `XREADGROUP` (a blocking read answered as soon as an entry arrives) and",
+        "  dedupe script.",
         "* Goals (issue 19): >= 20,000 events/s through the stream path on 2 cores; p99 <= 10 ms",
         "  at 1,000 events/s. Trials on a loaded machine vary by 2x; the medians are the figures.",
     ]
