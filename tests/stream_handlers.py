@@ -16,3 +16,10 @@ async def echo(event: Any, client: Any) -> None:
     """The handler a bot would run with local delivery: a passive reply through client.api."""
     if event.type == "C2C_MESSAGE_CREATE":
         await client.api.reply(event, f"echo: {event.data.get('content', '')}")
+
+
+def poison(event: Any) -> None:
+    """Fails on every delivery of an event whose content is ``poison``."""
+    data = event.data if isinstance(event.data, dict) else {}
+    if data.get("content") == "poison":
+        raise ValueError("this handler cannot take poison")

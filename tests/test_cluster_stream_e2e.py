@@ -177,9 +177,12 @@ class Fleet:
             str(e["id"]) for w in self.workers for e in w.events if e["type"] not in LIFECYCLE
         )
 
-    async def drain_and_count(self, label: str) -> tuple[int, list[str]]:
-        """Wait for every emitted event to be printed by some worker; (lost, duplicated ids)."""
-        emitted = {str(r.event_id) for r in self.sim.emitted_events(shard=0)}
+    async def drain_and_count(
+        self, label: str, *, unhandled: frozenset[str] = frozenset()
+    ) -> tuple[int, list[str]]:
+        """Wait for every emitted event (but ``unhandled``) to be printed by some worker;
+        (lost, duplicated ids)."""
+        emitted = {str(r.event_id) for r in self.sim.emitted_events(shard=0)} - unhandled
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(90):
                 while not emitted <= set(self.printed()):  # noqa: ASYNC110 - stdout readers
@@ -395,3 +398,47 @@ async def test_redis_stopped_mid_flood_loses_nothing_and_hands_nothing_twice(
     assert any("retrying" in line for line in gateway.stderr + fleet.workers[0].stderr)
     for proc in (gateway, *fleet.workers):
         assert await proc.stop() == 0
+
+
+async def test_a_poison_event_reaches_the_dead_letter_stream_while_others_flow(
+    fleet: Fleet,
+) -> None:
+    from qqbot_gateway.cluster.connect import open_redis
+    from qqbot_gateway.cluster.stream import StreamKeys, decode_entry
+
+    gateway = await fleet.gateway()
+    await fleet.live_session(gateway, "a live session")
+    attempts = {"QQBOT_STREAM_MAX_ATTEMPTS": "3"}
+    a = await fleet.worker("a", "--handler", "tests.stream_handlers:poison", **attempts)
+    b = await fleet.worker("b", "--handler", "tests.stream_handlers:poison", **attempts)
+    await fleet.sim.emit_events(100, "C2C_MESSAGE_CREATE", shard=0)
+    bad = await fleet.sim.emit_event("C2C_MESSAGE_CREATE", {"content": "poison", "id": "m-p"})
+    await flood(fleet.sim, 1000, chunk=100, pause=0.2)  # the others keep flowing meanwhile
+    poisoned = frozenset({str(bad[0].event_id)})
+    lost, dups = await fleet.drain_and_count("a poison event among 1,101", unhandled=poisoned)
+    assert lost == 0 and dups == []
+    assert not poisoned & set(fleet.printed()), "its handler raised: never printed"
+
+    def dead_letters() -> float:
+        return sum(w.logged("moved to the dead-letter stream") for w in (a, b))
+
+    await a.wait(lambda: dead_letters() >= 1, "the dead letter", 30.0)
+    client = await open_redis(fleet.redis.url)
+    try:
+        letters: Any = await client.xrange(StreamKeys(APP_ID).dead)
+    finally:
+        await client.aclose()
+    assert len(letters) == 1
+    fields = letters[0][1]
+    assert fields[b"deliveries"] == b"3"
+    assert b"ValueError: this handler cannot take poison" in fields[b"reason"]
+    assert decode_entry(fields[b"e"])[0].event_id == bad[0].event_id
+    moved = [
+        sample(await side(w, "/metrics"), "qqbot_gateway_worker_dead_letters_total") for w in (a, b)
+    ]
+    assert sum(moved) == 1
+    failed = [
+        sample(await side(w, "/metrics"), "qqbot_gateway_worker_events_total", outcome="failed")
+        for w in (a, b)
+    ]
+    assert sum(failed) == 3, "one handler run per delivery"
