@@ -442,3 +442,25 @@ async def test_a_poison_event_reaches_the_dead_letter_stream_while_others_flow(
         for w in (a, b)
     ]
     assert sum(failed) == 3, "one handler run per delivery"
+
+
+async def test_two_consumer_groups_each_see_every_event_once(fleet: Fleet) -> None:
+    gateway = await fleet.gateway()
+    await fleet.live_session(gateway, "a live session")
+    handlers = [await fleet.worker(f"h{i}") for i in range(2)]
+    audit = await fleet.worker("audit-0", QQBOT_STREAM_GROUP="audit")
+    await flood(fleet.sim, 2000)
+    emitted = {str(r.event_id) for r in fleet.sim.emitted_events(shard=0)}
+
+    def ids(procs: list[Proc]) -> collections.Counter[str]:
+        return collections.Counter(
+            str(e["id"]) for p in procs for e in p.events if e["type"] not in LIFECYCLE
+        )
+
+    await audit.wait(lambda: set(ids([audit])) >= emitted, "the audit group", 60.0)
+    await audit.wait(lambda: set(ids(handlers)) >= emitted, "the handlers group", 60.0)
+    await asyncio.sleep(1.0)
+    for group in (handlers, [audit]):
+        counts = ids(group)
+        assert set(counts) == emitted and max(counts.values()) == 1
+    assert all(h.events for h in handlers), "the two workers of one group shared the events"
