@@ -255,8 +255,9 @@ async def test_a_worker_sigkilled_mid_flood_loses_nothing(fleet: Fleet) -> None:
     b = await fleet.worker("b", "--handler", "tests.stream_handlers:slow")
     first = asyncio.create_task(flood(fleet.sim, 2500))
     await b.wait(lambda: len(b.events) >= 300, "worker b handling", START_TIMEOUT)
-    pending = await fleet.pending_of("b")
     await b.kill()  # with entries pending: read, some handled, none of the last acknowledged
+    # Read at once: a claims them only once they were idle for QQBOT_STREAM_CLAIM_IDLE (1 s).
+    pending = await fleet.pending_of("b")
     killed_printed = {str(e["id"]) for e in b.events}
     assert pending > 0, "b held entries when it was killed"
     await first

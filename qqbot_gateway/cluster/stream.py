@@ -20,14 +20,15 @@ own persistence setting: with ``appendfsync always`` the reply follows the fsync
 default ``everysec`` up to a second of appends can be lost with the Redis host (not with the
 gateway).
 
-**Bounded, never trimmed unread.** The stream holds at most ``max_len`` entries. Every
-``poll`` seconds the publisher trims what every consumer group has acknowledged (``XTRIM
-MINID`` to the slowest group's oldest pending entry, or past its last delivered one), so the
-stream's length is the backlog some group still owes. When an append would take it past
-``max_len`` the append waits (logged once, counted in ``stream_blocked``): the handler queue
-then fills and the session pauses its intake and resumes later, the same backpressure as a full
-handler queue with ``local`` delivery. An entry some group has not acknowledged is never
-trimmed, and a stream nobody reads (no group yet) is never trimmed at all.
+**Bounded, never trimmed unread.** The stream holds about ``max_len`` entries at most. Every
+``poll`` seconds the publisher trims what every consumer group has acknowledged (``XTRIM MINID``
+to the slowest group's oldest pending entry, or past its last delivered one), so the stream's
+length is the backlog some group still owes. While the stream holds ``max_len`` or more, an
+append waits (a batch appended below the bound may pass it by up to its own size, 512 at most;
+logged once, counted in ``blocked``): the handler queue then fills and the session pauses its
+intake and resumes later, the same backpressure as a full handler queue with ``local`` delivery.
+An entry some group has not acknowledged is never trimmed, and a stream nobody reads (no group
+yet) is never trimmed at all.
 
 Errors::
 
@@ -339,8 +340,8 @@ class StreamPublisher:
     async def append(self, events: list[GatewayEvent]) -> None:
         """The dispatcher's sink: returns once Redis has answered every ``XADD``."""
         count = len(events)
-        if self.length + count > self.max_len:
-            await self._wait_for_room(count)
+        if self.length >= self.max_len:
+            await self._wait_for_room()
         app, now = self.keys.app_id, time.time()
         # One script call per batch: one command to pack and parse instead of one per event
         # (a third of the gateway's cost per event at a flood), applied atomically.
@@ -350,12 +351,12 @@ class StreamPublisher:
         self.appended += count
         self.length += count
 
-    async def _wait_for_room(self, count: int) -> None:
+    async def _wait_for_room(self) -> None:
         self.blocked += 1
         warned = False
         while True:
             state = await self.refresh()
-            if state.length + count <= self.max_len:
+            if state.length < self.max_len:
                 if warned:
                     _log.warning(
                         "stream %s has room again (%d of %d); appending",

@@ -78,6 +78,10 @@ _BLOCK_MS: Final = 1000
 _SCAN: Final = 100
 #: After a Redis error the loops pause this long (a failover takes seconds; no tight loop).
 _RETRY: Final = 0.5
+#: A stop (SIGTERM) lets handlers finish for up to 10 s (``drain``); the whole stop is bounded
+#: by this, inside Kubernetes' default 30 s grace period. Entries cut short stay pending and are
+#: claimed by another worker.
+_STOP_BOUND: Final = 20.0
 #: The state (length, lag, pending) for metrics is read this often.
 _STATE_POLL: Final = 2.0
 #: Every this many state polls (60 s) the worker forgets consumers idle for
@@ -768,8 +772,23 @@ async def run_worker(
             config.concurrency,
             server.url if server is not None else "off",
         )
-        health.run_task = asyncio.create_task(worker.run(stop), name="qqbot worker")
-        await health.run_task
+        run_task = health.run_task = asyncio.create_task(worker.run(stop), name="qqbot worker")
+
+        async def bound_the_stop() -> None:
+            await stop.wait()
+            await asyncio.sleep(_STOP_BOUND)
+            _log.warning("worker: the stop took over %gs; exiting without waiting", _STOP_BOUND)
+            run_task.cancel()
+
+        watchdog = asyncio.create_task(bound_the_stop(), name="qqbot worker stop bound")
+        try:
+            await run_task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are cancelled ourselves, not the watchdog's doing
+        finally:
+            watchdog.cancel()
         health.shutting_down = True
         _log.info("worker %s stopped cleanly", config.consumer)
         return EXIT_OK
