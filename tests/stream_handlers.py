@@ -7,9 +7,9 @@ from typing import Any
 
 
 async def slow(event: Any) -> None:
-    """10 ms of waiting (an API call's worth, scaled down): a worker always has entries in
-    flight, so a SIGKILL leaves some pending."""
-    await asyncio.sleep(0.01)
+    """100 ms of waiting (an API call): a busy worker always has entries in flight, so a
+    SIGKILL leaves some pending."""
+    await asyncio.sleep(0.1)
 
 
 async def echo(event: Any, client: Any) -> None:

@@ -77,8 +77,10 @@ class Running:
         for stop in self.stops:
             stop.set()
         for task in self.tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 15)
+            # A stop is bounded (loops 5 s each, handlers 10 s): a hang here is a defect.
+            async with asyncio.timeout(30):
+                with contextlib.suppress(Exception):
+                    await task
 
 
 @pytest.fixture

@@ -253,8 +253,11 @@ async def test_a_worker_sigkilled_mid_flood_loses_nothing(fleet: Fleet) -> None:
     await fleet.live_session(gateway, "a live session")
     a = await fleet.worker("a")
     b = await fleet.worker("b", "--handler", "tests.stream_handlers:slow")
-    first = asyncio.create_task(flood(fleet.sim, 2500))
-    await b.wait(lambda: len(b.events) >= 300, "worker b handling", START_TIMEOUT)
+    first = asyncio.create_task(flood(fleet.sim, 2500, pause=0.1))
+    await b.wait(lambda: len(b.events) >= 100, "worker b handling", START_TIMEOUT)
+    for _ in range(200):  # b holds a batch in its 100 ms handlers most of the time
+        if await fleet.pending_of("b"):
+            break
     await b.kill()  # with entries pending: read, some handled, none of the last acknowledged
     # Read at once: a claims them only once they were idle for QQBOT_STREAM_CLAIM_IDLE (1 s).
     pending = await fleet.pending_of("b")

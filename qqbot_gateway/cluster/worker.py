@@ -82,6 +82,8 @@ _RETRY: Final = 0.5
 #: by this, inside Kubernetes' default 30 s grace period. Entries cut short stay pending and are
 #: claimed by another worker.
 _STOP_BOUND: Final = 20.0
+#: At a stop, each loop gets this long to end (a blocking read returns within _BLOCK_MS).
+_LOOP_EXIT: Final = 5.0
 #: The state (length, lag, pending) for metrics is read this often.
 _STATE_POLL: Final = 2.0
 #: Every this many state polls (60 s) the worker forgets consumers idle for
@@ -236,8 +238,8 @@ class StreamWorker:
         loops = [
             asyncio.create_task(self._reader(stop), name="qqbot worker reader"),
             asyncio.create_task(self._claimer(stop), name="qqbot worker claimer"),
-            asyncio.create_task(self._acker(), name="qqbot worker acker"),
-            asyncio.create_task(self._poller(), name="qqbot worker state"),
+            asyncio.create_task(self._acker(stop), name="qqbot worker acker"),
+            asyncio.create_task(self._poller(stop), name="qqbot worker state"),
         ]
         stopper = asyncio.create_task(stop.wait(), name="qqbot worker stop")
         try:
@@ -251,15 +253,17 @@ class StreamWorker:
         finally:
             stopper.cancel()
             reader, claimer, acker, poller = loops
+            # Every loop also ends by itself once ``stop`` is set: a cancellation that the
+            # Redis client absorbs (it may, mid-command) delays a loop, never hangs the stop.
             for task in (reader, claimer, poller):
                 task.cancel()
-            for task in (reader, claimer, poller):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.wait({reader, claimer, poller}, timeout=_LOOP_EXIT)
             await self.drain()
-            acker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await acker
+            self._done_ready.set()  # the acker flushes what is left and returns
+            await asyncio.wait({acker}, timeout=_LOOP_EXIT)
+            for task in loops:
+                if not task.done():
+                    task.cancel()
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Let running handlers finish (bounded), then acknowledge what they completed."""
@@ -523,7 +527,7 @@ class StreamWorker:
         self._done.append(entry)
         self._done_ready.set()
 
-    async def _acker(self) -> None:
+    async def _acker(self, stop: asyncio.Event) -> None:
         while True:
             await self._done_ready.wait()
             self._done_ready.clear()
@@ -532,7 +536,11 @@ class StreamWorker:
                     await self._flush()
                 except Exception as exc:  # noqa: BLE001 - kept; flushed again after a pause
                     self._redis_failed("ack", exc)
+                    if stop.is_set():
+                        return  # unacknowledged: claimed by another worker after claim_idle
                     await asyncio.sleep(_RETRY)
+            if stop.is_set():
+                return
 
     async def _flush(self) -> None:
         done, self._done = self._done, []
@@ -550,9 +558,9 @@ class StreamWorker:
             self._slots.release()
 
     # --- state ---------------------------------------------------------------------------
-    async def _poller(self) -> None:
+    async def _poller(self, stop: asyncio.Event) -> None:
         polls = 0
-        while True:
+        while not stop.is_set():
             await asyncio.sleep(_STATE_POLL)
             polls += 1
             try:
