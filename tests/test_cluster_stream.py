@@ -340,3 +340,25 @@ async def test_dead_consumers_holding_nothing_are_forgotten(redis: Any) -> None:
     consumers: Any = await redis.xinfo_consumers(keys.stream, "handlers")
     assert [c["name"] for c in consumers] == [b"holder"], "a consumer with pending entries stays"
     await pub.close()
+
+
+async def test_unreadable_or_foreign_entries_go_to_the_dead_letter_stream(
+    redis: Any, running: Running
+) -> None:
+    pub = StreamPublisher(redis, APP, max_len=1000, group="handlers")
+    await pub.start()
+    keys = pub.keys
+    await redis.xadd(keys.stream, {"e": b"{not json"})
+    await redis.xadd(keys.stream, {"e": encode_event(event(2), "999", 1.0)})
+    await pub.append([event(3)])
+    seen: list[str] = []
+    worker = await running.start(
+        StreamWorker(redis, config(), [lambda e: seen.append(str(e.event_id))])
+    )
+    await until(lambda: seen == ["ev-3"] and worker.stats.dead_letters == 2, 20, "the moves")
+    letters: Any = await redis.xrange(keys.dead)
+    reasons = [fields[b"reason"].decode() for _, fields in letters]
+    assert reasons[0].startswith("malformed entry")
+    assert reasons[1] == f"written by app '999', not '{APP}'"
+    assert (await stream_state(redis, keys)).groups[0].pending == 0, "moved, not left pending"
+    await pub.close()
