@@ -362,3 +362,24 @@ async def test_unreadable_or_foreign_entries_go_to_the_dead_letter_stream(
     assert reasons[1] == f"written by app '999', not '{APP}'"
     assert (await stream_state(redis, keys)).groups[0].pending == 0, "moved, not left pending"
     await pub.close()
+
+
+async def test_a_worker_of_concurrency_1_claims_more_entries_than_it_has_slots(
+    redis: Any, running: Running
+) -> None:
+    pub = StreamPublisher(redis, APP, max_len=1000, group="handlers")
+    await pub.start()
+    await pub.append([event(i) for i in range(4)])
+    await redis.xreadgroup("handlers", "dead-one", {pub.keys.stream: ">"}, count=4)
+    seen: list[str] = []
+    # (Each claim waits for the one slot, which the reader holds through its 1 s blocking read.)
+    await running.start(
+        StreamWorker(
+            redis,
+            config(claim_idle=0.2, concurrency=1),
+            [lambda e: seen.append(str(e.event_id))],
+        )
+    )
+    await until(lambda: len(seen) == 4, 20, "all 4 claimed, one slot at a time")
+    assert sorted(seen) == sorted(f"ev-{i}" for i in range(4))
+    await pub.close()

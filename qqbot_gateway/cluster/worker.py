@@ -340,17 +340,26 @@ class StreamWorker:
                     await self._dead_letter(entry_id, deliveries)
         if not retry:
             return
-        ids = list(retry)
-        reply: Any = await self.redis.xclaim(
-            self.keys.stream, cfg.group, cfg.consumer, idle_ms, ids
-        )
+        # Slots first (at most the concurrency: more would wait for slots only the claimed
+        # entries could free), then the claim: a claimed entry always has a slot.
+        ids = list(retry[: cfg.concurrency])
+        for _ in ids:
+            await self._slots.acquire()
+        try:
+            reply: Any = await self.redis.xclaim(
+                self.keys.stream, cfg.group, cfg.consumer, idle_ms, ids
+            )
+        except BaseException:
+            for _ in ids:
+                self._slots.release()
+            raise
         claimed = [c for c in reply if c and c[1]]
+        for _ in range(len(ids) - len(claimed)):
+            self._slots.release()
         if not claimed:
             return
         self.stats.claimed += len(claimed)
         _log.info("claimed %d entries idle for %gs or more", len(claimed), cfg.claim_idle)
-        for _ in claimed:
-            await self._slots.acquire()
         await self._process(claimed, claimed=True)
 
     async def _dead_letter(
