@@ -78,10 +78,11 @@ _BLOCK_MS: Final = 1000
 _SCAN: Final = 100
 #: After a Redis error the loops pause this long (a failover takes seconds; no tight loop).
 _RETRY: Final = 0.5
-#: A stop (SIGTERM) lets handlers finish for up to 10 s (``drain``); the whole stop is bounded
-#: by this, inside Kubernetes' default 30 s grace period. Entries cut short stay pending and are
-#: claimed by another worker.
-_STOP_BOUND: Final = 20.0
+#: A stop (SIGTERM) lets handlers finish for QQBOT_DRAIN_TIMEOUT (10 s by default); the whole
+#: stop is bounded by that plus this margin for the loops' exit and the last acknowledgement
+#: (20 s by default, inside Kubernetes' default 30 s grace period). Entries cut short stay
+#: pending and are claimed by another worker.
+_STOP_MARGIN: Final = 10.0
 #: At a stop, each loop gets this long to end (a blocking read returns within _BLOCK_MS).
 _LOOP_EXIT: Final = 5.0
 #: The state (length, lag, pending) for metrics is read this often.
@@ -151,6 +152,8 @@ class WorkerConfig:
     claim_idle: float = 30.0
     max_attempts: int = 5
     dedupe_window: float = 3600.0
+    #: At a stop, running handlers get this long to finish (QQBOT_DRAIN_TIMEOUT).
+    drain_timeout: float = 10.0
     #: Consumers idle this long (and at least 20 claim_idle) with nothing pending are deleted.
     forget_idle: float = 3600.0
 
@@ -258,7 +261,7 @@ class StreamWorker:
             for task in (reader, claimer, poller):
                 task.cancel()
             await asyncio.wait({reader, claimer, poller}, timeout=_LOOP_EXIT)
-            await self.drain()
+            await self.drain(self.config.drain_timeout)
             self._done_ready.set()  # the acker flushes what is left and returns
             await asyncio.wait({acker}, timeout=_LOOP_EXIT)
             for task in loops:
@@ -749,6 +752,7 @@ async def run_worker(
             claim_idle=settings.stream_claim_idle,
             max_attempts=settings.stream_max_attempts,
             dedupe_window=settings.stream_dedupe_window,
+            drain_timeout=settings.drain_timeout,
         )
         worker = StreamWorker(redis, config, [bind_client(h, client) for h in handlers])
         try:
@@ -793,8 +797,9 @@ async def run_worker(
 
         async def bound_the_stop() -> None:
             await stop.wait()
-            await asyncio.sleep(_STOP_BOUND)
-            _log.warning("worker: the stop took over %gs; exiting without waiting", _STOP_BOUND)
+            bound = config.drain_timeout + _STOP_MARGIN
+            await asyncio.sleep(bound)
+            _log.warning("worker: the stop took over %gs; exiting without waiting", bound)
             run_task.cancel()
 
         watchdog = asyncio.create_task(bound_the_stop(), name="qqbot worker stop bound")
