@@ -439,7 +439,9 @@ class StreamWorker:
                 self._run(entry)
             elif verdict == 0:
                 self.stats.duplicates += 1
-                _log.info(
+                # DEBUG: a replay after a gateway crash brings hundreds at once; the metric
+                # (worker_events_total{outcome="duplicate"}) counts them.
+                _log.debug(
                     "entry %s: %s (%s) was handled before; acknowledged without a handler",
                     entry.entry_id,
                     entry.event.type,
