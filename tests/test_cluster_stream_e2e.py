@@ -468,3 +468,6 @@ async def test_two_consumer_groups_each_see_every_event_once(fleet: Fleet) -> No
         counts = ids(group)
         assert set(counts) == emitted and max(counts.values()) == 1
     assert all(h.events for h in handlers), "the two workers of one group shared the events"
+    # The lines of `run --print-events`, field for field.
+    fields = {"type", "shard", "seq", "id", "session_id", "replayed", "data"}
+    assert all(set(e) == fields for p in (*handlers, audit) for e in p.events)
