@@ -1,4 +1,4 @@
-"""The command line: ``qqbot-gateway run | demo | simulate | check``.
+"""The command line: ``qqbot-gateway run | worker | demo | simulate | check``.
 
 * ``run``: the production service. Settings from ``QQBOT_*`` variables and/or ``--config``
   (see :mod:`qqbot_gateway.config`), handlers from ``--handler module:function``, the side
@@ -8,6 +8,9 @@
   ``run`` resumes the session. ``--end-session`` closes with 1000 instead and deletes the
   stored state. A second signal exits at once. A shard whose state another process holds:
   exit 2 naming that pid (or wait, ``QQBOT_STATE_LOCK=wait``).
+* ``worker``: with ``QQBOT_DELIVERY=stream`` on the gateway, runs ``--handler`` on the events
+  of the app's Redis stream (see :mod:`qqbot_gateway.cluster.worker`); the same settings, its
+  own side server (``/healthz``, ``/readyz``, ``/metrics``) on ``QQBOT_HTTP_ADDR``.
 * ``demo``: everything against the embedded simulator with injected faults (see
   :mod:`qqbot_gateway.demo`).
 * ``simulate``: the simulator alone, for a ``run`` in another terminal; its flags are those of
@@ -36,6 +39,7 @@ from typing import Final, cast
 
 from qqbot_gateway._version import __version__
 from qqbot_gateway.adapter.protocol import missing_cryptography
+from qqbot_gateway.cluster.connect import missing_redis
 from qqbot_gateway.config import ConfigError, Settings, load_settings, settings_help
 from qqbot_gateway.demo_defaults import DEFAULT_DURATION, DEFAULT_EVENT_RATE, DEFAULT_INTERVAL
 from qqbot_gateway.service import (
@@ -106,6 +110,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="at shutdown end the gateway session (close 1000) and delete its stored state, "
         "instead of keeping it for the next start to resume",
+    )
+
+    worker = sub.add_parser(
+        "worker",
+        help="run handlers on the events the gateway appends to Redis (QQBOT_DELIVERY=stream)",
+        description="Run handlers on the app's Redis stream as one consumer of a consumer group "
+        "(QQBOT_STREAM_GROUP). Needs QQBOT_REDIS_URL and the bot's credentials (handlers reply "
+        "through client.api on this process's own token).",
+        epilog="settings (environment variables; in a TOML file the lowercase names without "
+        "QQBOT_):\n" + settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker.add_argument("--config", metavar="FILE", help="TOML settings (env vars override it)")
+    worker.add_argument(
+        "--handler",
+        metavar="MODULE:FUNCTION",
+        action="append",
+        default=[],
+        help="event handler, called as f(event) or f(event, client); repeatable",
+    )
+    worker.add_argument(
+        "--print-events",
+        action="store_true",
+        help="write every handled event as one JSON line to stdout (logs go to stderr)",
     )
 
     demo = sub.add_parser(
@@ -183,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _cmd_run,
+        "worker": _cmd_worker,
         "demo": _cmd_demo,
         "simulate": _cmd_simulate,
         "check": _cmd_check,
@@ -231,6 +260,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings.require_credentials()
     if settings.transport == "webhook" and (missing := missing_cryptography()):
         raise ConfigError(f"{settings.source('transport')}: {missing}")
+    if settings.delivery == "stream" and (args.handler or args.print_events):
+        raise ConfigError(
+            f"{settings.source('delivery')} is stream: handlers run in `{PROG} worker "
+            "--handler ...`, not in run; drop --handler/--print-events here"
+        )
     handlers = [load_handler(spec) for spec in args.handler]
     if args.print_events:
         handlers.append(print_event)
@@ -238,6 +272,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(
         run_service(settings, handlers, end_session=args.end_session, freeze_gc=True)
     )
+
+
+# --- worker -------------------------------------------------------------------------------
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    settings = _load_settings(args.config)
+    settings.require_credentials()
+    if settings.redis_url is None:
+        raise ConfigError(
+            "QQBOT_REDIS_URL: required by worker (it reads the app's event stream from Redis)"
+        )
+    if missing := missing_redis():
+        raise ConfigError(f"{settings.source('redis_url')}: {missing}")
+    if not args.handler and not args.print_events:
+        raise ConfigError("worker: give at least one --handler MODULE:FUNCTION (or --print-events)")
+    handlers = [load_handler(spec) for spec in args.handler]
+    if args.print_events:
+        handlers.append(print_event)
+    _configure_logging(settings)
+    from qqbot_gateway.cluster.worker import run_worker
+
+    return asyncio.run(run_worker(settings, handlers))
 
 
 # --- demo ---------------------------------------------------------------------------------

@@ -106,7 +106,20 @@ _DELIVERIES: Final = ("local", "stream")
 #: The settings of cluster mode (Redis leases, the stream, workers): ``qqbot-gateway run`` and
 #: ``worker`` read them; an embedding that runs one client of its own (the hermes plugin) refuses
 #: them rather than ignore them.
-CLUSTER_SETTINGS: Final = frozenset({"redis_url", "lease_ttl", "delivery", "stream_claim_idle"})
+CLUSTER_SETTINGS: Final = frozenset(
+    {
+        "redis_url",
+        "lease_ttl",
+        "delivery",
+        "stream_claim_idle",
+        "stream_max_len",
+        "stream_group",
+        "worker_concurrency",
+        "stream_max_attempts",
+        "stream_dedupe_window",
+        "worker_name",
+    }
+)
 #: Shard lease length. A dead owner holds its shards this long at most, so it is most of the
 #: failover time: 10 s is a quarter of QQ's 41.25 s heartbeat interval (a takeover resumes well
 #: inside the session's resume window and within the 0.5 H goal), and renewing every third of it
@@ -119,6 +132,23 @@ MAX_LEASE_TTL: Final = 600.0
 #: A worker's entry pending this long is taken over by another worker. 30 s: well past a
 #: handler's ordinary run (an LLM call takes seconds), short against a consumer's restart.
 DEFAULT_STREAM_CLAIM_IDLE: Final = 30.0
+#: The stream's bound: entries not yet acknowledged by every consumer group. 100,000 events of
+#: about 1 kB are 100 MB of Redis memory, and at 1,000 events/s a 100 s outage of every worker
+#: before the gateway stops reading (the platform then keeps the rest for a resume).
+DEFAULT_STREAM_MAX_LEN: Final = 100_000
+#: The consumer group of ``worker`` (and the one ``run`` creates, so that events appended before
+#: the first worker ever started are kept for it).
+DEFAULT_STREAM_GROUP: Final = "handlers"
+#: Events one worker process holds at once (read, in a handler, or awaiting its acknowledgement).
+#: 64: an I/O-bound handler (an LLM call, a REST reply) overlaps its waits, and a flood of quick
+#: events costs a few round trips per 64; CPU-bound handlers scale by processes instead.
+DEFAULT_WORKER_CONCURRENCY: Final = 64
+#: Deliveries of one entry before it goes to the dead-letter stream: a handler that failed 5
+#: times, claim_idle apart, is failing on the event, not on a blip.
+DEFAULT_STREAM_MAX_ATTEMPTS: Final = 5
+#: How long a handled event's id is remembered per group. An hour: far past any redelivery
+#: (claim_idle) and any platform replay of a resumed session (minutes).
+DEFAULT_STREAM_DEDUPE_WINDOW: Final = 3600.0
 #: 8443: one of the four ports QQ accepts in a callback URL (80, 443, 8080, 8443), and not the
 #: side port's 8080.
 _DEFAULT_WEBHOOK_ADDR: Final = "0.0.0.0:8443"
@@ -377,6 +407,18 @@ def _lease_ttl(raw: Any) -> float:
             f"expected seconds between {MIN_LEASE_TTL:g} and {MAX_LEASE_TTL:g}, got {_show(raw)}"
         )
     return value
+
+
+def _group_name(raw: Any) -> str:
+    text = _text(raw)
+    if len(text) > 64 or not all(c.isalnum() or c in "-_." for c in text):
+        raise ValueError(f"expected up to 64 letters, digits, '-', '_' or '.', got {_show(raw)}")
+    return text
+
+
+_worker_concurrency = _integer_in("an integer from 1 to 1024", 1, 1024)
+_max_attempts = _integer_in("an integer from 1 to 1000", 1, 1000)
+_stream_max_len = _integer_in("an integer >= 100", 100)
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> str:
@@ -649,6 +691,65 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         ),
     ),
     Setting(
+        "stream_max_len",
+        _stream_max_len,
+        DEFAULT_STREAM_MAX_LEN,
+        f"`{DEFAULT_STREAM_MAX_LEN}`",
+        (
+            "`stream` delivery: the most entries the stream holds that some consumer group has "
+            "not acknowledged; at the bound `run` stops appending, its handler queue fills and "
+            "the session resumes later (no loss, as with a full queue today). Acknowledged "
+            "entries are trimmed; unacknowledged ones never are"
+        ),
+    ),
+    Setting(
+        "stream_group",
+        _group_name,
+        DEFAULT_STREAM_GROUP,
+        f"`{DEFAULT_STREAM_GROUP}`",
+        (
+            "the consumer group of `worker`: every group sees every event once; workers of one "
+            "group share the events. `run` creates this group when it creates the stream"
+        ),
+    ),
+    Setting(
+        "worker_concurrency",
+        _worker_concurrency,
+        DEFAULT_WORKER_CONCURRENCY,
+        f"`{DEFAULT_WORKER_CONCURRENCY}`",
+        (
+            "`worker`: events one process holds at once (in its handlers or awaiting their "
+            "acknowledgement)"
+        ),
+    ),
+    Setting(
+        "stream_max_attempts",
+        _max_attempts,
+        DEFAULT_STREAM_MAX_ATTEMPTS,
+        f"`{DEFAULT_STREAM_MAX_ATTEMPTS}`",
+        (
+            "`worker`: deliveries of one entry (a handler raised, or its worker died) before it "
+            "moves to the dead-letter stream (counted, alerted; never dropped)"
+        ),
+    ),
+    Setting(
+        "stream_dedupe_window",
+        _positive_seconds,
+        DEFAULT_STREAM_DEDUPE_WINDOW,
+        f"`{DEFAULT_STREAM_DEDUPE_WINDOW:g}`",
+        (
+            "`worker`: seconds a handled event id is remembered per group in Redis, so a "
+            "redelivered or replayed copy is acknowledged without reaching a handler again"
+        ),
+    ),
+    Setting(
+        "worker_name",
+        _group_name,
+        None,
+        "`<hostname>-<pid>`",
+        ("`worker`: the consumer name in the group (stable per process; a pod name in Kubernetes)"),
+    ),
+    Setting(
         "checkpoint_interval",
         _non_negative_seconds,
         DEFAULT_CHECKPOINT_INTERVAL,
@@ -856,6 +957,13 @@ class Settings:
     lease_ttl: float = _DEFAULTS["lease_ttl"]
     delivery: str = _DEFAULTS["delivery"]
     stream_claim_idle: float = _DEFAULTS["stream_claim_idle"]
+    stream_max_len: int = _DEFAULTS["stream_max_len"]
+    stream_group: str = _DEFAULTS["stream_group"]
+    worker_concurrency: int = _DEFAULTS["worker_concurrency"]
+    stream_max_attempts: int = _DEFAULTS["stream_max_attempts"]
+    stream_dedupe_window: float = _DEFAULTS["stream_dedupe_window"]
+    #: None: ``<hostname>-<pid>``.
+    worker_name: str | None = _DEFAULTS["worker_name"]
     transport: str = _DEFAULTS["transport"]
     webhook_addr: tuple[str, int] = _DEFAULTS["webhook_addr"]
     webhook_path: str = _DEFAULTS["webhook_path"]

@@ -55,6 +55,7 @@ __all__ = [
     "print_event",
     "run_service",
     "start_receiver",
+    "start_stream",
 ]
 
 _log = logging.getLogger("qqbot_gateway.service")
@@ -228,6 +229,8 @@ async def run_service(
 
     started = False
     receiver: Any = None
+    redis: Any = None
+    publisher: Any = None
     try:
         try:
             await telemetry.start()
@@ -237,6 +240,12 @@ async def run_service(
                 f"cannot listen on {host}:{port} ({settings.source('http_addr')}): "
                 f"{exc.strerror or exc}"
             ) from None
+        if settings.delivery == "stream":
+            redis, publisher = await start_stream(settings)
+            client.event_sink = publisher.append
+            from qqbot_gateway.telemetry.stream import StreamMetrics
+
+            StreamMetrics(telemetry.registry, publisher=publisher)
         try:
             await client.start()
         except StoreLockedError as exc:
@@ -316,6 +325,11 @@ async def run_service(
                 await client.close(drain_timeout=settings.drain_timeout, end_session=end_session)
         except TimeoutError:
             _log.warning("shutdown: the client did not close in time; exiting anyway")
+        if publisher is not None:
+            await publisher.close()
+        if redis is not None:
+            with contextlib.suppress(Exception):
+                await redis.aclose()
         if receiver is not None:
             await receiver.stop()
         await telemetry.stop()
@@ -323,6 +337,43 @@ async def run_service(
             _log.info("stopped cleanly")
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+async def start_stream(settings: Settings) -> tuple[Any, Any]:
+    """``QQBOT_DELIVERY=stream``: a connected Redis and a started
+    :class:`~qqbot_gateway.cluster.stream.StreamPublisher`, or a ServiceError (exit 2) with one
+    line: Redis does not answer, or the stream is another app's."""
+    from qqbot_gateway.cluster.connect import ClusterError, open_redis
+    from qqbot_gateway.cluster.stream import StreamPublisher
+
+    assert settings.redis_url is not None  # load_settings refuses stream without it
+    app_id, _secret = settings.require_credentials()
+    try:
+        redis = await open_redis(settings.redis_url.get())
+    except ClusterError as exc:
+        raise ServiceError(f"{settings.source('redis_url')}: {exc}", EXIT_CONFIG) from None
+    publisher = StreamPublisher(
+        redis, app_id, max_len=settings.stream_max_len, group=settings.stream_group
+    )
+    try:
+        await publisher.start()
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+        if isinstance(exc, ClusterError):
+            raise ServiceError(f"stream delivery: {exc}", EXIT_CONFIG) from None
+        from redis.exceptions import RedisError
+
+        if isinstance(exc, RedisError):
+            raise ServiceError(f"stream delivery: Redis: {exc}", EXIT_CONFIG) from None
+        raise
+    _log.info(
+        "stream delivery: appending events to %s (bound %d, group %s)",
+        publisher.keys.stream,
+        settings.stream_max_len,
+        settings.stream_group,
+    )
+    return redis, publisher
 
 
 async def start_receiver(

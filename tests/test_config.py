@@ -272,6 +272,12 @@ def test_setting_names_match_the_contract() -> None:
         "QQBOT_LEASE_TTL",
         "QQBOT_DELIVERY",
         "QQBOT_STREAM_CLAIM_IDLE",
+        "QQBOT_STREAM_MAX_LEN",
+        "QQBOT_STREAM_GROUP",
+        "QQBOT_WORKER_CONCURRENCY",
+        "QQBOT_STREAM_MAX_ATTEMPTS",
+        "QQBOT_STREAM_DEDUPE_WINDOW",
+        "QQBOT_WORKER_NAME",
         "QQBOT_LIVENESS_GRACE",
         "QQBOT_LOOP_LAG_THRESHOLD",
         "QQBOT_LOG_FORMAT",
@@ -392,3 +398,10 @@ def test_one_table_feeds_the_loader_the_docstring_and_help(
     for removed in ("QQBOT_ACK_MISS_LIMIT", "QQBOT_WS_PING_INTERVAL"):
         assert removed not in doc and removed not in run_help
     assert "`" not in run_help  # Markdown is stripped for the terminal
+
+
+def test_cluster_settings_are_settings() -> None:
+    from qqbot_gateway.config import CLUSTER_SETTINGS
+
+    assert set(CLUSTER_SETTINGS) <= set(SETTING_NAMES)
+    assert {"redis_url", "lease_ttl", "delivery", "stream_claim_idle"} <= CLUSTER_SETTINGS

@@ -332,6 +332,7 @@ def test_dashboard_has_the_promised_rows_and_panels(dashboard: dict[str, Any]) -
         "Process",
         "Webhook",
         "Error budgets",
+        "Workers",
     ]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert "qqbot_gateway_transport_info" in variables["transport"]["definition"]
@@ -363,6 +364,9 @@ def test_dashboard_has_the_promised_rows_and_panels(dashboard: dict[str, Any]) -
         'slo:period_error_budget_remaining:ratio{sloth_slo="delivery"',
         'slo:period_error_budget_remaining:ratio{sloth_slo="freshness"',
         'slo:current_burn_rate:ratio{sloth_slo="availability"',
+        "qqbot_gateway_stream_group_lag",
+        "qqbot_gateway_worker_events_total",
+        "qqbot_gateway_stream_dead_letters",
     ):
         assert needle in exprs, needle
 

@@ -717,3 +717,70 @@ def test_promtool_accepts_the_scrape_configs(name: str, tmp_path: Path) -> None:
         # Debian builds Prometheus without Kubernetes service discovery.
         pytest.skip("this promtool is built without Kubernetes service discovery")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- workers
+
+WORKERS = K8S / "workers"
+
+
+def _worker_docs() -> dict[str, dict[str, Any]]:
+    kustomization = yaml.safe_load((WORKERS / "kustomization.yaml").read_text(encoding="utf-8"))
+    docs: dict[str, dict[str, Any]] = {}
+    for resource in kustomization["resources"]:
+        for doc in _documents(WORKERS / resource):
+            docs[doc["kind"]] = doc
+    return docs
+
+
+@pytest.mark.parametrize("version", [MIN_VERSION, "latest"])
+@pytest.mark.parametrize("kind", ["Deployment", "HorizontalPodAutoscaler"])
+def test_worker_manifests_validate_strictly(kind: str, version: str) -> None:
+    target = _latest_version() if version == "latest" else version
+    assert kubernetes_validate.validate(_worker_docs()[kind], target, strict=True)
+
+
+def test_the_workers_run_the_worker_command_with_real_settings() -> None:
+    docs = _worker_docs()
+    assert set(docs) == {"Deployment", "HorizontalPodAutoscaler"}
+    deploy = docs["Deployment"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["qqbot-gateway"]
+    assert container["args"][:2] == ["worker", "--handler"]
+    known = {s.env for s in config.SETTINGS} | {"QQBOT_CLIENT_SECRET_FILE"}
+    names = {e["name"] for e in container["env"]}
+    assert names <= known, names - known
+    env = {e["name"]: e for e in container["env"]}
+    # Secrets stay secrets: the Redis URL (may hold a password) and the client secret file.
+    assert "secretKeyRef" in env["QQBOT_REDIS_URL"]["valueFrom"]
+    assert "QQBOT_CLIENT_SECRET" not in env
+    assert env["QQBOT_WORKER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    for key, value in env.items():
+        if "value" in value and key != "QQBOT_CLIENT_SECRET_FILE":  # a file in the pod
+            config.load_settings(None, env={"QQBOT_APP_ID": "1", key: value["value"]})
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["ports"][0]["containerPort"] == 8080
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_the_worker_autoscaler_targets_the_deployment_on_a_real_metric() -> None:
+    from qqbot_gateway.telemetry.metric_spec import METRICS
+
+    docs = _worker_docs()
+    hpa, deploy = docs["HorizontalPodAutoscaler"], docs["Deployment"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deploy["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] >= 1
+    (metric,) = hpa["spec"]["metrics"]
+    name = metric["external"]["metric"]["name"]
+    spec = {m.full_name: m for m in METRICS}[name]
+    assert set(metric["external"]["metric"]["selector"]["matchLabels"]) <= set(spec.labels)
+    group = {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert (
+        metric["external"]["metric"]["selector"]["matchLabels"]["group"]
+        == group["QQBOT_STREAM_GROUP"]
+    )

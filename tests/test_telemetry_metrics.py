@@ -339,6 +339,28 @@ def test_handler_errors_children_exist_at_zero_from_the_start() -> None:
     assert value(r, "handler_errors_total", shard="0", type="C2C_MESSAGE_CREATE") == 1.0
 
 
+class _Publisher:
+    """What StreamMetrics reads of a StreamPublisher, with a state of one group."""
+
+    appended = 3
+    blocked = 0
+    max_len = 100
+
+    def __init__(self) -> None:
+        from qqbot_gateway.cluster.stream import GroupState, StreamState
+
+        group = GroupState("handlers", 1, 2, 1, "1-1", "1-0")
+        self.state = StreamState(3, (group,), 0)
+
+
+class _Worker:
+    def __init__(self) -> None:
+        from qqbot_gateway.cluster.worker import WorkerConfig, WorkerStats
+
+        self.stats = WorkerStats()
+        self.config = WorkerConfig(app_id="1", group="handlers", consumer="w")
+
+
 def test_the_registry_exports_exactly_the_metric_spec() -> None:
     """Every declared metric comes from metric_spec.METRICS with its kind, labels and HELP."""
     registry = CollectorRegistry()
@@ -346,6 +368,9 @@ def test_the_registry_exports_exactly_the_metric_spec() -> None:
     store = StoreMetrics(registry)
     metrics.register_shard(0, ack_miss_limit=2, queue_capacity=5, transport="webhook")
     store.register_shard(0)
+    from qqbot_gateway.telemetry.stream import StreamMetrics
+
+    StreamMetrics(registry, publisher=_Publisher(), worker=_Worker())  # type: ignore[arg-type]
     exported = {}
     for family in registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")

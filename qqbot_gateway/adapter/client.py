@@ -48,7 +48,7 @@ from .api import OpenAPIClient
 from .auth import TokenManager
 from .backoff import Sleep
 from .connection import make_socket_factory
-from .dispatch import Handler
+from .dispatch import BatchSink, Handler
 from .reconnect import session_start_wait
 from .shard import Shard
 from .store import (
@@ -131,6 +131,9 @@ class QQBotClient:
         self._closing = False
         #: Optional hook wrapping the handling of each event (telemetry sets a tracing span).
         self.handler_context: HandlerContext | None = None
+        #: Set before ``start()``: accepted events go to this sink in batches instead of the
+        #: handlers (``QQBOT_DELIVERY=stream``; see ``dispatch.py``).
+        self.event_sink: BatchSink | None = None
         #: The callback intake in webhook mode (after ``start()``), else None.
         self.webhook: WebhookIntake | None = None
         self._webhook_key: WebhookKey | None = None
@@ -242,6 +245,7 @@ class QQBotClient:
                 handlers=self._handlers_for,
                 around_event=self._around_event,
                 store=self._stores.get(0),
+                sink=self.event_sink,
             )
             try:
                 await mode.start()
@@ -317,6 +321,7 @@ class QQBotClient:
             handlers=self._handlers_for,
             around_event=self._around_event,
             store=self._stores.get(shard_id),
+            sink=self.event_sink,
         )
 
     def _around_event(self) -> HandlerContext | None:

@@ -14,6 +14,13 @@ handled) is updated inline for every event whose handlers have all returned or r
 checkpointer only reads it, and its watermark relies on this one-at-a-time, in-order handling.
 An event cut short by a shutdown is not handled.
 
+**A batch sink instead of handlers** (``sink``, the ``stream`` delivery of
+:mod:`qqbot_gateway.cluster.stream`): the task takes up to ``batch`` queued events at once,
+awaits ``sink(events)`` (one append of the batch) and only then marks all of them handled, in
+order, so the watermark passes an event only once the sink has made it durable. A sink that
+raises is logged and called again with the same events after a pause; meanwhile the queue fills
+and the backpressure above applies. Handlers are not called on this path.
+
 The queue depth and each handler's duration are kept in the shard's
 :class:`~.events.ShardStats`; ``HandlerQueueDepth`` and ``HandlerCompleted`` events are built
 only when someone subscribed to them.
@@ -27,7 +34,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from . import events as ev
 from .context import ShardContext, current_shard
@@ -35,7 +42,7 @@ from .protocol import GatewayEvent
 from .types import HandlerContext
 from .waiting import loop_clock
 
-__all__ = ["Dispatcher", "Handler", "HandlerContext", "Progress"]
+__all__ = ["BatchSink", "Dispatcher", "Handler", "HandlerContext", "Progress"]
 
 _log = logging.getLogger("qqbot_gateway.dispatch")
 
@@ -43,6 +50,11 @@ Handler = Callable[[GatewayEvent], Awaitable[Any] | Any]
 #: A handler that returned an awaitable: (the awaitable, the handler, when it started, the
 #: index of the next handler).
 _Pending = tuple[Awaitable[Any], Handler, float, int]
+#: Takes a batch of accepted events and returns once they are durable elsewhere.
+BatchSink = Callable[[list[GatewayEvent]], Awaitable[None]]
+#: A failed sink call is retried after this pause (a Redis failover takes seconds; a tight loop
+#: would flood the log and the server).
+_SINK_RETRY: Final = 0.5
 
 
 class _Position:
@@ -123,6 +135,8 @@ class Dispatcher:
         log_context: ShardContext | None = None,
         around_event: Callable[[], HandlerContext | None] = lambda: None,
         progress: Progress | None = None,
+        sink: BatchSink | None = None,
+        batch: int = 512,
     ) -> None:
         if capacity < 1:
             raise ValueError("handler queue capacity must be >= 1")
@@ -146,6 +160,10 @@ class Dispatcher:
         self.progress = progress
         self._stats = session.stats
         self._interest = bus.interest(session.shard_id)
+        self._sink = sink
+        self._batch = max(1, batch)
+        #: Events taken off the queue and not yet handled while ``_busy`` (a sink's batch).
+        self._in_hand = 1
 
     @property
     def depth(self) -> int:
@@ -159,7 +177,7 @@ class Dispatcher:
     @property
     def outstanding(self) -> int:
         """Events accepted and not yet handled: queued, or in a handler now."""
-        return self._queue.qsize() + (1 if self._busy else 0)
+        return self._queue.qsize() + (self._in_hand if self._busy else 0)
 
     @property
     def idle(self) -> bool:
@@ -218,6 +236,9 @@ class Dispatcher:
     async def _work(self) -> None:
         if self.log_context is not None:
             current_shard.set(self.log_context)
+        if self._sink is not None:
+            await self._work_batches(self._sink)
+            return
         items, queue = self._items, self._queue
         progress = self.progress
         remember = progress.remember if progress is not None else None
@@ -246,6 +267,72 @@ class Dispatcher:
                         remember(event_id)
             finally:
                 self._busy = False
+                depth = len(items)
+                self._stats.queue_depth = depth
+                if self._interest.queue_depth:
+                    self._publish_depth(depth)
+                if self._paused and depth <= self.capacity // 2:
+                    self._paused = False
+                    self._session.set_backpressure(False)
+                    self._drained.set()
+
+    async def _work_batches(self, sink: BatchSink) -> None:
+        """The sink path (see the module docstring): batch, await the sink, then mark handled."""
+        items, queue = self._items, self._queue
+        progress = self.progress
+        while True:
+            if not items:
+                items.appendleft(await queue.get())
+            take = min(len(items), self._batch)
+            batch = [items.popleft() for _ in range(take)]
+            self._in_hand = take
+            self._busy = True
+            started = self._clock()
+            failures = 0
+            try:
+                while True:
+                    try:
+                        await sink(batch)
+                        break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - retried; the queue holds the rest
+                        failures += 1
+                        # One WARNING per failure streak (a Redis outage retries twice a second).
+                        _log.log(
+                            logging.WARNING if failures == 1 else logging.DEBUG,
+                            "shard %d: could not hand %d events on (%s: %s); retrying every %gs",
+                            self._session.shard_id,
+                            take,
+                            type(exc).__name__,
+                            exc,
+                            _SINK_RETRY,
+                        )
+                        await asyncio.sleep(_SINK_RETRY)
+                if failures:
+                    _log.warning(
+                        "shard %d: handed %d events on after %d failed attempts",
+                        self._session.shard_id,
+                        take,
+                        failures,
+                    )
+                # Each event's "handler duration" is its batch's append (retries included).
+                elapsed = self._clock() - started
+                stats = self._stats
+                for event in batch:
+                    stats.count_handled(elapsed)
+                    if progress is not None:
+                        progress.handled += 1
+                        if event.seq is not None:
+                            progress.last = event
+                        if event.event_id is not None:
+                            progress.remember(event.event_id)
+                if self._interest.handled:
+                    for event in batch:
+                        self._completed(event, started)
+            finally:
+                self._busy = False
+                self._in_hand = 1
                 depth = len(items)
                 self._stats.queue_depth = depth
                 if self._interest.queue_depth:

@@ -35,7 +35,7 @@ import aiohttp
 from . import events as ev
 from .auth import TokenSource
 from .checkpoint import DEFAULT_DEDUPE_IDS, Checkpointer
-from .dispatch import Dispatcher, Handler, Progress
+from .dispatch import BatchSink, Dispatcher, Handler, Progress
 from .session import GatewaySession
 from .store import SessionStore, StoreError, age_of
 from .supervisor import GatewayUrlSource, ShardSupervisor
@@ -78,6 +78,7 @@ class Shard:
         handlers: Callable[[str], list[Handler]],
         around_event: Callable[[], HandlerContext | None],
         store: SessionStore | None = None,
+        sink: BatchSink | None = None,
         guard: Guard | None = None,
     ) -> None:
         self.shard_id = shard_id
@@ -98,6 +99,7 @@ class Shard:
             capacity=config.handler_queue_size,
             around_event=around_event,
             progress=Progress(DEFAULT_DEDUPE_IDS) if store is not None else None,
+            sink=sink,
         )
         self.supervisor = ShardSupervisor(
             self.session,

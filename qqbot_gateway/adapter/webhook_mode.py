@@ -31,7 +31,7 @@ from .actions import Deliver, Emit
 from .callbacks import CallbackAcceptor
 from .checkpoint import Checkpointer
 from .context import ShardContext
-from .dispatch import Dispatcher, Handler, Progress
+from .dispatch import BatchSink, Dispatcher, Handler, Progress
 from .journal import IntakeJournal, JournalFile, JournalRecord
 from .protocol import WebhookKey
 from .store import FileSessionStore, SessionStore, StoredSession, StoreError
@@ -62,6 +62,7 @@ class WebhookMode:
         handlers: Callable[[str], list[Handler]],
         around_event: Callable[[], HandlerContext | None],
         store: SessionStore | None = None,
+        sink: BatchSink | None = None,
     ) -> None:
         self.config = config
         self._bus = bus
@@ -77,6 +78,7 @@ class WebhookMode:
             log_context=ShardContext(0),
             around_event=around_event,
             progress=Progress(_WEBHOOK_DEDUPE_IDS) if file_store is not None else None,
+            sink=sink,
         )
         self.journal: IntakeJournal | None = None
         self.checkpointer: Checkpointer | None = None

@@ -506,6 +506,140 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "1 while the webhook receiver listens.",
         "1 while the webhook receiver listens",
     ),
+    # --- the event stream (QQBOT_DELIVERY=stream) and `qqbot-gateway worker` ---
+    MetricSpec(
+        "stream_appended_total",
+        "counter",
+        (),
+        "Events this gateway appended to the app's Redis stream.",
+        (
+            "`run` with `QQBOT_DELIVERY=stream`: events appended to the app's stream (each "
+            "counted once Redis answered its `XADD`; only then does the checkpoint pass it)"
+        ),
+    ),
+    MetricSpec(
+        "stream_append_blocked_total",
+        "counter",
+        (),
+        "Appends that waited because the stream was at QQBOT_STREAM_MAX_LEN.",
+        (
+            "appends that had to wait because the stream held `QQBOT_STREAM_MAX_LEN` entries "
+            "some group had not acknowledged (the workers are behind: the session pauses)"
+        ),
+    ),
+    MetricSpec(
+        "stream_max_length",
+        "gauge",
+        (),
+        "The stream's bound (QQBOT_STREAM_MAX_LEN).",
+        "the stream's bound, `QQBOT_STREAM_MAX_LEN` (exported by `run`)",
+    ),
+    MetricSpec(
+        "stream_length",
+        "gauge",
+        (),
+        "Entries in the app's stream (what some consumer group has not acknowledged).",
+        (
+            "entries in the app's stream as last read (every 0.5 s by `run`, 2 s by `worker`): "
+            "acknowledged entries are trimmed, so this is what some group still owes"
+        ),
+    ),
+    MetricSpec(
+        "stream_group_lag",
+        "gauge",
+        ("group",),
+        "Entries not yet delivered to the consumer group.",
+        "entries not yet delivered to the group (Redis's `XINFO GROUPS` lag)",
+    ),
+    MetricSpec(
+        "stream_group_pending",
+        "gauge",
+        ("group",),
+        "Entries delivered to the group and not yet acknowledged.",
+        (
+            "entries delivered to the group's workers and not yet acknowledged (running, failed "
+            "and waiting for a retry, or held by a dead worker until claimed)"
+        ),
+    ),
+    MetricSpec(
+        "stream_group_consumers",
+        "gauge",
+        ("group",),
+        "Consumers Redis knows in the group (dead ones included until deleted).",
+        "consumers Redis knows in the group (a dead worker's name stays until deleted)",
+    ),
+    MetricSpec(
+        "stream_dead_letters",
+        "gauge",
+        (),
+        "Entries in the app's dead-letter stream.",
+        (
+            "entries in the app's dead-letter stream (`qqbot:{<app>}:events:dead`): events "
+            "no handler completed in `QQBOT_STREAM_MAX_ATTEMPTS` deliveries; see the runbook"
+        ),
+    ),
+    MetricSpec(
+        "worker_events_total",
+        "counter",
+        ("group", "consumer", "outcome"),
+        "Stream entries this worker took, by outcome.",
+        (
+            "entries this worker took: `handled` (every handler returned; acknowledged), "
+            "`failed` (a handler raised; left pending for a retry), `duplicate` (handled "
+            "before by the group; acknowledged without a handler)"
+        ),
+    ),
+    MetricSpec(
+        "worker_claims_total",
+        "counter",
+        ("group", "consumer"),
+        "Entries this worker claimed from a dead, stuck or failing consumer.",
+        (
+            "entries this worker claimed after `QQBOT_STREAM_CLAIM_IDLE` (a dead or stuck "
+            "worker's, or a failed entry's retry)"
+        ),
+    ),
+    MetricSpec(
+        "worker_dead_letters_total",
+        "counter",
+        ("group", "consumer"),
+        "Entries this worker moved to the dead-letter stream.",
+        (
+            "entries this worker moved to the dead-letter stream (after "
+            "`QQBOT_STREAM_MAX_ATTEMPTS` deliveries, or unreadable)"
+        ),
+    ),
+    MetricSpec(
+        "worker_in_flight",
+        "gauge",
+        ("group", "consumer"),
+        "Events in this worker's handlers now.",
+        "events in this worker's handlers now (at most `QQBOT_WORKER_CONCURRENCY`)",
+    ),
+    MetricSpec(
+        "worker_redis_up",
+        "gauge",
+        ("group", "consumer"),
+        "1 while this worker's last Redis command succeeded.",
+        "1 while the worker's last Redis command succeeded",
+    ),
+    MetricSpec(
+        "worker_handler_duration_seconds",
+        "histogram",
+        ("group", "consumer"),
+        "Time from an event's first handler call to its last handler's return.",
+        "time from an event's first handler call to its last handler's return, per worker",
+    ),
+    MetricSpec(
+        "worker_event_latency_seconds",
+        "histogram",
+        ("group", "consumer"),
+        "Time from the gateway's append to the handlers' return (wall clocks of two hosts).",
+        (
+            "time from the gateway's append to the handlers' return (two hosts' wall clocks: "
+            "as good as their NTP)"
+        ),
+    ),
 )
 _BY_NAME: Final[dict[str, MetricSpec]] = {m.name: m for m in METRICS}
 
