@@ -47,7 +47,7 @@ from . import events as ev
 from .api import OpenAPIClient
 from .auth import TokenManager
 from .backoff import Sleep
-from .connection import make_socket_factory
+from .connection import make_socket_factory, tcp_connector
 from .dispatch import BatchSink, Handler
 from .reconnect import session_start_wait
 from .shard import Shard
@@ -211,9 +211,9 @@ class QQBotClient:
             self._closed.set()
             raise
         timeout = aiohttp.ClientTimeout(total=cfg.request_timeout)
-        self._http = aiohttp.ClientSession(timeout=timeout)
+        self._http = aiohttp.ClientSession(timeout=timeout, connector=tcp_connector())
         # The gateway gets its own connector: sockets with keepalive and TCP_USER_TIMEOUT.
-        connector = aiohttp.TCPConnector(socket_factory=make_socket_factory(cfg.transport))
+        connector = tcp_connector(socket_factory=make_socket_factory(cfg.transport))
         self._ws_http = aiohttp.ClientSession(connector=connector)
         self._tokens = TokenManager(
             cfg.app_id,

@@ -54,6 +54,7 @@ __all__ = [
     "GatewayConnection",
     "TransportConfig",
     "make_socket_factory",
+    "tcp_connector",
 ]
 
 _log = logging.getLogger("qqbot_gateway.connection")
@@ -69,6 +70,17 @@ _TEXT: Final = aiohttp.WSMsgType.TEXT
 CONTROL_KINDS: Final = frozenset(
     {ev.SessionReady, ev.SessionResumed, ev.ZombieDetected, ev.DuplicateDropped}
 )
+
+
+def tcp_connector(**kwargs: Any) -> aiohttp.TCPConnector:
+    """A connector that resolves names with the system resolver (``getaddrinfo`` in a thread).
+
+    aiohttp switches to c-ares on its own when ``aiodns`` happens to be installed (another
+    package's ``aiohttp[speedups]`` brings it), which resolves differently (no nsswitch, its own
+    ``/etc/hosts`` and search-domain handling) and fails differently: the resolver is chosen here
+    so that it does not depend on what else is in the environment.
+    """
+    return aiohttp.TCPConnector(resolver=aiohttp.ThreadedResolver(), **kwargs)
 
 
 def make_socket_factory(cfg: TransportConfig) -> Callable[[AddrInfoType], socket.socket]:

@@ -54,6 +54,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from qqbot_gateway.adapter.connection import tcp_connector
 from qqbot_gateway.adapter.protocol import GatewayEvent
 
 from .stream import StreamKeys, StreamState, check_owner, decode_entry, dedupe_key, ensure_group
@@ -720,7 +721,9 @@ async def run_worker(
     installed: list[signal.Signals] = []
     try:
         cfg = settings.client_config()
-        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=cfg.request_timeout))
+        http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=cfg.request_timeout), connector=tcp_connector()
+        )
         tokens = TokenManager(
             app_id,
             secret.get(),

@@ -66,6 +66,7 @@ from gateway.platforms.base import (
 
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.client import QQBotClient
+from qqbot_gateway.adapter.connection import tcp_connector
 from qqbot_gateway.adapter.errors import (
     APIConnectionError,
     APIError,
@@ -192,7 +193,7 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         self._unsubscribe = client.events.subscribe(self._on_lifecycle, kinds=kinds)
         self.client = client
         timeout = aiohttp.ClientTimeout(total=client.config.request_timeout * 3)
-        self._http = aiohttp.ClientSession(timeout=timeout)
+        self._http = aiohttp.ClientSession(timeout=timeout, connector=tcp_connector())
         try:
             if service.http_addr is not None:
                 telemetry = Telemetry(service.telemetry_config())

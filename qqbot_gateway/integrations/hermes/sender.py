@@ -34,6 +34,7 @@ import aiohttp
 
 from qqbot_gateway.adapter.api import MessageResult, OpenAPIClient
 from qqbot_gateway.adapter.auth import TokenManager
+from qqbot_gateway.adapter.connection import tcp_connector
 from qqbot_gateway.adapter.errors import APIConnectionError, APIError, AuthError
 from qqbot_gateway.config import ConfigError
 
@@ -120,7 +121,7 @@ async def standalone_send(
         return {"error": f"qqbot-gateway: message longer than {MAX_TEXT} characters"}
     cfg = settings.service.client_config()
     timeout = aiohttp.ClientTimeout(total=cfg.request_timeout * 4)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    async with aiohttp.ClientSession(timeout=timeout, connector=tcp_connector()) as http:
         tokens = TokenManager(
             cfg.app_id,
             cfg.client_secret.get(),
