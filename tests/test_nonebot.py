@@ -121,6 +121,24 @@ async def sim() -> AsyncIterator[Simulator]:
         await simulator.stop()
 
 
+async def _listening(port: int, within: float = 30.0) -> None:
+    """Until NoneBot's own server accepts connections on ``port`` (a webhook bot's connect hook
+    can fire before uvicorn has bound it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if loop.time() > deadline:
+                pytest.fail(f"NoneBot's server never listened on port {port}")
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -343,6 +361,7 @@ async def test_webhook_bot_on_nonebots_own_server(sim: Simulator, tmp_path: Path
     faults = WebhookFaults(bad_signature=0.3, replay=0.5, duplicate_storm=0.3, storm_size=3)
     try:
         await bot.connected()
+        await _listening(port)
         url = f"http://127.0.0.1:{port}/qq/webhook"
         async with WebhookDeliverer(url, secret=SECRET, app_id=APP_ID, faults=faults, seed=5) as qq:
             assert await qq.validate()
