@@ -37,9 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import aiohttp
 
@@ -52,6 +52,7 @@ from .connection import make_socket_factory
 from .context import ShardContext
 from .dispatch import Dispatcher, Handler
 from .journal import IntakeJournal, JournalFile, JournalRecord
+from .protocol import GatewayEvent
 from .reconnect import session_start_wait
 from .session import Deliver, Emit, GatewaySession
 from .store import (
@@ -89,6 +90,36 @@ _MAX_CACHED_TYPES = 256
 #: window must span minutes of traffic, not seconds: 1,024 ids is ~40 kB per checkpoint write.
 #: The handled records still in the journal add theirs at start too.
 _WEBHOOK_DEDUPE_IDS = 1024
+#: Cluster mode: close() waits for the owned shards' terms this long beyond the drain time (the
+#: supervisor's bounded stop, the final checkpoint, the lease's release).
+_TERM_CLOSE_MARGIN = 8.0
+#: ``_restore``'s "the caller did not read the store" marker.
+_UNREAD = object()
+
+
+class OwnershipTerm(Protocol):
+    """One term of owning a shard in cluster mode (``qqbot_gateway.cluster.shards``)."""
+
+    shard_id: int
+    ended: asyncio.Event
+    reason: str | None
+
+    def valid(self) -> bool:
+        """The shard's lease is provably this process's now (by its own clock)."""
+
+
+class Ownership(Protocol):
+    """Cluster mode: who owns which shard (``qqbot_gateway.cluster.shards.ShardOwnership``).
+
+    ``hold(shard, run_term)`` stands by for the shard and calls ``run_term`` for each term this
+    process owns it, until ``stop()``. The client runs the shard inside the term and stops it
+    when ``term.ended`` is set (aborting without a frame if the term is no longer valid)."""
+
+    def stop(self) -> None: ...
+
+    async def hold(
+        self, shard_id: int, run_term: Callable[[OwnershipTerm], Awaitable[None]]
+    ) -> None: ...
 
 
 class _Shard:
@@ -117,8 +148,13 @@ class QQBotClient:
         bus: ev.EventBus | None = None,
         store_factory: StoreFactory | None = None,
         sleep: Sleep = asyncio.sleep,
+        ownership: Ownership | None = None,
     ) -> None:
         self.config = config
+        #: Cluster mode: shards are run only while this process holds their lease.
+        self._ownership = ownership if config.mode == "websocket" else None
+        if self._ownership is not None and store_factory is None:
+            raise ValueError("ownership needs a store_factory (the fenced session store)")
         #: The starter's waits (session-start window and budget, another process's lock).
         self._sleep = sleep
         self.events = bus or ev.EventBus()
@@ -155,6 +191,8 @@ class QQBotClient:
         self._starter: asyncio.Task[None] | None = None
         self._started = False
         self._closing = False
+        #: Handlers' drain time when a shard stops (close() sets the caller's).
+        self._drain_timeout = 5.0
         #: Optional hook wrapping the handling of each event (telemetry sets a tracing span).
         self.handler_context: HandlerContext | None = None
         #: The callback intake in webhook mode (after ``start()``), else None.
@@ -228,9 +266,11 @@ class QQBotClient:
         if cfg.mode == "webhook":
             # First: a missing ``cryptography`` fails here, before any connection is opened.
             self._webhook_key = WebhookKey(cfg.client_secret.get())
-        # Owning the shards' state fails fast too, before any network traffic.
+        # Owning the shards' state fails fast too, before any network traffic (in cluster mode
+        # each term of ownership opens its shard's store instead).
         try:
-            await self._acquire_stores()
+            if self._ownership is None:
+                await self._acquire_stores()
         except BaseException:
             self._release_stores()
             self._closed.set()
@@ -268,6 +308,9 @@ class QQBotClient:
                 await self.close()
                 raise
             return
+        if self._ownership is not None:
+            self._starter = asyncio.create_task(self._run_cluster(), name="qqbot shard owner")
+            return
         for shard_id in cfg.shards:
             self._shards[shard_id] = self._make_shard(shard_id)
             self._restore(self._shards[shard_id])
@@ -299,6 +342,52 @@ class QQBotClient:
                 shard.checkpointer.start()
             shard.supervisor.start()
 
+    # --- cluster mode --------------------------------------------------------------------
+    async def _run_cluster(self) -> None:
+        ownership = self._ownership
+        assert ownership is not None
+        # Each shard is owned independently: none waits for another's lease.
+        await asyncio.gather(*(ownership.hold(sid, self._run_term) for sid in self.config.shards))
+
+    async def _run_term(self, term: OwnershipTerm) -> None:
+        """Run one shard for one term of ownership: resume the stored session, connect, and
+        stop when the term ends. See ``qqbot_gateway.cluster.shards``."""
+        sid = term.shard_id
+        assert self._store_factory is not None
+        store = self._store_factory(sid)
+        self._stores[sid] = store
+        shard = self._make_shard(sid, may_send=term.valid)
+        try:
+            loaded: StoredSession | StoreError | None = await asyncio.to_thread(store.load)
+        except StoreError as exc:
+            loaded = exc
+        self._restore(shard, loaded)
+        self._shards[sid] = shard
+        shard.dispatcher.start()
+        if shard.checkpointer is not None:
+            shard.checkpointer.start()
+        shard.supervisor.start()
+        task = shard.supervisor.task
+        assert task is not None
+        ended = asyncio.create_task(term.ended.wait(), name=f"qqbot term shard {sid}")
+        try:
+            await asyncio.wait({ended, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        valid = term.valid()
+        # A term that is no longer provably ours stops without another frame, and hands no
+        # queued event to a handler: the next owner replays them from the stored watermark.
+        await shard.supervisor.stop(end_session=False, abort=not valid)
+        await shard.dispatcher.close(self._drain_timeout if valid else 0.0)
+        if shard.checkpointer is not None:
+            # The final checkpoint; refused by the fence if another process owns the shard now.
+            with contextlib.suppress(Exception):
+                await shard.checkpointer.close(release=False)
+        if task.done() and not self._closing and term.reason is None:
+            return  # the shard stopped for good (fatal): its status stays for the health check
+        self._shards.pop(sid, None)
+        self._stores.pop(sid, None)
+
     # --- the session store ---------------------------------------------------------------
     async def _acquire_stores(self) -> None:
         if self._store_factory is None:
@@ -325,8 +414,11 @@ class QQBotClient:
                 store.close()
         self._stores.clear()
 
-    def _restore(self, shard: _Shard) -> None:
-        """Adopt the session a previous process stored for this shard, if it is usable."""
+    def _restore(
+        self, shard: _Shard, loaded: StoredSession | StoreError | object | None = _UNREAD
+    ) -> None:
+        """Adopt the session a previous process stored for this shard, if it is usable.
+        ``loaded``: what the store returned, if the caller read it already (else False)."""
         store, ckpt = self._stores.get(shard.session.shard_id), shard.checkpointer
         if store is None or ckpt is None:
             return
@@ -346,7 +438,9 @@ class QQBotClient:
             )
 
         try:
-            state = store.load()
+            if isinstance(loaded, StoreError):
+                raise loaded
+            state = loaded if isinstance(loaded, StoredSession | None) else store.load()
         except StoreError as exc:
             unusable(str(exc))
             return
@@ -530,7 +624,7 @@ class QQBotClient:
             ev.JournalReplayed(shard=0, monotonic=now, replayed=replayed, skipped=skipped)
         )
 
-    def _make_shard(self, shard_id: int) -> _Shard:
+    def _make_shard(self, shard_id: int, may_send: Callable[[], bool] | None = None) -> _Shard:
         cfg = self.config
         session = GatewaySession(
             shard_id=shard_id,
@@ -563,16 +657,27 @@ class QQBotClient:
             around_event=lambda: self.handler_context,
             progress=checkpointer.progress if checkpointer is not None else None,
         )
+        deliver: Callable[[GatewayEvent], None] = dispatcher.put  # bound, no wrapper
+        if may_send is not None:
+            put = dispatcher.put
+
+            def deliver(event: GatewayEvent) -> None:
+                # Cluster mode: an event read after the lease ran out (a process woken from a
+                # pause) goes to no handler; the next owner replays it from the watermark.
+                if may_send():
+                    put(event)
+
         supervisor = ShardSupervisor(
             session,
             tokens=self._tokens,
             gateway_url=self._gateway_url,
             ws_http=self._ws_http,
             bus=self.events,
-            deliver=dispatcher.put,  # bound, no wrapper: called once per event
+            deliver=deliver,
             transport=cfg.transport,
             policy=cfg.reconnect,
             wait_for_drain=dispatcher.wait_for_drain,
+            may_send=may_send,
         )
         dispatcher.log_context = supervisor.log_context
         return _Shard(session, supervisor, dispatcher, checkpointer)
@@ -595,7 +700,15 @@ class QQBotClient:
             await self._closed.wait()
             return
         self._closing = True
+        self._drain_timeout = drain_timeout
         try:
+            if self._starter is not None and self._ownership is not None:
+                # Cluster mode: every owned shard closes with 4000, drains and writes its final
+                # checkpoint inside its term, then its lease is released for a standby.
+                self._ownership.stop()
+                with contextlib.suppress(TimeoutError, Exception):
+                    async with asyncio.timeout(drain_timeout + _TERM_CLOSE_MARGIN):
+                        await asyncio.shield(self._starter)
             if self._starter is not None:
                 self._starter.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -124,6 +124,7 @@ class RedisSessionStore:
         *,
         token: Callable[[], int | None],
         shown: str = "redis",
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self.app_id = app_id
@@ -134,8 +135,9 @@ class RedisSessionStore:
         self._shown = shown
         self._save = client.register_script(_SAVE)
         self._clear = client.register_script(_CLEAR)
-        #: Writes refused because the token was stale (read by the cluster metrics).
+        #: Writes refused because the token was stale (also reported to ``on_refused``).
         self.refused = 0
+        self._on_refused = on_refused
 
     @property
     def location(self) -> str:
@@ -177,10 +179,18 @@ class RedisSessionStore:
         if int(ok) != 1:
             self._refused(token, "delete")
 
+    def _count_refusal(self) -> None:
+        self.refused += 1
+        if self._on_refused is not None:
+            try:
+                self._on_refused()
+            except Exception:  # noqa: BLE001, S110 - an observer only watches
+                pass
+
     def _checked_token(self, what: str) -> int:
         token = self._token()
         if token is None:
-            self.refused += 1
+            self._count_refusal()
             raise FencedOut(
                 f"cannot {what} {self.location}: this process no longer owns shard {self.shard_id}",
                 token=None,
@@ -188,7 +198,7 @@ class RedisSessionStore:
         return token
 
     def _refused(self, token: int, what: str) -> None:
-        self.refused += 1
+        self._count_refusal()
         raise FencedOut(
             f"{what} of {self.location} refused: fencing token {token} is stale (another "
             f"process owns shard {self.shard_id} now)",

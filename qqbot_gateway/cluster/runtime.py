@@ -1,0 +1,87 @@
+"""Cluster mode's pieces for one process, opened from the settings (the service's composition
+root calls :func:`open_cluster` before it builds the client)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from qqbot_gateway.adapter.store import SessionStore
+
+from .connect import DEFAULT_CONNECT_TIMEOUT, RedisTarget, open_redis, parse_redis_url
+from .shards import ClusterObserver, ShardOwnership
+from .store import RedisSessionStore, open_sync_redis
+
+if TYPE_CHECKING:
+    import redis
+    from redis.asyncio import Redis
+
+__all__ = ["Cluster", "open_cluster"]
+
+
+class Cluster:
+    """The Redis clients, the shard ownership and the fenced store factory of one process."""
+
+    def __init__(
+        self,
+        target: RedisTarget,
+        aio: Redis,
+        sync: redis.Redis,
+        app_id: str,
+        *,
+        ttl: float,
+        observer: ClusterObserver | None = None,
+    ) -> None:
+        self.target = target
+        self.redis = aio
+        self._sync = sync
+        self.app_id = app_id
+        self.ownership = ShardOwnership(aio, app_id, ttl=ttl, observer=observer)
+        self.stores: dict[int, RedisSessionStore] = {}
+
+    def store_factory(self, shard_id: int) -> SessionStore:
+        """The fenced store of ``shard_id``: it writes under the current term's token only."""
+        ownership = self.ownership
+
+        def token() -> int | None:
+            term = ownership.terms.get(shard_id)
+            return term.fencing_token() if term is not None else None
+
+        observer = ownership.observer
+        store = RedisSessionStore(
+            self._sync,
+            self.app_id,
+            shard_id,
+            token=token,
+            shown=self.target.shown,
+            on_refused=lambda: observer.fenced(shard_id),
+        )
+        self.stores[shard_id] = store
+        return store
+
+    def roles(self) -> dict[int, dict[str, Any]]:
+        """Per shard: ``role`` (owner/standby), ``token``, ``holder`` (the other owner)."""
+        return {
+            shard: {"role": r.role, "token": r.token, "holder": r.holder, "error": r.last_error}
+            for shard, r in sorted(self.ownership.roles.items())
+        }
+
+    async def close(self) -> None:
+        try:
+            self._sync.close()
+        finally:
+            await self.redis.aclose()
+
+
+async def open_cluster(
+    url: str,
+    app_id: str,
+    *,
+    ttl: float,
+    observer: ClusterObserver | None = None,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> Cluster:
+    """Connect (one PING within ``timeout``; :class:`~.connect.RedisUnavailable` otherwise)."""
+    target = parse_redis_url(url)
+    aio = await open_redis(target, timeout=timeout)
+    sync = open_sync_redis(target, timeout=timeout)
+    return Cluster(target, aio, sync, app_id, ttl=ttl, observer=observer)

@@ -1,0 +1,102 @@
+"""Failover between ``qqbot-gateway run`` processes through Redis leases, over real sockets.
+
+A real redis-server (AOF), the simulator at 20 events/s with H = 1 s, and ``run
+--print-events`` subprocesses with ``QQBOT_REDIS_URL`` and a short lease. Counting as in
+``test_restart_resume``: *lost* = emitted and printed by no process; a duplicate is allowed only
+in the documented window (above the watermark durable in Redis when the owner died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from qqbot_gateway.cluster.store import session_key
+from qqbot_gateway.simulator import Simulator, SimulatorConfig
+from tests.redis_harness import RedisServer, needs_redis
+
+from .test_cli import APP_ID, SECRET
+from .test_restart_resume import RATE, START_TIMEOUT, Bot, Case
+
+pytestmark = [pytest.mark.slow, needs_redis]
+
+#: Short enough for quick tests, long enough that renewals (every third) survive a loaded box.
+LEASE = "2"
+
+
+class ClusterCase(Case):
+    def __init__(self, sim: Simulator, state_dir: Path, server: RedisServer) -> None:
+        super().__init__(sim, state_dir)
+        self.redis = server
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        return super().env(
+            **{"QQBOT_REDIS_URL": self.redis.url, "QQBOT_LEASE_TTL": LEASE, **overrides}
+        )
+
+    def durable_seq(self, shard: int = 0) -> int:
+        client = redis.Redis.from_url(self.redis.url, socket_timeout=2)
+        try:
+            raw = client.get(session_key(APP_ID, shard))
+        except redis.RedisError:
+            return 0
+        finally:
+            client.close()
+        return int(json.loads(raw)["seq"]) if raw else 0
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[ClusterCase]:
+    config = SimulatorConfig(
+        app_id=APP_ID,
+        client_secret=SECRET,
+        heartbeat_interval_ms=1000,
+        event_rate=RATE,
+        resume_window=120.0,
+        seed=11,
+    )
+    async with Simulator(config) as sim:
+        c = ClusterCase(sim, tmp_path / "state", redis_server)
+        try:
+            yield c
+        finally:
+            for bot in c.bots:
+                await bot.cleanup()
+
+
+def resumes(sim: Simulator) -> list[Any]:
+    return [r for r in sim.resumes if r.outcome == "resumed"]
+
+
+async def owner_and_standby(c: ClusterCase) -> tuple[Bot, Bot]:
+    first = await c.bot()
+    await c.streaming(first, 10)
+    second = await c.bot()
+    await second.stderr_lines("standby", timeout=START_TIMEOUT)
+    assert not second.handled
+    return first, second
+
+
+async def test_owner_sigkilled_standby_resumes_and_replays_the_gap(cluster: ClusterCase) -> None:
+    first, second = await owner_and_standby(cluster)
+    await cluster.streaming(first, 30)
+    durable = cluster.durable_seq()
+    first.proc.kill()  # type: ignore[union-attr]
+    await first.exit_code(10)
+    loop = asyncio.get_running_loop()
+    killed_at = loop.time()
+    await second.wait(lambda: second.saw("RESUMED"), "standby RESUMED", START_TIMEOUT)
+    print(f"\n[cluster] SIGKILL -> standby RESUMED in {loop.time() - killed_at:.2f}s", flush=True)
+    assert not second.saw("READY"), "the standby resumed the stored session, never identified"
+    assert [r.seq for r in resumes(cluster.sim)][-1] >= durable
+    lines = await second.stderr_lines("lease acquired")
+    assert any("the previous owner's lease ran out" in line for line in lines), lines
+    lost, _, dups = await cluster.drain_and_count(second, "cluster SIGKILL")
+    assert lost == 0
+    assert all(seq > durable for seq in dups), (durable, dups)
