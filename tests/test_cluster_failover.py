@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,39 @@ async def test_owner_sigkilled_standby_resumes_and_replays_the_gap(cluster: Clus
     lost, _, dups = await cluster.drain_and_count(second, "cluster SIGKILL")
     assert lost == 0
     assert all(seq > durable for seq in dups), (durable, dups)
+
+
+async def test_owner_paused_past_its_lease_never_sends_again(cluster: ClusterCase) -> None:
+    """SIGSTOP the owner past its lease: the standby takes over; after SIGCONT the old owner
+    sends no frame on the session (every frame the platform gets from then on comes on the new
+    owner's connection), its late checkpoint is refused by the fence, and nothing is lost."""
+    first, second = await owner_and_standby(cluster)
+    await cluster.streaming(first, 30)
+    first.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    try:
+        await second.wait(lambda: second.saw("RESUMED"), "standby RESUMED", START_TIMEOUT)
+        took_over = resumes(cluster.sim)[-1]
+        handled_by_new = len(second.handled)
+    finally:
+        first.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    # The old owner wakes: it finds its lease gone and goes back to standby.
+    lines = await first.stderr_lines("standing by again", timeout=30)
+    assert lines, "\n".join(first.stderr[-30:])
+    await second.wait(
+        lambda: len(second.handled) >= handled_by_new + 20, "the new owner streams on", 30
+    )
+    # The platform's view: after the takeover, frames came on the new owner's connection only.
+    late_resumes = [r for r in cluster.sim.resumes if r.at > took_over.at]
+    late_identifies = [r for r in cluster.sim.identifies if r.at > took_over.at]
+    assert not late_resumes and not late_identifies, (late_resumes, late_identifies)
+    for conn in cluster.sim.connections:
+        if conn.conn_id != took_over.conn_id:
+            late = [h for h in conn.heartbeats if h.at > took_over.at]
+            assert not late, f"connection {conn.conn_id} sent heartbeats after the takeover"
+    # Its late checkpoint (if it had one pending) was refused by Redis, never written.
+    assert not any("saved at seq" in line for line in first.stderr)
+    refused = [line for line in first.stderr if "refused: fencing token" in line]
+    print(f"\n[cluster] SIGSTOP: late checkpoint writes refused: {len(refused)}", flush=True)
+    lost, duplicated, _ = await cluster.drain_and_count(second, "cluster SIGSTOP + SIGCONT")
+    assert lost == 0
+    assert first.proc.returncode is None, "the old owner stays up as a standby"

@@ -93,8 +93,11 @@ class ShardTerm:
         """The lease is provably ours now (by this process's clock) and the term goes on."""
         return self._lease.token == self.token and self._lease.valid()
 
-    def fencing_token(self) -> int | None:
-        return self.token if self._lease.token == self.token else None
+    def fencing_token(self) -> int:
+        """The token the store writes under. Always the term's own, even after validity ran
+        out: whether a write is stale is for Redis to decide atomically (the fence), not for
+        this process's judgement of itself."""
+        return self.token
 
     def end(self, reason: str) -> None:
         if not self.ended.is_set():
@@ -239,8 +242,8 @@ class ShardOwnership:
             await asyncio.sleep(max(0.0, min(next_at, until) - loop.time()))
             if not lease.valid():
                 term.end(
-                    "lease validity ran out with no successful renewal (Redis unreachable or "
-                    "too slow); connection stopped before the lease could expire in Redis"
+                    "lease validity ran out before a renewal succeeded (Redis unreachable or "
+                    "slow, or this process was paused); connection stopped without another frame"
                 )
                 lease.forget()
                 return
