@@ -109,6 +109,7 @@ async def test_owner_paused_past_its_lease_never_sends_again(cluster: ClusterCas
     owner's connection), its late checkpoint is refused by the fence, and nothing is lost."""
     first, second = await owner_and_standby(cluster)
     await cluster.streaming(first, 30)
+    durable = cluster.durable_seq()
     first.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
     try:
         await second.wait(lambda: second.saw("RESUMED"), "standby RESUMED", START_TIMEOUT)
@@ -134,6 +135,7 @@ async def test_owner_paused_past_its_lease_never_sends_again(cluster: ClusterCas
     assert not any("saved at seq" in line for line in first.stderr)
     refused = [line for line in first.stderr if "refused: fencing token" in line]
     print(f"\n[cluster] SIGSTOP: late checkpoint writes refused: {len(refused)}", flush=True)
-    lost, duplicated, _ = await cluster.drain_and_count(second, "cluster SIGSTOP + SIGCONT")
+    lost, _, dups = await cluster.drain_and_count(second, "cluster SIGSTOP + SIGCONT")
     assert lost == 0
+    assert all(seq > durable for seq in dups), (durable, dups)
     assert first.proc.returncode is None, "the old owner stays up as a standby"
