@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 
@@ -75,6 +76,13 @@ def resumes(sim: Simulator) -> list[Any]:
     return [r for r in sim.resumes if r.outcome == "resumed"]
 
 
+async def probe(bot: Bot, path: str) -> tuple[int, str]:
+    """GET ``path?verbose`` on the bot's side server."""
+    addr = bot.env["QQBOT_HTTP_ADDR"]
+    async with aiohttp.ClientSession() as http, http.get(f"http://{addr}{path}?verbose") as r:
+        return r.status, await r.text()
+
+
 async def owner_and_standby(c: ClusterCase) -> tuple[Bot, Bot]:
     first = await c.bot()
     await c.streaming(first, 10)
@@ -86,6 +94,13 @@ async def owner_and_standby(c: ClusterCase) -> tuple[Bot, Bot]:
 
 async def test_owner_sigkilled_standby_resumes_and_replays_the_gap(cluster: ClusterCase) -> None:
     first, second = await owner_and_standby(cluster)
+    # /healthz is about the process: a standby is healthy; /readyz says who owns the shard.
+    status, text = await probe(second, "/healthz")
+    assert status == 200 and "[+]shard/0/lease ok: standby: owned by" in text, text
+    status, text = await probe(second, "/readyz")
+    assert status == 200 and "standby" in text, text
+    status, text = await probe(first, "/readyz")
+    assert status == 200 and "[+]shard/0/lease ok: owner: " in text, text
     await cluster.streaming(first, 30)
     durable = cluster.durable_seq()
     first.proc.kill()  # type: ignore[union-attr]
@@ -98,6 +113,9 @@ async def test_owner_sigkilled_standby_resumes_and_replays_the_gap(cluster: Clus
     assert [r.seq for r in resumes(cluster.sim)][-1] >= durable
     lines = await second.stderr_lines("lease acquired")
     assert any("the previous owner's lease ran out" in line for line in lines), lines
+    await second.wait(lambda: len(second.handled) > 0, "the new owner handles events", 30)
+    status, text = await probe(second, "/readyz")
+    assert status == 200 and "[+]shard/0/lease ok: owner: " in text, text
     lost, _, dups = await cluster.drain_and_count(second, "cluster SIGKILL")
     assert lost == 0
     assert all(seq > durable for seq in dups), (durable, dups)

@@ -117,6 +117,9 @@ class Ownership(Protocol):
 
     def stop(self) -> None: ...
 
+    def describe(self) -> dict[int, tuple[str, str]]:
+        """Per offered shard: ("owner" | "standby", a short detail for health and status)."""
+
     async def hold(
         self, shard_id: int, run_term: Callable[[OwnershipTerm], Awaitable[None]]
     ) -> None: ...
@@ -247,6 +250,10 @@ class QQBotClient:
         if self._webhook_dispatcher is not None and shard == 0:
             return self._webhook_dispatcher.depth
         return self._shards[shard].dispatcher.depth
+
+    def shard_roles(self) -> dict[int, tuple[str, str]]:
+        """Cluster mode: per offered shard, ("owner" | "standby", detail); else empty."""
+        return self._ownership.describe() if self._ownership is not None else {}
 
     @property
     def has_session_store(self) -> bool:

@@ -139,6 +139,17 @@ class ShardOwnership:
         for term in self.terms.values():
             term.end("shutdown")
 
+    def describe(self) -> dict[int, tuple[str, str]]:
+        out: dict[int, tuple[str, str]] = {}
+        for shard, r in sorted(self.roles.items()):
+            if r.role == "owner":
+                out[shard] = ("owner", f"this process holds the lease (fencing token {r.token})")
+            else:
+                who = f"owned by {r.holder}" if r.holder else "no owner seen yet"
+                err = f"; last Redis error: {r.last_error}" if r.last_error else ""
+                out[shard] = ("standby", f"{who}; taking over when its lease ends{err}")
+        return out
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
