@@ -288,7 +288,7 @@ class HealthEvaluator:
             zombie = self._zombie(s, now)  # once per shard: three checks judge by it
             checks.append(self._connection_check(shard, s, zombie, now))
             checks.extend(self._layer_checks(shard, s, zombie, now))
-            checks.append(self._session_check(shard, s, status, now))
+            checks.append(self._session_check(shard, s, status, now, term=role is not None))
             checks.append(self._supervisor_check(shard, s, status, now))
             ready = self._ready_check(shard, s, status, zombie, now)
             readiness.append(ready)
@@ -515,7 +515,7 @@ class HealthEvaluator:
         )
 
     def _session_check(
-        self, shard: int, s: _Shard, status: ShardStatus | None, now: float
+        self, shard: int, s: _Shard, status: ShardStatus | None, now: float, *, term: bool = False
     ) -> Check:
         name = f"shard/{shard}/session"
         if s.live or (status is not None and status.ready):
@@ -526,7 +526,7 @@ class HealthEvaluator:
             return Check(name, True, "stopped by shutdown")
         grace = self.config.liveness_grace
         since_candidates = [self._started_at]
-        if s.started_at is not None:
+        if term and s.started_at is not None:  # cluster mode: from the term's start
             since_candidates.append(s.started_at)
         if s.live_ended is not None:
             since_candidates.append(s.live_ended)
