@@ -72,6 +72,11 @@ async def cluster(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Cl
                 await bot.cleanup()
 
 
+def process(bot: Bot) -> asyncio.subprocess.Process:
+    assert bot.proc is not None
+    return bot.proc
+
+
 def resumes(sim: Simulator) -> list[Any]:
     return [r for r in sim.resumes if r.outcome == "resumed"]
 
@@ -103,7 +108,7 @@ async def test_owner_sigkilled_standby_resumes_and_replays_the_gap(cluster: Clus
     assert status == 200 and "[+]shard/0/lease ok: owner: " in text, text
     await cluster.streaming(first, 30)
     durable = cluster.durable_seq()
-    first.proc.kill()  # type: ignore[union-attr]
+    process(first).kill()
     await first.exit_code(10)
     loop = asyncio.get_running_loop()
     killed_at = loop.time()
@@ -128,13 +133,13 @@ async def test_owner_paused_past_its_lease_never_sends_again(cluster: ClusterCas
     first, second = await owner_and_standby(cluster)
     await cluster.streaming(first, 30)
     durable = cluster.durable_seq()
-    first.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    process(first).send_signal(signal.SIGSTOP)
     try:
         await second.wait(lambda: second.saw("RESUMED"), "standby RESUMED", START_TIMEOUT)
         took_over = resumes(cluster.sim)[-1]
         handled_by_new = len(second.handled)
     finally:
-        first.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        process(first).send_signal(signal.SIGCONT)
     # The old owner wakes: it finds its lease gone and goes back to standby.
     lines = await first.stderr_lines("standing by again", timeout=30)
     assert lines, "\n".join(first.stderr[-30:])
@@ -156,4 +161,49 @@ async def test_owner_paused_past_its_lease_never_sends_again(cluster: ClusterCas
     lost, _, dups = await cluster.drain_and_count(second, "cluster SIGSTOP + SIGCONT")
     assert lost == 0
     assert all(seq > durable for seq in dups), (durable, dups)
-    assert first.proc.returncode is None, "the old owner stays up as a standby"
+    assert process(first).returncode is None, "the old owner stays up as a standby"
+
+
+async def test_redis_restarted_mid_stream_loses_nothing(cluster: ClusterCase) -> None:
+    """Redis restarts (AOF) under a streaming owner: the lease, fence and session survive; the
+    owner keeps or retakes the shard (never crashes), and nothing is lost."""
+    first = await cluster.bot()
+    await cluster.streaming(first, 20)
+    await cluster.redis.restart()
+    before = len(first.handled)
+    await first.wait(lambda: len(first.handled) >= before + 30, "streaming after restart", 30)
+    lost, _, _ = await cluster.drain_and_count(first, "Redis restarted (AOF)")
+    assert lost == 0
+    assert process(first).returncode is None
+
+
+async def test_redis_unreachable_longer_than_the_lease(cluster: ClusterCase) -> None:
+    """Redis stops answering for twice the lease: the owner stops its connection by its own
+    clock before the lease could expire, stays up as a standby, and when Redis answers again
+    takes the shard back and resumes the stored session: 0 lost."""
+    ttl = float(LEASE)
+    first = await cluster.bot()
+    await cluster.streaming(first, 20)
+    loop = asyncio.get_running_loop()
+    durable = cluster.durable_seq()
+    paused_at = loop.time()
+    cluster.redis.pause()
+    try:
+        lines = await first.stderr_lines("standing by again", timeout=4 * ttl)
+        assert lines, "\n".join(first.stderr[-20:])
+        gone = [c.closed_at for c in cluster.sim.connections if c.closed_at is not None]
+        assert gone, "the owner's connection was closed"
+        # By its own clock: within the lease (plus the simulator noticing the EOF, generously).
+        assert gone[0] - paused_at < ttl + 1.5, gone[0] - paused_at
+        await asyncio.sleep(max(0.0, paused_at + 2 * ttl - loop.time()))
+    finally:
+        cluster.redis.resume()
+    await first.wait(
+        lambda: sum(e["type"] == "RESUMED" for e in first.events) >= 1, "RESUMED", START_TIMEOUT
+    )
+    assert sum(e["type"] == "READY" for e in first.events) == 1, "resumed, not identified again"
+    lost, _, dups = await cluster.drain_and_count(first, "Redis unreachable for 2x the lease")
+    assert lost == 0
+    # Handled while no checkpoint could be written, replayed by the next term: the window.
+    assert all(seq > durable for seq in dups), (durable, dups)
+    assert process(first).returncode is None

@@ -93,6 +93,9 @@ _WEBHOOK_DEDUPE_IDS = 1024
 #: Cluster mode: close() waits for the owned shards' terms this long beyond the drain time (the
 #: supervisor's bounded stop, the final checkpoint, the lease's release).
 _TERM_CLOSE_MARGIN = 8.0
+#: A term that lost its lease waits this long for its final checkpoint (refused or failed when
+#: another process owns the shard or Redis is gone; then the next owner replays from its own).
+_LOST_TERM_CHECKPOINT = 1.0
 #: ``_restore``'s "the caller did not read the store" marker.
 _UNREAD = object()
 
@@ -388,8 +391,10 @@ class QQBotClient:
         await shard.dispatcher.close(self._drain_timeout if valid else 0.0)
         if shard.checkpointer is not None:
             # The final checkpoint; refused by the fence if another process owns the shard now.
+            # A lost term does not wait long for it (Redis may be the reason the term ended).
             with contextlib.suppress(Exception):
-                await shard.checkpointer.close(release=False)
+                async with asyncio.timeout(None if valid else _LOST_TERM_CHECKPOINT):
+                    await shard.checkpointer.close(release=False)
         if task.done() and not self._closing and term.reason is None:
             return  # the shard stopped for good (fatal): its status stays for the health check
         self._shards.pop(sid, None)
@@ -763,9 +768,15 @@ class QQBotClient:
     async def wait_closed(self) -> None:
         """Wait until ``close()`` finished, or until every shard stopped for good (fatal)."""
         while not self._closed.is_set():
-            tasks = [s.supervisor.task for s in self._shards.values() if s.supervisor.task]
-            if tasks and all(t.done() for t in tasks):
-                return
+            if self._ownership is not None:
+                # Cluster mode: shards come and go with their terms; the client runs until the
+                # ownership loops end (close(), or a bug: they never end on their own).
+                if self._starter is not None and self._starter.done():
+                    return
+            else:
+                tasks = [s.supervisor.task for s in self._shards.values() if s.supervisor.task]
+                if tasks and all(t.done() for t in tasks):
+                    return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
                     await self._closed.wait()

@@ -163,9 +163,12 @@ class ShardOwnership:
         waiting_logged = False
         while not self._stop.is_set():
             try:
-                acquired = await lease.try_acquire()
-            except RedisUnavailable as exc:
-                role.last_error = str(exc)
+                # Bounded: an acquisition that times out after Redis ran it leaves a lease
+                # under our holder id that we do not use; it expires within the TTL.
+                async with asyncio.timeout(max(self.poll, self.ttl / 2)):
+                    acquired = await lease.try_acquire()
+            except (RedisUnavailable, TimeoutError) as exc:
+                role.last_error = str(exc) or "timed out"
                 self._notify(self.observer.redis_error, "acquire")
                 if not waiting_logged:
                     _log.warning(
