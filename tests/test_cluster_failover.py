@@ -9,6 +9,8 @@ in the documented window (above the watermark durable in Redis when the owner di
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -207,3 +209,96 @@ async def test_redis_unreachable_longer_than_the_lease(cluster: ClusterCase) -> 
     # Handled while no checkpoint could be written, replayed by the next term: the window.
     assert all(seq > durable for seq in dups), (durable, dups)
     assert process(first).returncode is None
+
+
+async def owners(bots: list[Bot], shard: int) -> list[int]:
+    """Indexes of the live bots whose /readyz says they own ``shard``."""
+    found = []
+    for i, bot in enumerate(bots):
+        if process(bot).returncode is not None:
+            continue
+        try:
+            _, text = await probe(bot, "/readyz")
+        except aiohttp.ClientError:
+            continue  # not listening yet
+        if f"[+]shard/{shard}/lease ok: owner" in text:
+            found.append(i)
+    return found
+
+
+async def test_three_processes_two_shards_each_owned_exactly_once(tmp_path: Path) -> None:
+    """Three processes offer both shards; kill owners one by one: every shard always has exactly
+    one owner once things settle, never two open sessions at once, and 0 events lost."""
+    server = RedisServer(tmp_path / "redis")
+    config = SimulatorConfig(
+        app_id=APP_ID,
+        client_secret=SECRET,
+        heartbeat_interval_ms=1000,
+        event_rate=RATE / 2,
+        resume_window=120.0,
+        shards=2,
+        seed=13,
+    )
+    await server.start()
+    try:
+        async with Simulator(config) as sim:
+            c = ClusterCase(sim, tmp_path / "state", server)
+            overlap: list[tuple[int, int]] = []
+
+            async def watch() -> None:
+                # Never two connections with a session on one shard at the same time.
+                while True:
+                    per_shard = collections.Counter(
+                        r.shard for r in sim.open_connections() if r.session_id is not None
+                    )
+                    overlap.extend((s, n) for s, n in per_shard.items() if n > 1)
+                    await asyncio.sleep(0.02)
+
+            watcher = asyncio.create_task(watch())
+            try:
+                bots = [await c.bot(QQBOT_SHARD_COUNT="2") for _ in range(3)]
+
+                async def settled(shard: int) -> list[int]:
+                    deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+                    while True:
+                        found = await owners(bots, shard)
+                        if len(found) == 1 or asyncio.get_running_loop().time() > deadline:
+                            return found
+                        await asyncio.sleep(0.2)
+
+                for _ in range(2):
+                    owner = {shard: await settled(shard) for shard in (0, 1)}
+                    assert all(len(o) == 1 for o in owner.values()), owner
+                    victim = bots[owner[0][0]]
+                    before = len(victim.handled)
+                    await victim.wait(lambda v=victim, b=before: len(v.handled) > b + 5, "flow", 30)
+                    process(victim).kill()
+                    await victim.exit_code(10)
+                # The last process owns both shards.
+                owner = {shard: await settled(shard) for shard in (0, 1)}
+                assert all(len(o) == 1 for o in owner.values()), owner
+                last = bots[owner[0][0]]
+                assert owner[1] == owner[0]
+                await last.wait(lambda: last.saw("RESUMED"), "RESUMED", START_TIMEOUT)
+                await asyncio.sleep(1.0)
+                sim.pause_events()
+                emitted = {r.event_id for s in (0, 1) for r in sim.emitted_events(shard=s)}
+
+                def printed() -> set[str | None]:
+                    return {e["id"] for b in bots for e in b.handled}
+
+                await last.wait(lambda: emitted <= printed(), "every event printed", 30)
+                print(
+                    f"\n[cluster] 3 processes, 2 shards, 2 kills: emitted {len(emitted)}, "
+                    f"lost {len(emitted - printed())}",
+                    flush=True,
+                )
+                assert not overlap, overlap
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+                for bot in c.bots:
+                    await bot.cleanup()
+    finally:
+        server.kill()
