@@ -243,7 +243,7 @@ async def test_three_processes_two_shards_each_owned_exactly_once(tmp_path: Path
     try:
         async with Simulator(config) as sim:
             c = ClusterCase(sim, tmp_path / "state", server)
-            overlap: list[tuple[int, int]] = []
+            overlap: list[tuple[int | None, int]] = []
 
             async def watch() -> None:
                 # Never two connections with a session on one shard at the same time.
@@ -271,7 +271,11 @@ async def test_three_processes_two_shards_each_owned_exactly_once(tmp_path: Path
                     assert all(len(o) == 1 for o in owner.values()), owner
                     victim = bots[owner[0][0]]
                     before = len(victim.handled)
-                    await victim.wait(lambda v=victim, b=before: len(v.handled) > b + 5, "flow", 30)
+
+                    def flowing(v: Bot = victim, b: int = before) -> bool:
+                        return len(v.handled) > b + 5
+
+                    await victim.wait(flowing, "events flowing", 30)
                     process(victim).kill()
                     await victim.exit_code(10)
                 # The last process owns both shards.
