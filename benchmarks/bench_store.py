@@ -39,7 +39,7 @@ from pathlib import Path
 from benchmarks._inproc import executor, feeder, open_session
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.checkpoint import DEFAULT_DEDUPE_IDS, MAX_HOLD, Checkpointer
-from qqbot_gateway.adapter.dispatch import Dispatcher
+from qqbot_gateway.adapter.dispatch import Dispatcher, Progress
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.session import GatewaySession
 from qqbot_gateway.adapter.store import FileSessionStore
@@ -75,9 +75,24 @@ class Pipeline:
         session.interest = bus.interest(0)
         self.session = session
         ckpt: Checkpointer | None = None
+
+        def handler(event: GatewayEvent) -> None:
+            self.handled += 1
+
+        # Wired as the shard wires them (adapter/shard.py): the dispatcher keeps its Progress,
+        # the checkpointer reads it.
+        self.dispatcher = dispatcher = Dispatcher(
+            session,
+            bus=bus,
+            handlers=lambda t: [handler],
+            capacity=self.capacity,
+            progress=Progress(DEFAULT_DEDUPE_IDS) if self.store else None,
+        )
         if self.store:
             store = FileSessionStore(self.directory, "1024", 0)
             store.acquire()
+            progress = dispatcher.progress
+            assert progress is not None
             ckpt = Checkpointer(
                 store,
                 app_id="1024",
@@ -85,22 +100,11 @@ class Pipeline:
                 shard_count=1,
                 bus=bus,
                 current_session=lambda: (session.session_id, session.seq),
-                accepted_count=lambda: ckpt_progress.handled + self.dispatcher.outstanding,
+                accepted_count=lambda: progress.handled + dispatcher.outstanding,
+                progress=progress,
             )
-            ckpt_progress = ckpt.progress
             bus.subscribe_to(ev.CheckpointWritten, lambda e: self.writes.append(e.duration))
         self.checkpointer = ckpt
-
-        def handler(event: GatewayEvent) -> None:
-            self.handled += 1
-
-        self.dispatcher = Dispatcher(
-            session,
-            bus=bus,
-            handlers=lambda t: [handler],
-            capacity=self.capacity,
-            progress=ckpt.progress if ckpt is not None else None,
-        )
         self.dispatcher.start()
         if ckpt is not None:
             ckpt.start()
@@ -214,9 +218,7 @@ def write_cpu(directory: str, n: int = 50) -> tuple[float, float]:
 
 def inline_cost(n: int = 200_000) -> float:
     """ns per event of the dispatcher's inline progress update (the statements it runs)."""
-    from qqbot_gateway.adapter.checkpoint import Progress
-
-    progress = Progress()
+    progress = Progress(DEFAULT_DEDUPE_IDS)
     events = [
         GatewayEvent("C2C_MESSAGE_CREATE", {}, seq, f"id-{seq}", 0, "s", False)
         for seq in range(1000)

@@ -36,7 +36,6 @@ from qqbot_gateway.adapter.protocol import (
     Intents,
     parse_intents,
 )
-from qqbot_gateway.adapter.session import LivenessConfig
 from qqbot_gateway.adapter.types import (
     DEFAULT_CHECKPOINT_INTERVAL,
     DEFAULT_HANDLER_QUEUE_SIZE,
@@ -44,6 +43,7 @@ from qqbot_gateway.adapter.types import (
     DEFAULT_REPLAY_WINDOW,
     DEFAULT_SESSION_MAX_AGE,
     ClientConfig,
+    LivenessConfig,
     Secret,
     TransportConfig,
     WebhookConfig,

@@ -289,11 +289,11 @@ def test_tcp_user_timeout_derives_from_the_interval() -> None:
 
 
 def test_worst_cases_in_intervals() -> None:
+    """The detection bounds LivenessConfig's docstring promises, at the floors."""
     lv = LivenessConfig()
-    worst = lv.worst_case(41.25)
-    assert worst[p.PING_TIMEOUT] / 41.25 == pytest.approx(0.35)
-    assert worst[p.ACK_TIMEOUT] / 41.25 == pytest.approx(1.4)
-    assert worst[p.IDLE_TIMEOUT] / 41.25 == pytest.approx(2.5)
+    assert lv.ping_quiet + lv.ping_timeout_min == pytest.approx(0.35)
+    assert 1.0 + lv.ack_timeout_min == pytest.approx(1.4)
+    assert lv.idle_deadline(41.25) == pytest.approx(2.5 * 41.25)
     assert lv.ack_miss_limit == 3
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from qqbot_gateway.adapter import events as ev
-from qqbot_gateway.adapter.checkpoint import Checkpointer
+from qqbot_gateway.adapter.checkpoint import DEFAULT_DEDUPE_IDS, Checkpointer
 from qqbot_gateway.adapter.client import ClientConfig, QQBotClient, Secret
-from qqbot_gateway.adapter.dispatch import Dispatcher
+from qqbot_gateway.adapter.dispatch import Dispatcher, Progress
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.session import GatewaySession
 from qqbot_gateway.adapter.store import (
@@ -185,6 +185,15 @@ class Shard:
         self.session.session_id, self.session.seq = "s-1", 0
         self.hold: int | None = None
         self.gate = asyncio.Event()
+        self.dispatcher = Dispatcher(
+            self.session,
+            bus=self.bus,
+            handlers=lambda t: [self.handler],
+            capacity=100_000,
+            progress=Progress(DEFAULT_DEDUPE_IDS),
+        )
+        progress = self.dispatcher.progress
+        assert progress is not None
         self.ckpt = Checkpointer(
             store,
             app_id="1024",
@@ -192,15 +201,9 @@ class Shard:
             shard_count=1,
             bus=self.bus,
             current_session=lambda: (self.session.session_id, self.session.seq),
-            accepted_count=lambda: self.ckpt.progress.handled + self.dispatcher.outstanding,
+            accepted_count=lambda: progress.handled + self.dispatcher.outstanding,
+            progress=progress,
             **kw,  # type: ignore[arg-type]
-        )
-        self.dispatcher = Dispatcher(
-            self.session,
-            bus=self.bus,
-            handlers=lambda t: [self.handler],
-            capacity=100_000,
-            progress=self.ckpt.progress,
         )
         self.dispatcher.start()
 
@@ -215,11 +218,7 @@ class Shard:
             self.dispatcher.put(event(seq))
 
     def duplicate(self, seq: int) -> None:
-        self.bus.emit(
-            ev.DuplicateDropped(
-                shard=0, monotonic=0.0, event_type="X", seq=seq, event_id=f"id-{seq}"
-            )
-        )
+        self.ckpt.duplicate(seq)  # the shard's control path: a direct call
 
     async def settle(self) -> None:
         for _ in range(50):

@@ -18,10 +18,16 @@ with the watermark and loaded into the session's dedupe window: an event the pla
 re-delivers under a new sequence number, or one handled past a gap in the watermark, is dropped
 instead of reaching a handler twice.
 
-**Per event, almost nothing.** The dispatcher updates a :class:`Progress` (a count, the
-last handled event, a bounded ``deque`` of ids) with a few attribute stores per event, no call,
-and holds no event alive; the reader does nothing at all. The writer task reads the progress
-every ``interval`` seconds and writes.
+**Per event, almost nothing.** The dispatcher keeps its :class:`~.dispatch.Progress` (a
+count, the last handled event, a bounded ``deque`` of ids) with a few attribute stores per
+event, no call; it holds one event alive, the last handled one. The reader does nothing at all.
+The checkpointer only reads that progress: the writer task every ``interval`` seconds, to write.
+
+**The control path.** A duplicate the session dropped reaches :meth:`Checkpointer.duplicate`
+by a direct call (the shard's, :mod:`.shard`), and a written checkpoint is reported to
+``on_written`` by one; neither rides the observers' bus. An exception in the writer that is not
+a failed write (a bug) ends its task with that exception, which the shard watches: it stops
+instead of running on without checkpoints.
 
 **Writes.** Never on the event loop: the writer task hands a snapshot to a worker thread
 (``asyncio.to_thread``) that writes it atomically. All of it, not only the ``fsync`` calls: on
@@ -55,6 +61,7 @@ from typing import Final
 
 from . import events as ev
 from .backoff import Sleep
+from .dispatch import Progress, _Position
 from .store import SessionStore, StoredSession, StoreError
 from .types import DEFAULT_CHECKPOINT_INTERVAL
 
@@ -101,33 +108,6 @@ _NUDGE_FOR: Final = 0.25
 DEFAULT_DEDUPE_IDS: Final = 256
 
 
-class _Position:
-    """A place in the stream that is not a handled event: a restored state, a duplicate."""
-
-    __slots__ = ("seq", "session_id")
-
-    def __init__(self, session_id: str | None, seq: int | None) -> None:
-        self.session_id = session_id
-        self.seq = seq
-
-
-class Progress:
-    """What the dispatcher has handled, updated inline per event (see ``dispatch.py``).
-
-    ``handled``: events handled so far; ``last``: the last handled event with a sequence
-    number (anything with ``session_id`` and ``seq``); ``remember``: appends an event id to the
-    bounded dedupe window ``ids``.
-    """
-
-    __slots__ = ("handled", "ids", "last", "remember")
-
-    def __init__(self, dedupe_ids: int = DEFAULT_DEDUPE_IDS) -> None:
-        self.handled = 0
-        self.last: _Position | object = _Position(None, 0)
-        self.ids: deque[str] = deque(maxlen=dedupe_ids)
-        self.remember: Callable[[str], None] = self.ids.append
-
-
 class Checkpointer:
     """Tracks one shard's watermark and writes it to ``store``. See the module docstring.
 
@@ -135,6 +115,8 @@ class Checkpointer:
     or in a handler); ``current_session()`` the session's id and its accepted ``seq``.
     ``position()``, if given, is the watermark itself (the webhook journal's generation and
     record number, :mod:`.journal`), computed by its owner instead of from the stream here.
+    ``progress`` is the dispatcher's record of handled events (read only here; a fresh one if
+    not given); ``on_written(seq)`` is called after each durable write.
     """
 
     def __init__(
@@ -152,6 +134,8 @@ class Checkpointer:
         current_session: Callable[[], tuple[str | None, int]] = lambda: (None, 0),
         accepted_count: Callable[[], int] = lambda: 0,
         position: Callable[[], tuple[str | None, int]] | None = None,
+        progress: Progress | None = None,
+        on_written: Callable[[int], None] | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] | None = None,
         cpu_clock: Callable[[], float] = time.thread_time,
@@ -171,7 +155,8 @@ class Checkpointer:
         self._current_session = current_session
         self._accepted_count = accepted_count
         #: Updated by the dispatcher; read here.
-        self.progress = Progress(dedupe_ids)
+        self.progress = progress if progress is not None else Progress(dedupe_ids)
+        self._on_written = on_written
         #: Duplicates placed in the stream: (events accepted before it, its position).
         self._duplicates: deque[tuple[int, _Position]] = deque()
         self._after: tuple[int, _Position] | None = None  # the latest duplicate that is done
@@ -194,11 +179,6 @@ class Checkpointer:
         #: A watermark kept elsewhere (the webhook journal's, :mod:`.journal`): then the
         #: stream positions below (duplicates placed among sequence numbers) do not apply.
         self._position = position
-        self._unsubscribe: Callable[[], None] = lambda: None
-        if position is None:
-            self._unsubscribe = bus.subscribe(
-                self._on_event, kinds=(ev.DuplicateDropped,), shard=shard_id
-            )
 
     # --- the watermark -------------------------------------------------------------------
     def restore(self, state: StoredSession) -> None:
@@ -208,8 +188,10 @@ class Checkpointer:
         self._written = (state.session_id, state.seq)
         self._last_duplicate = (state.session_id, state.seq)
 
-    def _on_event(self, event: ev.LifecycleEvent) -> None:
-        if not isinstance(event, ev.DuplicateDropped) or event.seq is None:
+    def duplicate(self, seq: int | None) -> None:
+        """The session dropped a duplicate with sequence number ``seq`` (a direct call from the
+        shard's control path): it may take a place of its own in the stream."""
+        if seq is None or self._position is not None:
             return
         session_id, accepted_seq = self._current_session()
         if session_id is None:
@@ -219,9 +201,9 @@ class Checkpointer:
         # Only a duplicate past everything accepted takes a place of its own in the stream
         # (e.g. a replayed event whose id the previous process handled); one at or below it
         # is a copy of an event already accepted, which completes on its own.
-        if event.seq > newest:
-            self._duplicates.append((self._accepted_count(), _Position(session_id, event.seq)))
-            self._last_duplicate = (session_id, event.seq)
+        if seq > newest:
+            self._duplicates.append((self._accepted_count(), _Position(session_id, seq)))
+            self._last_duplicate = (session_id, seq)
 
     def position(self) -> tuple[str | None, int]:
         """The watermark: (session id, seq) up to which everything is handled."""
@@ -266,6 +248,11 @@ class Checkpointer:
         )
 
     # --- the writer ----------------------------------------------------------------------
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The writer task once started (its owner watches it: it ends only by a bug)."""
+        return self._task
+
     def start(self) -> None:
         self._task = asyncio.create_task(
             self._writer(), name=f"qqbot checkpoint shard {self.shard_id}"
@@ -337,6 +324,8 @@ class Checkpointer:
                     lag=self.handled_count - covered,
                 )
             )
+            if self._on_written is not None:
+                self._on_written(state.seq)  # the control path: an exception propagates
             return True
 
     async def _hand_off(self, save: asyncio.Task[None]) -> None:
@@ -372,9 +361,9 @@ class Checkpointer:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A writer that ended by an exception was reported by its owner (the shard).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._unsubscribe()
         saving = self._saving
         if saving is not None and not saving.done():
             with contextlib.suppress(Exception):

@@ -47,21 +47,16 @@ from . import events as ev
 from .api import OpenAPIClient
 from .auth import TokenManager
 from .backoff import Sleep
-from .checkpoint import Checkpointer
 from .connection import make_socket_factory
-from .context import ShardContext
-from .dispatch import Dispatcher, Handler
-from .journal import IntakeJournal, JournalFile, JournalRecord
-from .protocol import GatewayEvent
+from .dispatch import Handler
 from .reconnect import session_start_wait
-from .session import Deliver, Emit, GatewaySession
+from .shard import Shard
 from .store import (
     FileSessionStore,
     SessionStore,
     StoredSession,
     StoreError,
     StoreLockedError,
-    age_of,
 )
 from .supervisor import ShardSupervisor
 from .types import (
@@ -71,6 +66,7 @@ from .types import (
     ShardStatus,
 )
 from .webhook import WebhookIntake, WebhookKey
+from .webhook_mode import WebhookMode
 
 __all__ = ["ClientConfig", "QQBotClient", "Secret"]
 
@@ -85,19 +81,9 @@ _LOCK_POLL = 0.5
 StoreFactory = Callable[[int], SessionStore]
 #: Event types whose handler lists are cached (a gateway inventing types cannot grow it).
 _MAX_CACHED_TYPES = 256
-#: Handled event ids the webhook checkpoint keeps (the WebSocket store keeps 256). The platform
-#: redelivers a callback on its own, undocumented schedule rather than within a resume, so the
-#: window must span minutes of traffic, not seconds: 1,024 ids is ~40 kB per checkpoint write.
-#: The handled records still in the journal add theirs at start too.
-_WEBHOOK_DEDUPE_IDS = 1024
 #: Cluster mode: close() waits for the owned shards' terms this long beyond the drain time (the
 #: supervisor's bounded stop, the final checkpoint, the lease's release).
 _TERM_CLOSE_MARGIN = 8.0
-#: A term that lost its lease waits this long for its final checkpoint (refused or failed when
-#: another process owns the shard or Redis is gone; then the next owner replays from its own).
-_LOST_TERM_CHECKPOINT = 1.0
-#: ``_restore``'s "the caller did not read the store" marker.
-_UNREAD = object()
 
 
 class OwnershipTerm(Protocol):
@@ -115,8 +101,9 @@ class Ownership(Protocol):
     """Cluster mode: who owns which shard (``qqbot_gateway.cluster.shards.ShardOwnership``).
 
     ``hold(shard, run_term)`` stands by for the shard and calls ``run_term`` for each term this
-    process owns it, until ``stop()``. The client runs the shard inside the term and stops it
-    when ``term.ended`` is set (aborting without a frame if the term is no longer valid)."""
+    process owns it, until ``stop()``. The client runs a :class:`~.shard.Shard` inside the term
+    and stops it when ``term.ended`` is set (aborting without a frame if the term is no longer
+    valid)."""
 
     def stop(self) -> None: ...
 
@@ -128,20 +115,8 @@ class Ownership(Protocol):
     ) -> None: ...
 
 
-class _Shard:
-    __slots__ = ("checkpointer", "dispatcher", "session", "supervisor")
-
-    def __init__(
-        self,
-        session: GatewaySession,
-        supervisor: ShardSupervisor,
-        dispatcher: Dispatcher,
-        checkpointer: Checkpointer | None,
-    ) -> None:
-        self.session = session
-        self.supervisor = supervisor
-        self.dispatcher = dispatcher
-        self.checkpointer = checkpointer
+class LeaseLost(Exception):
+    """A cluster-mode shard's lease is no longer provably this process's (the Shard guard)."""
 
 
 class QQBotClient:
@@ -185,7 +160,7 @@ class QQBotClient:
         self._stores: dict[int, SessionStore] = {}
         self._handlers: dict[str, list[Handler]] = {}
         self._handler_cache: dict[str, list[Handler]] = {}
-        self._shards: dict[int, _Shard] = {}
+        self._shards: dict[int, Shard] = {}
         #: Per-shard counters the hot path keeps (frames, dispatches, queue depth, handler
         #: durations); made now so that telemetry attached before start() can read them.
         self.stats: dict[int, ev.ShardStats] = {s: ev.ShardStats(s) for s in config.shards}
@@ -197,16 +172,14 @@ class QQBotClient:
         self._starter: asyncio.Task[None] | None = None
         self._started = False
         self._closing = False
-        #: Handlers' drain time when a shard stops (close() sets the caller's).
+        #: Handlers' drain time when a shard's term ends (close() sets the caller's).
         self._drain_timeout = 5.0
         #: Optional hook wrapping the handling of each event (telemetry sets a tracing span).
         self.handler_context: HandlerContext | None = None
         #: The callback intake in webhook mode (after ``start()``), else None.
         self.webhook: WebhookIntake | None = None
-        self._journal: IntakeJournal | None = None
-        self._webhook_checkpointer: Checkpointer | None = None
         self._webhook_key: WebhookKey | None = None
-        self._webhook_dispatcher: Dispatcher | None = None
+        self._webhook_mode: WebhookMode | None = None
 
     # --- handlers ------------------------------------------------------------------------
     def on(self, event_type: str = "*") -> Callable[[H], H]:
@@ -250,8 +223,8 @@ class QQBotClient:
         return [shard.supervisor.status() for shard in self._shards.values()]
 
     def handler_queue_depth(self, shard: int) -> int:
-        if self._webhook_dispatcher is not None and shard == 0:
-            return self._webhook_dispatcher.depth
+        if self._webhook_mode is not None and shard == 0:
+            return self._webhook_mode.dispatcher.depth
         return self._shards[shard].dispatcher.depth
 
     def shard_roles(self) -> dict[int, tuple[str, str]]:
@@ -312,18 +285,28 @@ class QQBotClient:
             await self.close()
             raise
         if self._webhook_key is not None:
+            mode = self._webhook_mode = WebhookMode(
+                cfg,
+                key=self._webhook_key,
+                bus=self.events,
+                stats=self.stats[0],
+                handlers=self._handlers_for,
+                around_event=self._around_event,
+                store=self._stores.get(0),
+            )
             try:
-                await self._start_webhook(self._webhook_key)
+                await mode.start()
             except BaseException:
                 await self.close()
                 raise
+            self.webhook = mode.intake
             return
         if self._ownership is not None:
             self._starter = asyncio.create_task(self._run_cluster(), name="qqbot shard owner")
             return
         for shard_id in cfg.shards:
-            self._shards[shard_id] = self._make_shard(shard_id)
-            self._restore(self._shards[shard_id])
+            shard = self._shards[shard_id] = self._make_shard(shard_id)
+            shard.restore()
         self._starter = asyncio.create_task(self._start_shards(), name="qqbot shard starter")
 
     async def _start_shards(self) -> None:
@@ -347,10 +330,7 @@ class QQBotClient:
         for index, shard in enumerate(self._shards.values()):
             if index and index % concurrency == 0:
                 await self._sleep(_SESSION_START_WINDOW)
-            shard.dispatcher.start()
-            if shard.checkpointer is not None:
-                shard.checkpointer.start()
-            shard.supervisor.start()
+            await shard.start()
 
     # --- cluster mode --------------------------------------------------------------------
     async def _run_cluster(self) -> None:
@@ -364,19 +344,19 @@ class QQBotClient:
         stop when the term ends. See ``qqbot_gateway.cluster.shards``."""
         sid = term.shard_id
         assert self._store_factory is not None
-        store = self._store_factory(sid)
-        self._stores[sid] = store
-        shard = self._make_shard(sid, may_send=term.valid)
-        try:
-            loaded: StoredSession | StoreError | None = await asyncio.to_thread(store.load)
-        except StoreError as exc:
-            loaded = exc
-        self._restore(shard, loaded)
+        store = self._stores[sid] = self._store_factory(sid)
+
+        async def guard() -> None:
+            # Before every connection attempt: never identify or resume without the lease.
+            if not term.valid():
+                raise LeaseLost(f"shard {sid}: the lease is no longer this process's")
+
+        shard = self._make_shard(sid, guard=guard, may_send=term.valid)
+        # The store is Redis: read it off the loop thread, then adopt what it held.
+        loaded = await asyncio.to_thread(_load_quietly, store)
+        shard.restore(loaded)
         self._shards[sid] = shard
-        shard.dispatcher.start()
-        if shard.checkpointer is not None:
-            shard.checkpointer.start()
-        shard.supervisor.start()
+        await shard.start()
         task = shard.supervisor.task
         assert task is not None
         ended = asyncio.create_task(term.ended.wait(), name=f"qqbot term shard {sid}")
@@ -385,18 +365,13 @@ class QQBotClient:
         finally:
             ended.cancel()
         valid = term.valid()
-        # A term that is no longer provably ours stops without another frame, and hands no
+        # A term that is no longer provably ours stops without another frame and hands no
         # queued event to a handler: the next owner replays them from the stored watermark.
-        await shard.supervisor.stop(end_session=False, abort=not valid)
-        await shard.dispatcher.close(self._drain_timeout if valid else 0.0)
-        if shard.checkpointer is not None:
-            # The final checkpoint; refused by the fence if another process owns the shard now.
-            # A lost term does not wait long for it (Redis may be the reason the term ended).
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(None if valid else _LOST_TERM_CHECKPOINT):
-                    await shard.checkpointer.close(release=False)
-        if task.done() and not self._closing and term.reason is None:
-            return  # the shard stopped for good (fatal): its status stays for the health check
+        await shard.stop(
+            term.reason or "shard stopped",
+            drain_timeout=self._drain_timeout if valid else 0.0,
+            lost=not valid,
+        )
         self._shards.pop(sid, None)
         self._stores.pop(sid, None)
 
@@ -426,273 +401,31 @@ class QQBotClient:
                 store.close()
         self._stores.clear()
 
-    def _restore(
-        self, shard: _Shard, loaded: StoredSession | StoreError | object | None = _UNREAD
-    ) -> None:
-        """Adopt the session a previous process stored for this shard, if it is usable.
-        ``loaded``: what the store returned, if the caller read it already (else False)."""
-        store, ckpt = self._stores.get(shard.session.shard_id), shard.checkpointer
-        if store is None or ckpt is None:
-            return
-        sid, cfg = shard.session.shard_id, self.config
-
-        def unusable(why: str, outcome: str = "unusable") -> None:
-            _log.warning(
-                "shard %d: not resuming the stored session: %s; identifying afresh", sid, why
-            )
-            self.events.emit(
-                ev.RestartResume(
-                    shard=sid,
-                    monotonic=asyncio.get_running_loop().time(),
-                    outcome=outcome,
-                    detail=why,
-                )
-            )
-
-        try:
-            if isinstance(loaded, StoreError):
-                raise loaded
-            state = loaded if isinstance(loaded, StoredSession | None) else store.load()
-        except StoreError as exc:
-            unusable(str(exc))
-            return
-        if state is None:
-            return
-        if state.app_id != cfg.app_id:
-            unusable(f"{store.location} belongs to app id {state.app_id!r}, not this bot")
-            return
-        if (state.shard_id, state.shard_count) != (sid, cfg.shard_count):
-            unusable(
-                f"{store.location} is for shard {state.shard_id} of {state.shard_count}, "
-                f"this process runs shard {sid} of {cfg.shard_count}"
-            )
-            return
-        age = age_of(state)
-        if age > cfg.session_max_age:
-            unusable(
-                f"it was saved {age:.0f}s ago (max age {cfg.session_max_age:g}s, "
-                "QQBOT_SESSION_MAX_AGE); events sent since may be missed",
-                "too_old",
-            )
-            return
-        shard.session.restore(state.session_id, state.seq, state.event_ids)
-        ckpt.restore(state)
-        shard.supervisor.expect_restored(state.session_id, state.seq, age)
-        _log.info(
-            "shard %d: resuming session %s at seq %d (saved %.1fs ago)",
-            sid,
-            state.session_id,
-            state.seq,
-            age,
-        )
-
-    async def _start_webhook(self, key: WebhookKey) -> None:
-        cfg = self.config
-        # The session object holds the event-id dedupe window; no connection ever opens on it.
-        session = GatewaySession(
-            shard_id=0, shard_count=1, intents=cfg.intents, stats=self.stats[0]
-        )
-        session.interest = self.events.interest(0)
-        store = self._stores.get(0)
-        journal: IntakeJournal | None = None
-        checkpointer: Checkpointer | None = None
-        if isinstance(store, FileSessionStore):
-            checkpointer = Checkpointer(
-                store,
-                app_id=cfg.app_id,
-                shard_id=0,
-                shard_count=1,
-                bus=self.events,
-                interval=cfg.checkpoint_interval,
-                dedupe_ids=_WEBHOOK_DEDUPE_IDS,
-                position=lambda: journal.position() if journal is not None else (None, 0),
-            )
-        dispatcher = Dispatcher(
-            session,
-            bus=self.events,
-            handlers=self._handlers_for,
-            capacity=cfg.handler_queue_size,
-            log_context=ShardContext(0),
-            around_event=lambda: self.handler_context,
-            progress=checkpointer.progress if checkpointer is not None else None,
-        )
-        self._webhook_dispatcher = dispatcher
-        if checkpointer is not None and isinstance(store, FileSessionStore):
-            ckpt = checkpointer
-            journal = IntakeJournal(
-                JournalFile(store.directory, cfg.app_id),
-                bus=self.events,
-                deliver=dispatcher.put,
-                handled=lambda: ckpt.handled_count,
-                forget=session.forget_id,
-            )
-            self._journal, self._webhook_checkpointer = journal, checkpointer
-            await self._recover_journal(store, session, checkpointer, journal)
-        dispatcher.start()
-        if checkpointer is not None and journal is not None:
-            checkpointer.start()
-            journal.start()
-
-        def queue_full() -> bool:
-            waiting = journal.in_flight if journal is not None else 0
-            return dispatcher.depth + waiting >= dispatcher.capacity
-
-        self.webhook = WebhookIntake(
-            key,
-            session=session,
-            bus=self.events,
-            deliver=dispatcher.put,
-            queue_full=queue_full,
-            handlers_alive=lambda: dispatcher.running,
-            config=cfg.webhook,
-            clock=asyncio.get_running_loop().time,
-            journal=journal,
-        )
-
-    async def _recover_journal(
+    def _make_shard(
         self,
-        store: FileSessionStore,
-        session: GatewaySession,
-        checkpointer: Checkpointer,
-        journal: IntakeJournal,
-    ) -> None:
-        """Before the receiver listens: load the checkpoint and re-deliver, in order, what the
-        previous process ACKed and did not handle (see :mod:`.journal`)."""
-        cfg = self.config
-        loop = asyncio.get_running_loop()
-        state: StoredSession | None = None
-        why: str | None = None
-        try:
-            state = await asyncio.to_thread(store.load)
-        except StoreError as exc:
-            why = str(exc)
-        else:
-            if state is not None and (state.app_id, state.shard_id) != (cfg.app_id, 0):
-                why = f"{store.location} belongs to app id {state.app_id!r}, not this bot"
-                state = None
-        if why is not None:
-            _log.warning(
-                "webhook: not using the stored checkpoint: %s; the whole journal is "
-                "re-delivered (handlers may see events they handled before)",
-                why,
-            )
-            self.events.emit(
-                ev.RestartResume(shard=0, monotonic=loop.time(), outcome="unusable", detail=why)
-            )
-        recovery = await asyncio.to_thread(journal.file.recover)
-        for warning in recovery.warnings:
-            _log.warning("%s", warning)
-        if recovery.unusable is not None:  # counted like an unusable state file
-            self.events.emit(
-                ev.RestartResume(
-                    shard=0, monotonic=loop.time(), outcome="unusable", detail=recovery.unusable
-                )
-            )
-        try:
-            await asyncio.to_thread(journal.file.open, recovery)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot open {journal.file.location}: {exc.strerror or exc}"
-            ) from None
-        watermark = (state.session_id, state.seq) if state is not None else (None, 0)
-        todo = journal.restore(recovery, watermark)
-        first = todo[0].n if todo else None
-        # Ids of the records handled already (at or below the watermark), then the stored
-        # window: a redelivery of any of them is dropped.
-        handled = [r for r in recovery.records if first is None or r.n < first]
-        session.remember_ids(_event_ids(handled))
-        if state is not None:
-            session.remember_ids(state.event_ids)
-            checkpointer.restore(state)
-        replayed = skipped = 0
-        now = loop.time()
-        for record in todo:
-            try:
-                payload = record.payload()
-            except ValueError:
-                payload = None
-            actions = session.accept_callback(payload, now) if isinstance(payload, dict) else []
-            event = None
-            for action in actions:
-                if isinstance(action, Deliver):
-                    event = action.event
-                elif isinstance(action, Emit):
-                    self.events.emit(action.event)
-            if event is not None:
-                journal.replayed(record, event)
-                replayed += 1
-            else:
-                journal.skipped(record)
-                skipped += 1
-        if todo:
-            _log.info(
-                "webhook: re-delivering %d event(s) the previous process ACKed and did not "
-                "handle, from %s (%d handled already, skipped)",
-                replayed,
-                journal.file.location,
-                skipped,
-            )
-        self.events.emit(
-            ev.JournalReplayed(shard=0, monotonic=now, replayed=replayed, skipped=skipped)
-        )
-
-    def _make_shard(self, shard_id: int, may_send: Callable[[], bool] | None = None) -> _Shard:
-        cfg = self.config
-        session = GatewaySession(
-            shard_id=shard_id,
-            shard_count=cfg.shard_count,
-            intents=cfg.intents,
-            liveness=cfg.liveness,
-            stats=self.stats[shard_id],
-        )
+        shard_id: int,
+        *,
+        guard: Callable[[], Awaitable[None]] | None = None,
+        may_send: Callable[[], bool] | None = None,
+    ) -> Shard:
         assert self._ws_http is not None and self._tokens is not None
-        checkpointer: Checkpointer | None = None
-        store = self._stores.get(shard_id)
-        if store is not None:
-            checkpointer = ckpt = Checkpointer(
-                store,
-                app_id=cfg.app_id,
-                shard_id=shard_id,
-                shard_count=cfg.shard_count,
-                bus=self.events,
-                interval=cfg.checkpoint_interval,
-                live=lambda: supervisor.state is ev.ConnectionState.READY,
-                current_session=lambda: (session.session_id, session.seq),
-                accepted_count=lambda: ckpt.handled_count + dispatcher.outstanding,
-            )
-
-        dispatcher = Dispatcher(
-            session,
+        return Shard(
+            shard_id,
+            config=self.config,
             bus=self.events,
-            handlers=self._handlers_for,
-            capacity=cfg.handler_queue_size,
-            around_event=lambda: self.handler_context,
-            progress=checkpointer.progress if checkpointer is not None else None,
-        )
-        deliver: Callable[[GatewayEvent], None] = dispatcher.put  # bound, no wrapper
-        if may_send is not None:
-            put = dispatcher.put
-
-            def deliver(event: GatewayEvent) -> None:
-                # Cluster mode: an event read after the lease ran out (a process woken from a
-                # pause) goes to no handler; the next owner replays it from the watermark.
-                if may_send():
-                    put(event)
-
-        supervisor = ShardSupervisor(
-            session,
+            stats=self.stats[shard_id],
             tokens=self._tokens,
             gateway_url=self._gateway_url,
             ws_http=self._ws_http,
-            bus=self.events,
-            deliver=deliver,
-            transport=cfg.transport,
-            policy=cfg.reconnect,
-            wait_for_drain=dispatcher.wait_for_drain,
+            handlers=self._handlers_for,
+            around_event=self._around_event,
+            store=self._stores.get(shard_id),
+            guard=guard,
             may_send=may_send,
         )
-        dispatcher.log_context = supervisor.log_context
-        return _Shard(session, supervisor, dispatcher, checkpointer)
+
+    def _around_event(self) -> HandlerContext | None:
+        return self.handler_context
 
     async def _gateway_url(self) -> str:
         if self.config.gateway_url is not None:
@@ -725,37 +458,17 @@ class QQBotClient:
                 self._starter.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._starter
-            keep = not end_session and bool(self._stores)
-            await asyncio.gather(
-                *(s.supervisor.stop(end_session=not keep) for s in self._shards.values()),
-                return_exceptions=True,
-            )
-            if self.webhook is not None:
-                self.webhook.close()  # new callbacks get a 503: the platform retries them
-            if self._journal is not None:
-                await self._journal.flush()  # the callbacks being written get their answer
-            dispatchers = [shard.dispatcher for shard in self._shards.values()]
-            if self._webhook_dispatcher is not None:
-                dispatchers.append(self._webhook_dispatcher)
-            await asyncio.gather(
-                *(dispatcher.close(drain_timeout) for dispatcher in dispatchers),
-                return_exceptions=True,
-            )
             await asyncio.gather(
                 *(
-                    s.checkpointer.close(end_session=end_session)
+                    s.stop(drain_timeout=drain_timeout, end_session=end_session)
                     for s in self._shards.values()
-                    if s.checkpointer is not None
                 ),
                 return_exceptions=True,
             )
-            if self._webhook_checkpointer is not None and self._journal is not None:
+            if self._webhook_mode is not None:
                 # No session to end: the final checkpoint, then the journal it covers is cut
                 # back, both before the lock is released.
-                with contextlib.suppress(Exception):
-                    await self._webhook_checkpointer.close(release=False)
-                with contextlib.suppress(Exception):
-                    await self._journal.close()
+                await self._webhook_mode.close(drain_timeout)
             self._release_stores()
             if self._tokens is not None:
                 await self._tokens.close()
@@ -802,14 +515,8 @@ class QQBotClient:
         await self.close()
 
 
-def _event_ids(records: list[JournalRecord]) -> list[str]:
-    ids = []
-    for record in records:
-        try:
-            payload = record.payload()
-        except ValueError:
-            continue
-        event_id = payload.get("id") if isinstance(payload, dict) else None
-        if isinstance(event_id, str) and event_id:
-            ids.append(event_id)
-    return ids
+def _load_quietly(store: SessionStore) -> StoredSession | StoreError | None:
+    try:
+        return store.load()
+    except StoreError as exc:
+        return exc

@@ -46,7 +46,14 @@ from .session import (
 from .types import TransportConfig
 from .waiting import loop_clock
 
-__all__ = ["ConnectError", "GatewayConnection", "TransportConfig", "make_socket_factory"]
+__all__ = [
+    "CONTROL_KINDS",
+    "ConnectError",
+    "Control",
+    "GatewayConnection",
+    "TransportConfig",
+    "make_socket_factory",
+]
 
 _log = logging.getLogger("qqbot_gateway.connection")
 
@@ -54,6 +61,13 @@ _log = logging.getLogger("qqbot_gateway.connection")
 _WS = aiohttp.ClientWebSocketResponse[Literal[False]]
 #: Read per frame: a module global, not an enum member lookup (about 70 ns each in 3.11).
 _TEXT: Final = aiohttp.WSMsgType.TEXT
+#: What the session says that the adapter needs in order to work: READY and RESUMED (the
+#: supervisor's state, the restored session's verdict), a zombie verdict (its WARNING line) and a
+#: dropped duplicate (its place in the checkpoint watermark). These go to ``control`` by a direct
+#: call, after the observers' bus had them; an exception there is not the bus's to swallow.
+CONTROL_KINDS: Final = frozenset(
+    {ev.SessionReady, ev.SessionResumed, ev.ZombieDetected, ev.DuplicateDropped}
+)
 
 
 def make_socket_factory(cfg: TransportConfig) -> Callable[[AddrInfoType], socket.socket]:
@@ -95,8 +109,16 @@ class ConnectError(Exception):
         self.status = status
 
 
+#: The direct call for the kinds in :data:`CONTROL_KINDS`.
+Control = Callable[[ev.LifecycleEvent], None]
+
+
 class GatewayConnection:
-    """One WebSocket connection, from open to gone. Use once: ``outcome = await conn.run()``."""
+    """One WebSocket connection, from open to gone. Use once: ``outcome = await conn.run()``.
+
+    ``control`` gets the session's events of :data:`CONTROL_KINDS` by a direct call, after the
+    bus: an exception it raises propagates (the caller owns the failure; the supervisor stops
+    the shard with it)."""
 
     def __init__(
         self,
@@ -108,9 +130,11 @@ class GatewayConnection:
         transport: TransportConfig,
         bus: ev.EventBus,
         deliver: Callable[[GatewayEvent], None],
+        control: Control | None = None,
         may_send: Callable[[], bool] | None = None,
     ) -> None:
         self._session = session
+        self._control = control
         #: Cluster mode: the shard lease's validity by this process's own clock. Checked before
         #: every frame, so a process that wakes from a pause past its lease sends nothing.
         self._may_send = may_send
@@ -294,9 +318,13 @@ class GatewayConnection:
     def _apply(self, action: LocalAction) -> None:
         match action:
             case Emit():
-                if isinstance(action.event, ev.PingLayerChanged):
-                    self._log_ping_layer(action.event)
-                self._bus.emit(action.event)
+                event = action.event
+                if isinstance(event, ev.PingLayerChanged):
+                    self._log_ping_layer(event)
+                self._bus.emit(event)
+                control = self._control
+                if control is not None and type(event) in CONTROL_KINDS:
+                    control(event)
             case Deliver():
                 self._deliver(action.event)
             case Close():

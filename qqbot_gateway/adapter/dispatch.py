@@ -9,9 +9,10 @@ half. The server then replays what we refused: nothing is lost, and memory stays
 Handlers run one event at a time per shard, in sequence order. An exception in a handler is
 logged and counted (:class:`~.events.HandlerFailed`) and never reaches the session.
 
-With a session store, ``progress`` (a :class:`~.checkpoint.Progress`) is updated inline for
-every event whose handlers have all returned or raised: the checkpoint watermark relies on this
-one-at-a-time, in-order handling. An event cut short by a shutdown is not handled.
+With a session store, ``progress`` (a :class:`Progress`, the dispatcher's record of what it
+handled) is updated inline for every event whose handlers have all returned or raised; the
+checkpointer only reads it, and its watermark relies on this one-at-a-time, in-order handling.
+An event cut short by a shutdown is not handled.
 
 The queue depth and each handler's duration are kept in the shard's
 :class:`~.events.ShardStats`; ``HandlerQueueDepth`` and ``HandlerCompleted`` events are built
@@ -26,17 +27,15 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from . import events as ev
-from .checkpoint import Progress
 from .context import ShardContext, current_shard
 from .protocol import GatewayEvent
-from .session import GatewaySession
 from .types import HandlerContext
 from .waiting import loop_clock
 
-__all__ = ["Dispatcher", "Handler", "HandlerContext"]
+__all__ = ["Dispatcher", "Handler", "HandlerContext", "Progress"]
 
 _log = logging.getLogger("qqbot_gateway.dispatch")
 
@@ -44,6 +43,34 @@ Handler = Callable[[GatewayEvent], Awaitable[Any] | Any]
 #: A handler that returned an awaitable: (the awaitable, the handler, when it started, the
 #: index of the next handler).
 _Pending = tuple[Awaitable[Any], Handler, float, int]
+
+
+class _Position:
+    """A place in the stream that is not a handled event: a restored state, a duplicate."""
+
+    __slots__ = ("seq", "session_id")
+
+    def __init__(self, session_id: str | None, seq: int | None) -> None:
+        self.session_id = session_id
+        self.seq = seq
+
+
+class Progress:
+    """What the dispatcher has handled, updated inline per event; the checkpointer reads it.
+
+    ``handled``: events handled so far; ``last``: the last handled event with a sequence
+    number (anything with ``session_id`` and ``seq``: the event itself, so one event is held
+    alive); ``remember``: appends an event id to the bounded dedupe window ``ids``
+    (``dedupe_ids`` long: the ids a checkpoint persists, see ``checkpoint.DEFAULT_DEDUPE_IDS``).
+    """
+
+    __slots__ = ("handled", "ids", "last", "remember")
+
+    def __init__(self, dedupe_ids: int) -> None:
+        self.handled = 0
+        self.last: _Position | object = _Position(None, 0)
+        self.ids: deque[str] = deque(maxlen=dedupe_ids)
+        self.remember: Callable[[str], None] = self.ids.append
 
 
 class _EventQueue:
@@ -65,12 +92,6 @@ class _EventQueue:
     def empty(self) -> bool:
         return not self._items
 
-    def put_nowait(self, item: GatewayEvent) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
     async def get(self) -> GatewayEvent:
         while not self._items:
             waiter = self._waiter = asyncio.get_running_loop().create_future()
@@ -81,10 +102,20 @@ class _EventQueue:
         return self._items.popleft()
 
 
+class Intake(Protocol):
+    """Where the dispatcher's events come from: the shard's ``GatewaySession`` (WebSocket), or
+    the webhook transport's :class:`~.callbacks.CallbackAcceptor`. Backpressure pauses it."""
+
+    shard_id: int
+    stats: ev.ShardStats
+
+    def set_backpressure(self, on: bool) -> None: ...
+
+
 class Dispatcher:
     def __init__(
         self,
-        session: GatewaySession,
+        session: Intake,
         *,
         bus: ev.EventBus,
         handlers: Callable[[str], list[Handler]],
@@ -111,7 +142,8 @@ class Dispatcher:
         #: Set as the handler task's log context when it starts (see ``context``).
         self.log_context = log_context
         self._around_event = around_event
-        self._progress = progress
+        #: What was handled (None: not tracked, no session store); the checkpointer reads it.
+        self.progress = progress
         self._stats = session.stats
         self._interest = bus.interest(session.shard_id)
 
@@ -140,7 +172,7 @@ class Dispatcher:
     def put(self, event: GatewayEvent) -> None:
         """Called by the reader for every accepted dispatch. Never blocks."""
         items = self._items
-        items.append(event)  # the queue's put_nowait, inline: once per event
+        items.append(event)  # the queue's put, inline: once per event
         waiter = self._queue._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -187,7 +219,7 @@ class Dispatcher:
         if self.log_context is not None:
             current_shard.set(self.log_context)
         items, queue = self._items, self._queue
-        progress = self._progress
+        progress = self.progress
         remember = progress.remember if progress is not None else None
         while True:
             # An event already queued is taken without a coroutine for ``get`` (as ``get``

@@ -379,9 +379,6 @@ class IntakeJournal:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._failing = False
-        self._unsubscribe = bus.subscribe(
-            self._on_checkpoint, kinds=(ev.CheckpointWritten,), shard=shard
-        )
 
     # --- start ---------------------------------------------------------------------------
     def restore(self, recovery: Recovery, watermark: tuple[str | None, int]) -> list[JournalRecord]:
@@ -451,10 +448,10 @@ class IntakeJournal:
         watermark = delivered[0] - 1 if delivered else self._done
         return self.file.generation, watermark
 
-    def _on_checkpoint(self, event: ev.LifecycleEvent) -> None:
-        if not isinstance(event, ev.CheckpointWritten):
-            return
-        self._durable = max(self._durable, event.seq)
+    def checkpoint_written(self, seq: int) -> None:
+        """A checkpoint covering record ``seq`` is durable (the checkpointer's direct call,
+        ``on_written``): the records it covers leave the live set, and may be compacted."""
+        self._durable = max(self._durable, seq)
         live = self._live
         while live and live[0][0] <= self._durable:
             self._live_bytes -= len(live.popleft()[1])
@@ -555,7 +552,6 @@ class IntakeJournal:
     async def close(self) -> None:
         """After the handlers drained and the final checkpoint: drop what it covers, close."""
         await self.flush()
-        self._unsubscribe()
         try:
             if not self._live and self.file.size > self.file.header_size:
                 await asyncio.to_thread(self.file.truncate)

@@ -36,9 +36,10 @@ from typing import Any, Final, Literal
 
 from . import events as ev
 from . import protocol as p
-from .backoff import Backoff, Rng
+from .actions import Outcome
+from .backoff import Rng
 from .protocol import CloseAction
-from .session import Outcome
+from .types import ReconnectPolicy
 
 __all__ = [
     "LogLine",
@@ -61,38 +62,6 @@ ROUTINE_REASONS: Final = frozenset(
 #: Pause before resuming after a backpressure close (once the handlers drained): long enough
 #: not to spin if the drain signal flaps, short enough to be invisible next to a resume.
 BACKPRESSURE_PAUSE: Final = 0.05
-
-
-@dataclass(frozen=True, slots=True)
-class ReconnectPolicy:
-    """Reconnect pacing: exponential backoff with full jitter and a cap, reset after a healthy
-    connection; the 4008 wait and the quick-loop slowdown (see the module docstring)."""
-
-    #: First backoff ceiling; doubles per consecutive failure up to ``backoff_cap``.
-    backoff_base: float = 1.0
-    #: 60 s: the longest a bot stays offline between attempts when QQ is down, and at most
-    #: ~2 attempts a minute against an outage, far below any session-start limit.
-    backoff_cap: float = 60.0
-    #: A connection READY this long proves the setup works: the backoff starts over.
-    healthy_after: float = 60.0
-    #: Close 4008 ("sending too fast"): peers wait 60 s before resuming.
-    rate_limit_wait: float = 60.0
-    #: A connection that ends sooner than this (or never gets READY) is a quick failure.
-    quick_lifetime: float = 10.0
-    #: This many quick failures in a row are a disconnect loop: slow to >= cap / 2.
-    quick_loop_threshold: int = 5
-
-    def __post_init__(self) -> None:
-        if not 0 < self.backoff_base <= self.backoff_cap:
-            raise ValueError("need 0 < backoff_base <= backoff_cap")
-        if self.healthy_after < 0 or self.rate_limit_wait < 0 or self.quick_lifetime < 0:
-            raise ValueError("healthy_after, rate_limit_wait and quick_lifetime must be >= 0")
-        if self.quick_loop_threshold < 1:
-            raise ValueError("quick_loop_threshold must be >= 1")
-
-    @property
-    def backoff(self) -> Backoff:
-        return Backoff(self.backoff_base, self.backoff_cap)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,7 @@ from __future__ import annotations
 import enum
 import math
 import platform
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -74,7 +74,20 @@ import orjson
 
 from . import events as ev
 from . import protocol as p
+from .actions import (
+    Action,
+    Close,
+    Deliver,
+    Emit,
+    LocalAction,
+    Outcome,
+    Send,
+    SendPing,
+    TuneSocket,
+)
+from .callbacks import CallbackAcceptor
 from .protocol import CloseAction, GatewayEvent, Op, new_event
+from .types import DEFAULT_DEDUPE_WINDOW, DedupeWindow, LivenessConfig
 
 __all__ = [
     "Action",
@@ -99,148 +112,6 @@ RESUMABLE_CLOSE_CODE: Final = 4000
 #: RFC 6455's "closed abnormally": WebSocket libraries report it for a link that broke without
 #: a close frame, so it says nothing about the peer's intent.
 ABNORMAL_CLOSURE: Final = 1006
-
-
-@dataclass(frozen=True, slots=True)
-class LivenessConfig:
-    """Timing rules. Every timer is a fraction of the heartbeat interval H from Hello (after
-    clamping H), or derived from a measured round-trip time and then floored and capped in H.
-
-    ``None`` disables a layer where allowed (the ACK layer is the one the protocol itself
-    defines and cannot be disabled). The defaults come from the numbers in
-    ``benchmarks/bench_detection.md``: a half-open link is declared dead within
-    ``ping_quiet + ping_timeout_min`` (0.35 H) while the ping layer is armed, a server that
-    stops ACKing within ``1 + ack_timeout_min`` (1.4 H), with no false positive over a
-    10-minute run with ACK and pong latency of median 50 ms, jitter to 10x, 1 % spikes to
-    0.2 H and 100 ms event loop stalls, at H = 1 s.
-    """
-
-    #: ACK deadline per heartbeat, in H: RFC 6298 RTO of the ACK RTT, clamped into
-    #: [min, max]. The floor 0.4 H: with ``ack_probes`` = 2, a false positive needs the ACK
-    #: late by more than 0.4 H *and* both probes' ACKs late by 0.27 H and 0.13 H (about 3e-6 per
-    #: heartbeat under the benchmark's latency model); it bounds "server stops ACKing" to 1.4 H.
-    #: The cap 0.9 H: a measured RTT can stretch the deadline that far, never into the next
-    #: heartbeat.
-    ack_timeout_min: float = 0.4
-    ack_timeout_max: float = 0.9
-    #: Extra heartbeats sent while a heartbeat waits for its ACK, evenly inside the deadline.
-    ack_probes: int = 2
-    #: The WebSocket ping layer. False switches it off (``QQBOT_WS_PING=off``).
-    ws_ping: bool = True
-    #: Probe after this much silence, in H (and again after each such silence). 0.05 H: one
-    #: ping per ~2 s of silence at QQ's 41.25 s, negligible; several pings in flight before a
-    #: verdict, so one slow pong is not a false positive.
-    ping_quiet: float = 0.05
-    #: Pong deadline, in H: RFC 6298 RTO of the ping RTT clamped into [min, max]. 0.3 H floor:
-    #: at H = 1 s it tolerates the benchmark's 10x jitter (500 ms pongs) because six pings sent
-    #: into the silence must all be late; 0.45 cap keeps ping_quiet + deadline within 0.5 H.
-    ping_timeout_min: float = 0.3
-    ping_timeout_max: float = 0.45
-    #: The layer stands by (``suspended``) while the smoothed ping RTT exceeds this, in H, and
-    #: arms again below 3/4 of it: a link that slow leaves the pong deadline no margin over
-    #: the RTT. Judged on the smoothed RTT, not on the RTO, so jitter alone never suspends it.
-    ping_suspend_rtt: float = 0.2
-    #: Pings that go without a pong for ``ping_lost_after`` x H while other frames prove the
-    #: link alive, in a row, after which the layer turns itself off for the connection.
-    ping_unanswered_limit: int = 3
-    ping_lost_after: float = 1.0
-    #: No frame at all for this many intervals makes a zombie. 2.5: the backstop behind the
-    #: ACK layer (which judges by 1.9 H at most); a healthy link is never silent that long.
-    idle_timeout_factor: float | None = 2.5
-    #: Absolute cap on the idle deadline, whatever the interval.
-    idle_timeout_max: float = 180.0
-    #: TCP_USER_TIMEOUT set on the socket after Hello: this many H, at least the floor in
-    #: seconds (kernel retransmissions need time on a lossy but live link). 1 H: the kernel
-    #: layer never fires before the ping layer, and bounds a starved loop's dead socket.
-    tcp_user_timeout_factor: float | None = 1.0
-    tcp_user_timeout_min: float = 1.0
-    #: Hello's interval is clamped into this range: a malformed tiny value must never become
-    #: a heartbeat storm, a huge one must not disable liveness.
-    min_heartbeat_interval: float = 0.2
-    max_heartbeat_interval: float = 120.0
-    #: Seconds from the WebSocket opening to op 10 Hello.
-    hello_timeout: float | None = 10.0
-    #: Seconds from Identify/Resume to READY/RESUMED; None derives 2 x interval within
-    #: [handshake_timeout_min, handshake_timeout_max] (a resume replays a backlog first).
-    handshake_timeout: float | None = None
-    handshake_timeout_min: float = 5.0
-    handshake_timeout_max: float = 60.0
-    #: Consecutive failed resumes after which the session is dropped and we identify.
-    max_resume_failures: int = 3
-    #: Consecutive identifies answered by op 9 before READY after which we stop: the intents
-    #: are not granted to this bot (a configuration error, not something to retry).
-    max_identify_rejections: int = 3
-
-    def __post_init__(self) -> None:
-        if not 0 < self.ack_timeout_min <= self.ack_timeout_max < 1.0:
-            raise ValueError("need 0 < ack_timeout_min <= ack_timeout_max < 1 (in intervals)")
-        if not 0 <= self.ack_probes <= 10:
-            raise ValueError("ack_probes must be between 0 and 10")
-        if not 0 < self.ping_quiet < 1.0:
-            raise ValueError("ping_quiet must be between 0 and 1 (in intervals)")
-        if not 0 < self.ping_timeout_min <= self.ping_timeout_max < 1.0:
-            raise ValueError("need 0 < ping_timeout_min <= ping_timeout_max < 1 (in intervals)")
-        if not 0 < self.ping_suspend_rtt < self.ping_timeout_max:
-            raise ValueError("need 0 < ping_suspend_rtt < ping_timeout_max (in intervals)")
-        if self.ping_unanswered_limit < 1:
-            raise ValueError("ping_unanswered_limit must be at least 1")
-        if self.ping_lost_after <= self.ping_timeout_max:
-            raise ValueError("ping_lost_after must exceed ping_timeout_max (in intervals)")
-        if self.idle_timeout_factor is not None and self.idle_timeout_factor <= 1.0:
-            raise ValueError("idle_timeout_factor must be greater than 1 (or None to disable)")
-        if self.tcp_user_timeout_factor is not None and self.tcp_user_timeout_factor <= 0:
-            raise ValueError("tcp_user_timeout_factor must be positive (or None to disable)")
-        if not 0 < self.min_heartbeat_interval <= self.max_heartbeat_interval:
-            raise ValueError("need 0 < min_heartbeat_interval <= max_heartbeat_interval")
-        for name in ("hello_timeout", "handshake_timeout"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive (or None)")
-        if self.max_resume_failures < 1 or self.max_identify_rejections < 1:
-            raise ValueError("max_resume_failures and max_identify_rejections must be >= 1")
-
-    @property
-    def ack_miss_limit(self) -> int:
-        """Heartbeats outstanding (the heartbeat and its probes) when the ACK layer fires."""
-        return 1 + self.ack_probes
-
-    def handshake_deadline(self, interval: float) -> float:
-        if self.handshake_timeout is not None:
-            return self.handshake_timeout
-        return min(max(2.0 * interval, self.handshake_timeout_min), self.handshake_timeout_max)
-
-    def idle_deadline(self, interval: float) -> float | None:
-        if self.idle_timeout_factor is None:
-            return None
-        return min(self.idle_timeout_factor * interval, self.idle_timeout_max)
-
-    def ack_deadline(self, interval: float, rto: float | None) -> float:
-        """Seconds a heartbeat may wait for its ACK (probes included)."""
-        return _clamp(rto, self.ack_timeout_min * interval, self.ack_timeout_max * interval)
-
-    def pong_deadline(self, interval: float, rto: float | None) -> float:
-        """Seconds the first ping sent into a silence may wait for any frame."""
-        return _clamp(rto, self.ping_timeout_min * interval, self.ping_timeout_max * interval)
-
-    def worst_case(self, interval: float) -> dict[str, float]:
-        """Worst-case detection per layer at the floors, in seconds (for reports)."""
-        out = {
-            p.PING_TIMEOUT: (self.ping_quiet + self.ping_timeout_min) * interval,
-            p.ACK_TIMEOUT: (1.0 + self.ack_timeout_min) * interval,
-        }
-        idle = self.idle_deadline(interval)
-        if idle is not None:
-            out[p.IDLE_TIMEOUT] = idle
-        return out
-
-    def tcp_user_timeout(self, interval: float) -> float | None:
-        if self.tcp_user_timeout_factor is None:
-            return None
-        return max(self.tcp_user_timeout_factor * interval, self.tcp_user_timeout_min)
-
-
-def _clamp(value: float | None, low: float, high: float) -> float:
-    return low if value is None else min(max(value, low), high)
 
 
 class RttEstimator:
@@ -294,66 +165,6 @@ _OP_DISPATCH: Final = int(Op.DISPATCH)
 _OP_HEARTBEAT_ACK: Final = int(Op.HEARTBEAT_ACK)
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
-    payload: dict[str, Any]
-
-
-# Deliver and Emit are made once per dispatched event: plain slots classes (a frozen
-# dataclass's __init__ costs several times more); nobody keeps or mutates an action.
-@dataclass(slots=True)
-class Deliver:
-    event: GatewayEvent
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    reason: str
-    code: int
-    abort: bool
-    detail: str
-
-
-@dataclass(slots=True)
-class Emit:
-    event: ev.LifecycleEvent
-
-
-@dataclass(frozen=True, slots=True)
-class SendPing:
-    """Send a WebSocket ping with this payload; report its pong with ``receive_pong``."""
-
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TuneSocket:
-    """Set ``TCP_USER_TIMEOUT`` on the connection's socket (seconds; None leaves it)."""
-
-    tcp_user_timeout: float | None
-
-
-#: The actions a driver can run without awaiting anything (no frame to write).
-LocalAction = TuneSocket | Deliver | Close | Emit
-#: Every action: a closed union; a driver matches it exhaustively (``assert_never``).
-Action = Send | SendPing | LocalAction
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What ended a connection, and what the supervisor should do about it."""
-
-    reason: str
-    close_code: int | None
-    detail: str
-    action: CloseAction
-    #: True if the next connection will try to resume.
-    resumable: bool
-    #: The connection reached READY/RESUMED.
-    was_ready: bool
-    fatal_message: str | None = None
-
-
 @dataclass(slots=True)
 class _Conn:
     """State that lives and dies with one connection."""
@@ -404,7 +215,8 @@ class GatewaySession:
         intents: int,
         liveness: LivenessConfig | None = None,
         properties: Mapping[str, Any] | None = None,
-        dedupe_window: int = 4096,
+        dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
+        dedupe: DedupeWindow | None = None,
         stats: ev.ShardStats | None = None,
     ) -> None:
         if not 0 <= shard_id < shard_count:
@@ -422,8 +234,10 @@ class GatewaySession:
         self.seq: int = 0
         self.resume_failures = 0
         self.identify_rejections = 0
-        self._recent_ids: OrderedDict[str, None] = OrderedDict()
-        self._dedupe_window = dedupe_window
+        #: Accepted event ids: a redelivery among them is dropped (read on the per-frame path).
+        self._recent_ids = dedupe if dedupe is not None else DedupeWindow(dedupe_window)
+        self._dedupe_window = self._recent_ids.limit
+        self._callbacks: CallbackAcceptor | None = None
         self._conn: _Conn | None = None
         self._backpressure = False
         #: Per-event facts as counters (frames by op, dispatches by type, last frame time).
@@ -478,15 +292,12 @@ class GatewaySession:
 
     def remember_ids(self, event_ids: Iterable[str]) -> None:
         """Add handled event ids (oldest first) to the dedupe window."""
-        for event_id in event_ids:
-            self._recent_ids[event_id] = None
-        while len(self._recent_ids) > self._dedupe_window:
-            self._recent_ids.popitem(last=False)
+        self._recent_ids.remember(event_ids)
 
     def forget_id(self, event_id: str) -> None:
         """Take an accepted id out of the dedupe window again: its callback was answered with a
         retry (the webhook journal could not record it), so the redelivery must be accepted."""
-        self._recent_ids.pop(event_id, None)
+        self._recent_ids.forget(event_id)
 
     def set_backpressure(self, on: bool) -> None:
         """While on, the next dispatch is refused: the connection closes without advancing
@@ -1025,30 +836,15 @@ class GatewaySession:
 
     # --- webhook -------------------------------------------------------------------------
     def accept_callback(self, payload: Mapping[str, Any], now: float) -> list[Action]:
-        """A dispatch that arrived as a signed webhook callback instead of a WebSocket frame.
-
-        There is no connection, no heartbeat and no order: the platform retries a delivery it
-        considers failed, possibly after later ones. So a duplicate is told by its event id
-        alone, in the same window as WebSocket dispatches (``seq`` is passed through, never
-        used to drop one). Answers ``Deliver`` (+ ``EventDispatched`` if anyone listens), or
-        ``DuplicateDropped``, or a ``ProtocolViolation`` for a dispatch without a string ``t``.
-        """
-        t = payload.get("t")
-        if not isinstance(t, str) or not t:
-            return [self._violation(now, "callback dispatch without a string 't'")]
-        s = payload.get("s")
-        seq = s if isinstance(s, int) and not isinstance(s, bool) else None
-        raw_id = payload.get("id")
-        event_id = raw_id if isinstance(raw_id, str) and raw_id else None
-        if event_id is not None and event_id in self._recent_ids:
-            dropped = ev.DuplicateDropped(
-                shard=self.shard_id, monotonic=now, event_type=t, seq=seq, event_id=event_id
+        """A dispatch that arrived as a webhook callback, deduplicated in this session's window
+        (see :class:`~.callbacks.CallbackAcceptor`, which the webhook transport uses alone)."""
+        acceptor = self._callbacks
+        if acceptor is None:
+            acceptor = self._callbacks = CallbackAcceptor(
+                self.shard_id, window=self._recent_ids, stats=self.stats
             )
-            return [Emit(dropped)]
-        if event_id is not None:
-            self.remember_ids((event_id,))
-        # No connection: no session id, never a replay.
-        return self._deliver(t, payload.get("d"), seq, event_id, None, False, now)
+        acceptor.interest = self.interest
+        return acceptor.accept_callback(payload, now)
 
     # --- helpers -------------------------------------------------------------------------
     def _heartbeat(self, conn: _Conn, now: float) -> list[Action]:

@@ -20,6 +20,14 @@ injected ``sleep``, woken early by ``stop()``), reconnect. The rules, from the o
   ``quick_lifetime``) is detected and slowed to at least half the cap.
 * There is no retry cap: a transient failure is retried forever, visibly (state BACKOFF, events,
   WARNING logs), never ending in a silently dead bot.
+
+**The control path.** READY, RESUMED, a zombie verdict and a dropped duplicate reach the
+supervisor by a direct call from the connection (:data:`~.connection.CONTROL_KINDS`), not
+through the observers' bus; what the shard's other parts need of them goes on to ``control``.
+An exception on that path is a bug that would otherwise stop checkpoints or state silently, so
+it stops the shard instead: :meth:`ShardSupervisor.fail` closes the connection (resumable), and
+the supervisor ends as *crashed*, with the reason in an ERROR line, a
+:class:`~.events.SupervisorStopped` and the health report.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from . import events as ev
 from . import protocol as p
 from .auth import TokenSource
 from .backoff import Rng, Sleep, backoff_delays
-from .connection import ConnectError, GatewayConnection
+from .connection import ConnectError, Control, GatewayConnection
 from .context import ShardContext, current_shard
 from .errors import InvalidCredentialsError
 from .protocol import GatewayEvent
@@ -83,6 +91,9 @@ class ShardSupervisor:
         transport: TransportConfig | None = None,
         policy: ReconnectPolicy | None = None,
         wait_for_drain: Callable[[], Awaitable[None]] | None = None,
+        control: Control | None = None,
+        guard: Callable[[], Awaitable[None]] | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: Rng = random.uniform,
         clock: Callable[[], float] | None = None,
@@ -117,15 +128,16 @@ class ShardSupervisor:
         self._last_reason: str | None = None
         self._url: str | None = None
         self._restored: tuple[str, int, float] | None = None
+        #: The rest of the shard's control path (see the module docstring).
+        self._control = control
+        #: Awaited before each connection attempt; raising stops the shard (see ``Shard``).
+        self._guard = guard
+        #: Told of a control-path failure instead of ``fail`` (the shard's owner stops it all).
+        self._on_failure = on_failure or self.fail
+        #: Why the control path stopped the shard (``fail``), raised at the end of the loop.
+        self._failure: BaseException | None = None
         #: Shared with every task of this shard for log lines (see ``context``).
         self.log_context = ShardContext(self.shard)
-        # Only this shard's events, only the kinds it acts on: with many shards in a process,
-        # no supervisor runs for another shard's events.
-        self._unsubscribe = bus.subscribe(
-            self._on_event,
-            kinds=(ev.SessionReady, ev.SessionResumed, ev.ZombieDetected),
-            shard=self.shard,
-        )
         session.interest = bus.interest(self.shard)
 
     # --- public --------------------------------------------------------------------------
@@ -193,13 +205,26 @@ class ShardSupervisor:
                     await task
             except Exception:  # noqa: BLE001, S110 - the crash was already reported by _run
                 pass
-        self._unsubscribe()
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop this shard because the control path failed with ``exc`` (a bug, never a
+        network condition): the connection closes resumably, the loop ends as *crashed* with
+        the reason. Safe to call from inside the connection's tasks."""
+        if self._failure is None:
+            self._failure = exc
+        self._stopping = True
+        self._wake.set()
+        conn = self._conn
+        if conn is not None:
+            conn.request_close("shutdown", f"control path failed: {_safe(exc)}")
 
     # --- the loop ------------------------------------------------------------------------
     async def _run(self) -> None:
         current_shard.set(self.log_context)
         try:
             await self._loop_forever()
+            if self._failure is not None:
+                raise self._failure
             if self._state is not ev.ConnectionState.FATAL:
                 self._emit_stopped("shutdown")
         except asyncio.CancelledError:
@@ -207,8 +232,8 @@ class ShardSupervisor:
             self._emit_stopped("shutdown")
             raise
         except Exception as exc:
-            # A bug in our own loop: say so loudly; the health report turns red.
-            _log.exception("shard %d supervisor crashed", self.shard)
+            # A bug in our own loop or control path: say so loudly; the health report turns red.
+            _log.error("shard %d stopped: %s", self.shard, _safe(exc), exc_info=exc)
             self._emit_stopped("crashed", f"{type(exc).__name__}: {exc}")
             raise
 
@@ -259,6 +284,12 @@ class ShardSupervisor:
 
     async def _attempt(self) -> tuple[Outcome | None, float | None]:
         """One connection attempt. Failures before the WebSocket opens become outcomes too."""
+        if self._guard is not None:
+            try:
+                await self._guard()
+            except Exception as exc:  # noqa: BLE001 - not ours to retry: the shard stops
+                self._on_failure(exc)
+                return None, None
         try:
             token = await self._tokens.get()
             self._last_token = token
@@ -280,6 +311,7 @@ class ShardSupervisor:
             transport=self._transport,
             bus=self._bus,
             deliver=self._deliver,
+            control=self._on_control,
             may_send=self._may_send,
         )
         self._conn = conn
@@ -335,8 +367,17 @@ class ShardSupervisor:
         )
         self._emit_stopped("fatal", message)
 
-    # --- events and state ----------------------------------------------------------------
-    def _on_event(self, event: ev.LifecycleEvent) -> None:
+    # --- the control path and state -------------------------------------------------------
+    def _on_control(self, event: ev.LifecycleEvent) -> None:
+        """The connection's direct call (see the module docstring): never raises."""
+        try:
+            self._on_session_event(event)
+            if self._control is not None:
+                self._control(event)
+        except Exception as exc:  # noqa: BLE001 - not swallowed: the shard stops with it
+            self._on_failure(exc)
+
+    def _on_session_event(self, event: ev.LifecycleEvent) -> None:
         if isinstance(event, ev.SessionReady | ev.SessionResumed):
             self._report_restored(event)
             self._last_ready_at = event.monotonic

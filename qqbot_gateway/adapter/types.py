@@ -9,15 +9,15 @@ and ``Secret``, ...).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import events as ev
+from .backoff import Backoff
 from .protocol import DEFAULT_API_BASE, DEFAULT_TOKEN_URL, GatewayEvent, Intents, parse_intents
-from .reconnect import ReconnectPolicy
-from .session import LivenessConfig
 
 __all__ = [
     "DEFAULT_CHECKPOINT_INTERVAL",
@@ -27,7 +27,10 @@ __all__ = [
     "DEFAULT_SESSION_MAX_AGE",
     "MODES",
     "ClientConfig",
+    "DedupeWindow",
     "HandlerContext",
+    "LivenessConfig",
+    "ReconnectPolicy",
     "Secret",
     "ShardStatus",
     "TransportConfig",
@@ -54,6 +57,205 @@ DEFAULT_HANDLER_QUEUE_SIZE: Final = 1000
 
 #: Wraps the handling of one event, e.g. to make a tracing span current while handlers run.
 HandlerContext = Callable[[GatewayEvent], AbstractContextManager[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessConfig:
+    """Timing rules. Every timer is a fraction of the heartbeat interval H from Hello (after
+    clamping H), or derived from a measured round-trip time and then floored and capped in H.
+
+    ``None`` disables a layer where allowed (the ACK layer is the one the protocol itself
+    defines and cannot be disabled). The defaults come from the numbers in
+    ``benchmarks/bench_detection.md``: a half-open link is declared dead within
+    ``ping_quiet + ping_timeout_min`` (0.35 H) while the ping layer is armed, a server that
+    stops ACKing within ``1 + ack_timeout_min`` (1.4 H), with no false positive over a
+    10-minute run with ACK and pong latency of median 50 ms, jitter to 10x, 1 % spikes to
+    0.2 H and 100 ms event loop stalls, at H = 1 s.
+    """
+
+    #: ACK deadline per heartbeat, in H: RFC 6298 RTO of the ACK RTT, clamped into
+    #: [min, max]. The floor 0.4 H: with ``ack_probes`` = 2, a false positive needs the ACK
+    #: late by more than 0.4 H *and* both probes' ACKs late by 0.27 H and 0.13 H (about 3e-6 per
+    #: heartbeat under the benchmark's latency model); it bounds "server stops ACKing" to 1.4 H.
+    #: The cap 0.9 H: a measured RTT can stretch the deadline that far, never into the next
+    #: heartbeat.
+    ack_timeout_min: float = 0.4
+    ack_timeout_max: float = 0.9
+    #: Extra heartbeats sent while a heartbeat waits for its ACK, evenly inside the deadline.
+    ack_probes: int = 2
+    #: The WebSocket ping layer. False switches it off (``QQBOT_WS_PING=off``).
+    ws_ping: bool = True
+    #: Probe after this much silence, in H (and again after each such silence). 0.05 H: one
+    #: ping per ~2 s of silence at QQ's 41.25 s, negligible; several pings in flight before a
+    #: verdict, so one slow pong is not a false positive.
+    ping_quiet: float = 0.05
+    #: Pong deadline, in H: RFC 6298 RTO of the ping RTT clamped into [min, max]. 0.3 H floor:
+    #: at H = 1 s it tolerates the benchmark's 10x jitter (500 ms pongs) because six pings sent
+    #: into the silence must all be late; 0.45 cap keeps ping_quiet + deadline within 0.5 H.
+    ping_timeout_min: float = 0.3
+    ping_timeout_max: float = 0.45
+    #: The layer stands by (``suspended``) while the smoothed ping RTT exceeds this, in H, and
+    #: arms again below 3/4 of it: a link that slow leaves the pong deadline no margin over
+    #: the RTT. Judged on the smoothed RTT, not on the RTO, so jitter alone never suspends it.
+    ping_suspend_rtt: float = 0.2
+    #: Pings that go without a pong for ``ping_lost_after`` x H while other frames prove the
+    #: link alive, in a row, after which the layer turns itself off for the connection.
+    ping_unanswered_limit: int = 3
+    ping_lost_after: float = 1.0
+    #: No frame at all for this many intervals makes a zombie. 2.5: the backstop behind the
+    #: ACK layer (which judges by 1.9 H at most); a healthy link is never silent that long.
+    idle_timeout_factor: float | None = 2.5
+    #: Absolute cap on the idle deadline, whatever the interval.
+    idle_timeout_max: float = 180.0
+    #: TCP_USER_TIMEOUT set on the socket after Hello: this many H, at least the floor in
+    #: seconds (kernel retransmissions need time on a lossy but live link). 1 H: the kernel
+    #: layer never fires before the ping layer, and bounds a starved loop's dead socket.
+    tcp_user_timeout_factor: float | None = 1.0
+    tcp_user_timeout_min: float = 1.0
+    #: Hello's interval is clamped into this range: a malformed tiny value must never become
+    #: a heartbeat storm, a huge one must not disable liveness.
+    min_heartbeat_interval: float = 0.2
+    max_heartbeat_interval: float = 120.0
+    #: Seconds from the WebSocket opening to op 10 Hello.
+    hello_timeout: float | None = 10.0
+    #: Seconds from Identify/Resume to READY/RESUMED; None derives 2 x interval within
+    #: [handshake_timeout_min, handshake_timeout_max] (a resume replays a backlog first).
+    handshake_timeout: float | None = None
+    handshake_timeout_min: float = 5.0
+    handshake_timeout_max: float = 60.0
+    #: Consecutive failed resumes after which the session is dropped and we identify.
+    max_resume_failures: int = 3
+    #: Consecutive identifies answered by op 9 before READY after which we stop: the intents
+    #: are not granted to this bot (a configuration error, not something to retry).
+    max_identify_rejections: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ack_timeout_min <= self.ack_timeout_max < 1.0:
+            raise ValueError("need 0 < ack_timeout_min <= ack_timeout_max < 1 (in intervals)")
+        if not 0 <= self.ack_probes <= 10:
+            raise ValueError("ack_probes must be between 0 and 10")
+        if not 0 < self.ping_quiet < 1.0:
+            raise ValueError("ping_quiet must be between 0 and 1 (in intervals)")
+        if not 0 < self.ping_timeout_min <= self.ping_timeout_max < 1.0:
+            raise ValueError("need 0 < ping_timeout_min <= ping_timeout_max < 1 (in intervals)")
+        if not 0 < self.ping_suspend_rtt < self.ping_timeout_max:
+            raise ValueError("need 0 < ping_suspend_rtt < ping_timeout_max (in intervals)")
+        if self.ping_unanswered_limit < 1:
+            raise ValueError("ping_unanswered_limit must be at least 1")
+        if self.ping_lost_after <= self.ping_timeout_max:
+            raise ValueError("ping_lost_after must exceed ping_timeout_max (in intervals)")
+        if self.idle_timeout_factor is not None and self.idle_timeout_factor <= 1.0:
+            raise ValueError("idle_timeout_factor must be greater than 1 (or None to disable)")
+        if self.tcp_user_timeout_factor is not None and self.tcp_user_timeout_factor <= 0:
+            raise ValueError("tcp_user_timeout_factor must be positive (or None to disable)")
+        if not 0 < self.min_heartbeat_interval <= self.max_heartbeat_interval:
+            raise ValueError("need 0 < min_heartbeat_interval <= max_heartbeat_interval")
+        for name in ("hello_timeout", "handshake_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive (or None)")
+        if self.max_resume_failures < 1 or self.max_identify_rejections < 1:
+            raise ValueError("max_resume_failures and max_identify_rejections must be >= 1")
+
+    @property
+    def ack_miss_limit(self) -> int:
+        """Heartbeats outstanding (the heartbeat and its probes) when the ACK layer fires."""
+        return 1 + self.ack_probes
+
+    def handshake_deadline(self, interval: float) -> float:
+        if self.handshake_timeout is not None:
+            return self.handshake_timeout
+        return min(max(2.0 * interval, self.handshake_timeout_min), self.handshake_timeout_max)
+
+    def idle_deadline(self, interval: float) -> float | None:
+        if self.idle_timeout_factor is None:
+            return None
+        return min(self.idle_timeout_factor * interval, self.idle_timeout_max)
+
+    def ack_deadline(self, interval: float, rto: float | None) -> float:
+        """Seconds a heartbeat may wait for its ACK (probes included)."""
+        return _clamp(rto, self.ack_timeout_min * interval, self.ack_timeout_max * interval)
+
+    def pong_deadline(self, interval: float, rto: float | None) -> float:
+        """Seconds the first ping sent into a silence may wait for any frame."""
+        return _clamp(rto, self.ping_timeout_min * interval, self.ping_timeout_max * interval)
+
+    def tcp_user_timeout(self, interval: float) -> float | None:
+        if self.tcp_user_timeout_factor is None:
+            return None
+        return max(self.tcp_user_timeout_factor * interval, self.tcp_user_timeout_min)
+
+
+def _clamp(value: float | None, low: float, high: float) -> float:
+    return low if value is None else min(max(value, low), high)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """Reconnect pacing: exponential backoff with full jitter and a cap, reset after a healthy
+    connection; the 4008 wait and the quick-loop slowdown (see :mod:`.reconnect`)."""
+
+    #: First backoff ceiling; doubles per consecutive failure up to ``backoff_cap``.
+    backoff_base: float = 1.0
+    #: 60 s: the longest a bot stays offline between attempts when QQ is down, and at most
+    #: ~2 attempts a minute against an outage, far below any session-start limit.
+    backoff_cap: float = 60.0
+    #: A connection READY this long proves the setup works: the backoff starts over.
+    healthy_after: float = 60.0
+    #: Close 4008 ("sending too fast"): peers wait 60 s before resuming.
+    rate_limit_wait: float = 60.0
+    #: A connection that ends sooner than this (or never gets READY) is a quick failure.
+    quick_lifetime: float = 10.0
+    #: This many quick failures in a row are a disconnect loop: slow to >= cap / 2.
+    quick_loop_threshold: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.backoff_base <= self.backoff_cap:
+            raise ValueError("need 0 < backoff_base <= backoff_cap")
+        if self.healthy_after < 0 or self.rate_limit_wait < 0 or self.quick_lifetime < 0:
+            raise ValueError("healthy_after, rate_limit_wait and quick_lifetime must be >= 0")
+        if self.quick_loop_threshold < 1:
+            raise ValueError("quick_loop_threshold must be >= 1")
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.backoff_base, self.backoff_cap)
+
+
+#: Event ids a dedupe window keeps unless told otherwise: seconds to minutes of traffic.
+DEFAULT_DEDUPE_WINDOW: Final = 4096
+
+
+class DedupeWindow(OrderedDict[str, None]):
+    """The most recently accepted event ids, oldest first, at most ``limit`` of them.
+
+    One kind of window for both transports: the WebSocket session (:mod:`.session`, whose
+    per-frame path reads it as the plain ordered dict it is) and the webhook acceptor
+    (:mod:`.callbacks`). An id in it means "accepted already": its redelivery is dropped.
+    """
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int = DEFAULT_DEDUPE_WINDOW) -> None:
+        super().__init__()
+        if limit < 1:
+            raise ValueError("a dedupe window holds at least one id")
+        self.limit = limit
+
+    def add(self, event_id: str) -> None:
+        self[event_id] = None
+        if len(self) > self.limit:
+            self.popitem(last=False)
+
+    def remember(self, event_ids: Iterable[str]) -> None:
+        """Add ids, oldest first (a restored window), keeping the newest ``limit``."""
+        for event_id in event_ids:
+            self[event_id] = None
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+    def forget(self, event_id: str) -> None:
+        self.pop(event_id, None)
 
 
 class Secret:

@@ -19,7 +19,7 @@ official Go SDK ``botgo`` ``interaction/signature``):
 :class:`WebhookIntake` applies that to one request at a time, without any HTTP framework: the
 aiohttp receiver (``qqbot_gateway.telemetry.webhook``) or any other web framework hands it the
 method, headers and body, and sends back the :class:`WebhookReply`. Accepted dispatches go
-through :meth:`GatewaySession.accept_callback` (the WebSocket path's event-id dedupe window)
+through a :class:`~.callbacks.CallbackAcceptor` (its event-id :class:`~.types.DedupeWindow`)
 into the shard's bounded handler queue; nothing waits for a handler. With an
 :class:`~.journal.IntakeJournal` (the session store on, the service's default) an accepted
 dispatch is first made durable in the journal, with other concurrent callbacks in one group
@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from . import events as ev
+from .actions import Action, Deliver, Emit
 from .protocol import SIGNATURE_HEADER, TIMESTAMP_HEADER, GatewayEvent, Op, WebhookKey, derive_seed
-from .session import Deliver, Emit, GatewaySession
 from .types import DEFAULT_MAX_BODY, DEFAULT_REPLAY_WINDOW, WebhookConfig, WebhookStatus
 
 __all__ = [
@@ -161,6 +161,16 @@ class WebhookReply:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+class CallbackSink(Protocol):
+    """What the intake hands an accepted callback to: a :class:`~.callbacks.CallbackAcceptor`
+    (the webhook transport's), or a ``GatewaySession``, which keeps one over its own window."""
+
+    @property
+    def shard_id(self) -> int: ...
+
+    def accept_callback(self, payload: Mapping[str, Any], now: float) -> list[Action]: ...
+
+
 class WebhookIntake:
     """Applies the callback protocol to one request; see the module docstring.
 
@@ -175,7 +185,7 @@ class WebhookIntake:
         self,
         key: WebhookKey,
         *,
-        session: GatewaySession,
+        session: CallbackSink,
         bus: ev.EventBus,
         deliver: Callable[[GatewayEvent], None],
         queue_full: Callable[[], bool],

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from qqbot_gateway.adapter.events import EventBus
-from qqbot_gateway.adapter.session import LivenessConfig
-from qqbot_gateway.adapter.types import HandlerContext, ShardStatus, TransportConfig
+from qqbot_gateway.adapter.types import HandlerContext, LivenessConfig, ShardStatus, TransportConfig
 from qqbot_gateway.adapter.webhook import WebhookIntake
 
 __all__ = ["ClientLike", "ConfigLike", "SecretLike"]

@@ -49,8 +49,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from qqbot_gateway.adapter import events as ev
-from qqbot_gateway.adapter.session import LivenessConfig
-from qqbot_gateway.adapter.types import ShardStatus, TransportConfig, WebhookStatus
+from qqbot_gateway.adapter.types import LivenessConfig, ShardStatus, TransportConfig, WebhookStatus
 
 __all__ = ["Check", "HealthConfig", "HealthEvaluator", "HealthReport"]
 

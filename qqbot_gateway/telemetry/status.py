@@ -34,8 +34,7 @@ from aiohttp import web
 
 from qqbot_gateway._version import __version__
 from qqbot_gateway.adapter import events as ev
-from qqbot_gateway.adapter.session import LivenessConfig
-from qqbot_gateway.adapter.types import ShardStatus, TransportConfig
+from qqbot_gateway.adapter.types import LivenessConfig, ShardStatus, TransportConfig
 
 from ._clock import Clock
 from .health import Check, HealthReport
