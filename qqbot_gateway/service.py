@@ -214,6 +214,10 @@ async def run_service(
     except TelemetryConfigError as exc:  # e.g. OTLP export asked for, exporter not installed
         raise ServiceError(str(exc), EXIT_CONFIG) from None
     telemetry.attach(client)
+    if cluster is not None:
+        from qqbot_gateway.telemetry.cluster import ClusterMetrics
+
+        cluster.ownership.observer = ClusterMetrics(telemetry.registry, config.shards)
 
     stop = asyncio.Event() if stop is None else stop
     received: list[str] = []

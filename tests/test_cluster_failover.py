@@ -90,6 +90,13 @@ async def probe(bot: Bot, path: str) -> tuple[int, str]:
         return r.status, await r.text()
 
 
+def metric_value(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{series} not exported")
+
+
 async def owner_and_standby(c: ClusterCase) -> tuple[Bot, Bot]:
     first = await c.bot()
     await c.streaming(first, 10)
@@ -123,6 +130,10 @@ async def test_owner_sigkilled_standby_resumes_and_replays_the_gap(cluster: Clus
     await second.wait(lambda: len(second.handled) > 0, "the new owner handles events", 30)
     status, text = await probe(second, "/readyz")
     assert status == 200 and "[+]shard/0/lease ok: owner: " in text, text
+    _, metrics = await probe(second, "/metrics")
+    assert 'qqbot_gateway_shard_owner{shard="0"} 1.0' in metrics
+    assert 'qqbot_gateway_lease_takeovers_total{cause="expired",shard="0"} 1.0' in metrics
+    assert 'qqbot_gateway_shard_fencing_token{shard="0"} 2.0' in metrics
     lost, _, dups = await cluster.drain_and_count(second, "cluster SIGKILL")
     assert lost == 0
     assert all(seq > durable for seq in dups), (durable, dups)
@@ -159,6 +170,12 @@ async def test_owner_paused_past_its_lease_never_sends_again(cluster: ClusterCas
     # Its late checkpoint (if it had one pending) was refused by Redis, never written.
     assert not any("saved at seq" in line for line in first.stderr)
     refused = [line for line in first.stderr if "refused: fencing token" in line]
+    _, metrics = await probe(first, "/metrics")
+    assert 'qqbot_gateway_shard_owner{shard="0"} 0.0' in metrics
+    assert 'qqbot_gateway_lease_losses_total{reason="expired",shard="0"} 1.0' in metrics
+    # Each refused attempt counts (a failure streak logs once): as many or more than lines.
+    count = metric_value(metrics, 'qqbot_gateway_fencing_refusals_total{shard="0"}')
+    assert count >= len(refused), (count, refused)
     print(f"\n[cluster] SIGSTOP: late checkpoint writes refused: {len(refused)}", flush=True)
     lost, _, dups = await cluster.drain_and_count(second, "cluster SIGSTOP + SIGCONT")
     assert lost == 0

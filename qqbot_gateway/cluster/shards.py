@@ -61,7 +61,7 @@ class ClusterObserver:
     def renewed(self, shard: int, seconds: float) -> None: ...
     def renew_failed(self, shard: int, reason: str) -> None: ...
     def takeover(self, shard: int, cause: str) -> None: ...
-    def lost(self, shard: int, reason: str) -> None: ...
+    def lost(self, shard: int, kind: str) -> None: ...
     def redis_error(self, operation: str) -> None: ...
     def fenced(self, shard: int) -> None: ...
 
@@ -88,6 +88,8 @@ class ShardTerm:
         self._lease = lease
         self.ended = asyncio.Event()
         self.reason: str | None = None
+        #: How it ended: "shutdown", "expired" (validity ran out), "lost" (another owner).
+        self.kind: str | None = None
 
     def valid(self) -> bool:
         """The lease is provably ours now (by this process's clock) and the term goes on."""
@@ -99,9 +101,9 @@ class ShardTerm:
         this process's judgement of itself."""
         return self.token
 
-    def end(self, reason: str) -> None:
+    def end(self, reason: str, kind: str = "shutdown") -> None:
         if not self.ended.is_set():
-            self.reason = reason
+            self.reason, self.kind = reason, kind
             self.ended.set()
 
 
@@ -237,8 +239,8 @@ class ShardOwnership:
                 lease.forget()
             role.role, role.token, role.since = "standby", None, time.monotonic()
             self._notify(self.observer.role, shard_id, False, None)
-            if term.reason != "shutdown":
-                self._notify(self.observer.lost, shard_id, term.reason or "unknown")
+            if term.kind != "shutdown":
+                self._notify(self.observer.lost, shard_id, term.kind or "expired")
                 _log.warning("shard %d: standing by again: %s", shard_id, term.reason)
 
     async def _renew(self, lease: ShardLease, term: ShardTerm) -> None:
@@ -251,13 +253,14 @@ class ShardOwnership:
         while not term.ended.is_set():
             until = lease.valid_until
             if until is None:
-                term.end("lease lost")
+                term.end("lease lost", "lost")
                 return
             await asyncio.sleep(max(0.0, min(next_at, until) - loop.time()))
             if not lease.valid():
                 term.end(
                     "lease validity ran out before a renewal succeeded (Redis unreachable or "
-                    "slow, or this process was paused); connection stopped without another frame"
+                    "slow, or this process was paused); connection stopped without another frame",
+                    "expired",
                 )
                 lease.forget()
                 return
@@ -283,7 +286,7 @@ class ShardOwnership:
                 continue
             if not ok:
                 self._notify(self.observer.renew_failed, shard_id, "lost")
-                term.end("lease lost: another process owns the shard now")
+                term.end("lease lost: another process owns the shard now", "lost")
                 return
             seconds = loop.time() - t0
             self._notify(self.observer.renewed, shard_id, seconds)
