@@ -206,6 +206,9 @@ async def run_service(
         config,
         store_factory=cluster.store_factory if cluster is not None else None,
         ownership=cluster.ownership if cluster is not None else None,
+        webhook_intake=(
+            cluster.intake_factory(settings.stream_claim_idle) if cluster is not None else None
+        ),
     )
     for handler in handlers:
         client.add_handler(bind_client(handler, client))

@@ -66,7 +66,7 @@ from .types import (
     ShardStatus,
 )
 from .webhook import WebhookIntake, WebhookKey
-from .webhook_mode import WebhookMode
+from .webhook_mode import SharedIntakeFactory, WebhookMode
 
 __all__ = ["ClientConfig", "QQBotClient", "Secret"]
 
@@ -130,6 +130,7 @@ class QQBotClient:
         store_factory: StoreFactory | None = None,
         sleep: Sleep = asyncio.sleep,
         ownership: Ownership | None = None,
+        webhook_intake: SharedIntakeFactory | None = None,
     ) -> None:
         self.config = config
         #: Cluster mode: shards are run only while this process holds their lease.
@@ -140,6 +141,10 @@ class QQBotClient:
         self._sleep = sleep
         self.events = bus or ev.EventBus()
         state_dir = config.state_dir
+        #: Cluster mode, webhook transport: the intake and dedupe window shared in Redis.
+        self._webhook_intake = webhook_intake if config.mode == "webhook" else None
+        if self._webhook_intake is not None:
+            state_dir = None  # no file journal: the shared intake replaces it
         if config.mode != "websocket":
             # No gateway session: the state is the intake journal and its checkpoint, files in
             # the state directory (a custom backend has no directory for the journal).
@@ -293,6 +298,7 @@ class QQBotClient:
                 handlers=self._handlers_for,
                 around_event=self._around_event,
                 store=self._stores.get(0),
+                shared=self._webhook_intake,
             )
             try:
                 await mode.start()

@@ -3,11 +3,15 @@ root calls :func:`open_cluster` before it builds the client)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.store import SessionStore
+from qqbot_gateway.adapter.webhook_mode import SharedIntake, SharedIntakeFactory
 
 from .connect import DEFAULT_CONNECT_TIMEOUT, RedisTarget, open_redis, parse_redis_url
+from .intake import RedisIntake
 from .shards import ClusterObserver, ShardOwnership
 from .store import RedisSessionStore, open_sync_redis
 
@@ -37,6 +41,7 @@ class Cluster:
         self.app_id = app_id
         self.ownership = ShardOwnership(aio, app_id, ttl=ttl, observer=observer)
         self.stores: dict[int, RedisSessionStore] = {}
+        self.intake: RedisIntake | None = None
 
     def store_factory(self, shard_id: int) -> SessionStore:
         """The fenced store of ``shard_id``: it writes under the current term's token only."""
@@ -57,6 +62,29 @@ class Cluster:
         )
         self.stores[shard_id] = store
         return store
+
+    def intake_factory(self, claim_idle: float) -> SharedIntakeFactory:
+        """The webhook transport's shared intake (:mod:`.intake`), for ``QQBotClient``."""
+
+        def make(
+            deliver: Callable[[GatewayEvent], None],
+            forget: Callable[[str], None],
+            redeliver: Callable[[Mapping[str, Any]], GatewayEvent | None],
+        ) -> SharedIntake:
+            observer = self.ownership.observer
+            self.intake = RedisIntake(
+                self.redis,
+                self.app_id,
+                consumer=self.ownership.holder,
+                claim_idle=claim_idle,
+                deliver=deliver,
+                forget=forget,
+                redeliver=redeliver,
+                on_error=observer.redis_error,
+            )
+            return self.intake
+
+        return make
 
     def roles(self) -> dict[int, dict[str, Any]]:
         """Per shard: ``role`` (owner/standby), ``token``, ``holder`` (the other owner)."""
