@@ -96,6 +96,9 @@ class OwnershipTerm(Protocol):
     def valid(self) -> bool:
         """The shard's lease is provably this process's now (by its own clock)."""
 
+    def end(self, reason: str, kind: str = "shutdown") -> None:
+        """End the term (``kind`` "fatal": the shard stopped for good; stop offering it)."""
+
 
 class Ownership(Protocol):
     """Cluster mode: who owns which shard (``qqbot_gateway.cluster.shards.ShardOwnership``).
@@ -370,6 +373,9 @@ class QQBotClient:
             await asyncio.wait({ended, task}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ended.cancel()
+        if task.done() and not term.ended.is_set():
+            # The supervisor ended by itself: a fatal close (credentials, a delisted bot).
+            term.end(f"shard {sid} stopped for good", "fatal")
         valid = term.valid()
         # A term that is no longer provably ours stops without another frame and hands no
         # queued event to a handler: the next owner replays them from the stored watermark.
@@ -378,8 +384,9 @@ class QQBotClient:
             drain_timeout=self._drain_timeout if valid else 0.0,
             lost=not valid,
         )
-        self._shards.pop(sid, None)
         self._stores.pop(sid, None)
+        if getattr(term, "kind", None) != "fatal":
+            self._shards.pop(sid, None)  # a fatal shard stays: its state is the health verdict
 
     # --- the session store ---------------------------------------------------------------
     async def _acquire_stores(self) -> None:

@@ -88,7 +88,8 @@ class ShardTerm:
         self._lease = lease
         self.ended = asyncio.Event()
         self.reason: str | None = None
-        #: How it ended: "shutdown", "expired" (validity ran out), "lost" (another owner).
+        #: How it ended: "shutdown", "expired" (validity ran out), "lost" (another owner),
+        #: "fatal" (the shard stopped for good in this process).
         self.kind: str | None = None
 
     def valid(self) -> bool:
@@ -146,6 +147,8 @@ class ShardOwnership:
         for shard, r in sorted(self.roles.items()):
             if r.role == "owner":
                 out[shard] = ("owner", f"this process holds the lease (fencing token {r.token})")
+            elif r.role == "fatal":
+                out[shard] = ("fatal", f"stopped for good here, no longer offered: {r.last_error}")
             else:
                 who = f"owned by {r.holder}" if r.holder else "no owner seen yet"
                 err = f"; last Redis error: {r.last_error}" if r.last_error else ""
@@ -193,11 +196,13 @@ class ShardOwnership:
                 await self._wait(min(self.poll, max(0.01, due)))
                 continue
             waiting_logged = False
-            await self._own(lease, acquired, role, run_term)
+            if not await self._own(lease, acquired, role, run_term):
+                return  # the shard stopped for good here: stop offering it
 
     async def _own(
         self, lease: ShardLease, acquired: Acquired, role: ShardRole, run_term: RunTerm
-    ) -> None:
+    ) -> bool:
+        """Run one term; False if the shard stopped for good (fatal) in it."""
         shard_id = lease.shard_id
         term = ShardTerm(lease, acquired)
         self.terms[shard_id] = term
@@ -238,10 +243,19 @@ class ShardOwnership:
             else:
                 lease.forget()
             role.role, role.token, role.since = "standby", None, time.monotonic()
+            if term.kind == "fatal":
+                role.role, role.last_error = "fatal", term.reason
             self._notify(self.observer.role, shard_id, False, None)
-            if term.kind != "shutdown":
+            if term.kind not in ("shutdown", "fatal"):
                 self._notify(self.observer.lost, shard_id, term.kind or "expired")
                 _log.warning("shard %d: standing by again: %s", shard_id, term.reason)
+        if term.kind == "fatal":
+            _log.error(
+                "shard %d: stopped for good in this process; lease released, no longer offered",
+                shard_id,
+            )
+            return False
+        return True
 
     async def _renew(self, lease: ShardLease, term: ShardTerm) -> None:
         shard_id = lease.shard_id

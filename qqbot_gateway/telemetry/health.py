@@ -277,9 +277,10 @@ class HealthEvaluator:
         for shard, s in sorted(self._shards.items()):
             role = roles.get(shard)
             if role is not None:
-                lease = Check(f"shard/{shard}/lease", True, f"{role[0]}: {role[1]}")
+                # A fatal shard fails here and keeps its own checks (the supervisor's verdict).
+                lease = Check(f"shard/{shard}/lease", role[0] != "fatal", f"{role[0]}: {role[1]}")
                 readiness.append(lease)
-                if role[0] != "owner":
+                if role[0] == "standby":
                     checks.append(lease)
                     shard_ready[shard] = False
                     continue
