@@ -113,6 +113,9 @@ async def test_owner_sigkilled_standby_resumes_and_replays_the_gap(cluster: Clus
     assert status == 200 and "[+]shard/0/lease ok: standby: owned by" in text, text
     status, text = await probe(second, "/readyz")
     assert status == 200 and "standby" in text, text
+    _, page = await probe(second, "/status.json")
+    (shard,) = json.loads(page)["shards"]
+    assert shard["condition"] == "standby" and shard["lease"].startswith("standby: owned by")
     status, text = await probe(first, "/readyz")
     assert status == 200 and "[+]shard/0/lease ok: owner: " in text, text
     await cluster.streaming(first, 30)
