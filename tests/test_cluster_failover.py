@@ -326,3 +326,23 @@ async def test_three_processes_two_shards_each_owned_exactly_once(tmp_path: Path
                     await bot.cleanup()
     finally:
         server.kill()
+
+
+async def test_owner_sigterm_hands_the_lease_over_at_once(cluster: ClusterCase) -> None:
+    """A rolling update: the owner closes with 4000, drains, writes its final checkpoint and
+    releases the lease; the standby takes it at once (cause released) and resumes exactly there:
+    0 lost, 0 handled twice."""
+    first, second = await owner_and_standby(cluster)
+    await cluster.streaming(first, 30)
+    loop = asyncio.get_running_loop()
+    stopped_at = loop.time()
+    assert await first.signal(signal.SIGTERM) == 0
+    await second.wait(lambda: second.saw("RESUMED"), "standby RESUMED", START_TIMEOUT)
+    assert not second.saw("READY")
+    lines = await second.stderr_lines("lease acquired")
+    assert any("the previous owner let go" in line for line in lines), lines
+    # Faster than a lease: the release, not the expiry, let the standby in.
+    assert loop.time() - stopped_at < float(LEASE) + 10
+    assert 1000 not in [c.close_code for c in cluster.sim.connections]
+    lost, duplicated, _ = await cluster.drain_and_count(second, "cluster SIGTERM handover")
+    assert (lost, duplicated) == (0, 0)

@@ -14,7 +14,7 @@ from qqbot_gateway.cluster.lease import DRIFT, MARGIN, ShardLease
 from qqbot_gateway.cluster.store import FencedOut, RedisSessionStore, open_sync_redis
 from tests.redis_harness import needs_redis
 
-pytestmark = needs_redis
+pytestmark = [pytest.mark.slow, needs_redis]
 
 APP = "1024"
 

@@ -180,8 +180,10 @@ class QQBotClient:
         self._starter: asyncio.Task[None] | None = None
         self._started = False
         self._closing = False
-        #: Handlers' drain time when a shard's term ends (close() sets the caller's).
+        #: Handlers' drain time when a shard's term ends, and whether a shutdown ends the
+        #: sessions (close() sets the caller's).
         self._drain_timeout = 5.0
+        self._end_session = False
         #: Optional hook wrapping the handling of each event (telemetry sets a tracing span).
         self.handler_context: HandlerContext | None = None
         #: The callback intake in webhook mode (after ``start()``), else None.
@@ -382,6 +384,9 @@ class QQBotClient:
         await shard.stop(
             term.reason or "shard stopped",
             drain_timeout=self._drain_timeout if valid else 0.0,
+            # close(end_session=True): 1000 and the stored state deleted (fenced), as without
+            # Redis; only by a valid owner at shutdown.
+            end_session=self._end_session and valid and self._closing,
             lost=not valid,
         )
         self._stores.pop(sid, None)
@@ -459,6 +464,7 @@ class QQBotClient:
             return
         self._closing = True
         self._drain_timeout = drain_timeout
+        self._end_session = end_session
         try:
             if self._starter is not None and self._ownership is not None:
                 # Cluster mode: every owned shard closes with 4000, drains and writes its final
