@@ -226,6 +226,9 @@ class ShardOwnership:
         renewer = asyncio.create_task(
             self._renew(lease, term), name=f"qqbot lease renewal shard {shard_id}"
         )
+        # Whatever ends the renewer (a bug, a cancellation) ends the term: validity is only
+        # proven while renewals run.
+        renewer.add_done_callback(lambda task: self._renewer_ended(task, term))
         try:
             await run_term(term)
         finally:
@@ -256,6 +259,17 @@ class ShardOwnership:
             )
             return False
         return True
+
+    @staticmethod
+    def _renewer_ended(task: asyncio.Task[None], term: ShardTerm) -> None:
+        if term.ended.is_set():
+            return
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            _log.error(
+                "shard %d: lease renewal failed: %s: %s", term.shard_id, type(exc).__name__, exc
+            )
+        term.end("lease renewal stopped; the lease can no longer be proven", "expired")
 
     async def _renew(self, lease: ShardLease, term: ShardTerm) -> None:
         shard_id = lease.shard_id
