@@ -7,12 +7,14 @@ a load balancer. Per app::
          consumer group "gateway"          one consumer per process (its holder id)
     qqbot:{<app>}:webhook:seen:<event id>  the shared dedupe window (SET NX EX)
 
-**Before the ACK** (op 12), one Lua script, atomic on the server: ``SET seen NX EX`` (a
-callback another replica accepted is a duplicate here too: ACKed, not delivered), ``XADD`` the
-callback, and ``XREADGROUP ... >`` for this consumer, which moves exactly that entry into this
-process's pending list (nothing else can be undelivered between two scripts). Only after the
-script succeeded is the callback queued for the handlers and answered 200; if Redis fails the
-answer is 503 and the platform retries (the id leaves the local window again).
+**Before the ACK** (op 12), one Lua script per callback, atomic on the server (the scripts of
+concurrent callbacks go in one pipeline: one round trip, like the file journal's group commit):
+``SET seen NX EX`` (a callback another replica accepted is a duplicate here too: ACKed, not
+delivered), ``XADD`` the callback, and ``XREADGROUP ... >`` for this consumer, which moves
+exactly that entry into this process's pending list (nothing else can be undelivered between
+two scripts). Only after the script succeeded is the callback queued for the handlers and
+answered 200; if Redis fails the answer is 503 and the platform retries (the id leaves the local
+window again).
 
 **After the handler**, the entry is acknowledged and deleted (``XACK`` + ``XDEL``, batched
 every ``_ACK_EVERY``).
@@ -55,6 +57,9 @@ GROUP: Final = "gateway"
 #: How long an accepted id stays in the shared window. The platform's redelivery schedule is not
 #: documented; an hour is far past any retry we have seen, at ~100 bytes per id.
 DEDUPE_TTL: Final = 3600
+#: Appends sent in one pipeline at most (one round trip for every callback that arrived while
+#: the previous batch was on its way).
+_BATCH: Final = 256
 #: Handled entries are acknowledged in batches this often (one round trip for many events).
 _ACK_EVERY: Final = 0.05
 #: Entries claimed from other consumers per XAUTOCLAIM call, and calls per round at most
@@ -81,6 +86,8 @@ def intake_keys(app_id: str) -> tuple[str, str]:
 
 
 Redeliver = Callable[[Mapping[str, Any]], GatewayEvent | None]
+#: A callback waiting for its append: the event, its id, the raw body, its answer.
+_Submitted = tuple[GatewayEvent, str, bytes, "asyncio.Future[bool]"]
 
 
 class RedisIntake:
@@ -112,7 +119,9 @@ class RedisIntake:
         self._redeliver = redeliver
         self._on_error = on_error
         self._append = redis.register_script(_APPEND)
-        self._in_flight: dict[str, asyncio.Task[bool]] = {}
+        self._in_flight: dict[str, asyncio.Future[bool]] = {}
+        self._batch: list[_Submitted] = []
+        self._writer: asyncio.Task[None] | None = None
         #: Event id -> stream entry id, for the entries this process holds.
         self._entries: dict[str, str] = {}
         self._to_ack: list[str] = []
@@ -136,7 +145,9 @@ class RedisIntake:
     async def flush(self) -> None:
         """Let the appends in flight finish (their callbacks get their answer)."""
         if self._in_flight:
-            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+            await asyncio.gather(
+                *(asyncio.shield(f) for f in self._in_flight.values()), return_exceptions=True
+            )
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -158,50 +169,88 @@ class RedisIntake:
                 raise
 
     # --- DispatchJournal -----------------------------------------------------------------
-    def submit(self, event: GatewayEvent, body: bytes) -> asyncio.Task[bool]:
+    def submit(self, event: GatewayEvent, body: bytes) -> asyncio.Future[bool]:
+        """Queue ``event`` for the next batch of appends (one round trip for every callback
+        that arrived meanwhile, as the file journal's group commit); the future says whether it
+        is durable in Redis (and then in the handler queue). Each caller gets its own shield:
+        a request whose client went away never cancels the append."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
         event_id = event.event_id or ""
-        task = asyncio.get_running_loop().create_task(
-            self._submit(event, event_id, body), name="qqbot webhook intake append"
-        )
-        self._in_flight[event_id] = task
-        task.add_done_callback(lambda _t: self._in_flight.pop(event_id, None))
-        return task
+        self._batch.append((event, event_id, body, done))
+        self._in_flight[event_id] = done
+        done.add_done_callback(lambda _f: self._in_flight.pop(event_id, None))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_batches(), name="qqbot webhook intake")
+        return asyncio.shield(done)
 
-    def pending(self, event_id: str) -> asyncio.Task[bool] | None:
-        return self._in_flight.get(event_id)
+    def pending(self, event_id: str) -> asyncio.Future[bool] | None:
+        done = self._in_flight.get(event_id)
+        return asyncio.shield(done) if done is not None else None
 
-    async def _submit(self, event: GatewayEvent, event_id: str, body: bytes) -> bool:
+    async def _write_batches(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch[:_BATCH], self._batch[_BATCH:]
+            try:
+                await self._append_batch(batch)
+            except BaseException as exc:  # cancelled (close) or a bug: nobody is left hanging
+                for _event, event_id, _body, done in batch:
+                    if not done.done():
+                        self._forget(event_id)
+                        done.set_result(False)
+                if not isinstance(exc, Exception):
+                    raise
+                self._error("append", exc)
+
+    async def _append_batch(self, batch: list[_Submitted]) -> None:
         from redis.exceptions import RedisError, ResponseError
 
-        keys = [self.stream, self._seen + event_id]
-        args: list[str | bytes | int] = [event_id, body, self.consumer, DEDUPE_TTL]
-        try:
+        results = await self._run_appends(batch)
+        if any(isinstance(r, ResponseError) and "NOGROUP" in str(r) for r in results):
+            # Redis lost the group (a restart without persistence): make it again, retry once.
             try:
-                entry = await self._append(keys=keys, args=args)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                # Redis lost the group (a restart without persistence): make it again, once.
-                await self._redis.delete(keys[1])
+                await self._redis.delete(*(self._seen + event_id for _, event_id, _, _ in batch))
                 await self._ensure_group()
-                entry = await self._append(keys=keys, args=args)
+                results = await self._run_appends(batch)
+            except (RedisError, OSError) as exc:
+                results = [exc] * len(batch)
+        for (event, event_id, _body, done), entry in zip(batch, results, strict=True):
+            if isinstance(entry, BaseException):
+                self._forget(event_id)
+                self._error("append", entry)
+                done.set_result(False)
+                continue
+            if self._failing:
+                _log.warning("webhook: the Redis intake works again")
+                self._failing = False
+            if entry == 0 or entry == b"0":
+                # Another replica accepted it: ACK, do not hand it to a handler twice. Out of
+                # the local window again: if that replica dies, this one may claim its entry.
+                self.shared_duplicates += 1
+                self._forget(event_id)
+                done.set_result(True)
+                continue
+            self.appended += 1
+            self._entries[event_id] = _text(entry)
+            self._deliver(event)
+            done.set_result(True)
+
+    async def _run_appends(self, batch: list[_Submitted]) -> list[Any]:
+        """One pipeline of append scripts (EVALSHA; loaded first if Redis lacks it): a result
+        or an exception per callback, in order."""
+        from redis.exceptions import RedisError
+
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for _event, event_id, body, _done in batch:
+                    await self._append(
+                        keys=[self.stream, self._seen + event_id],
+                        args=[event_id, body, self.consumer, DEDUPE_TTL],
+                        client=pipe,
+                    )
+                return list(await pipe.execute(raise_on_error=False))
         except (RedisError, OSError) as exc:
-            self._forget(event_id)
-            self._error("append", exc)
-            return False
-        if self._failing:
-            _log.warning("webhook: the Redis intake works again")
-            self._failing = False
-        if entry == 0 or entry == b"0":
-            # Another replica accepted it: ACK, do not hand it to a handler twice. Out of the
-            # local window again: if that replica dies, this one may claim its entry.
-            self.shared_duplicates += 1
-            self._forget(event_id)
-            return True
-        self.appended += 1
-        self._entries[event_id] = entry.decode() if isinstance(entry, bytes) else str(entry)
-        self._deliver(event)
-        return True
+            return [exc] * len(batch)
 
     # --- after the handler ---------------------------------------------------------------
     def handled(self, event_id: str) -> None:
