@@ -278,7 +278,10 @@ class ShardOwnership:
         loop = asyncio.get_running_loop()
         next_at = loop.time() + every
         failing = False
-        while not term.ended.is_set():
+        # Renewals go on after the term was told to end and until its shard has stopped (the
+        # caller cancels this task then): a graceful stop drains handlers and writes the final
+        # checkpoint under a lease that is still provably ours, however long the drain.
+        while True:
             until = lease.valid_until
             if until is None:
                 term.end("lease lost", "lost")
