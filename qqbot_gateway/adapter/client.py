@@ -358,8 +358,11 @@ class QQBotClient:
         store = self._stores[sid] = self._store_factory(sid)
 
         async def guard() -> None:
-            # Before every connection attempt: never identify or resume without the lease.
+            # Before every connection attempt: never identify or resume without the lease. The
+            # renewer ends the term when validity runs out; wait for that, so the term's own
+            # stop (no frame, no drain) is what stops the shard, not a control-path failure.
             if not term.valid():
+                await term.ended.wait()
                 raise LeaseLost(f"shard {sid}: the lease is no longer this process's")
 
         shard = self._make_shard(sid, guard=guard, may_send=term.valid)
@@ -376,8 +379,11 @@ class QQBotClient:
         finally:
             ended.cancel()
         if task.done() and not term.ended.is_set():
-            # The supervisor ended by itself: a fatal close (credentials, a delisted bot).
-            term.end(f"shard {sid} stopped for good", "fatal")
+            if term.valid():
+                # The supervisor ended by itself: a fatal close (credentials, a delisted bot).
+                term.end(f"shard {sid} stopped for good", "fatal")
+            else:
+                term.end("the lease's validity ran out", "expired")
         valid = term.valid()
         # A term that is no longer provably ours stops without another frame and hands no
         # queued event to a handler: the next owner replays them from the stored watermark.

@@ -182,6 +182,7 @@ class ShardOwnership:
                     waiting_logged = True
                 await self._wait(self.poll)
                 continue
+            role.last_error = None  # Redis answered
             if acquired is None:
                 held = lease.held_by
                 role.holder = held[0].rsplit(" ", 1)[0] if held else None
