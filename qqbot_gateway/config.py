@@ -630,8 +630,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         DEFAULT_STREAM_CLAIM_IDLE,
         f"`{DEFAULT_STREAM_CLAIM_IDLE:g}`",
         (
-            "workers: seconds an entry stays pending with a dead or stuck worker before another "
-            "worker claims it"
+            "workers, and webhook replicas on Redis: seconds an entry stays pending with a dead "
+            "or stuck consumer before another one claims it"
         ),
     ),
     Setting(
