@@ -184,6 +184,8 @@ class QQBotClient:
         #: sessions (close() sets the caller's).
         self._drain_timeout = 5.0
         self._end_session = False
+        #: Cluster mode: the ids a shard's last term here handled, for its next term's window.
+        self._handled_ids: dict[int, list[str]] = {}
         #: Optional hook wrapping the handling of each event (telemetry sets a tracing span).
         self.handler_context: HandlerContext | None = None
         #: The callback intake in webhook mode (after ``start()``), else None.
@@ -369,6 +371,11 @@ class QQBotClient:
         # The store is Redis: read it off the loop thread, then adopt what it held.
         loaded = await asyncio.to_thread(_load_quietly, store)
         shard.restore(loaded)
+        # This process owned the shard before (Redis was gone, the lease ran out): what it
+        # handled then but could not checkpoint is dropped from the replay, not handled twice.
+        handled_here = self._handled_ids.pop(sid, None)
+        if handled_here:
+            shard.session.remember_ids(handled_here)
         self._shards[sid] = shard
         await shard.start()
         task = shard.supervisor.task
@@ -396,6 +403,9 @@ class QQBotClient:
             lost=not valid,
         )
         self._stores.pop(sid, None)
+        progress = shard.dispatcher.progress
+        if progress is not None:
+            self._handled_ids[sid] = list(progress.ids)
         if getattr(term, "kind", None) != "fatal":
             self._shards.pop(sid, None)  # a fatal shard stays: its state is the health verdict
 
