@@ -2,10 +2,12 @@
 
 Both parts run the adapter's real per-event path in process, without sockets, the way
 ``bench_telemetry`` does: a ~390-byte ``C2C_MESSAGE_CREATE`` frame through a real
-``GatewaySession`` (parse, dedupe, counters), the connection's action loop, and a real
+``GatewaySession`` (parse, dedupe, counters) read by the connection's own read loop
+(``GatewayConnection._read_loop`` over a stand-in socket, ``benchmarks/_inproc.py``), and a real
 ``Dispatcher`` (bounded queue, handler task, a no-op handler: the worst case for a relative
 cost). "On" wires a :class:`~qqbot_gateway.adapter.checkpoint.Checkpointer` exactly as
-``QQBotClient`` does (the dispatcher updates its progress per handled event) over the real
+a shard does (``adapter/shard.py``: the dispatcher keeps its progress per handled event, the
+checkpointer reads it) over the real
 :class:`~qqbot_gateway.adapter.store.FileSessionStore` in a temporary directory: atomic
 writes with ``fsync`` of the file and the directory, batched by the default 100 ms window,
 in a worker thread.
@@ -26,17 +28,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import os
 import platform
 import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks._inproc import executor, feeder, open_session
+from benchmarks._inproc import Reader, executor, open_session
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.checkpoint import DEFAULT_DEDUPE_IDS, MAX_HOLD, Checkpointer
 from qqbot_gateway.adapter.dispatch import Dispatcher, Progress
@@ -55,7 +57,7 @@ def frames(n: int) -> list[bytes]:
 
 @dataclass
 class Pipeline:
-    """Session + action loop + dispatcher (+ checkpointer when ``store``)."""
+    """Session + the driver's read loop + dispatcher (+ checkpointer when ``store``)."""
 
     store: bool
     capacity: int
@@ -65,8 +67,8 @@ class Pipeline:
     dispatcher: Dispatcher = field(init=False)
     checkpointer: Checkpointer | None = field(init=False, default=None)
     writes: list[float] = field(default_factory=list)
-    #: One received frame, as the connection's read loop handles it.
-    feed: Callable[[bytes, float], None] = field(init=False)
+    #: The connection's own read loop, reading the frames pushed to it.
+    reader: Reader = field(init=False)
 
     async def start(self) -> None:
         bus = ev.EventBus()
@@ -109,9 +111,10 @@ class Pipeline:
         if ckpt is not None:
             ckpt.start()
         executor(self.dispatcher, bus)(open_session(session))
-        self.feed = feeder(session, self.dispatcher, bus)
+        self.reader = Reader(session, self.dispatcher, bus)
 
     async def close(self) -> None:
+        await self.reader.close()
         await self.dispatcher.close(5.0)
         if self.checkpointer is not None:
             await self.checkpointer.close()
@@ -129,14 +132,12 @@ async def flood(store: bool, payloads: list[bytes], directory: str) -> Flood:
     """Handled events per second, flooding as fast as the loop takes them."""
     pipe = Pipeline(store=store, capacity=len(payloads) + 10, directory=directory)
     await pipe.start()
-    loop = asyncio.get_running_loop()
     gc.collect()
     start, cpu, all_cpu = time.perf_counter(), time.thread_time(), time.process_time()
     batch = 200
     for i in range(0, len(payloads), batch):
-        for payload in payloads[i : i + batch]:
-            pipe.feed(payload, loop.time())
-        while not pipe.dispatcher.idle:  # noqa: ASYNC110 - the dispatcher has no drained event
+        pipe.reader.push(payloads[i : i + batch])
+        while not (pipe.reader.idle and pipe.dispatcher.idle):  # noqa: ASYNC110 - no event
             await asyncio.sleep(0)
     elapsed, cpu = time.perf_counter() - start, time.thread_time() - cpu
     all_cpu = time.process_time() - all_cpu
@@ -179,9 +180,8 @@ async def paced(payloads: list[bytes], rate: float, seconds: float, directory: s
     sent = 0
     while sent < n:
         due = min(n, int((loop.time() - start) * rate) + 1)
-        while sent < due:
-            pipe.feed(payloads[sent], loop.time())
-            sent += 1
+        pipe.reader.push(payloads[sent:due])
+        sent = due
         await asyncio.sleep(tick)
     elapsed = loop.time() - start
     await asyncio.sleep(0.3)  # let the last window close
@@ -216,41 +216,46 @@ def write_cpu(directory: str, n: int = 50) -> tuple[float, float]:
     return (usage.ru_utime + usage.ru_stime - cpu0) / n, (time.perf_counter() - wall0) / n
 
 
-def inline_cost(n: int = 200_000) -> float:
-    """ns per event of the dispatcher's inline progress update (the statements it runs)."""
-    progress = Progress(DEFAULT_DEDUPE_IDS)
+async def _dispatch_ns(events: list[GatewayEvent], progress: Progress | None) -> float:
+    """ns per event through the real dispatcher (put, the handler task, a no-op handler)."""
+    session = GatewaySession(intents=1)
+    dispatcher = Dispatcher(
+        session,
+        bus=ev.EventBus(),
+        handlers=lambda t: [_noop],
+        capacity=len(events) + 10,
+        progress=progress,
+    )
+    dispatcher.start()
+    gc.collect()
+    start = time.perf_counter_ns()
+    put = dispatcher.put
+    for event in events:
+        put(event)
+    while not dispatcher.idle:  # noqa: ASYNC110 - the dispatcher has no drained event
+        await asyncio.sleep(0)
+    elapsed = time.perf_counter_ns() - start
+    await dispatcher.close(1.0)
+    return elapsed / len(events)
+
+
+def _noop(event: GatewayEvent) -> None:
+    return None
+
+
+def inline_cost(n: int = 100_000, rounds: int = 7) -> float:
+    """ns per event of the dispatcher's inline progress update: the real dispatcher with a
+    Progress (a session store) against the same without one, best of ``rounds`` each."""
     events = [
         GatewayEvent("C2C_MESSAGE_CREATE", {}, seq, f"id-{seq}", 0, "s", False)
-        for seq in range(1000)
+        for seq in range(1, n + 1)
     ]
-
-    remember = progress.remember
-
-    def with_progress() -> None:
-        for event in events:
-            if progress is not None:
-                progress.handled += 1
-                if event.seq is not None:
-                    progress.last = event
-                event_id = event.event_id
-                if event_id is not None and remember is not None:
-                    remember(event_id)
-
-    def without() -> None:
-        for _event in events:
-            pass
-
-    rounds = n // len(events)
-    best = []
-    for fn in (with_progress, without):
-        times = []
-        for _ in range(5):
-            start = time.perf_counter_ns()
-            for _ in range(rounds):
-                fn()
-            times.append(time.perf_counter_ns() - start)
-        best.append(min(times) / (rounds * len(events)))
-    return best[0] - best[1]
+    best: dict[bool, float] = {True: math.inf, False: math.inf}
+    for _ in range(rounds):
+        for tracked in (True, False):
+            progress = Progress(DEFAULT_DEDUPE_IDS) if tracked else None
+            best[tracked] = min(best[tracked], asyncio.run(_dispatch_ns(events, progress)))
+    return max(0.0, best[True] - best[False])
 
 
 def _spread(values: list[float], fmt: str = "{:.3f}") -> str:
@@ -327,7 +332,8 @@ def main() -> None:
         "Generated by `python -m benchmarks.bench_store --write` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Python "
         f"{platform.python_version()}, {os.cpu_count()} CPUs, a machine shared with other "
-        "jobs). In process, no sockets: a real `GatewaySession`, action loop and `Dispatcher` "
+        "jobs). In process, no sockets: a real `GatewaySession`, the driver's own read loop "
+        "and `Dispatcher` "
         "with a no-op handler (the adapter's own per-event cost, the worst case for a relative "
         "figure); the store is the real `FileSessionStore` (atomic writes, `fsync` of file and "
         "directory, 100 ms batches, in a worker thread) in a temporary directory.",
@@ -381,7 +387,8 @@ def main() -> None:
         "machine (other jobs, CPU frequency, a second thread competing for two cores). The "
         "store's own work, measured alone:",
         "",
-        f"- per event, the dispatcher's inline progress update (no call, no event kept): "
+        "- per event, the dispatcher's inline progress update (no call; it keeps the last "
+        "handled event), measured through the real dispatcher with and without it: "
         f"**{per_event_inline:.0f} ns**, {per_event_inline / cpu_off:.1%} of the adapter's "
         f"{cpu_off:,.0f} ns of CPU per event;",
         f"- per checkpoint write (a full state with {DEFAULT_DEDUPE_IDS} event ids; JSON, "

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from benchmarks._inproc import feeder, open_session
+from benchmarks._inproc import Reader, open_session
 from qqbot_gateway.adapter.dispatch import Dispatcher
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.session import GatewaySession
@@ -79,18 +79,17 @@ async def run(mode: str, payloads: list[bytes]) -> float:
     )
     dispatcher.start()
     open_session(session)
-    loop = asyncio.get_running_loop()
-    feed = feeder(session, dispatcher, bus)
+    reader = Reader(session, dispatcher, bus)
 
     gc.collect()
     start = time.perf_counter_ns()
     batch = 200
     for i in range(0, len(payloads), batch):
-        for payload in payloads[i : i + batch]:
-            feed(payload, loop.time())
-        while not dispatcher.idle:  # noqa: ASYNC110 - the dispatcher has no drained event
+        reader.push(payloads[i : i + batch])
+        while not (reader.idle and dispatcher.idle):  # noqa: ASYNC110 - no drained event
             await asyncio.sleep(0)
     elapsed = time.perf_counter_ns() - start
+    await reader.close()
     await dispatcher.close(1.0)
     assert handled == len(payloads)
     return elapsed / len(payloads)

@@ -281,6 +281,7 @@ async def run_service(
             )
         started = True
         if freeze_gc:
+            gc.collect()  # the startup garbage first: what is frozen is never collected
             gc.freeze()
         if receiver is not None:
             _log.info(

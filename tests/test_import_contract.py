@@ -10,7 +10,13 @@
 * the simulator imports of the adapter only the protocol tables (``adapter.protocol``): it plays
   the platform, so it must not borrow the code it is there to test;
 * no module imports the package root (``import qqbot_gateway``, ``from qqbot_gateway import X``
-  for a name that is not a submodule): the root imports everything.
+  for a name that is not a submodule): the root imports everything;
+* the **state machines** (``adapter.session``, ``adapter.reconnect``) are imported by no value
+  or pure-layer module (``types``, ``actions``, ``liveness``, ``callbacks``), by no telemetry
+  module and not by the settings loader: a config type lives in ``adapter.types``, so importing
+  it never pulls in a state machine (and ``types`` can never form a cycle with one);
+* ``adapter.liveness`` (the pure liveness layers), ``adapter.actions`` and
+  ``adapter.callbacks`` are core: no I/O library.
 
 Every import counts, also inside functions and ``if TYPE_CHECKING:`` blocks: a lazy import is
 still a dependency. The last tests build a small package that breaks each rule and check that
@@ -31,7 +37,25 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent
 #: Importing one of these directly makes an adapter module a driver (it does I/O or runs tasks).
 IO_LIBRARIES = frozenset({"aiohttp", "aiohappyeyeballs", "asyncio", "fcntl", "socket", "ssl"})
 #: The sans-I/O core by name: these must stay free of I/O libraries, whatever else changes.
-REQUIRED_CORE = ("adapter.protocol", "adapter.session", "adapter.events", "adapter.types")
+REQUIRED_CORE = (
+    "adapter.protocol",
+    "adapter.session",
+    "adapter.events",
+    "adapter.types",
+    "adapter.liveness",
+    "adapter.actions",
+    "adapter.callbacks",
+)
+#: The state machines, and the modules that must not import them (whole packages end in "*").
+STATE_MACHINES = frozenset({"adapter.session", "adapter.reconnect"})
+NO_STATE_MACHINE = (
+    "adapter.types",
+    "adapter.actions",
+    "adapter.liveness",
+    "adapter.callbacks",
+    "config",
+    "telemetry*",
+)
 #: What the simulator may import from outside its own package.
 SIMULATOR_MAY_IMPORT = frozenset({"adapter.protocol", "_version"})
 
@@ -100,6 +124,13 @@ def _in(name: str, part: str) -> bool:
     return name == part or name.startswith(part + ".")
 
 
+def _forbids_state_machines(module: str) -> bool:
+    return any(
+        _in(module, rule[:-1]) if rule.endswith("*") else module == rule
+        for rule in NO_STATE_MACHINE
+    )
+
+
 def violations(package_dir: Path) -> list[str]:
     """Every broken rule, one line each (empty when the contract holds)."""
     _, imports = collect_imports(package_dir)
@@ -127,6 +158,8 @@ def violations(package_dir: Path) -> list[str]:
                 out.append(f"{i}: telemetry imports a driver (use adapter.types)")
             if _in(t, "config") or _in(t, "cli") or _in(t, "simulator"):
                 out.append(f"{i}: telemetry imports {t}")
+        if t in STATE_MACHINES and _forbids_state_machines(m):
+            out.append(f"{i}: imports a state machine (take config types from adapter.types)")
         if _in(m, "simulator") and not _in(t, "simulator") and t not in SIMULATOR_MAY_IMPORT:
             out.append(f"{i}: the simulator imports more than the protocol tables")
     return list(dict.fromkeys(out))  # one line per import statement, not per imported name
@@ -200,6 +233,16 @@ def test_a_clean_package_passes(tmp_path: Path) -> None:
             "telemetry imports config",
         ),
         ("simulator/server.py", "from qqbot_gateway.adapter.session import S\n", "simulator"),
+        ("adapter/types.py", "from .session import LivenessConfig\n", "imports a state machine"),
+        ("adapter/types.py", "from .reconnect import Policy\n", "imports a state machine"),
+        (
+            "telemetry/health.py",
+            "from qqbot_gateway.adapter.session import LivenessConfig\n",
+            "imports a state machine",
+        ),
+        ("config.py", "from qqbot_gateway.adapter import session\n", "imports a state machine"),
+        ("adapter/liveness.py", "import asyncio\n", "adapter.liveness is core but imports"),
+        ("adapter/liveness.py", "from .session import X\n", "imports a state machine"),
         ("simulator/server.py", "from qqbot_gateway.telemetry import metrics\n", "simulator"),
     ],
 )
@@ -208,3 +251,45 @@ def test_each_rule_catches_its_violation(
 ) -> None:
     broken = violations(_write(tmp_path, {**_CLEAN, rel: source}))
     assert any(expected in line for line in broken), broken
+
+
+# --- module size ---------------------------------------------------------------------------
+#: A module's code (its lines less its declarative tables) stays under this: past it, a module
+#: holds several things, each of which deserves its own name and tests.
+MAX_MODULE_LINES = 900
+#: Modules over the limit for now, with the reason (a module that shrinks may leave the list).
+OVERSIZE_FOR_NOW = {
+    "integrations/hermes.py": "being split into a package on its own branch",
+}
+
+
+def code_lines(path: Path) -> int:
+    """Lines of ``path`` outside its declarative tables: top-level assignments of a literal
+    tuple, list, dict or set (``config.SETTINGS``, ``events`` kinds), which read as data."""
+    text = path.read_text(encoding="utf-8")
+    tree = ast.parse(text, filename=str(path))
+    tables = 0
+    for node in tree.body:
+        value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+        if isinstance(value, ast.Tuple | ast.List | ast.Dict | ast.Set):
+            assert node.end_lineno is not None
+            tables += node.end_lineno - node.lineno + 1
+    return len(text.splitlines()) - tables
+
+
+def test_no_module_is_over_the_size_limit() -> None:
+    package = SOURCE_ROOT / PACKAGE
+    over = {
+        str(path.relative_to(package)): n
+        for path in sorted(package.rglob("*.py"))
+        if (n := code_lines(path)) > MAX_MODULE_LINES
+    }
+    unexplained = {name: n for name, n in over.items() if name not in OVERSIZE_FOR_NOW}
+    assert not unexplained, f"over {MAX_MODULE_LINES} lines of code: {unexplained}"
+
+
+def test_declarative_tables_are_what_the_size_rule_leaves_out(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    table = "TABLE = (\n" + "    1,\n" * 50 + ")\n"
+    module.write_text("import os\n" + table + "def f():\n    return [\n        1,\n    ]\n")
+    assert code_lines(module) == 1 + 4  # the import and f; the 52-line table is data

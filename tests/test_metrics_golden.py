@@ -7,7 +7,7 @@ op 7; the client resumes, the server replays two events and one already seen, RE
 events, and a last one that ends the script. The client runs with telemetry attached as
 ``qqbot-gateway run`` wires it, and every deterministic series of the registry is compared with
 ``golden/metrics_scripted_run.json``, generated from the code before the per-event path was made
-cheaper (issue 12); series added since may come on top. Timing-dependent series (ages,
+cheaper; series added since may come on top. Timing-dependent series (ages,
 timestamps, durations' sums and buckets, loop lag, process metrics, ``_created``) are left out;
 the handler-duration count is kept.
 

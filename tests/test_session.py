@@ -429,3 +429,45 @@ def test_parse_intents_forms() -> None:
     for bad in ("", "0", "-1", "1<<25", "GUILDS,,BAD", 1 << 3):
         with pytest.raises(ValueError):
             p.parse_intents(bad)
+
+
+# --- new_event: the per-event constructor ---------------------------------------------------
+def test_new_event_sets_every_field_of_gateway_event() -> None:
+    """A field added to GatewayEvent must be added to new_event too: this fails until it is."""
+    import dataclasses
+    import inspect
+
+    from qqbot_gateway.adapter.protocol import GatewayEvent, new_event
+
+    names = [f.name for f in dataclasses.fields(GatewayEvent)]
+    assert list(inspect.signature(new_event).parameters) == names
+    values: dict[str, object] = {name: object() for name in names}  # distinct, by identity
+    made = new_event(**values)  # type: ignore[arg-type]
+    assert type(made) is GatewayEvent
+    for name in names:
+        assert getattr(made, name) is values[name], name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.seq = 2  # type: ignore[misc]
+    assert made == GatewayEvent(**values)  # type: ignore[arg-type]
+    assert hash(new_event("T", None, 1, "i", 0, "s", False)) == hash(
+        GatewayEvent("T", None, 1, "i", 0, "s", False)
+    )
+
+
+def test_new_event_falls_back_to_the_constructor_where_its_trick_fails() -> None:
+
+    from qqbot_gateway.adapter.protocol import GatewayEvent, new_event, verified_builder
+
+    assert verified_builder(new_event) is new_event  # CPython: the fast builder is kept
+
+    def refused(*args: Any) -> GatewayEvent:
+        raise TypeError("__class__ assignment only supported for ...")
+
+    def forgets_a_field(*args: Any) -> GatewayEvent:
+        return GatewayEvent(*args[:-1])  # replayed left at its default
+
+    for broken in (refused, forgets_a_field):
+        fallback = verified_builder(broken)
+        assert fallback is GatewayEvent
+        event = fallback("T", {}, 3, "id", 1, "s", True)  # the fallback run
+        assert event.replayed is True and event.seq == 3

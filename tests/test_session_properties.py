@@ -20,7 +20,13 @@ implementation:
   never earlier than the rule allows (no false positive on a healthy link);
 * every ``Close`` and every ``Outcome`` carries a reason from ``DISCONNECT_REASONS``;
 * after a ``Close`` nothing more is sent or delivered on that connection;
-* a dispatch is delivered at most once (by sequence number within a session, and by event id).
+* a dispatch is delivered at most once (by sequence number within a session, and by event id);
+* every delivered event is counted once in the shard's stats, and announced by an
+  ``EventDispatched`` exactly when someone listens.
+
+Text frames go through ``receive_frame`` as UTF-8 bytes, as the WebSocket driver feeds them,
+with listeners (``interest`` all on: the generic path) and without (``interest`` all off: the
+inlined per-event path, which answers the bare event instead of a ``Deliver``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from hypothesis import strategies as st
 
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter import protocol as p
+from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.session import (
     Close,
     Deliver,
@@ -382,9 +389,14 @@ class ConnModel:
 
 
 class Driver:
-    def __init__(self, liveness: LivenessConfig) -> None:
+    def __init__(self, liveness: LivenessConfig, listeners: bool = True) -> None:
         self.lv = liveness
         self.session = GatewaySession(intents=1 << 25, liveness=liveness)
+        #: Nobody listens to the per-event kinds: the session takes its inlined fast paths.
+        self.listeners = listeners
+        self.session.interest = ev.Interest(listeners)
+        self.delivered = 0
+        self.announced = 0
         self.now = 0.0
         self.conn: ConnModel | None = None
         self.max_seq_seen = 0
@@ -444,7 +456,11 @@ class Driver:
         conn = self.conn
         assert conn is not None
         phase_before = self.session.phase
-        out = self.session.receive(data, self.now)
+        if isinstance(data, bytes):  # a binary frame
+            out = self.session.receive(data, self.now)
+        else:  # a text frame, as the WebSocket driver hands it over: UTF-8 bytes
+            result = self.session.receive_frame(data.encode(), self.now)
+            out = [Deliver(result)] if isinstance(result, GatewayEvent) else result
         conn.last_frame_at = self.now
         payload = _loads(data)
         op = payload.get("op") if isinstance(payload, dict) else None
@@ -520,6 +536,12 @@ class Driver:
         ]
         for action in out:
             assert isinstance(action, Send | SendPing | TuneSocket | Deliver | Close | Emit), action
+            if isinstance(action, Deliver):
+                self.delivered += 1
+            elif isinstance(action, Emit):
+                kind = type(action.event)
+                assert self.listeners or kind not in (ev.FrameReceived, ev.EventDispatched), kind
+                self.announced += kind is ev.EventDispatched
             if isinstance(action, SendPing | TuneSocket):
                 assert conn.hello_at is not None and conn.interval is not None, "before Hello"
             if isinstance(action, SendPing):
@@ -657,7 +679,9 @@ class Driver:
             assert self.now - conn.hello_at >= limit - EPS
 
     def invariants(self) -> None:
-        """Bounds that must hold whenever the connection is still open."""
+        """Bounds that must hold whenever the connection is still open (and the counts)."""
+        assert sum(self.session.stats.dispatched.values()) == self.delivered
+        assert self.announced == (self.delivered if self.listeners else 0)
         conn = self.conn
         if conn is None or conn.closed is not None:
             return
@@ -740,10 +764,11 @@ def _loads(data: str | bytes) -> Any:
         Replay(1, bare=True),
     ],
 )
+@pytest.mark.parametrize("listeners", [True, False], ids=["listeners", "no-listeners"])
 def test_session_survives_arbitrary_input_and_keeps_every_rule(
-    liveness: LivenessConfig, script: list[Step]
+    listeners: bool, liveness: LivenessConfig, script: list[Step]
 ) -> None:
-    driver = Driver(liveness)
+    driver = Driver(liveness, listeners)
     for step in script:
         driver.run(step)
     driver.final_silence()
@@ -792,7 +817,10 @@ def healthy_then_dead(draw: st.DrawFn) -> DeadLinkCase:
 
 @PROPERTY_SETTINGS
 @given(case=healthy_then_dead())
-def test_a_dead_link_is_always_ended_within_the_documented_bound(case: DeadLinkCase) -> None:
+@pytest.mark.parametrize("listeners", [True, False], ids=["listeners", "no-listeners"])
+def test_a_dead_link_is_always_ended_within_the_documented_bound(
+    listeners: bool, case: DeadLinkCase
+) -> None:
     liveness, ms, healthy, mode, gap, dead = (
         case.liveness,
         case.ms,
@@ -803,7 +831,7 @@ def test_a_dead_link_is_always_ended_within_the_documented_bound(case: DeadLinkC
     )
     interval = expected_interval(ms)
     assert interval is not None
-    driver = Driver(liveness)
+    driver = Driver(liveness, listeners)
     driver.run(Frame(_dumps({"op": 10, "d": {"heartbeat_interval": ms}})))
     driver.run(Frame(_dumps({"op": 0, "s": 1, "t": "READY", "d": {"session_id": "S"}})))
     for step in healthy:

@@ -89,7 +89,9 @@ async def assert_stopped_with(
     assert shard.stopped_reason is not None and reason in shard.stopped_reason
     assert shard.stopped_reason.startswith(where), shard.stopped_reason
     assert [(s.reason, reason in (s.error or "")) for s in rig.stopped] == [("crashed", True)]
-    assert shard.supervisor.status().task_alive is False
+    status = shard.supervisor.status()
+    assert status.task_alive is False
+    assert status.fatal_message is not None and reason in status.fatal_message  # the exit line
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any(reason in line for line in errors), errors
     await rig.until(lambda: all(c.close_code is not None for c in rig.sim.connections), "closed")
@@ -155,3 +157,96 @@ async def test_a_failing_bus_subscriber_is_isolated(
     assert rig.shard.supervisor.state is ev.ConnectionState.READY
     failed = [r for r in caplog.records if "lifecycle subscriber" in r.getMessage()]
     assert failed, "the subscriber's errors are logged"
+
+
+class GuardedClient(QQBotClient):
+    """The client with an ownership guard on its shards (as a lease would be wired)."""
+
+    guard_calls = 0
+
+    async def guard(self) -> None:
+        self.guard_calls += 1
+        raise PermissionError("the lease on shard 0 belongs to another process")
+
+    def _make_shard(self, shard_id: int) -> Shard:
+        assert self._ws_http is not None and self._tokens is not None
+        return Shard(
+            shard_id,
+            config=self.config,
+            bus=self.events,
+            stats=self.stats[shard_id],
+            tokens=self._tokens,
+            gateway_url=self._gateway_url,
+            ws_http=self._ws_http,
+            handlers=self._handlers_for,
+            around_event=self._around_event,
+            store=self._stores.get(shard_id),
+            guard=self.guard,
+        )
+
+
+@pytest.mark.slow
+async def test_an_ownership_guard_that_refuses_stops_the_shard_before_it_connects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = SimulatorConfig(app_id="1024", heartbeat_interval_ms=1000)
+    async with Simulator(config) as sim:
+        client = GuardedClient(
+            ClientConfig(
+                app_id=sim.config.app_id,
+                client_secret=Secret(sim.config.client_secret),
+                api_base=sim.base_url,
+                token_url=sim.token_url,
+                gateway_url=sim.ws_url,
+                state_dir=str(tmp_path),
+            )
+        )
+        stopped: list[ev.SupervisorStopped] = []
+        client.events.subscribe_to(ev.SupervisorStopped, stopped.append)
+        await client.start()
+        try:
+            async with asyncio.timeout(WAIT):
+                await client.wait_closed()
+        finally:
+            await client.close(drain_timeout=1.0)
+        assert client.guard_calls == 1
+        assert not sim.connections, "nothing was sent without the guard passing"
+        reason = client._shards[0].stopped_reason or ""
+        assert "PermissionError: the lease on shard 0 belongs to another process" in reason
+        assert [s.reason for s in stopped] == ["crashed"]
+        assert any("the lease on shard 0" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+async def test_webhook_mode_a_broken_checkpoint_writer_turns_the_handlers_red(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = SimulatorConfig(app_id="1024", heartbeat_interval_ms=1000)
+    async with Simulator(config) as sim:
+        client = QQBotClient(
+            ClientConfig(
+                app_id=sim.config.app_id,
+                client_secret=Secret(sim.config.client_secret),
+                api_base=sim.base_url,
+                token_url=sim.token_url,
+                state_dir=str(tmp_path),
+                mode="webhook",
+                checkpoint_interval=0.01,
+            )
+        )
+        await client.start()
+        try:
+            intake = client.webhook
+            assert intake is not None and intake.status().handlers_alive
+
+            def broken(self: Checkpointer) -> tuple[str | None, int]:
+                raise RuntimeError("injected into the webhook checkpoint path")
+
+            monkeypatch.setattr(Checkpointer, "position", broken)
+            async with asyncio.timeout(WAIT):
+                while intake.status().handlers_alive:  # noqa: ASYNC110 - a status to poll
+                    await asyncio.sleep(0.02)
+        finally:
+            await client.close(drain_timeout=1.0)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any("injected into the webhook checkpoint path" in e for e in errors), errors

@@ -193,6 +193,9 @@ def test_sampled_out_events_still_trace_errors_slow_handlers_and_replays() -> No
     f.ready(1.5)  # attempts and handshakes: always
     now = [2.0]
     tel.clock.monotonic = lambda: now[0]
+    # Wall time fixed too: span times are wall_now - (mono_now - mono), and a real wall clock
+    # moving between the span's start and end (a loaded machine) would stretch the durations.
+    tel.clock.wall = lambda: 1.7e9
     for seq in range(2, 50):  # sampled out: no span, nothing current in handlers
         with client.handler_context(_dispatch(f, seq)):
             assert not trace.get_current_span().is_recording()

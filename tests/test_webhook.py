@@ -89,7 +89,7 @@ def test_secret_shorter_than_16_characters_repeats_until_32_bytes() -> None:
     key = WebhookKey(SHORT_SECRET)
     assert key.verify(bytes.fromhex(SHORT_SIG), SHORT_TS.encode() + SHORT_BODY)
     assert key.sign_hex(SHORT_TS, SHORT_BODY) == SHORT_SIG
-    # Padding once (secret * 2) leaves a 24-byte seed: the bug the issue warns about.
+    # Padding once (secret * 2) leaves a 24-byte seed: the bug to avoid.
     assert len((SHORT_SECRET * 2)[:32]) == 24
 
 

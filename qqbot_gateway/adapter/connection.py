@@ -29,6 +29,7 @@ from aiohappyeyeballs import AddrInfoType
 
 from . import events as ev
 from . import protocol as p
+from .errors import ConnectError
 from .protocol import GatewayEvent
 from .session import (
     RESUMABLE_CLOSE_CODE,
@@ -98,15 +99,6 @@ def apply_socket_options(sock: socket.socket, cfg: TransportConfig) -> None:
         sock.setsockopt(
             socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(cfg.tcp_user_timeout * 1000)
         )
-
-
-class ConnectError(Exception):
-    """The WebSocket could not be opened. ``detail`` never contains a token."""
-
-    def __init__(self, detail: str, *, status: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.status = status
 
 
 #: The direct call for the kinds in :data:`CONTROL_KINDS`.
@@ -262,12 +254,7 @@ class GatewayConnection:
                 self._poke.set()
         except Exception as exc:  # noqa: BLE001 - the reader must never die silently
             _log.warning("gateway reader failed: %s", type(exc).__name__, exc_info=True)
-            self._execute(
-                self._session.close_requested(
-                    p.NETWORK_ERROR, f"reader failed: {exc!r}", abort=True
-                )
-            )
-            self._done.set()
+            self._link_failed(exc, "reader")
 
     async def _timer_loop(self) -> None:
         try:
@@ -389,18 +376,8 @@ class GatewayConnection:
         try:
             async with self._send_lock, asyncio.timeout(self._cfg.send_timeout):
                 await frame()
-        except TimeoutError:
-            self._execute(
-                self._session.close_requested(
-                    p.NETWORK_ERROR, f"send timed out after {self._cfg.send_timeout:g}s", abort=True
-                )
-            )
-        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
-            self._execute(
-                self._session.close_requested(
-                    p.NETWORK_ERROR, f"send failed: {type(exc).__name__}", abort=True
-                )
-            )
+        except (aiohttp.ClientError, OSError) as exc:  # OSError: TimeoutError, ConnectionError
+            self._link_failed(exc, "send")
 
     # --- ending --------------------------------------------------------------------------
     def _server_gone(self, code: int | None, detail: str) -> None:
@@ -408,13 +385,23 @@ class GatewayConnection:
         self._done.set()
 
     def _on_error(self, exc: Any) -> None:
+        self._link_failed(exc, "WebSocket")
+
+    def _link_failed(self, exc: BaseException, during: str) -> None:
+        """The one mapping of a failure on the open link (aiohttp's, the socket's, a timeout)
+        to the session's verdict: a close reason and detail; the link is aborted. (Opening the
+        link has its own, in :meth:`run`: :class:`~.errors.ConnectError`.)"""
         if (
             isinstance(exc, aiohttp.WebSocketError)
             and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
         ):
             reason, detail = p.PROTOCOL_ERROR, f"frame over {self._cfg.max_frame_size} bytes"
+        elif isinstance(exc, TimeoutError) and during == "send":
+            reason, detail = p.NETWORK_ERROR, f"send timed out after {self._cfg.send_timeout:g}s"
+        elif during == "reader":
+            reason, detail = p.NETWORK_ERROR, f"reader failed: {exc!r}"
         else:
-            reason, detail = p.NETWORK_ERROR, f"WebSocket error: {type(exc).__name__}"
+            reason, detail = p.NETWORK_ERROR, f"{during} failed: {type(exc).__name__}"
         self._execute(self._session.close_requested(reason, detail, abort=True))
         self._done.set()
 

@@ -7,6 +7,11 @@
     │   ├── InvalidCredentialsError  app id / secret refused: retrying cannot help
     │   └── TokenFetchError          transient: network, 5xx, malformed body, "too many requests"
     ├── APIConnectionError           the OpenAPI request never got an answer (network, timeout)
+    ├── ConnectError                 the gateway WebSocket could not be opened (DNS, refused,
+    │                                TLS, upgrade refused, timeout); ``status`` if HTTP answered
+    ├── StoreError                   the session state could not be read or written (names
+    │   │                            the file)
+    │   └── StoreLockedError         another process owns this shard's state
     └── APIError                     QQ answered with an error; carries ``status``, ``code``,
         │                            ``trace_id`` (quote it to QQ support)
         ├── UnauthorizedError        401 / token codes
@@ -17,6 +22,10 @@
         │                            duplicate msg_seq, proactive messages not allowed)
         ├── ServerError              5xx
         └── MalformedResponseError   a 2xx whose body is not what the endpoint promises
+
+Each boundary maps the lower layer's exceptions once (``raise ... from exc``): the OpenAPI client
+(:mod:`.api`) aiohttp's, the WebSocket driver (:mod:`.connection`) aiohttp's and the socket's,
+the store (:mod:`.store`) the file system's.
 
 No exception message ever contains an access token, the client secret or an
 ``Authorization`` header: they carry QQ's code, message and trace id only.
@@ -30,6 +39,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "AuthError",
+    "ConnectError",
     "ForbiddenError",
     "InvalidCredentialsError",
     "MalformedResponseError",
@@ -38,6 +48,8 @@ __all__ = [
     "RateLimitedError",
     "ReplyRejectedError",
     "ServerError",
+    "StoreError",
+    "StoreLockedError",
     "TokenFetchError",
     "UnauthorizedError",
     "error_fields",
@@ -74,6 +86,28 @@ class APIConnectionError(QQBotError):
     def __init__(self, method: str, path: str, cause: str) -> None:
         super().__init__(f"{method} {path}: {cause}")
         self.method = method
+        self.path = path
+
+
+class ConnectError(QQBotError):
+    """The gateway WebSocket could not be opened. ``detail`` never contains a token."""
+
+    def __init__(self, detail: str, *, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+
+
+class StoreError(QQBotError):
+    """The session state could not be read or written. The message names the file."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds this shard's state. ``holder_pid`` is None if it is unknown."""
+
+    def __init__(self, message: str, *, holder_pid: int | None, path: str) -> None:
+        super().__init__(message)
+        self.holder_pid = holder_pid
         self.path = path
 
 

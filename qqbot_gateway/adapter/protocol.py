@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import enum
 import importlib.util
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -303,15 +303,32 @@ def new_event(
     return event  # type: ignore[no-any-return]
 
 
-def _check_new_event() -> None:
-    """Where ``__class__`` assignment is not allowed, ``new_event`` is the constructor."""
-    global new_event
-    args: tuple[Any, ...] = ("T", {}, 1, "id", 0, "s", False)
+#: What builds a ``GatewayEvent`` from its fields in order (``new_event``, or the class).
+EventBuilder = Callable[[str, Any, int | None, str | None, int, str | None, bool], GatewayEvent]
+
+
+def verified_builder(build: EventBuilder) -> EventBuilder:
+    """``build`` if it makes exactly what the constructor makes (the class, frozen, every field
+    of ``GatewayEvent`` the very object passed in), else the constructor itself: where
+    ``__class__`` assignment is not allowed (another interpreter), ``new_event`` falls back."""
+    args: tuple[Any, ...] = ("T", {"k": 1}, 1, "id", 0, "s", True)
+    names = [f.name for f in fields(GatewayEvent)]
     try:
-        ok = new_event(*args) == GatewayEvent(*args)
-    except TypeError:
+        made, reference = build(*args), GatewayEvent(*args)
+        ok = (
+            type(made) is GatewayEvent
+            and len(names) == len(args)
+            and all(getattr(made, n) is getattr(reference, n) for n in names)
+            and made == reference
+        )
+    except (TypeError, AttributeError):
         ok = False
-    if not ok:  # pragma: no cover - CPython allows it
+    return build if ok else GatewayEvent
+
+
+def _check_new_event() -> None:
+    global new_event
+    if verified_builder(new_event) is not new_event:
         new_event = GatewayEvent
 
 

@@ -110,12 +110,6 @@ class Plan:
     drain_first: bool = False
     fatal_message: str | None = None
 
-    @property
-    def level(self) -> int:
-        """The level of the disconnect line: the last of ``logs`` for a RECONNECT; ERROR for a
-        STOP (its words are the shard's fatal message, written by the shell)."""
-        return self.logs[-1].level if self.logs else logging.ERROR
-
 
 class ReconnectPlanner:
     """``plan(outcome, lifetime, state, now) -> Plan``. Pure: same inputs, same plan."""

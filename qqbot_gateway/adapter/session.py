@@ -31,7 +31,9 @@ through::
                   v
               DISCONNECTED  -> an Outcome telling the supervisor what to do next
 
-Liveness is layered; every verdict is taken here, with explicit times, and every timer is a
+Liveness is layered; every verdict is taken in the sans-I/O core (the layers' rules are the
+pure :mod:`.liveness` module, which the session consults per connection; the phases of a
+connection are the data table :data:`PHASE_TRANSITIONS`), with explicit times, and every timer is a
 fraction of the server's heartbeat interval H (or derived from a measured round-trip time and
 then floored and capped in H), so a test at H = 1 s runs exactly the production logic
 (:class:`LivenessConfig`):
@@ -65,9 +67,9 @@ from __future__ import annotations
 import enum
 import math
 import platform
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
@@ -86,10 +88,12 @@ from .actions import (
     TuneSocket,
 )
 from .callbacks import CallbackAcceptor
+from .liveness import Link, Liveness, PingState, RttEstimator
 from .protocol import CloseAction, GatewayEvent, Op, new_event
 from .types import DEFAULT_DEDUPE_WINDOW, DedupeWindow, LivenessConfig
 
 __all__ = [
+    "PHASE_TRANSITIONS",
     "Action",
     "Close",
     "Deliver",
@@ -104,6 +108,7 @@ __all__ = [
     "Send",
     "SendPing",
     "TuneSocket",
+    "next_phase",
 ]
 
 #: Close code we use for every close we start ourselves. Anything but 1000/1001 keeps the
@@ -114,46 +119,38 @@ RESUMABLE_CLOSE_CODE: Final = 4000
 ABNORMAL_CLOSURE: Final = 1006
 
 
-class RttEstimator:
-    """RFC 6298 section 2: smoothed RTT and RTT variance (alpha 1/8, beta 1/4)."""
-
-    __slots__ = ("rttvar", "samples", "srtt")
-
-    def __init__(self) -> None:
-        self.srtt: float | None = None
-        self.rttvar = 0.0
-        self.samples = 0
-
-    def sample(self, rtt: float) -> None:
-        rtt = max(rtt, 0.0)
-        self.samples += 1
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-            return
-        self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-        self.srtt = 0.875 * self.srtt + 0.125 * rtt
-
-    def rto(self) -> float | None:
-        """srtt + 4 x rttvar, or None before the first sample."""
-        return None if self.srtt is None else self.srtt + 4 * self.rttvar
-
-
-class PingState(enum.Enum):
-    """The WebSocket ping layer of one connection."""
-
-    OFF = "off"  # switched off by configuration
-    CALIBRATING = "calibrating"  # pinging, judging nothing until a first pong
-    ARMED = "armed"  # the server answers pings: a silent link past the deadline is dead
-    SUSPENDED = "suspended"  # measured RTT exceeds the cap: standing by, not judging
-    DISABLED = "disabled"  # pings go unanswered while the link is alive: off for this conn
-
-
 class Phase(enum.Enum):
     DISCONNECTED = "disconnected"
     AWAIT_HELLO = "await_hello"
     AWAIT_READY = "await_ready"
     READY = "ready"
     CLOSING = "closing"
+
+
+#: The phase transitions of one connection as data, in h11's manner (``h11/_state.py``):
+#: (phase, what happened) -> the next phase. What happened: ``connect`` (a new WebSocket),
+#: ``hello`` (op 10), ``ready`` (READY or RESUMED), ``close`` (we decided to close: a verdict, op
+#: 7, op 9, a request; deciding again while closing keeps closing) and ``lost`` (the connection is
+#: gone). Every change of phase goes through :func:`next_phase`, so a pair not in the table is a
+#: bug that fails loudly instead of a state no rule covers. The module docstring draws it.
+PHASE_TRANSITIONS: Final[Mapping[tuple[Phase, str], Phase]] = MappingProxyType(
+    {
+        (Phase.DISCONNECTED, "connect"): Phase.AWAIT_HELLO,
+        (Phase.AWAIT_HELLO, "hello"): Phase.AWAIT_READY,
+        (Phase.AWAIT_READY, "ready"): Phase.READY,
+        (Phase.READY, "ready"): Phase.READY,  # a second READY: the session id it names wins
+        **{(phase, "close"): Phase.CLOSING for phase in Phase if phase is not Phase.DISCONNECTED},
+        **{(phase, "lost"): Phase.DISCONNECTED for phase in Phase},
+    }
+)
+
+
+def next_phase(phase: Phase, happened: str) -> Phase:
+    """The phase after ``happened`` in ``phase`` (:data:`PHASE_TRANSITIONS`)."""
+    try:
+        return PHASE_TRANSITIONS[phase, happened]
+    except KeyError:
+        raise RuntimeError(f"no phase transition for {happened!r} in {phase.value}") from None
 
 
 # The per-frame path compares against these module constants: reading a member off an enum
@@ -165,32 +162,14 @@ _OP_DISPATCH: Final = int(Op.DISPATCH)
 _OP_HEARTBEAT_ACK: Final = int(Op.HEARTBEAT_ACK)
 
 
-@dataclass(slots=True)
-class _Conn:
-    """State that lives and dies with one connection."""
+@dataclass(slots=True, kw_only=True)
+class _Conn(Link):
+    """State that lives and dies with one connection: the liveness state (:class:`Link`) and
+    the protocol's."""
 
     opened_at: float
     token: str
     phase: Phase = Phase.AWAIT_HELLO
-    interval: float | None = None
-    hello_at: float | None = None
-    last_frame_at: float = 0.0
-    next_heartbeat_at: float | None = None
-    unacked: int = 0
-    # ACK layer: the oldest unanswered heartbeat of this round, its deadline, probes sent
-    ack_round_at: float | None = None
-    ack_deadline_at: float | None = None
-    probes_sent: int = 0
-    ack_rtt: RttEstimator = field(default_factory=RttEstimator)
-    # send times of the op 1 frames not matched to an op 11 yet (the server answers in order)
-    acks_owed: deque[float] = field(default_factory=deque)
-    # ping layer: payload -> (sent at, pong deadline in seconds), oldest first
-    ping_state: PingState = PingState.OFF
-    pings: dict[bytes, tuple[float, float]] = field(default_factory=dict)
-    ping_counter: int = 0
-    last_ping_at: float | None = None
-    pings_unanswered: int = 0
-    ping_rtt: RttEstimator = field(default_factory=RttEstimator)
     resuming: bool = False
     resume_sent_at: float | None = None
     replayed: int = 0
@@ -225,6 +204,8 @@ class GatewaySession:
         self.shard_count = shard_count
         self.intents = p.parse_intents(intents)
         self.liveness = liveness or LivenessConfig()
+        #: The liveness layers (pure, :mod:`.liveness`), applied to each connection's state.
+        self._layers = Liveness(self.liveness, shard_id)
         self.properties: dict[str, Any] = dict(
             properties
             or {"$os": platform.system().lower(), "$browser": "qqbot-gateway", "$device": ""}
@@ -309,7 +290,8 @@ class GatewaySession:
         """A new WebSocket is open. ``token`` is the bare access token."""
         if self._conn is not None and self._conn.phase is not Phase.DISCONNECTED:
             raise RuntimeError("connect() while a connection is still active")
-        self._conn = _Conn(opened_at=now, token=token, last_frame_at=now)
+        phase = next_phase(Phase.DISCONNECTED, "connect")
+        self._conn = _Conn(opened_at=now, token=token, last_frame_at=now, phase=phase)
         return []
 
     def receive(self, data: str | bytes, now: float) -> list[Action]:
@@ -357,7 +339,7 @@ class GatewaySession:
         if phase is _CLOSING:
             return out  # we are tearing this link down; nothing more is acted on
         if op == _OP_HEARTBEAT_ACK:
-            out.extend(self._on_ack(conn, now))
+            out.extend(self._layers.on_ack(conn, now))
         elif op == _OP_DISPATCH and phase is _AWAIT_HELLO:
             detail = "dispatch before Hello"
             out.extend([self._violation(now, detail), self._close(conn, p.PROTOCOL_ERROR, detail)])
@@ -379,20 +361,7 @@ class GatewaySession:
         conn.last_frame_at = now
         if conn.phase is Phase.CLOSING:
             return []
-        sent = conn.pings.pop(bytes(payload), None)
-        if sent is None:
-            return []  # unsolicited (RFC 6455 allows it) or already given up: a frame, no more
-        interval = conn.interval
-        assert interval is not None  # pings are only sent after Hello
-        rtt = now - sent[0]
-        conn.ping_rtt.sample(rtt)
-        conn.pings_unanswered = 0
-        deadline = self.liveness.pong_deadline(interval, conn.ping_rtt.rto())
-        out: list[Action] = [
-            Emit(ev.PongReceived(shard=self.shard_id, monotonic=now, rtt=rtt, deadline=deadline))
-        ]
-        out.extend(self._judge_ping_layer(conn, now))
-        return out
+        return self._layers.on_pong(conn, payload, now)
 
     def receive_ping(self, now: float) -> list[Action]:
         """The server sent a WebSocket ping (the driver answers it): proof of a live link."""
@@ -412,40 +381,10 @@ class GatewaySession:
                 return [self._close(conn, p.HELLO_TIMEOUT, detail, abort=True)]
             return []
         assert conn.interval is not None and conn.hello_at is not None
-        interval = conn.interval
-        idle = lv.idle_deadline(interval)
-        if idle is not None and now >= conn.last_frame_at + idle:
-            return self._zombie(conn, p.IDLE_TIMEOUT, now, f"no frame for {idle:g}s")
-        verdict = self._ping_verdict(conn)
-        if verdict is not None and now >= verdict[0]:
-            sent_at, deadline, n = verdict[1], verdict[2], len(conn.pings)
-            detail = (
-                f"no frame for {now - conn.last_frame_at:.3f}s: {n} ping(s) unanswered, the "
-                f"first sent {now - sent_at:.3f}s ago (pong deadline {deadline:.3f}s = "
-                f"{deadline / interval:.2f} H)"
-            )
-            return self._zombie(conn, p.PING_TIMEOUT, now, detail)
-        if conn.ack_deadline_at is not None and now >= conn.ack_deadline_at:
-            assert conn.ack_round_at is not None
-            waited = now - conn.ack_round_at
-            limit = conn.ack_deadline_at - conn.ack_round_at
-            detail = (
-                f"heartbeat unacknowledged for {waited:.3f}s, {conn.probes_sent} probe(s) too "
-                f"(ACK deadline {limit:.3f}s = {limit / interval:.2f} H)"
-            )
-            return self._zombie(conn, p.ACK_TIMEOUT, now, detail)
-        out: list[Action] = []
-        if conn.next_heartbeat_at is not None and now >= conn.next_heartbeat_at:
-            out.extend(self._heartbeat(conn, now))
-        else:
-            probe_at = self._next_probe_at(conn)
-            if probe_at is not None and now >= probe_at:
-                conn.probes_sent += 1
-                out.extend(self._send_heartbeat(conn, now))
-        out.extend(self._ping_housekeeping(conn, now))
-        ping_at = self._next_ping_at(conn)
-        if ping_at is not None and now >= ping_at:
-            out.extend(self._ping(conn, now))
+        verdict = self._layers.verdict(conn, now)
+        if verdict is not None:
+            return self._zombie(conn, verdict[0], now, verdict[1])
+        out = self._layers.timers(conn, now, self.seq)
         if conn.phase is Phase.AWAIT_READY:
             limit = lv.handshake_deadline(conn.interval)
             if now >= conn.hello_at + limit:
@@ -464,22 +403,7 @@ class GatewaySession:
         if conn.phase is Phase.AWAIT_HELLO:
             return None if lv.hello_timeout is None else conn.opened_at + lv.hello_timeout
         assert conn.interval is not None and conn.hello_at is not None
-        candidates = [
-            conn.next_heartbeat_at,
-            conn.ack_deadline_at,
-            self._next_probe_at(conn),
-            self._next_ping_at(conn),
-        ]
-        verdict = self._ping_verdict(conn)
-        if verdict is not None:
-            candidates.append(verdict[0])
-        if conn.pings:
-            first_sent = next(iter(conn.pings.values()))[0]
-            candidates.append(first_sent + lv.ping_lost_after * conn.interval)
-        deadlines = [t for t in candidates if t is not None]
-        idle = lv.idle_deadline(conn.interval)
-        if idle is not None:
-            deadlines.append(conn.last_frame_at + idle)
+        deadlines = self._layers.deadlines(conn)
         if conn.phase is Phase.AWAIT_READY:
             deadlines.append(conn.hello_at + lv.handshake_deadline(conn.interval))
         return min(deadlines) if deadlines else None
@@ -530,6 +454,7 @@ class GatewaySession:
         stops the shard, or the adapter would retry against a ban.
         """
         conn = self._require_conn()
+        conn.phase = next_phase(conn.phase, "lost")
         self._conn = None
         if close_code is None:
             close_code, detail = conn.server_code, detail or conn.server_detail
@@ -619,11 +544,7 @@ class GatewaySession:
             return [self._violation(now, detail), self._close(conn, p.PROTOCOL_ERROR, detail)]
         lv = self.liveness
         interval = min(max(ms / 1000.0, lv.min_heartbeat_interval), lv.max_heartbeat_interval)
-        conn.interval = interval
-        conn.hello_at = now
-        conn.phase = Phase.AWAIT_READY
-        # The first heartbeat goes out one interval after Hello, then one per interval.
-        conn.next_heartbeat_at = now + interval
+        conn.phase = next_phase(conn.phase, "hello")
         out: list[Action] = [
             Emit(
                 ev.HelloReceived(
@@ -634,14 +555,7 @@ class GatewaySession:
                 )
             )
         ]
-        user_timeout = lv.tcp_user_timeout(interval)
-        if user_timeout is not None:
-            out.append(TuneSocket(user_timeout))
-        if lv.ws_ping:
-            detail = "waiting for a first pong to prove the server answers pings"
-            out.append(self._set_ping_state(conn, PingState.CALIBRATING, now, detail))
-        else:
-            out.append(self._set_ping_state(conn, PingState.OFF, now, "switched off"))
+        out.extend(self._layers.start(conn, interval, now))
         token = f"QQBot {conn.token}"
         if self.session_id is not None:
             conn.resuming = True
@@ -669,31 +583,6 @@ class GatewaySession:
             out.append(
                 Emit(ev.IdentifySent(shard=self.shard_id, monotonic=now, intents=self.intents))
             )
-        return out
-
-    def _on_ack(self, conn: _Conn, now: float) -> list[Action]:
-        # The server answers op 1 frames in order: this op 11 answers the oldest one owed. Its
-        # RTT is a sample even when a probe was sent (dropping those, as Karn's rule would, keeps
-        # the estimate below any RTT past the first probe: a slowly rising RTT would then end
-        # in a false verdict). An ACK owed by an earlier round (a probe's, arriving after the
-        # next heartbeat) is a sample but does not answer the round that is open now.
-        if conn.interval is None:
-            return []  # before Hello nothing was sent: an op 11 now answers nothing
-        owed = conn.acks_owed
-        while owed and owed[0] < now - conn.interval:
-            owed.popleft()  # more than H old: that ACK is not coming; do not match against it
-        sent_at = owed.popleft() if owed else None
-        if sent_at is not None:
-            conn.ack_rtt.sample(now - sent_at)
-        round_at = conn.ack_round_at
-        if round_at is None or (sent_at is not None and sent_at < round_at):
-            return []
-        conn.unacked = 0
-        out: list[Action] = [
-            Emit(ev.HeartbeatAcked(shard=self.shard_id, monotonic=now, rtt=now - round_at))
-        ]
-        conn.ack_round_at = conn.ack_deadline_at = None
-        conn.probes_sent = 0
         return out
 
     def _on_invalid_session(self, conn: _Conn, d: Any, now: float) -> list[Action]:
@@ -730,7 +619,7 @@ class GatewaySession:
             self.seq = seq or 0
             self.resume_failures = 0
             self.identify_rejections = 0
-            conn.phase = Phase.READY
+            conn.phase = next_phase(conn.phase, "ready")
             conn.became_ready = True
             raw_user = d.get("user")
             user: dict[str, Any] = raw_user if isinstance(raw_user, dict) else {}
@@ -753,7 +642,7 @@ class GatewaySession:
                 self.seq = seq
             self.resume_failures = 0
             self.identify_rejections = 0
-            conn.phase = Phase.READY
+            conn.phase = next_phase(conn.phase, "ready")
             conn.became_ready = True
             out = [
                 Emit(
@@ -847,135 +736,6 @@ class GatewaySession:
         return acceptor.accept_callback(payload, now)
 
     # --- helpers -------------------------------------------------------------------------
-    def _heartbeat(self, conn: _Conn, now: float) -> list[Action]:
-        """The regular heartbeat, once per interval; it opens an ACK round if none is open."""
-        assert conn.interval is not None
-        # Scheduled from now, not from the previous due time: after a stalled loop we never
-        # fire a burst of catch-up heartbeats faster than the interval.
-        conn.next_heartbeat_at = now + conn.interval
-        if conn.ack_round_at is None:
-            conn.ack_round_at = now
-            conn.probes_sent = 0
-            limit = self.liveness.ack_deadline(conn.interval, conn.ack_rtt.rto())
-            conn.ack_deadline_at = now + limit
-        return self._send_heartbeat(conn, now)
-
-    def _send_heartbeat(self, conn: _Conn, now: float) -> list[Action]:
-        conn.unacked += 1
-        conn.acks_owed.append(now)
-        d = self.seq if self.seq > 0 else None
-        return [
-            Send(p.frame(Op.HEARTBEAT, d)),
-            Emit(ev.HeartbeatSent(shard=self.shard_id, monotonic=now, seq=d, unacked=conn.unacked)),
-        ]
-
-    def _next_probe_at(self, conn: _Conn) -> float | None:
-        """When the next ACK probe is due (evenly spaced inside the ACK deadline)."""
-        probes = self.liveness.ack_probes
-        if conn.ack_round_at is None or conn.ack_deadline_at is None:
-            return None
-        if conn.probes_sent >= probes:
-            return None
-        span = conn.ack_deadline_at - conn.ack_round_at
-        return conn.ack_round_at + span * (conn.probes_sent + 1) / (probes + 1)
-
-    def _next_ping_at(self, conn: _Conn) -> float | None:
-        """When the next ping is due: after ``ping_quiet`` x H without a frame or a ping.
-
-        Calibrating, one ping at a time, ``ping_quiet`` x H after Hello (or after the previous
-        one was given up) whatever the traffic: a busy link is never quiet, and the layer must
-        be armed before the link goes silent.
-        """
-        state = conn.ping_state
-        if state in (PingState.OFF, PingState.DISABLED) or conn.interval is None:
-            return None
-        quiet = self.liveness.ping_quiet * conn.interval
-        if state is PingState.CALIBRATING:
-            if conn.pings:
-                return None
-            start = conn.last_ping_at if conn.last_ping_at is not None else conn.hello_at
-            assert start is not None
-            return start + quiet
-        ref = conn.last_frame_at
-        if conn.last_ping_at is not None and conn.last_ping_at > ref:
-            ref = conn.last_ping_at
-        return ref + quiet
-
-    def _ping_verdict(self, conn: _Conn) -> tuple[float, float, float] | None:
-        """(verdict time, sent at, deadline) of the first ping sent into the current silence,
-        while the layer is armed; None if there is none."""
-        if conn.ping_state is not PingState.ARMED:
-            return None
-        for sent_at, deadline in conn.pings.values():
-            if sent_at >= conn.last_frame_at:
-                return sent_at + deadline, sent_at, deadline
-        return None
-
-    def _ping(self, conn: _Conn, now: float) -> list[Action]:
-        assert conn.interval is not None
-        conn.ping_counter += 1
-        payload = b"qqbot-%d" % conn.ping_counter
-        deadline = self.liveness.pong_deadline(conn.interval, conn.ping_rtt.rto())
-        conn.pings[payload] = (now, deadline)
-        conn.last_ping_at = now
-        return [
-            SendPing(payload),
-            Emit(ev.PingSent(shard=self.shard_id, monotonic=now, outstanding=len(conn.pings))),
-        ]
-
-    def _ping_housekeeping(self, conn: _Conn, now: float) -> list[Action]:
-        """Give up on pings unanswered for ``ping_lost_after`` x H; if the link was alive
-        meanwhile (a frame arrived after the ping), the server is not answering pings."""
-        assert conn.interval is not None
-        lost_after = self.liveness.ping_lost_after * conn.interval
-        alive_misses = 0
-        for payload, (sent_at, _) in list(conn.pings.items()):
-            if now < sent_at + lost_after:
-                break
-            del conn.pings[payload]
-            if conn.last_frame_at > sent_at:
-                alive_misses += 1
-        if not alive_misses:
-            return []
-        conn.pings_unanswered += alive_misses
-        limit = self.liveness.ping_unanswered_limit
-        if conn.pings_unanswered < limit or conn.ping_state in (PingState.OFF, PingState.DISABLED):
-            return []
-        conn.pings.clear()
-        detail = (
-            f"{conn.pings_unanswered} WebSocket pings went unanswered while the link was alive: "
-            "the server does not answer pings; the ping layer is off for this connection"
-        )
-        return [self._set_ping_state(conn, PingState.DISABLED, now, detail)]
-
-    def _judge_ping_layer(self, conn: _Conn, now: float) -> list[Emit]:
-        """After a pong: armed, or suspended while the smoothed RTT is too high for H."""
-        if conn.ping_state in (PingState.OFF, PingState.DISABLED):
-            return []
-        assert conn.interval is not None
-        srtt = conn.ping_rtt.srtt or 0.0
-        limit = self.liveness.ping_suspend_rtt * conn.interval
-        if conn.ping_state is PingState.SUSPENDED:
-            if srtt >= 0.75 * limit:
-                return []
-        elif srtt > limit:
-            detail = (
-                f"smoothed ping RTT {srtt:.3f}s exceeds {limit:.3f}s "
-                f"({self.liveness.ping_suspend_rtt:g} H): standing by, the ACK layer judges"
-            )
-            return [self._set_ping_state(conn, PingState.SUSPENDED, now, detail)]
-        if conn.ping_state is PingState.ARMED:
-            return []
-        detail = f"the server answers pings (RTT {srtt:.3f}s)"
-        return [self._set_ping_state(conn, PingState.ARMED, now, detail)]
-
-    def _set_ping_state(self, conn: _Conn, state: PingState, now: float, detail: str) -> Emit:
-        conn.ping_state = state
-        event = ev.PingLayerChanged(
-            shard=self.shard_id, monotonic=now, state=state.value, detail=detail
-        )
-        return Emit(event)
-
     def _zombie(self, conn: _Conn, reason: str, now: float, detail: str) -> list[Action]:
         assert conn.interval is not None
         return [
@@ -1002,7 +762,7 @@ class GatewaySession:
     ) -> Close:
         action = Close(reason=reason, code=code, abort=abort, detail=detail)
         conn.closing = action
-        conn.phase = Phase.CLOSING
+        conn.phase = next_phase(conn.phase, "close")
         return action
 
     def _bad_frame(self, now: float, size: int, detail: str) -> list[Action]:

@@ -48,7 +48,8 @@ _log = logging.getLogger("qqbot_gateway.shard")
 
 #: An ownership check: awaited before each connection attempt; raising stops the shard.
 Guard = Callable[[], Awaitable[None]]
-#: When the shard stops itself (a control-path failure), handlers get this long to drain.
+#: When the shard stops itself (a control-path failure), handlers get this long to drain: the
+#: default of ``QQBotClient.close``, as a shutdown would give them.
 _FAILURE_DRAIN: Final = 5.0
 #: A shard that lost its lease waits this long for its final checkpoint (refused when another
 #: process owns the shard, failing when Redis is gone: the next owner replays from its own).

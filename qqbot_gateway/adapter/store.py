@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from .errors import StoreError, StoreLockedError
+
 __all__ = [
     "FORMAT",
     "FileSessionStore",
@@ -53,19 +55,6 @@ __all__ = [
 FORMAT: Final = "qqbot-gateway-session/1"
 #: A state file larger than this is not one of ours (4096 ids of ~40 characters is ~200 kB).
 _MAX_FILE_SIZE: Final = 4 << 20
-
-
-class StoreError(Exception):
-    """The session state could not be read or written. The message names the file."""
-
-
-class StoreLockedError(StoreError):
-    """Another process holds this shard's state. ``holder_pid`` is None if it is unknown."""
-
-    def __init__(self, message: str, *, holder_pid: int | None, path: str) -> None:
-        super().__init__(message)
-        self.holder_pid = holder_pid
-        self.path = path
 
 
 @dataclass(frozen=True, slots=True)

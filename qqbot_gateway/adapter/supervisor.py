@@ -195,7 +195,9 @@ class ShardSupervisor:
             else:
                 conn.request_close("shutdown", "client restarting; session kept for resume")
         task = self._task
-        if task is not None and not task.done():
+        if task is not None and task.done() and not task.cancelled():
+            task.exception()  # a crash _run reported already: retrieved, not logged twice
+        elif task is not None and not task.done():
             try:
                 async with asyncio.timeout(timeout):
                     await asyncio.shield(task)
@@ -234,6 +236,7 @@ class ShardSupervisor:
         except Exception as exc:
             # A bug in our own loop or control path: say so loudly; the health report turns red.
             _log.error("shard %d stopped: %s", self.shard, _safe(exc), exc_info=exc)
+            self._fatal_message = f"crashed: {_safe(exc)}"  # the status says why
             self._emit_stopped("crashed", f"{type(exc).__name__}: {exc}")
             raise
 

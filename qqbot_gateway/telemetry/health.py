@@ -189,10 +189,6 @@ class HealthEvaluator:
     def begin_shutdown(self) -> None:
         self._shutting_down = True
 
-    @property
-    def shutting_down(self) -> bool:
-        return self._shutting_down
-
     def observe(self, event: ev.LifecycleEvent) -> None:
         shard = event.shard
         if shard is None:

@@ -48,7 +48,7 @@ SLACK = 0.3
 #: pong deadline (0.3 H on a fast link); without it, the next heartbeat within 1 H of the last
 #: ACK and its ACK deadline 0.4 H later.
 DETECTION_BOUND = {"on": 0.35 * INTERVAL + SLACK, "off": 1.4 * INTERVAL + SLACK}
-#: The issue's bound for the ``flow`` variant: resumed within 0.5 H + 0.2 s of the cut.
+#: The bound for the ``flow`` variant: resumed within 0.5 H + 0.2 s of the cut.
 RESUMED_BOUND = 0.5 * INTERVAL + 0.2
 
 ALLOWED_REASONS = {
