@@ -21,7 +21,8 @@ __all__ = ["LEASE_LOSS_REASONS", "REDIS_OPERATIONS", "TAKEOVER_CAUSES", "Cluster
 TAKEOVER_CAUSES: Final = ("expired", "released")
 LEASE_LOSS_REASONS: Final = ("expired", "lost")
 RENEW_FAILURE_REASONS: Final = ("error", "lost")
-REDIS_OPERATIONS: Final = ("acquire", "renew", "release")
+#: Lease commands, and the webhook replicas' intake commands.
+REDIS_OPERATIONS: Final = ("acquire", "renew", "release", "append", "ack", "claim")
 
 
 class ClusterMetrics:

@@ -586,7 +586,8 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "Cluster mode: Redis commands that failed or timed out, by operation.",
         (
             "cluster mode: Redis commands that failed or timed out; `operation` is `acquire`, "
-            "`renew` or `release`"
+            "`renew` or `release` (shard leases), `append`, `ack` or `claim` (webhook replicas' "
+            "intake; an `append` failure is a callback answered 503)"
         ),
     ),
 )
