@@ -40,15 +40,16 @@ class Cluster:
         self._sync = sync
         self.app_id = app_id
         self.ownership = ShardOwnership(aio, app_id, ttl=ttl, observer=observer)
-        self.stores: dict[int, RedisSessionStore] = {}
         self.intake: RedisIntake | None = None
 
     def store_factory(self, shard_id: int) -> SessionStore:
-        """The fenced store of ``shard_id``: it writes under the current term's token only."""
+        """The fenced store of ``shard_id`` for the term that starts now: it writes under that
+        term's token, for ever (a late write of an old term is refused by Redis even when this
+        same process owns the shard again under a newer token)."""
         ownership = self.ownership
+        term = ownership.terms.get(shard_id)
 
         def token() -> int | None:
-            term = ownership.terms.get(shard_id)
             return term.fencing_token() if term is not None else None
 
         observer = ownership.observer
@@ -60,7 +61,6 @@ class Cluster:
             shown=self.target.shown,
             on_refused=lambda: observer.fenced(shard_id),
         )
-        self.stores[shard_id] = store
         return store
 
     def intake_factory(self, claim_idle: float) -> SharedIntakeFactory:
@@ -85,13 +85,6 @@ class Cluster:
             return self.intake
 
         return make
-
-    def roles(self) -> dict[int, dict[str, Any]]:
-        """Per shard: ``role`` (owner/standby), ``token``, ``holder`` (the other owner)."""
-        return {
-            shard: {"role": r.role, "token": r.token, "holder": r.holder, "error": r.last_error}
-            for shard, r in sorted(self.ownership.roles.items())
-        }
 
     async def close(self) -> None:
         try:
