@@ -10,10 +10,16 @@ from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.store import SessionStore
 from qqbot_gateway.adapter.webhook_mode import SharedIntake, SharedIntakeFactory
 
-from .connect import DEFAULT_CONNECT_TIMEOUT, RedisTarget, open_redis, parse_redis_url
+from .connect import (
+    DEFAULT_CONNECT_TIMEOUT,
+    RedisTarget,
+    close_redis,
+    open_redis,
+    parse_redis_url,
+)
 from .intake import RedisIntake
 from .shards import ClusterObserver, ShardOwnership
-from .store import RedisSessionStore, open_sync_redis
+from .store import RedisSessionStore, close_sync_redis, open_sync_redis
 
 if TYPE_CHECKING:
     import redis
@@ -88,9 +94,9 @@ class Cluster:
 
     async def close(self) -> None:
         try:
-            self._sync.close()
+            close_sync_redis(self._sync)
         finally:
-            await self.redis.aclose()
+            await close_redis(self.redis)
 
 
 async def open_cluster(

@@ -25,6 +25,8 @@ synchronous client (``redis.Redis``) with its own small connection pool.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,8 +44,10 @@ from .lease import lease_keys
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["FencedOut", "RedisSessionStore", "open_sync_redis", "session_key"]
+__all__ = ["FencedOut", "RedisSessionStore", "close_sync_redis", "open_sync_redis", "session_key"]
 
+#: Clients made through a Sentinel -> the Sentinel (whose own connections close with them).
+_SENTINELS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 #: A stored document larger than this is not one of ours (the file store's bound).
 _MAX_SIZE: Final = 4 << 20
 
@@ -105,8 +109,20 @@ def open_sync_redis(
         assert target.service is not None
         sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs, **master)
         client: redis.Redis = sentinel.master_for(target.service)
+        _SENTINELS[client] = sentinel
         return client
     return sync_redis.Redis.from_url(target.url, **options)
+
+
+def close_sync_redis(client: redis.Redis) -> None:
+    """Close a client from :func:`open_sync_redis`, with its sentinels' connections."""
+    sentinel = _SENTINELS.pop(client, None)
+    try:
+        client.close()
+    finally:
+        for sentinel_client in sentinel.sentinels if sentinel is not None else ():
+            with contextlib.suppress(Exception):
+                sentinel_client.close()
 
 
 class RedisSessionStore:
