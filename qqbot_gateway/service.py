@@ -201,7 +201,16 @@ async def run_service(
     from qqbot_gateway.telemetry import Telemetry, TelemetryConfigError
 
     loop = asyncio.get_running_loop()
-    client = QQBotClient(settings.client_config())
+    config = settings.client_config()
+    cluster = await _open_cluster(settings, config.app_id)
+    client = QQBotClient(
+        config,
+        store_factory=cluster.store_factory if cluster is not None else None,
+        ownership=cluster.ownership if cluster is not None else None,
+        webhook_intake=(
+            cluster.intake_factory(settings.stream_claim_idle) if cluster is not None else None
+        ),
+    )
     for handler in handlers:
         client.add_handler(bind_client(handler, client))
     try:
@@ -209,6 +218,10 @@ async def run_service(
     except TelemetryConfigError as exc:  # e.g. OTLP export asked for, exporter not installed
         raise ServiceError(str(exc), EXIT_CONFIG) from None
     telemetry.attach(client)
+    if cluster is not None:
+        from qqbot_gateway.telemetry.cluster import ClusterMetrics
+
+        cluster.ownership.observer = ClusterMetrics(telemetry.registry, config.shards)
 
     stop = asyncio.Event() if stop is None else stop
     received: list[str] = []
@@ -332,6 +345,9 @@ async def run_service(
                 await redis.aclose()
         if receiver is not None:
             await receiver.stop()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                await cluster.close()
         await telemetry.stop()
         if started and stop.is_set():
             _log.info("stopped cleanly")
@@ -374,6 +390,26 @@ async def start_stream(settings: Settings) -> tuple[Any, Any]:
         settings.stream_group,
     )
     return redis, publisher
+
+
+async def _open_cluster(settings: Settings, app_id: str) -> Any:
+    """Cluster mode (``QQBOT_REDIS_URL``): connect to Redis, or a ServiceError (exit 2) in one
+    line; None without the setting."""
+    if settings.redis_url is None:
+        return None
+    from qqbot_gateway.cluster.connect import ClusterError, missing_redis
+
+    hint = missing_redis()
+    if hint is not None:
+        raise ServiceError(hint, EXIT_CONFIG)
+    from qqbot_gateway.cluster.runtime import open_cluster
+
+    try:
+        return await open_cluster(settings.redis_url.get(), app_id, ttl=settings.lease_ttl)
+    except ClusterError as exc:
+        raise ServiceError(
+            f"cannot use Redis ({settings.source('redis_url')}): {exc}", EXIT_CONFIG
+        ) from None
 
 
 async def start_receiver(

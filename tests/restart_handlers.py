@@ -75,3 +75,8 @@ def _install_journal_fault() -> None:
 
 
 _install_journal_fault()
+
+
+async def sluggish(event: Any) -> None:
+    """20 ms per event: a webhook replica holds a backlog when it is killed mid-flood."""
+    await asyncio.sleep(0.02)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -168,7 +168,13 @@ class GuardedClient(QQBotClient):
         self.guard_calls += 1
         raise PermissionError("the lease on shard 0 belongs to another process")
 
-    def _make_shard(self, shard_id: int) -> Shard:
+    def _make_shard(
+        self,
+        shard_id: int,
+        *,
+        guard: Callable[[], Awaitable[None]] | None = None,
+        may_send: Callable[[], bool] | None = None,
+    ) -> Shard:
         assert self._ws_http is not None and self._tokens is not None
         return Shard(
             shard_id,

@@ -19,6 +19,7 @@ from qqbot_gateway.adapter.protocol import (
 )
 from qqbot_gateway.adapter.webhook import OUTCOMES as WEBHOOK_OUTCOMES
 from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
+from qqbot_gateway.telemetry.cluster import ClusterMetrics
 from qqbot_gateway.telemetry.metric_spec import METRICS, metrics_markdown
 from qqbot_gateway.telemetry.metrics import MAX_EVENT_TYPES, GatewayMetrics, op_label
 from qqbot_gateway.telemetry.store_metrics import RESTART_RESUME_OUTCOMES, StoreMetrics
@@ -371,6 +372,7 @@ def test_the_registry_exports_exactly_the_metric_spec() -> None:
     from qqbot_gateway.telemetry.stream import StreamMetrics
 
     StreamMetrics(registry, publisher=_Publisher(), worker=_Worker())  # type: ignore[arg-type]
+    ClusterMetrics(registry, [0])  # cluster mode's collectors (telemetry/cluster.py)
     exported = {}
     for family in registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")

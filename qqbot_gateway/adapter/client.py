@@ -37,9 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import aiohttp
 
@@ -54,6 +54,8 @@ from .shard import Shard
 from .store import (
     FileSessionStore,
     SessionStore,
+    StoredSession,
+    StoreError,
     StoreLockedError,
 )
 from .supervisor import ShardSupervisor
@@ -64,7 +66,7 @@ from .types import (
     ShardStatus,
 )
 from .webhook import WebhookIntake, WebhookKey
-from .webhook_mode import WebhookMode
+from .webhook_mode import SharedIntakeFactory, WebhookMode
 
 __all__ = ["ClientConfig", "QQBotClient", "Secret"]
 
@@ -79,6 +81,45 @@ _LOCK_POLL = 0.5
 StoreFactory = Callable[[int], SessionStore]
 #: Event types whose handler lists are cached (a gateway inventing types cannot grow it).
 _MAX_CACHED_TYPES = 256
+#: Cluster mode: close() waits for the owned shards' terms this long beyond the drain time (the
+#: supervisor's bounded stop, the final checkpoint, the lease's release).
+_TERM_CLOSE_MARGIN = 8.0
+
+
+class OwnershipTerm(Protocol):
+    """One term of owning a shard in cluster mode (``qqbot_gateway.cluster.shards``)."""
+
+    shard_id: int
+    ended: asyncio.Event
+    reason: str | None
+
+    def valid(self) -> bool:
+        """The shard's lease is provably this process's now (by its own clock)."""
+
+    def end(self, reason: str, kind: str = "shutdown") -> None:
+        """End the term (``kind`` "fatal": the shard stopped for good; stop offering it)."""
+
+
+class Ownership(Protocol):
+    """Cluster mode: who owns which shard (``qqbot_gateway.cluster.shards.ShardOwnership``).
+
+    ``hold(shard, run_term)`` stands by for the shard and calls ``run_term`` for each term this
+    process owns it, until ``stop()``. The client runs a :class:`~.shard.Shard` inside the term
+    and stops it when ``term.ended`` is set (aborting without a frame if the term is no longer
+    valid)."""
+
+    def stop(self) -> None: ...
+
+    def describe(self) -> dict[int, tuple[str, str]]:
+        """Per offered shard: ("owner" | "standby", a short detail for health and status)."""
+
+    async def hold(
+        self, shard_id: int, run_term: Callable[[OwnershipTerm], Awaitable[None]]
+    ) -> None: ...
+
+
+class LeaseLost(Exception):
+    """A cluster-mode shard's lease is no longer provably this process's (the Shard guard)."""
 
 
 class QQBotClient:
@@ -91,12 +132,22 @@ class QQBotClient:
         bus: ev.EventBus | None = None,
         store_factory: StoreFactory | None = None,
         sleep: Sleep = asyncio.sleep,
+        ownership: Ownership | None = None,
+        webhook_intake: SharedIntakeFactory | None = None,
     ) -> None:
         self.config = config
+        #: Cluster mode: shards are run only while this process holds their lease.
+        self._ownership = ownership if config.mode == "websocket" else None
+        if self._ownership is not None and store_factory is None:
+            raise ValueError("ownership needs a store_factory (the fenced session store)")
         #: The starter's waits (session-start window and budget, another process's lock).
         self._sleep = sleep
         self.events = bus or ev.EventBus()
         state_dir = config.state_dir
+        #: Cluster mode, webhook transport: the intake and dedupe window shared in Redis.
+        self._webhook_intake = webhook_intake if config.mode == "webhook" else None
+        if self._webhook_intake is not None:
+            state_dir = None  # no file journal: the shared intake replaces it
         if config.mode != "websocket":
             # No gateway session: the state is the intake journal and its checkpoint, files in
             # the state directory (a custom backend has no directory for the journal).
@@ -129,6 +180,12 @@ class QQBotClient:
         self._starter: asyncio.Task[None] | None = None
         self._started = False
         self._closing = False
+        #: Handlers' drain time when a shard's term ends, and whether a shutdown ends the
+        #: sessions (close() sets the caller's).
+        self._drain_timeout = 5.0
+        self._end_session = False
+        #: Cluster mode: the ids a shard's last term here handled, for its next term's window.
+        self._handled_ids: dict[int, list[str]] = {}
         #: Optional hook wrapping the handling of each event (telemetry sets a tracing span).
         self.handler_context: HandlerContext | None = None
         #: Set before ``start()``: accepted events go to this sink in batches instead of the
@@ -185,6 +242,10 @@ class QQBotClient:
             return self._webhook_mode.dispatcher.depth
         return self._shards[shard].dispatcher.depth
 
+    def shard_roles(self) -> dict[int, tuple[str, str]]:
+        """Cluster mode: per offered shard, ("owner" | "standby", detail); else empty."""
+        return self._ownership.describe() if self._ownership is not None else {}
+
     @property
     def has_session_store(self) -> bool:
         """True if the shards keep their sessions in a store (see the module docstring)."""
@@ -203,9 +264,11 @@ class QQBotClient:
         if cfg.mode == "webhook":
             # First: a missing ``cryptography`` fails here, before any connection is opened.
             self._webhook_key = WebhookKey(cfg.client_secret.get())
-        # Owning the shards' state fails fast too, before any network traffic.
+        # Owning the shards' state fails fast too, before any network traffic (in cluster mode
+        # each term of ownership opens its shard's store instead).
         try:
-            await self._acquire_stores()
+            if self._ownership is None:
+                await self._acquire_stores()
         except BaseException:
             self._release_stores()
             self._closed.set()
@@ -246,6 +309,7 @@ class QQBotClient:
                 around_event=self._around_event,
                 store=self._stores.get(0),
                 sink=self.event_sink,
+                shared=self._webhook_intake,
             )
             try:
                 await mode.start()
@@ -253,6 +317,9 @@ class QQBotClient:
                 await self.close()
                 raise
             self.webhook = mode.intake
+            return
+        if self._ownership is not None:
+            self._starter = asyncio.create_task(self._run_cluster(), name="qqbot shard owner")
             return
         for shard_id in cfg.shards:
             shard = self._shards[shard_id] = self._make_shard(shard_id)
@@ -282,6 +349,70 @@ class QQBotClient:
                 await self._sleep(_SESSION_START_WINDOW)
             await shard.start()
 
+    # --- cluster mode --------------------------------------------------------------------
+    async def _run_cluster(self) -> None:
+        ownership = self._ownership
+        assert ownership is not None
+        # Each shard is owned independently: none waits for another's lease.
+        await asyncio.gather(*(ownership.hold(sid, self._run_term) for sid in self.config.shards))
+
+    async def _run_term(self, term: OwnershipTerm) -> None:
+        """Run one shard for one term of ownership: resume the stored session, connect, and
+        stop when the term ends. See ``qqbot_gateway.cluster.shards``."""
+        sid = term.shard_id
+        assert self._store_factory is not None
+        store = self._stores[sid] = self._store_factory(sid)
+
+        async def guard() -> None:
+            # Before every connection attempt: never identify or resume without the lease. The
+            # renewer ends the term when validity runs out; wait for that, so the term's own
+            # stop (no frame, no drain) is what stops the shard, not a control-path failure.
+            if not term.valid():
+                await term.ended.wait()
+                raise LeaseLost(f"shard {sid}: the lease is no longer this process's")
+
+        shard = self._make_shard(sid, guard=guard, may_send=term.valid)
+        # The store is Redis: read it off the loop thread, then adopt what it held.
+        loaded = await asyncio.to_thread(_load_quietly, store)
+        shard.restore(loaded)
+        # This process owned the shard before (Redis was gone, the lease ran out): what it
+        # handled then but could not checkpoint is dropped from the replay, not handled twice.
+        handled_here = self._handled_ids.pop(sid, None)
+        if handled_here:
+            shard.session.remember_ids(handled_here)
+        self._shards[sid] = shard
+        await shard.start()
+        task = shard.supervisor.task
+        assert task is not None
+        ended = asyncio.create_task(term.ended.wait(), name=f"qqbot term shard {sid}")
+        try:
+            await asyncio.wait({ended, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if task.done() and not term.ended.is_set():
+            if term.valid():
+                # The supervisor ended by itself: a fatal close (credentials, a delisted bot).
+                term.end(f"shard {sid} stopped for good", "fatal")
+            else:
+                term.end("the lease's validity ran out", "expired")
+        valid = term.valid()
+        # A term that is no longer provably ours stops without another frame and hands no
+        # queued event to a handler: the next owner replays them from the stored watermark.
+        await shard.stop(
+            term.reason or "shard stopped",
+            drain_timeout=self._drain_timeout if valid else 0.0,
+            # close(end_session=True): 1000 and the stored state deleted (fenced), as without
+            # Redis; only by a valid owner at shutdown.
+            end_session=self._end_session and valid and self._closing,
+            lost=not valid,
+        )
+        self._stores.pop(sid, None)
+        progress = shard.dispatcher.progress
+        if progress is not None:
+            self._handled_ids[sid] = list(progress.ids)
+        if getattr(term, "kind", None) != "fatal":
+            self._shards.pop(sid, None)  # a fatal shard stays: its state is the health verdict
+
     # --- the session store ---------------------------------------------------------------
     async def _acquire_stores(self) -> None:
         if self._store_factory is None:
@@ -308,7 +439,13 @@ class QQBotClient:
                 store.close()
         self._stores.clear()
 
-    def _make_shard(self, shard_id: int) -> Shard:
+    def _make_shard(
+        self,
+        shard_id: int,
+        *,
+        guard: Callable[[], Awaitable[None]] | None = None,
+        may_send: Callable[[], bool] | None = None,
+    ) -> Shard:
         assert self._ws_http is not None and self._tokens is not None
         return Shard(
             shard_id,
@@ -322,6 +459,8 @@ class QQBotClient:
             around_event=self._around_event,
             store=self._stores.get(shard_id),
             sink=self.event_sink,
+            guard=guard,
+            may_send=may_send,
         )
 
     def _around_event(self) -> HandlerContext | None:
@@ -345,7 +484,16 @@ class QQBotClient:
             await self._closed.wait()
             return
         self._closing = True
+        self._drain_timeout = drain_timeout
+        self._end_session = end_session
         try:
+            if self._starter is not None and self._ownership is not None:
+                # Cluster mode: every owned shard closes with 4000, drains and writes its final
+                # checkpoint inside its term, then its lease is released for a standby.
+                self._ownership.stop()
+                with contextlib.suppress(TimeoutError, Exception):
+                    async with asyncio.timeout(drain_timeout + _TERM_CLOSE_MARGIN):
+                        await asyncio.shield(self._starter)
             if self._starter is not None:
                 self._starter.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -373,9 +521,15 @@ class QQBotClient:
     async def wait_closed(self) -> None:
         """Wait until ``close()`` finished, or until every shard stopped for good (fatal)."""
         while not self._closed.is_set():
-            tasks = [s.supervisor.task for s in self._shards.values() if s.supervisor.task]
-            if tasks and all(t.done() for t in tasks):
-                return
+            if self._ownership is not None:
+                # Cluster mode: shards come and go with their terms; the client runs until the
+                # ownership loops end (close(), or a bug: they never end on their own).
+                if self._starter is not None and self._starter.done():
+                    return
+            else:
+                tasks = [s.supervisor.task for s in self._shards.values() if s.supervisor.task]
+                if tasks and all(t.done() for t in tasks):
+                    return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
                     await self._closed.wait()
@@ -399,3 +553,10 @@ class QQBotClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _load_quietly(store: SessionStore) -> StoredSession | StoreError | None:
+    try:
+        return store.load()
+    except StoreError as exc:
+        return exc

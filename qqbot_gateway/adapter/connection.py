@@ -135,9 +135,13 @@ class GatewayConnection:
         bus: ev.EventBus,
         deliver: Callable[[GatewayEvent], None],
         control: Control | None = None,
+        may_send: Callable[[], bool] | None = None,
     ) -> None:
         self._session = session
         self._control = control
+        #: Cluster mode: the shard lease's validity by this process's own clock. Checked before
+        #: every frame, so a process that wakes from a pause past its lease sends nothing.
+        self._may_send = may_send
         self._http = ws_http
         self._url = url
         self._token = token
@@ -372,6 +376,14 @@ class GatewayConnection:
     async def _write(self, frame: Callable[[], Awaitable[None]]) -> None:
         """Write one frame (bounded by ``send_timeout``); a failure closes the link."""
         if self._done.is_set():
+            return
+        if self._may_send is not None and not self._may_send():
+            self._execute(
+                self._session.close_requested(
+                    p.NETWORK_ERROR, "shard lease no longer valid: not sending", abort=True
+                )
+            )
+            self._done.set()
             return
         try:
             async with self._send_lock, asyncio.timeout(self._cfg.send_timeout):

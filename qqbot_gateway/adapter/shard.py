@@ -36,8 +36,9 @@ from . import events as ev
 from .auth import TokenSource
 from .checkpoint import DEFAULT_DEDUPE_IDS, Checkpointer
 from .dispatch import BatchSink, Dispatcher, Handler, Progress
+from .protocol import GatewayEvent
 from .session import GatewaySession
-from .store import SessionStore, StoreError, age_of
+from .store import SessionStore, StoredSession, StoreError, age_of
 from .supervisor import GatewayUrlSource, ShardSupervisor
 from .types import ClientConfig, HandlerContext
 
@@ -50,6 +51,11 @@ Guard = Callable[[], Awaitable[None]]
 #: When the shard stops itself (a control-path failure), handlers get this long to drain: the
 #: default of ``QQBotClient.close``, as a shutdown would give them.
 _FAILURE_DRAIN: Final = 5.0
+#: A shard that lost its lease waits this long for its final checkpoint (refused when another
+#: process owns the shard, failing when Redis is gone: the next owner replays from its own).
+_LOST_CHECKPOINT: Final = 1.0
+#: ``restore()`` without a state read by the caller.
+_UNREAD: Final = object()
 
 
 class Shard:
@@ -80,6 +86,7 @@ class Shard:
         store: SessionStore | None = None,
         sink: BatchSink | None = None,
         guard: Guard | None = None,
+        may_send: Callable[[], bool] | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.config = config
@@ -101,19 +108,30 @@ class Shard:
             progress=Progress(DEFAULT_DEDUPE_IDS) if store is not None else None,
             sink=sink,
         )
+        deliver: Callable[[GatewayEvent], None] = self.dispatcher.put  # bound, no wrapper
+        if may_send is not None:
+            put = self.dispatcher.put
+
+            def deliver(event: GatewayEvent) -> None:
+                # Cluster mode: an event read after the lease ran out (a process woken from a
+                # pause) goes to no handler; the next owner replays it from the watermark.
+                if may_send():
+                    put(event)
+
         self.supervisor = ShardSupervisor(
             self.session,
             tokens=tokens,
             gateway_url=gateway_url,
             ws_http=ws_http,
             bus=bus,
-            deliver=self.dispatcher.put,  # bound, no wrapper: called once per event
+            deliver=deliver,
             transport=config.transport,
             policy=config.reconnect,
             wait_for_drain=self.dispatcher.wait_for_drain,
             control=self._control,
             guard=guard,
             on_failure=self.fail,
+            may_send=may_send,
         )
         self.dispatcher.log_context = self.supervisor.log_context
         self.checkpointer: Checkpointer | None = None
@@ -160,8 +178,9 @@ class Shard:
             self.fail(exc, where="checkpoint writer")
 
     # --- lifecycle -----------------------------------------------------------------------
-    def restore(self) -> None:
-        """Adopt the session a previous process stored for this shard, if it is usable."""
+    def restore(self, loaded: StoredSession | StoreError | object | None = _UNREAD) -> None:
+        """Adopt the session a previous process stored for this shard, if it is usable.
+        ``loaded``: what the store returned (or raised), if the caller read it already."""
         store, ckpt = self.store, self.checkpointer
         if store is None or ckpt is None:
             return
@@ -181,7 +200,9 @@ class Shard:
             )
 
         try:
-            state = store.load()
+            if isinstance(loaded, StoreError):
+                raise loaded
+            state = loaded if isinstance(loaded, StoredSession | None) else store.load()
         except StoreError as exc:
             unusable(str(exc))
             return
@@ -239,30 +260,44 @@ class Shard:
         )
 
     async def stop(
-        self, reason: str = "shutdown", *, drain_timeout: float = 5.0, end_session: bool = False
+        self,
+        reason: str = "shutdown",
+        *,
+        drain_timeout: float = 5.0,
+        end_session: bool = False,
+        lost: bool = False,
     ) -> None:
         """Stop the supervisor (close 4000, the session kept, when there is a store; else
         1000), let the handlers drain for at most ``drain_timeout`` s, write the final
         checkpoint (or delete the state: ``end_session``). Idempotent: a second call waits for
-        the first."""
+        the first. ``lost`` (cluster mode: the lease is no longer provably ours): drop the
+        socket without a close frame, and wait at most ``_LOST_CHECKPOINT`` for the final
+        checkpoint."""
         if self._stopping is None:
             if self.stopped_reason is None:
                 self.stopped_reason = reason
             self._stopping = asyncio.get_running_loop().create_task(
-                self._stop(drain_timeout, end_session=end_session),
+                self._stop(drain_timeout, end_session=end_session, lost=lost),
                 name=f"qqbot stop shard {self.shard_id}",
             )
         await asyncio.shield(self._stopping)
 
-    async def _stop(self, drain_timeout: float, *, end_session: bool) -> None:
+    async def _stop(self, drain_timeout: float, *, end_session: bool, lost: bool = False) -> None:
         keep = not end_session and self.checkpointer is not None
         with contextlib.suppress(Exception):
-            await self.supervisor.stop(end_session=not keep)
+            await self.supervisor.stop(end_session=not keep, abort=lost)
         with contextlib.suppress(Exception):
             await self.dispatcher.close(drain_timeout)
         if self.checkpointer is not None:
             try:
-                await self.checkpointer.close(end_session=end_session)
+                async with asyncio.timeout(_LOST_CHECKPOINT if lost else None):
+                    await self.checkpointer.close(end_session=end_session)
+            except TimeoutError:
+                _log.warning(
+                    "shard %d: no final checkpoint within %gs after the lease was lost",
+                    self.shard_id,
+                    _LOST_CHECKPOINT,
+                )
             except Exception as exc:  # noqa: BLE001 - reported; the stop goes on
                 _log.error(
                     "shard %d: the final checkpoint failed: %s: %s",

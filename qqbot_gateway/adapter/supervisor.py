@@ -97,8 +97,10 @@ class ShardSupervisor:
         sleep: Sleep = asyncio.sleep,
         rng: Rng = random.uniform,
         clock: Callable[[], float] | None = None,
+        may_send: Callable[[], bool] | None = None,
     ) -> None:
         self.session = session
+        self._may_send = may_send
         self.shard = session.shard_id
         self._tokens = tokens
         self._last_token: str | None = None
@@ -172,17 +174,23 @@ class ShardSupervisor:
         (a :class:`~.events.RestartResume` and a log line once READY or RESUMED arrives)."""
         self._restored = (session_id, seq, age)
 
-    async def stop(self, timeout: float = 5.0, *, end_session: bool = True) -> None:
+    async def stop(
+        self, timeout: float = 5.0, *, end_session: bool = True, abort: bool = False
+    ) -> None:
         """Close the connection and stop. Bounded.
 
         ``end_session``: close with 1000, which ends the session on the platform. Otherwise
         close with our resumable code (4000) so that the next process can resume it.
+        ``abort``: drop the socket without a close frame (a shard whose lease ran out must not
+        send another frame; the session stays resumable).
         """
         self._stopping = True
         self._wake.set()
         conn = self._conn
         if conn is not None:
-            if end_session:
+            if abort:
+                conn.request_close("shutdown", "shard lease lost", abort=True)
+            elif end_session:
                 conn.request_close("shutdown", "client shutting down", code=1000)
             else:
                 conn.request_close("shutdown", "client restarting; session kept for resume")
@@ -307,6 +315,7 @@ class ShardSupervisor:
             bus=self._bus,
             deliver=self._deliver,
             control=self._on_control,
+            may_send=self._may_send,
         )
         self._conn = conn
         self.log_context.connection_id = conn.connection_id

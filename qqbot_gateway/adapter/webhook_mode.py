@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Protocol
 
 from . import events as ev
 from .actions import Deliver, Emit
@@ -33,12 +33,12 @@ from .checkpoint import Checkpointer
 from .context import ShardContext
 from .dispatch import BatchSink, Dispatcher, Handler, Progress
 from .journal import IntakeJournal, JournalFile, JournalRecord
-from .protocol import WebhookKey
+from .protocol import GatewayEvent, WebhookKey
 from .store import FileSessionStore, SessionStore, StoredSession, StoreError
 from .types import ClientConfig, HandlerContext
 from .webhook import WebhookIntake
 
-__all__ = ["WebhookMode"]
+__all__ = ["SharedIntake", "SharedIntakeFactory", "WebhookMode"]
 
 _log = logging.getLogger("qqbot_gateway.client")
 
@@ -49,8 +49,39 @@ _log = logging.getLogger("qqbot_gateway.client")
 _WEBHOOK_DEDUPE_IDS: Final = 1024
 
 
+class SharedIntake(Protocol):
+    """Cluster mode's intake (``qqbot_gateway.cluster.intake.RedisIntake``): a
+    :class:`~.webhook.DispatchJournal` shared by every replica, with a dedupe window shared too.
+    ``handled(event_id)`` is called after the handlers of each event (``Progress.remember``)."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def submit(self, event: GatewayEvent, body: bytes) -> asyncio.Future[bool]: ...
+    def pending(self, event_id: str) -> asyncio.Future[bool] | None: ...
+    def handled(self, event_id: str) -> None: ...
+    async def start(self) -> None: ...
+    async def flush(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+#: ``(deliver, forget, redeliver) -> SharedIntake``: deliver queues an event, forget drops an id
+#: from the local window, redeliver turns a claimed payload into an event (None: a duplicate).
+SharedIntakeFactory = Callable[
+    [
+        Callable[[GatewayEvent], None],
+        Callable[[str], None],
+        Callable[[Mapping[str, Any]], GatewayEvent | None],
+    ],
+    SharedIntake,
+]
+
+
 class WebhookMode:
-    """The webhook transport's parts and their wiring; see the module docstring."""
+    """The webhook transport's parts and their wiring; see the module docstring.
+
+    ``shared`` (cluster mode): the intake lives in Redis, shared by every replica, instead of
+    the file journal and checkpoint."""
 
     def __init__(
         self,
@@ -63,12 +94,13 @@ class WebhookMode:
         around_event: Callable[[], HandlerContext | None],
         store: SessionStore | None = None,
         sink: BatchSink | None = None,
+        shared: SharedIntakeFactory | None = None,
     ) -> None:
         self.config = config
         self._bus = bus
         self.acceptor = CallbackAcceptor(0, stats=stats, interest=bus.interest(0))
         # The journal lives beside the state file: a custom backend has no directory for it.
-        file_store = store if isinstance(store, FileSessionStore) else None
+        file_store = store if isinstance(store, FileSessionStore) and shared is None else None
         self.store = file_store
         self.dispatcher = Dispatcher(
             self.acceptor,
@@ -77,9 +109,18 @@ class WebhookMode:
             capacity=config.handler_queue_size,
             log_context=ShardContext(0),
             around_event=around_event,
-            progress=Progress(_WEBHOOK_DEDUPE_IDS) if file_store is not None else None,
+            progress=(
+                Progress(_WEBHOOK_DEDUPE_IDS)
+                if file_store is not None or shared is not None
+                else None
+            ),
             sink=sink,
         )
+        self.shared: SharedIntake | None = None
+        if shared is not None:
+            self.shared = shared(self.dispatcher.put, self.acceptor.forget_id, self._redeliver)
+            assert self.dispatcher.progress is not None
+            self.dispatcher.progress.remember = self.shared.handled
         self.journal: IntakeJournal | None = None
         self.checkpointer: Checkpointer | None = None
         if file_store is not None:
@@ -113,7 +154,7 @@ class WebhookMode:
             handlers_alive=self._handlers_alive,
             config=config.webhook,
             clock=asyncio.get_running_loop().time,
-            journal=self.journal,
+            journal=self.journal if self.shared is None else self.shared,
         )
 
     # --- the wiring ----------------------------------------------------------------------
@@ -121,8 +162,20 @@ class WebhookMode:
         progress = self.dispatcher.progress
         return progress.handled if progress is not None else 0
 
+    def _redeliver(self, payload: Mapping[str, Any]) -> GatewayEvent | None:
+        """A callback another replica accepted and did not handle, claimed by this one."""
+        event = None
+        for action in self.acceptor.accept_callback(payload, asyncio.get_running_loop().time()):
+            if isinstance(action, Deliver):
+                event = action.event
+            elif isinstance(action, Emit):
+                self._bus.emit(action.event)
+        return event
+
     def _queue_full(self) -> bool:
         waiting = self.journal.in_flight if self.journal is not None else 0
+        if self.shared is not None:
+            waiting = self.shared.in_flight
         return self.dispatcher.depth + waiting >= self.dispatcher.capacity
 
     def _handlers_alive(self) -> bool:
@@ -142,6 +195,8 @@ class WebhookMode:
         store, checkpointer, journal = self.store, self.checkpointer, self.journal
         if store is not None and checkpointer is not None and journal is not None:
             await self._recover(store, checkpointer, journal)
+        if self.shared is not None:
+            await self.shared.start()
         self.dispatcher.start()
         if checkpointer is not None and journal is not None:
             checkpointer.start()
@@ -157,8 +212,14 @@ class WebhookMode:
         self.intake.close()
         if self.journal is not None:
             await self.journal.flush()
+        if self.shared is not None:
+            await self.shared.flush()
         with contextlib.suppress(Exception):
             await self.dispatcher.close(drain_timeout)
+        if self.shared is not None:
+            # Handled entries are acknowledged; the rest stay pending for another replica.
+            with contextlib.suppress(Exception):
+                await self.shared.close()
         if self.checkpointer is not None and self.journal is not None:
             with contextlib.suppress(Exception):
                 await self.checkpointer.close(release=False)

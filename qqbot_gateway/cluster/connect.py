@@ -31,7 +31,9 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -46,6 +48,7 @@ __all__ = [
     "ClusterError",
     "RedisTarget",
     "RedisUnavailable",
+    "close_redis",
     "keyspace",
     "missing_redis",
     "open_redis",
@@ -61,6 +64,8 @@ _SENTINEL_PORT: Final = 26379
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 #: The install hint, one line.
 NEEDS_REDIS: Final = "QQBOT_REDIS_URL needs the redis extra: pip install 'qqbot-gateway[redis]'"
+#: Clients made through a Sentinel -> the Sentinel (whose own connections close with them).
+_SENTINELS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 class ClusterError(QQBotError):
@@ -278,6 +283,8 @@ async def open_redis(
         )
         assert target.service is not None
         client = sentinel.master_for(target.service)
+        # The Sentinel keeps its own connections to the sentinels: closed with the client.
+        _SENTINELS[client] = sentinel
     else:
         client = aioredis.Redis.from_url(target.url, **options)
     try:
@@ -298,8 +305,19 @@ def _cause(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-async def _close_quietly(client: Redis) -> None:
+async def close_redis(client: Redis) -> None:
+    """Close a client from :func:`open_redis`, with its sentinels' connections if it has them."""
+    sentinel = _SENTINELS.pop(client, None)
     try:
         await client.aclose()
+    finally:
+        for sentinel_client in sentinel.sentinels if sentinel is not None else ():
+            with contextlib.suppress(Exception):
+                await sentinel_client.aclose()
+
+
+async def _close_quietly(client: Redis) -> None:
+    try:
+        await close_redis(client)
     except Exception:  # noqa: BLE001, S110 - closing a client that never connected
         pass

@@ -148,6 +148,9 @@ class Telemetry:
         self.health.transport = cfg.transport
         self.health.request_timeout = cfg.request_timeout
         self.health.status_provider = client.shard_status
+        roles = getattr(client, "shard_roles", None)
+        if callable(roles):
+            self.health.roles = roles
         # The adapter's per-shard counters, when the client keeps them (QQBotClient does): the
         # per-event facts are then read from them and no per-event object is ever built for us.
         stats: Mapping[int, ev.ShardStats] = getattr(client, "stats", None) or {}

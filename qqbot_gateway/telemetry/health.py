@@ -44,7 +44,7 @@ live): the next heartbeat, its longest ACK deadline, and half an interval of sla
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -131,6 +131,8 @@ class _Shard:
     state: ev.ConnectionState = ev.ConnectionState.IDLE
     state_since: float | None = None
     next_attempt_at: float | None = None
+    #: When the supervisor last started (cluster mode: a new term of ownership).
+    started_at: float | None = None
 
 
 class HealthEvaluator:
@@ -164,6 +166,9 @@ class HealthEvaluator:
         self.webhook_status: Callable[[], WebhookStatus | None] | None = None
         self.webhook_silence: float | None = None
         self.webhook_require_validation = False
+        #: Cluster mode (``QQBOT_REDIS_URL``): shard -> ("owner" | "standby", detail). A standby
+        #: shard is owned by another process: this process is healthy and ready without it.
+        self.roles: Callable[[], Mapping[int, tuple[str, str]]] | None = None
         self._shutting_down = False
         self._started_at = started_at if started_at is not None else (clock() if clock else 0.0)
         for shard in shards:
@@ -229,6 +234,14 @@ class HealthEvaluator:
             s.last_reason = event.reason
         elif isinstance(event, ev.StateChanged):
             s.state, s.state_since = event.new, t
+            if event.new is ev.ConnectionState.CONNECTING and event.old in (
+                ev.ConnectionState.IDLE,
+                ev.ConnectionState.STOPPED,
+            ):
+                # A supervisor starts: in cluster mode, once per term of ownership (a shard
+                # owned after a long standby gets its full grace from here).
+                s.stopped = s.stopped_error = None
+                s.started_at = t
             if event.new is not ev.ConnectionState.BACKOFF:
                 s.next_attempt_at = None
         elif isinstance(event, ev.ReconnectScheduled):
@@ -256,12 +269,22 @@ class HealthEvaluator:
         statuses, status_error = self._statuses()
         if status_error is not None:
             checks.append(Check("supervisors", False, status_error))
+        roles = self._roles()
         for shard, s in sorted(self._shards.items()):
+            role = roles.get(shard)
+            if role is not None:
+                # A fatal shard fails here and keeps its own checks (the supervisor's verdict).
+                lease = Check(f"shard/{shard}/lease", role[0] != "fatal", f"{role[0]}: {role[1]}")
+                readiness.append(lease)
+                if role[0] == "standby":
+                    checks.append(lease)
+                    shard_ready[shard] = False
+                    continue
             status = statuses.get(shard)
             zombie = self._zombie(s, now)  # once per shard: three checks judge by it
             checks.append(self._connection_check(shard, s, zombie, now))
             checks.extend(self._layer_checks(shard, s, zombie, now))
-            checks.append(self._session_check(shard, s, status, now))
+            checks.append(self._session_check(shard, s, status, now, term=role is not None))
             checks.append(self._supervisor_check(shard, s, status, now))
             ready = self._ready_check(shard, s, status, zombie, now)
             readiness.append(ready)
@@ -281,6 +304,14 @@ class HealthEvaluator:
             shard_ready=shard_ready,
             evaluated_at=now,
         )
+
+    def _roles(self) -> Mapping[int, tuple[str, str]]:
+        if self.roles is None:
+            return {}
+        try:
+            return self.roles()
+        except Exception:  # noqa: BLE001 - a broken provider: judge the shards as without it
+            return {}
 
     def _evaluate_webhook(
         self, provider: Callable[[], WebhookStatus | None], now: float
@@ -480,7 +511,7 @@ class HealthEvaluator:
         )
 
     def _session_check(
-        self, shard: int, s: _Shard, status: ShardStatus | None, now: float
+        self, shard: int, s: _Shard, status: ShardStatus | None, now: float, *, term: bool = False
     ) -> Check:
         name = f"shard/{shard}/session"
         if s.live or (status is not None and status.ready):
@@ -491,6 +522,8 @@ class HealthEvaluator:
             return Check(name, True, "stopped by shutdown")
         grace = self.config.liveness_grace
         since_candidates = [self._started_at]
+        if term and s.started_at is not None:  # cluster mode: from the term's start
+            since_candidates.append(s.started_at)
         if s.live_ended is not None:
             since_candidates.append(s.live_ended)
         elif status is not None and status.last_ready_at is not None:

@@ -47,6 +47,11 @@ WEBHOOK_ACK_BUCKETS: Final = (
     5.0,
 )  # fmt: skip
 
+#: 0.5 ms (a local Redis) .. 10 s (the default lease: a renewal slower than that has failed).
+LEASE_RENEW_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
 Kind = Literal["counter", "gauge", "histogram"]
 
 
@@ -638,6 +643,85 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         (
             "time from the gateway's append to the handlers' return (two hosts' wall clocks: "
             "as good as their NTP)"
+        ),
+    ),
+    MetricSpec(
+        "shard_owner",
+        "gauge",
+        ("shard",),
+        "Cluster mode: 1 while this process holds the shard's lease, 0 while it stands by.",
+        (
+            "cluster mode (`QQBOT_REDIS_URL`): 1 while this process holds the shard's lease, 0 "
+            "while it stands by; summed over processes, exactly 1 per shard (0: nobody owns it)"
+        ),
+    ),
+    MetricSpec(
+        "shard_fencing_token",
+        "gauge",
+        ("shard",),
+        "Cluster mode: the fencing token of this process's lease on the shard (0: not owned).",
+        "cluster mode: the fencing token of the current term (0 while standing by)",
+    ),
+    MetricSpec(
+        "lease_renew_seconds",
+        "histogram",
+        ("shard",),
+        buckets=LEASE_RENEW_BUCKETS,
+        help="Cluster mode: time for a successful lease renewal round trip to Redis.",
+        doc="cluster mode: round trip of a successful lease renewal; buckets 0.5 ms .. 10 s",
+    ),
+    MetricSpec(
+        "lease_renew_failures_total",
+        "counter",
+        ("shard", "reason"),
+        "Cluster mode: lease renewals that failed (error: Redis; lost: another owner).",
+        (
+            "cluster mode: failed lease renewals; `reason` is `error` (Redis unreachable, slow "
+            "or failing: retried while validity lasts) or `lost` (the lease is another "
+            "process's now)"
+        ),
+    ),
+    MetricSpec(
+        "lease_takeovers_total",
+        "counter",
+        ("shard", "cause"),
+        "Cluster mode: shards this process took from a previous owner, by cause.",
+        (
+            "cluster mode: terms this process started on a shard another process owned before; "
+            "`cause` is `expired` (the owner died, hung or lost Redis) or `released` (it let go "
+            "at shutdown)"
+        ),
+    ),
+    MetricSpec(
+        "lease_losses_total",
+        "counter",
+        ("shard", "reason"),
+        "Cluster mode: terms that ended without a shutdown, by reason.",
+        (
+            "cluster mode: terms that ended other than by shutdown; `reason` is `expired` "
+            "(validity ran out before a renewal) or `lost` (another process owns the shard)"
+        ),
+    ),
+    MetricSpec(
+        "fencing_refusals_total",
+        "counter",
+        ("shard",),
+        "Cluster mode: session-store writes refused because the fencing token was stale.",
+        (
+            "cluster mode: checkpoint writes refused by Redis (a stale fencing token: a paused "
+            "or cut-off former owner); each one is a write that would have overwritten the new "
+            "owner's state"
+        ),
+    ),
+    MetricSpec(
+        "redis_errors_total",
+        "counter",
+        ("operation",),
+        "Cluster mode: Redis commands that failed or timed out, by operation.",
+        (
+            "cluster mode: Redis commands that failed or timed out; `operation` is `acquire`, "
+            "`renew` or `release` (shard leases), `append`, `ack` or `claim` (webhook replicas' "
+            "intake; an `append` failure is a callback answered 503)"
         ),
     ),
 )

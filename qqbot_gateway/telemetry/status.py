@@ -253,6 +253,12 @@ class StatusPage:
             "shard": s.shard,
             "condition": condition,
             "condition_reason": self.sanitize(why),
+            # Cluster mode: "owner: ..." or "standby: ..." (the lease); None without Redis.
+            "lease": (
+                self.sanitize(checks[f"shard/{s.shard}/lease"].reason)
+                if f"shard/{s.shard}/lease" in checks
+                else None
+            ),
             "state": s.state.value,
             "state_for_seconds": _r(now - s.state_since),
             "session": {
@@ -337,6 +343,10 @@ class StatusPage:
         connection = checks.get(f"shard/{n}/connection")
         session = checks.get(f"shard/{n}/session")
         ready = checks.get(f"shard/{n}/ready")
+        lease = checks.get(f"shard/{n}/lease")
+        if lease is not None and lease.reason.startswith("standby"):
+            # Cluster mode: another process owns the shard; this one waits to take over.
+            return "standby", lease.reason
         if s.state is ev.ConnectionState.FATAL or s.fatal is not None:
             return "down", f"stopped for good: {s.fatal or 'fatal close'}"
         if supervisor is not None and not supervisor.ok:

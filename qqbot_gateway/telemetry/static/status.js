@@ -15,6 +15,7 @@
     down: { label: "Down", icon: "\u2716" },
     stopped: { label: "Stopped", icon: "\u25A0" },
     starting: { label: "Starting", icon: "\u2026" },
+    standby: { label: "Standby", icon: "\u23F8" },
   };
 
   // --- tiny DOM helpers ---------------------------------------------------------------

@@ -1,0 +1,228 @@
+"""Cluster pieces in process against a real redis-server: the shared webhook intake (dedupe across
+replicas, claim of a dead replica's entries, a lost consumer group) and the ownership loops
+(independent shards, one owner each, a lost lease ends the term)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from qqbot_gateway.adapter.protocol import GatewayEvent
+from qqbot_gateway.cluster.connect import open_redis
+from qqbot_gateway.cluster.intake import GROUP, RedisIntake, intake_keys
+from qqbot_gateway.cluster.lease import lease_keys
+from qqbot_gateway.cluster.shards import ShardOwnership, ShardTerm
+from tests.redis_harness import RedisServer, needs_redis
+
+pytestmark = [pytest.mark.slow, needs_redis]
+
+APP = "1024"
+
+
+def _event(event_id: str) -> GatewayEvent:
+    return GatewayEvent("C2C_MESSAGE_CREATE", {"content": "hi"}, 1, event_id, 0, None, False)
+
+
+def _body(event_id: str) -> bytes:
+    payload = {"op": 0, "id": event_id, "t": "C2C_MESSAGE_CREATE", "d": {"content": "hi"}}
+    return json.dumps(payload).encode()
+
+
+class Replica:
+    """One process's intake with a local dedupe window, as WebhookMode wires it."""
+
+    def __init__(self, redis: Any, name: str, claim_idle: float = 0.3) -> None:
+        self.delivered: list[str] = []
+        self.window: set[str] = set()
+        self.intake = RedisIntake(
+            redis,
+            APP,
+            consumer=name,
+            claim_idle=claim_idle,
+            deliver=lambda e: self.delivered.append(e.event_id or ""),
+            forget=self.window.discard,
+            redeliver=self.redeliver,
+        )
+
+    def redeliver(self, payload: Mapping[str, Any]) -> GatewayEvent | None:
+        event_id = payload["id"]
+        if event_id in self.window:
+            return None
+        self.window.add(event_id)
+        return _event(event_id)
+
+    async def accept(self, event_id: str) -> bool:
+        if event_id in self.window:
+            return True  # a local duplicate: the acceptor drops it before the intake
+        self.window.add(event_id)
+        return await self.intake.submit(_event(event_id), _body(event_id))
+
+
+async def bounded(what: str, awaitable: Any, seconds: float = 10.0) -> Any:
+    """Await with a bound; on a hang, fail naming the step and every task's stack."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError:
+        stacks = []
+        for task in asyncio.all_tasks():
+            frames = task.get_stack(limit=8)
+            where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+            stacks.append(f"{task.get_name()}: {where}")
+        pytest.fail(f"{what} did not finish in {seconds}s; tasks:\n" + "\n".join(stacks))
+
+
+async def test_an_id_accepted_by_one_replica_is_a_duplicate_on_the_other(
+    redis_server: RedisServer,
+) -> None:
+    redis = await open_redis(redis_server.url)
+    a, b = Replica(redis, "a"), Replica(redis, "b")
+    try:
+        await bounded("a.start", a.intake.start())
+        await bounded("b.start", b.intake.start())
+        assert await bounded("a.accept", a.accept("e1"))
+        assert await bounded(
+            "b.accept", b.accept("e1")
+        )  # ACKed (durable on a), not delivered again
+        assert (a.delivered, b.delivered) == (["e1"], [])
+        assert b.intake.shared_duplicates == 1 and "e1" not in b.window
+        # Handled on a: acknowledged and deleted from the stream.
+        a.intake.handled("e1")
+        await asyncio.sleep(0.2)
+        stream, _ = intake_keys(APP)
+        assert await bounded("xlen", redis.xlen(stream)) == 0
+        assert (await bounded("xpending", redis.xpending(stream, GROUP)))["pending"] == 0
+        # Another app's intake shares nothing with this one.
+        other = RedisIntake(
+            redis,
+            "2048",
+            consumer="c",
+            claim_idle=1,
+            deliver=lambda e: None,
+            forget=lambda i: None,
+            redeliver=lambda p: None,
+        )
+        await bounded("other.start", other.start())
+        assert await bounded("submit", other.submit(_event("e1"), _body("e1")))
+        assert other.appended == 1
+        await bounded("other.close", other.close())
+    finally:
+        await bounded("a.close", a.intake.close())
+        await bounded("b.close", b.intake.close())
+        await bounded("aclose", redis.aclose())
+
+
+async def test_a_dead_replicas_entries_are_claimed_and_a_live_ones_are_not(
+    redis_server: RedisServer,
+) -> None:
+    redis = await open_redis(redis_server.url)
+    dead, live = Replica(redis, "dead"), Replica(redis, "live")
+    try:
+        await dead.intake.start()
+        await live.intake.start()
+        for i in range(5):
+            assert await dead.accept(f"d{i}")
+        assert await live.accept("l0")  # in live's queue, not handled yet
+        # "dead" stops refreshing and acking (SIGKILL), "live" keeps going.
+        for task in dead.intake._tasks:
+            task.cancel()
+        async with asyncio.timeout(10):
+            while len(live.delivered) < 6:  # noqa: ASYNC110 - polls the claim loop's effect
+                await asyncio.sleep(0.05)
+        assert sorted(live.delivered) == ["d0", "d1", "d2", "d3", "d4", "l0"]
+        assert live.intake.claimed == 5
+        # Its own entry, waiting for its handler longer than the claim idle time, stayed its
+        # own and was not handed to a handler twice.
+        await asyncio.sleep(1.0)
+        assert live.delivered.count("l0") == 1
+        for event_id in live.delivered:
+            live.intake.handled(event_id)
+        await asyncio.sleep(0.3)
+        stream, _ = intake_keys(APP)
+        assert await redis.xlen(stream) == 0
+    finally:
+        with contextlib.suppress(Exception):
+            await dead.intake.close()
+        await live.intake.close()
+        await redis.aclose()
+
+
+async def test_redis_without_the_group_is_repaired_and_redis_down_is_a_retry(
+    redis_server: RedisServer,
+) -> None:
+    redis = await open_redis(redis_server.url, timeout=1)
+    a = Replica(redis, "a")
+    try:
+        await a.intake.start()
+        await redis.flushall()  # Redis lost its data (no AOF): the group is gone
+        assert await a.accept("e1")
+        assert a.delivered == ["e1"]
+        redis_server.kill()
+        assert not await a.accept("e2")  # 503: the platform retries; the id is forgotten
+        assert "e2" not in a.window and a.delivered == ["e1"]
+    finally:
+        with contextlib.suppress(Exception):
+            await a.intake.close()
+        await redis.aclose()
+
+
+async def test_shards_are_owned_independently_and_exactly_once(redis_server: RedisServer) -> None:
+    redis = await open_redis(redis_server.url)
+    p1 = ShardOwnership(redis, APP, ttl=1.0, holder="p1")
+    p2 = ShardOwnership(redis, APP, ttl=1.0, holder="p2")
+    owned: dict[str, set[int]] = {"p1": set(), "p2": set()}
+    blocked = asyncio.Event()
+
+    def runner(name: str) -> Any:
+        async def run_term(term: ShardTerm) -> None:
+            owned[name].add(term.shard_id)
+            try:
+                if name == "p1" and term.shard_id == 0:
+                    await blocked.wait()  # p1 sits on shard 0 (its term never ends by itself)
+                await term.ended.wait()
+            finally:
+                owned[name].discard(term.shard_id)
+
+        return run_term
+
+    tasks = [
+        asyncio.create_task(p1.hold(0, runner("p1"))),
+        asyncio.create_task(p1.hold(1, runner("p1"))),
+    ]
+    try:
+        async with asyncio.timeout(10):
+            while owned["p1"] != {0, 1}:  # noqa: ASYNC110 - polls the ownership loops
+                await asyncio.sleep(0.02)
+        # p2 offers both: stands by for both while p1 renews.
+        tasks += [
+            asyncio.create_task(p2.hold(0, runner("p2"))),
+            asyncio.create_task(p2.hold(1, runner("p2"))),
+        ]
+        await asyncio.sleep(2.5)
+        assert owned == {"p1": {0, 1}, "p2": set()}
+        assert {s: r[0] for s, r in p2.describe().items()} == {0: "standby", 1: "standby"}
+        # Shard 1's lease disappears under p1 (as if it expired during a pause): p2 takes it,
+        # p1's next renewal is refused, its term ends and it stands by; shard 0 stays with p1.
+        term = p1.terms[1]
+        await redis.delete(lease_keys(APP, 1).lease)
+        async with asyncio.timeout(10):
+            while 1 not in owned["p2"] or 1 in owned["p1"]:  # noqa: ASYNC110 - polls the loops
+                await asyncio.sleep(0.02)
+        assert not term.valid() and term.kind == "lost"
+        assert owned["p1"] == {0} and owned["p2"] == {1}
+        assert {s: r[0] for s, r in p1.describe().items()} == {0: "owner", 1: "standby"}
+    finally:
+        p1.stop()
+        p2.stop()
+        blocked.set()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await redis.aclose()
