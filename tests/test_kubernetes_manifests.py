@@ -355,7 +355,7 @@ def test_prometheus_rule_is_generated_without_drift() -> None:
     assert gen.main(["--check"]) == 0
     groups = [
         group
-        for path in ("prometheus/rules.yml", "slo/rules.yml")
+        for path in ("prometheus/rules.yml", "prometheus/workers/rules.yml", "slo/rules.yml")
         for group in yaml.safe_load((ROOT / "dashboards" / path).read_text())["groups"]
     ]
     assert _by_kind("PrometheusRule")["spec"]["groups"] == groups

@@ -340,11 +340,13 @@ def _check_new_event() -> None:
 _check_new_event()
 
 
-#: The message events a bot exists to handle (single chat, group @, guild @, guild DM): telemetry
-#: creates the ``type`` children of ``handler_errors_total`` for these at zero from the start.
+#: The message events a bot exists to handle (single chat, group @, group without @, guild @,
+#: guild DM): telemetry creates the ``type`` children of ``handler_errors_total`` for these at
+#: zero from the start.
 MESSAGE_EVENT_TYPES: Final = (
     "C2C_MESSAGE_CREATE",
     "GROUP_AT_MESSAGE_CREATE",
+    "GROUP_MESSAGE_CREATE",
     "AT_MESSAGE_CREATE",
     "DIRECT_MESSAGE_CREATE",
 )
