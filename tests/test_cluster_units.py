@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from qqbot_gateway.adapter.protocol import GatewayEvent
-from qqbot_gateway.cluster.connect import open_redis
+from qqbot_gateway.cluster.connect import open_redis, stop_task
 from qqbot_gateway.cluster.intake import GROUP, RedisIntake, intake_keys
 from qqbot_gateway.cluster.lease import lease_keys
 from qqbot_gateway.cluster.shards import ShardOwnership, ShardTerm
@@ -77,6 +77,14 @@ async def bounded(what: str, awaitable: Any, seconds: float = 10.0) -> Any:
         pytest.fail(f"{what} did not finish in {seconds}s; tasks:\n" + "\n".join(stacks))
 
 
+async def eventually(what: str, check: Any, seconds: float = 10.0) -> None:
+    """Poll ``check`` (an async callable returning a bool) until it holds; fail after a
+    generous bound (the machine may be loaded: a condition, never a fixed sleep)."""
+    async with asyncio.timeout(seconds):
+        while not await check():  # noqa: ASYNC110 - polls Redis, no event to wait on
+            await asyncio.sleep(0.02)
+
+
 async def test_an_id_accepted_by_one_replica_is_a_duplicate_on_the_other(
     redis_server: RedisServer,
 ) -> None:
@@ -93,9 +101,12 @@ async def test_an_id_accepted_by_one_replica_is_a_duplicate_on_the_other(
         assert b.intake.shared_duplicates == 1 and "e1" not in b.window
         # Handled on a: acknowledged and deleted from the stream.
         a.intake.handled("e1")
-        await asyncio.sleep(0.2)
         stream, _ = intake_keys(APP)
-        assert await bounded("xlen", redis.xlen(stream)) == 0
+
+        async def acked() -> bool:
+            return bool(a.intake.acked == 1 and await redis.xlen(stream) == 0)
+
+        await eventually("the ack", acked)
         assert (await bounded("xpending", redis.xpending(stream, GROUP)))["pending"] == 0
         # Another app's intake shares nothing with this one.
         other = RedisIntake(
@@ -130,7 +141,7 @@ async def test_a_dead_replicas_entries_are_claimed_and_a_live_ones_are_not(
         assert await live.accept("l0")  # in live's queue, not handled yet
         # "dead" stops refreshing and acking (SIGKILL), "live" keeps going.
         for task in dead.intake._tasks:
-            task.cancel()
+            await bounded("stop dead's loop", stop_task(task))
         async with asyncio.timeout(10):
             while len(live.delivered) < 6:  # noqa: ASYNC110 - polls the claim loop's effect
                 await asyncio.sleep(0.05)
@@ -142,13 +153,17 @@ async def test_a_dead_replicas_entries_are_claimed_and_a_live_ones_are_not(
         assert live.delivered.count("l0") == 1
         for event_id in live.delivered:
             live.intake.handled(event_id)
-        await asyncio.sleep(0.3)
         stream, _ = intake_keys(APP)
-        assert await redis.xlen(stream) == 0
+
+        async def drained() -> bool:
+            return bool(await redis.xlen(stream) == 0)
+
+        await eventually("the acks", drained)
+        assert live.intake.acked == 6
     finally:
         with contextlib.suppress(Exception):
-            await dead.intake.close()
-        await live.intake.close()
+            await bounded("dead.close", dead.intake.close())
+        await bounded("live.close", live.intake.close())
         await redis.aclose()
 
 
@@ -167,14 +182,16 @@ async def test_redis_without_the_group_is_repaired_and_redis_down_is_a_retry(
         assert "e2" not in a.window and a.delivered == ["e1"]
     finally:
         with contextlib.suppress(Exception):
-            await a.intake.close()
+            await bounded("a.close", a.intake.close())
         await redis.aclose()
 
 
 async def test_shards_are_owned_independently_and_exactly_once(redis_server: RedisServer) -> None:
     redis = await open_redis(redis_server.url)
-    p1 = ShardOwnership(redis, APP, ttl=1.0, holder="p1")
-    p2 = ShardOwnership(redis, APP, ttl=1.0, holder="p2")
+    # A 3 s lease, renewed every second: p1 keeps it on a loaded machine (a 1 s lease let a
+    # stalled loop lose it to p2 during the standby check).
+    p1 = ShardOwnership(redis, APP, ttl=3.0, holder="p1")
+    p2 = ShardOwnership(redis, APP, ttl=3.0, holder="p2")
     owned: dict[str, set[int]] = {"p1": set(), "p2": set()}
     blocked = asyncio.Event()
 
@@ -220,9 +237,9 @@ async def test_shards_are_owned_independently_and_exactly_once(redis_server: Red
         p1.stop()
         p2.stop()
         blocked.set()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # stop() ends every term and standby loop by itself (the releases included).
+        _, hanging = await asyncio.wait(tasks, timeout=15)
+        for task in hanging:
+            await stop_task(task)
         await redis.aclose()
+    assert not hanging, f"hold loops still running 15 s after stop(): {hanging}"

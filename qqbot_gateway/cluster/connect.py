@@ -54,6 +54,7 @@ __all__ = [
     "open_redis",
     "parse_redis_url",
     "redact_url",
+    "stop_task",
 ]
 
 SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
@@ -64,6 +65,8 @@ _SENTINEL_PORT: Final = 26379
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 #: The install hint, one line.
 NEEDS_REDIS: Final = "QQBOT_REDIS_URL needs the redis extra: pip install 'qqbot-gateway[redis]'"
+#: How often :func:`stop_task` repeats a cancellation that did not end the task.
+_RECANCEL_EVERY: Final = 0.05
 #: Clients made through a Sentinel -> the Sentinel (whose own connections close with them).
 _SENTINELS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -321,3 +324,21 @@ async def _close_quietly(client: Redis) -> None:
         await close_redis(client)
     except Exception:  # noqa: BLE001, S110 - closing a client that never connected
         pass
+
+
+async def stop_task(task: asyncio.Task[Any]) -> None:
+    """Cancel a background loop and wait until it has ended; the caller's own cancellation
+    propagates (it is never mistaken for the task's).
+
+    One ``cancel()`` is not enough for a task that talks to Redis: on Python 3.11 redis-py
+    writes every command under ``asyncio.wait_for``, which returns normally, dropping the
+    cancellation, when the write completes in the same loop iteration as the cancel
+    (CPython gh-86296, fixed in 3.12). The command then runs to its end and the loop goes
+    round again as if never cancelled; awaiting it waited forever. So the cancellation is
+    repeated until the task is done. Only for loops without cleanup on cancellation.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=_RECANCEL_EVERY)
+    if not task.cancelled():
+        task.exception()  # retrieved (not logged again at collection): loops log their own

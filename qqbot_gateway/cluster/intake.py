@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from qqbot_gateway.adapter.protocol import GatewayEvent
 
-from .connect import keyspace
+from .connect import keyspace, stop_task
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -150,11 +150,11 @@ class RedisIntake:
             )
 
     async def close(self) -> None:
+        # stop_task, not cancel + await: a cancellation redis-py drops mid-command left a loop
+        # running and this close waiting for it for ever (and a cancelled close went on
+        # quietly, its own CancelledError taken for the loop's).
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task)
         self._tasks = []
         with contextlib.suppress(Exception):
             await self._ack_now()

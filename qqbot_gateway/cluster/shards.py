@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from .connect import RedisUnavailable
+from .connect import RedisUnavailable, stop_task
 from .lease import Acquired, ShardLease, holder_id
 
 if TYPE_CHECKING:
@@ -233,9 +233,14 @@ class ShardOwnership:
         try:
             await run_term(term)
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            # Repeated until it ends: a renewal in progress may drop one cancellation (see
+            # stop_task) and renew on for ever, with this term's stop waiting for it.
+            cancelled = False
+            try:
+                await stop_task(renewer)
+            except asyncio.CancelledError:
+                cancelled = True  # this task: end the term first (below), then be cancelled
+                renewer.cancel()
             self.terms.pop(shard_id, None)
             if lease.token == term.token and lease.valid():
                 try:
@@ -253,6 +258,8 @@ class ShardOwnership:
             if term.kind not in ("shutdown", "fatal"):
                 self._notify(self.observer.lost, shard_id, term.kind or "expired")
                 _log.warning("shard %d: standing by again: %s", shard_id, term.reason)
+            if cancelled:
+                raise asyncio.CancelledError
         if term.kind == "fatal":
             _log.error(
                 "shard %d: stopped for good in this process; lease released, no longer offered",
