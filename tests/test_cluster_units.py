@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,9 +82,12 @@ async def bounded(what: str, awaitable: Any, seconds: float = 10.0) -> Any:
 async def eventually(what: str, check: Any, seconds: float = 10.0) -> None:
     """Poll ``check`` (an async callable returning a bool) until it holds; fail after a
     generous bound (the machine may be loaded: a condition, never a fixed sleep)."""
-    async with asyncio.timeout(seconds):
-        while not await check():  # noqa: ASYNC110 - polls Redis, no event to wait on
-            await asyncio.sleep(0.02)
+    try:
+        async with asyncio.timeout(seconds):
+            while not await check():  # noqa: ASYNC110 - polls Redis, no event to wait on
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"{what}: not within {seconds}s")
 
 
 async def test_an_id_accepted_by_one_replica_is_a_duplicate_on_the_other(
@@ -129,31 +134,49 @@ async def test_an_id_accepted_by_one_replica_is_a_duplicate_on_the_other(
 
 
 async def test_a_dead_replicas_entries_are_claimed_and_a_live_ones_are_not(
-    redis_server: RedisServer,
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="qqbot_gateway.cluster")
     redis = await open_redis(redis_server.url)
     dead, live = Replica(redis, "dead"), Replica(redis, "live")
     try:
         await dead.intake.start()
-        await live.intake.start()
         for i in range(5):
             assert await dead.accept(f"d{i}")
-        assert await live.accept("l0")  # in live's queue, not handled yet
-        # "dead" stops refreshing and acking (SIGKILL), "live" keeps going.
+        # "dead" stops refreshing and acking (SIGKILL); once all its entries are past the claim
+        # bound, "live" starts (so it finds them in one claim round: one log line).
         for task in dead.intake._tasks:
             await bounded("stop dead's loop", stop_task(task))
+        stream, _ = intake_keys(APP)
+
+        async def abandoned() -> bool:
+            idle = await redis.xpending_range(stream, GROUP, "-", "+", 10, idle=300)
+            return len(idle) == 5
+
+        await eventually("dead's entries idle past the bound", abandoned)
+        await live.intake.start()
+        assert await live.accept("l0")  # in live's queue, not handled yet
         async with asyncio.timeout(10):
             while len(live.delivered) < 6:  # noqa: ASYNC110 - polls the claim loop's effect
                 await asyncio.sleep(0.05)
         assert sorted(live.delivered) == ["d0", "d1", "d2", "d3", "d4", "l0"]
         assert live.intake.claimed == 5
+        # One WARNING for the round (how many, from whom, how idle); each callback at DEBUG.
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert re.fullmatch(
+            r"webhook: took over 5 callbacks that a stopped replica accepted and did not "
+            r"handle: 5 from dead \(idle up to \d+\.\ds\)",
+            warnings[0],
+        ), warnings[0]
+        debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+        assert sum("took over callback d" in m for m in debug) == 5, debug
         # Its own entry, waiting for its handler longer than the claim idle time, stayed its
         # own and was not handed to a handler twice.
         await asyncio.sleep(1.0)
         assert live.delivered.count("l0") == 1
         for event_id in live.delivered:
             live.intake.handled(event_id)
-        stream, _ = intake_keys(APP)
 
         async def drained() -> bool:
             return bool(await redis.xlen(stream) == 0)

@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import re
 import signal
 from collections.abc import AsyncIterator
 
@@ -147,21 +148,27 @@ async def test_two_replicas_one_killed_mid_flood_lose_nothing(
         counts = collections.Counter(e["id"] for b in bots for e in b.events)
         lost = set(ids) - set(counts)
         twice = {i for i, n in counts.items() if n > 1}
-        took_over = {
-            line.rsplit("callback ", 1)[1].split()[0]
+        # One WARNING per claim round (count, from whom, how idle), not one per callback.
+        rounds = [
+            int(m.group(1))
             for line in survivor.stderr
-            if "took over callback" in line
-        }
+            if (m := re.search(r"took over (\d+) callbacks? that a stopped replica", line))
+        ]
+        took_over = sum(rounds)
         print(
             f"\n[webhook replicas] {CALLBACKS} callbacks, 2 replicas, one SIGKILLed after "
             f"{len(printed_by_victim)} handled: lost {len(lost)}, handled twice {len(twice)}, "
-            f"taken over from the dead replica {len(took_over)}, proxy answers {dict(lb.statuses)}",
+            f"taken over from the dead replica {took_over} in {len(rounds)} log lines, "
+            f"proxy answers {dict(lb.statuses)}",
             flush=True,
         )
         assert not lost
         # Twice only in the window: handled by the victim, not yet acknowledged, claimed.
-        assert twice <= (took_over & printed_by_victim), (twice, took_over)
-        assert all(counts[i] == 1 for i in counts if i not in took_over)
+        assert twice <= printed_by_victim, twice - printed_by_victim
+        assert len(twice) <= took_over, (twice, rounds)
+        # The claim after a death is a few rounds (each XAUTOCLAIM round takes all that is
+        # idle), so a few lines, whatever the number of callbacks taken over.
+        assert 1 <= len(rounds) <= 10, rounds
     finally:
         for bot in bots:
             await bot.cleanup()

@@ -21,10 +21,12 @@ every ``_ACK_EVERY``).
 
 **A dead replica's entries.** Every ``claim_idle / 3`` s each process first resets the idle
 time of its own pending entries (``XCLAIM`` to itself, ``JUSTID``: an entry waiting in a long
-handler queue of a live replica never looks abandoned), then runs ``XAUTOCLAIM`` for entries
-pending longer than ``claim_idle`` (``QQBOT_STREAM_CLAIM_IDLE``) and hands them to its own
-handlers. So an ACKed callback whose replica died before handling it is handled by another
-replica within about 1.33 x ``claim_idle``: 0 lost.
+handler queue of a live replica never looks abandoned), then asks ``XPENDING ... IDLE`` for
+entries pending longer than ``claim_idle`` (``QQBOT_STREAM_CLAIM_IDLE``; one round trip when
+there are none), claims them (``XAUTOCLAIM``) and hands them to its own handlers: one WARNING
+per claim round (how many, from which consumers, how idle), each callback at DEBUG. So an
+ACKed callback whose replica died before handling it is handled by another replica within
+about 1.33 x ``claim_idle``: 0 lost.
 
 **The documented window for a second handling**: an entry whose handler completed on a replica
 that died before the ``XACK`` reached Redis (the handler in progress at the death, plus at most
@@ -303,20 +305,58 @@ class RedisIntake:
             )
 
     async def _claim(self, idle_ms: int) -> None:
+        # One round trip when nothing is abandoned (the usual case): which entries are idle
+        # past the bound, and whose they were (for the one log line of a takeover).
+        idle = await self._redis.xpending_range(
+            self.stream, GROUP, min="-", max="+", count=_CLAIM_COUNT, idle=idle_ms
+        )
+        if not idle:
+            return
+        owners = {
+            _text(p["message_id"]): (_text(p["consumer"]), int(p["time_since_delivered"]))
+            for p in idle
+        }
+        taken: list[str] = []
         start = "0-0"
-        # XAUTOCLAIM scans a bounded part of the pending list per call: follow its cursor to
-        # the end (a batch may be empty while later entries are claimable), bounded per round.
-        for _ in range(_CLAIM_ROUNDS):
-            reply = await self._redis.xautoclaim(
-                self.stream, GROUP, self.consumer, idle_ms, start_id=start, count=_CLAIM_COUNT
-            )
-            for entry_id, fields in reply[1]:
-                self._adopt(_text(entry_id), fields)
-            start = _text(reply[0])
-            if start == "0-0":
-                return
+        try:
+            # XAUTOCLAIM scans a bounded part of the pending list per call: follow its cursor
+            # to the end (a batch may be empty while later entries are claimable), bounded.
+            for _ in range(_CLAIM_ROUNDS):
+                reply = await self._redis.xautoclaim(
+                    self.stream, GROUP, self.consumer, idle_ms, start_id=start, count=_CLAIM_COUNT
+                )
+                for entry_id, fields in reply[1]:
+                    entry = _text(entry_id)
+                    if self._adopt(entry, fields):
+                        taken.append(entry)
+                start = _text(reply[0])
+                if start == "0-0":
+                    break
+        finally:
+            if taken:
+                self._log_takeover(taken, owners)
 
-    def _adopt(self, entry: str, fields: Mapping[Any, Any] | None) -> None:
+    def _log_takeover(self, taken: list[str], owners: Mapping[str, tuple[str, int]]) -> None:
+        """One WARNING per claim round (the per-callback detail is at DEBUG): how many, from
+        which consumers, how long they had been idle."""
+        by_owner: dict[str, list[int]] = {}
+        for entry in taken:
+            owner, idle_ms = owners.get(entry, ("another consumer", 0))
+            by_owner.setdefault(owner, []).append(idle_ms)
+        sources = ", ".join(
+            f"{len(idles)} from {owner} (idle up to {max(idles) / 1000:.1f}s)"
+            for owner, idles in sorted(by_owner.items())
+        )
+        _log.warning(
+            "webhook: took over %d callback%s that a stopped replica accepted and did not "
+            "handle: %s",
+            len(taken),
+            "" if len(taken) == 1 else "s",
+            sources,
+        )
+
+    def _adopt(self, entry: str, fields: Mapping[Any, Any] | None) -> bool:
+        """Hand a claimed entry to this process's handlers; True if it was another's."""
         fields = fields or {}
         body = fields.get(b"body", fields.get("body"))
         payload: Any = None
@@ -324,18 +364,16 @@ class RedisIntake:
             payload = json.loads(body) if body is not None else None
         event_id = payload.get("id") if isinstance(payload, dict) else None
         if isinstance(event_id, str) and event_id in self._entries:
-            return  # this process's own entry, still waiting for its handler: keep it pending
+            return False  # this process's own entry, waiting for its handler: keep it pending
         event = self._redeliver(payload) if isinstance(payload, dict) else None
         if event is None or event.event_id is None:
             self._to_ack.append(entry)  # unusable, or handled here already: done with it
-            return
+            return False
         self.claimed += 1
         self._entries[event.event_id] = entry
-        _log.warning(
-            "webhook: took over callback %s that a stopped replica accepted and did not handle",
-            event.event_id,
-        )
+        _log.debug("webhook: took over callback %s (stream entry %s)", event.event_id, entry)
         self._deliver(event)
+        return True
 
     def _error(self, operation: str, exc: BaseException) -> None:
         if self._on_error is not None:
