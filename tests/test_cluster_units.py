@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from qqbot_gateway.adapter.protocol import GatewayEvent
+from qqbot_gateway.cluster import worker as worker_module
 from qqbot_gateway.cluster.connect import open_redis, stop_task
 from qqbot_gateway.cluster.intake import GROUP, RedisIntake, intake_keys
 from qqbot_gateway.cluster.lease import lease_keys
 from qqbot_gateway.cluster.shards import ShardOwnership, ShardTerm
+from qqbot_gateway.cluster.worker import forget_idle_consumers
 from tests.redis_harness import RedisServer, needs_redis
 
 pytestmark = [pytest.mark.slow, needs_redis]
@@ -183,6 +185,55 @@ async def test_a_dead_replicas_entries_are_claimed_and_a_live_ones_are_not(
 
         await eventually("the acks", drained)
         assert live.intake.acked == 6
+    finally:
+        with contextlib.suppress(Exception):
+            await bounded("dead.close", dead.intake.close())
+        await bounded("live.close", live.intake.close())
+        await redis.aclose()
+
+
+async def test_stopped_replicas_consumers_are_forgotten_once_they_hold_nothing(
+    redis_server: RedisServer,
+) -> None:
+    redis = await open_redis(redis_server.url)
+    stream, _ = intake_keys(APP)
+    dead = Replica(redis, "dead", claim_idle=60)
+    live = Replica(redis, "live", claim_idle=0.01)
+    live.intake.forget_idle, live.intake.forget_every = 0.5, 0.1
+
+    async def consumers() -> dict[str, int]:
+        rows: Any = await redis.xinfo_consumers(stream, GROUP)
+        return {r["name"].decode(): int(r["pending"]) for r in rows}
+
+    try:
+        await dead.intake.start()
+        assert await dead.accept("d0")  # pending on "dead", which then stops (SIGKILL)
+        for task in dead.intake._tasks:
+            await bounded("stop dead's loop", stop_task(task))
+        await redis.xgroup_createconsumer(stream, GROUP, "gone")  # held nothing
+        await asyncio.sleep(0.1)
+        # The rule, shared with the stream workers: never a consumer holding entries (checked
+        # again atomically when deleting), never the caller's own.
+        assert await forget_idle_consumers(redis, stream, GROUP, keep="x", idle=0.05) == ["gone"]
+        assert await consumers() == {"dead": 1}
+        assert await redis.eval(worker_module._FORGET, 1, stream, GROUP, "dead", 0) == 0
+        await redis.xgroup_createconsumer(stream, GROUP, "gone")
+
+        await live.intake.start()
+
+        async def forgotten() -> bool:
+            return set(live.intake.forgotten) == {"dead", "gone"}
+
+        await eventually("the stopped consumers forgotten", forgotten)
+        # "dead" went only after its entry was claimed (nothing lost with it), "live" stays.
+        assert live.delivered == ["d0"] and live.intake.claimed == 1
+        assert await consumers() == {"live": 1}
+        live.intake.handled("d0")
+
+        async def drained() -> bool:
+            return bool(await redis.xlen(stream) == 0)
+
+        await eventually("the ack", drained)
     finally:
         with contextlib.suppress(Exception):
             await bounded("dead.close", dead.intake.close())

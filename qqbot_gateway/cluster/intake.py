@@ -70,6 +70,11 @@ _CLAIM_COUNT: Final = 100
 _CLAIM_ROUNDS: Final = 1000
 #: Own pending entries refreshed per XCLAIM call.
 _REFRESH_CHUNK: Final = 500
+#: A consumer (a stopped replica's holder id: a new one per process start) holding nothing
+#: and idle this long, and at least 20 claim bounds, is deleted from the group; checked this
+#: often. The same rule as the stream workers' (``worker.forget_idle_consumers``).
+FORGET_IDLE: Final = 3600.0
+FORGET_EVERY: Final = 60.0
 
 # KEYS: stream, seen key. ARGV: event id, body, consumer, ttl.
 # Returns the entry id, or 0 when the id is in the shared window already.
@@ -111,8 +116,12 @@ class RedisIntake:
         forget: Callable[[str], None],
         redeliver: Redeliver,
         on_error: Callable[[str], None] | None = None,
+        forget_idle: float = FORGET_IDLE,
+        forget_every: float = FORGET_EVERY,
     ) -> None:
         self._redis = redis
+        self.forget_idle = forget_idle
+        self.forget_every = forget_every
         self.stream, self._seen = intake_keys(app_id)
         self.consumer = consumer
         self.claim_idle = claim_idle
@@ -131,6 +140,8 @@ class RedisIntake:
         self._failing = False
         #: Counters for logs and tests.
         self.appended = self.shared_duplicates = self.claimed = self.acked = 0
+        #: Stopped replicas' consumer names deleted from the group by this process.
+        self.forgotten: list[str] = []
 
     @property
     def in_flight(self) -> int:
@@ -286,13 +297,31 @@ class RedisIntake:
     # --- a dead replica's entries ----------------------------------------------------------
     async def _claim_loop(self) -> None:
         idle_ms = max(1, int(self.claim_idle * 1000))
+        loop = asyncio.get_running_loop()
+        forget_at = loop.time() + self.forget_every
         while True:
             await asyncio.sleep(max(0.05, self.claim_idle / 3))
             try:
                 await self._refresh()
                 await self._claim(idle_ms)
+                if loop.time() >= forget_at:
+                    forget_at = loop.time() + self.forget_every
+                    await self._forget_stopped()
             except Exception as exc:  # noqa: BLE001 - retried on the next round
                 self._error("claim", exc)
+
+    async def _forget_stopped(self) -> None:
+        """Delete stopped replicas' consumers from the group once they hold nothing (their
+        entries were claimed) and were idle far past the claim bound."""
+        from .worker import forget_idle_consumers
+
+        self.forgotten += await forget_idle_consumers(
+            self._redis,
+            self.stream,
+            GROUP,
+            keep=self.consumer,
+            idle=max(self.forget_idle, 20 * self.claim_idle),
+        )
 
     async def _refresh(self) -> None:
         """Reset the idle time of this process's own pending entries (XCLAIM to itself, JUSTID):

@@ -63,7 +63,13 @@ from .stream import stream_state as read_state
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["HANDLER_SECONDS_BUCKETS", "StreamWorker", "WorkerConfig", "WorkerStats"]
+__all__ = [
+    "HANDLER_SECONDS_BUCKETS",
+    "StreamWorker",
+    "WorkerConfig",
+    "WorkerStats",
+    "forget_idle_consumers",
+]
 
 _log = logging.getLogger("qqbot_gateway.cluster.worker")
 
@@ -594,18 +600,13 @@ class StreamWorker:
         would be lost to the group); a live one deleted by mistake is re-created by its next
         read."""
         cfg = self.config
-        forget_ms = max(cfg.forget_idle, 20 * cfg.claim_idle) * 1000
-        consumers: Any = await self.redis.xinfo_consumers(self.keys.stream, cfg.group)
-        gone = []
-        for c in consumers:
-            name = _text(c.get("name"))
-            if name != cfg.consumer and not int(c.get("pending") or 0):
-                if int(c.get("idle") or 0) > forget_ms:
-                    await self.redis.xgroup_delconsumer(self.keys.stream, cfg.group, name)
-                    gone.append(name)
-        if gone:
-            _log.info("forgot %d idle consumers of group %s: %s", len(gone), cfg.group, gone)
-        return gone
+        return await forget_idle_consumers(
+            self.redis,
+            self.keys.stream,
+            cfg.group,
+            keep=cfg.consumer,
+            idle=max(cfg.forget_idle, 20 * cfg.claim_idle),
+        )
 
     def _redis_failed(self, what: str, exc: Exception) -> None:
         if self.stats.redis_ok:
@@ -613,6 +614,50 @@ class StreamWorker:
         else:
             _log.debug("worker: %s failed again: %s: %s", what, type(exc).__name__, exc)
         self.stats.redis_ok = False
+
+
+# KEYS: stream. ARGV: group, consumer, idle ms. Deletes the consumer only if, at that moment,
+# it holds no pending entry and has been idle that long (1), else 0: checked and deleted in one
+# step, so an entry it reads meanwhile is never dropped from the group with it.
+_FORGET: Final = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] == ARGV[2] then
+    if f['pending'] ~= 0 or f['idle'] <= tonumber(ARGV[3]) then return 0 end
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+    return 1
+  end
+end
+return 0
+"""
+
+
+async def forget_idle_consumers(
+    redis: Redis, stream: str, group: str, *, keep: str, idle: float
+) -> list[str]:
+    """Delete ``group``'s consumers (other than ``keep``) that hold nothing and were idle for
+    ``idle`` seconds: dead processes' names would pile up in ``XINFO CONSUMERS`` (a pod name
+    per restart). Used by the stream workers and by the webhook replicas' intake. A consumer
+    with pending entries is never deleted (they would be lost to the group); a live one
+    deleted by mistake is re-created by its next read."""
+    idle_ms = int(idle * 1000)
+    consumers: Any = await redis.xinfo_consumers(stream, group)
+    candidates = [
+        _text(c.get("name"))
+        for c in consumers
+        if _text(c.get("name")) != keep
+        and not int(c.get("pending") or 0)
+        and int(c.get("idle") or 0) > idle_ms
+    ]
+    gone = []
+    for name in candidates:
+        if int(await redis.eval(_FORGET, 1, stream, group, name, idle_ms)) == 1:
+            gone.append(name)
+    if gone:
+        _log.info("forgot %d idle consumers of group %s: %s", len(gone), group, gone)
+    return gone
 
 
 def _text(value: Any) -> str:
