@@ -354,7 +354,10 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "histogram",
         ("shard",),
         "Time spent in handlers per event.",
-        "time spent in handlers per event",
+        (
+            "time spent in handlers per event; with `QQBOT_DELIVERY=stream` the append of the "
+            "event's batch to Redis, retries included (docs/workers.md)"
+        ),
     ),
     MetricSpec(
         "token_refreshes_total",
