@@ -19,7 +19,7 @@ import pytest
 
 from tests.redis_harness import needs_redis
 
-from .test_cluster_stream_e2e import START_TIMEOUT, Fleet, Proc, fleet, side
+from .test_cluster_stream_e2e import START_TIMEOUT, Fleet, Proc, fleet, sample, side
 
 __all__ = ["fleet"]  # the fixture, imported for pytest
 
@@ -146,6 +146,8 @@ async def test_redis_killed_fails_readiness_with_the_reason_and_recovers(fleet: 
     await until(
         gateway, "/readyz", lambda s, c: "append: ConnectionError" in c["reason"], "append", 20
     )
+    metrics = await side(gateway, "/metrics")
+    assert sample(metrics, "qqbot_gateway_stream_append_failures_total") >= 1
     await fleet.redis.start()  # same port, its AOF: the stream and the group are back
     await until(gateway, "/readyz", lambda s, c: c["ok"], "readiness recovers", 40)
     loop = asyncio.get_running_loop()

@@ -385,6 +385,10 @@ def test_stream_append_unanswered_and_full() -> None:
     assert not ready[0] and "stream full: 100 of 100 entries" in ready[1]
     assert "QQBOT_STREAM_MAX_LEN" in ready[1]
     assert live[0] and live[1] == ready[1]
+    state["now"] = _stream(length=100)  # full, no append waiting yet: the next one will
+    live, ready = _stream_checks(w, 0.5)
+    assert not ready[0] and ready[1].endswith("the next append waits for room"), ready
+    assert live[0]
     # Failing while full: the failure is what the check says.
     state["now"] = _stream(blocked_for=3.0, failing_for=2.0, error="poll: TimeoutError")
     assert "appends failing" in _stream_checks(w, 0.5)[1][1]

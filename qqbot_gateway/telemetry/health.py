@@ -45,8 +45,8 @@ With stream delivery (``QQBOT_DELIVERY=stream``, ``stream_status`` set), both tr
   the grace the check is ok and its reason says what fails and for how long;
 * readiness: fails while appends are failing (the reason: since when, how many attempts, the
   last error), while an append has waited for Redis longer than ``stall_margin``, and while
-  appends are held because the stream is full (``QQBOT_STREAM_MAX_LEN`` entries some consumer
-  group has not acknowledged: the workers are behind).
+  the stream is full (``QQBOT_STREAM_MAX_LEN`` entries some consumer group has not
+  acknowledged: the workers are behind; the next append waits for room).
 
 Readiness (``/readyz``) is ``ok`` only while every shard of this process is READY with a recent
 ACK (``shard/<n>/ready``) and :meth:`begin_shutdown` has not been called (``shutdown``). "Recent"
@@ -330,11 +330,16 @@ class HealthEvaluator:
                     self._clean(f"{text} (grace {grace:g}s; a restart cannot fix Redis)"),
                 )
             return live, ready
-        if st.blocked_for is not None:
+        if st.blocked_for is not None or st.length >= st.max_len:
             # The workers are behind: not this process's fault, never a restart.
+            held = (
+                f"appends held for {st.blocked_for:.1f}s, the session pauses its intake"
+                if st.blocked_for is not None
+                else "the next append waits for room"
+            )
             text = (
                 f"stream full: {fill} not acknowledged by every group (QQBOT_STREAM_MAX_LEN); "
-                f"appends held for {st.blocked_for:.1f}s, the session pauses its intake"
+                f"{held}"
             )
             return Check(name, True, text), Check(name, False, text)
         if st.last_append_ago is None:

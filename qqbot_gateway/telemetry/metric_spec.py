@@ -526,6 +526,17 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         ),
     ),
     MetricSpec(
+        "stream_append_failures_total",
+        "counter",
+        (),
+        "Appends to the app's Redis stream that failed (each retry counted).",
+        (
+            "appends that failed (Redis down, timed out, read-only, out of memory), each retry "
+            "counted: the batch is retried every 0.5 s and `/readyz` fails (`stream/append`) "
+            "meanwhile; nothing is lost"
+        ),
+    ),
+    MetricSpec(
         "stream_append_blocked_total",
         "counter",
         (),
