@@ -4,8 +4,9 @@ Everything is computed at scrape time from counters the publisher and the worker
 and from the stream state they last read from Redis (every poll, a few commands): nothing here
 is on an event's path, and a scrape never waits on Redis.
 
-* ``run`` with stream delivery: :class:`StreamMetrics` with ``publisher=`` (appends, blocked
-  appends, the stream's length and bound, every group's lag and pending entries, dead letters).
+* ``run`` with stream delivery: :class:`StreamMetrics` with ``publisher=`` (appends, failed
+  and blocked appends, the stream's length and bound, every group's lag and pending entries,
+  dead letters).
 * ``worker``: ``worker=`` (the same stream gauges, plus this consumer's handled / failed /
   duplicate events, claims, dead letters, handler duration, end-to-end latency, in flight).
 """
@@ -55,11 +56,13 @@ class StreamMetrics(Collector):
             state = publisher.state
             appended = counter_family("stream_appended_total")
             appended.add_metric([], publisher.appended)
+            failures = counter_family("stream_append_failures_total")
+            failures.add_metric([], publisher.append_failures)
             blocked = counter_family("stream_append_blocked_total")
             blocked.add_metric([], publisher.blocked)
             bound = gauge_family("stream_max_length")
             bound.add_metric([], publisher.max_len)
-            yield from (appended, blocked, bound)
+            yield from (appended, failures, blocked, bound)
         if worker is not None and state is None:
             state = worker.stats.state
         length = gauge_family("stream_length")
