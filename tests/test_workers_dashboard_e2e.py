@@ -15,7 +15,8 @@ live data; the Workers row reads what only stream delivery (``QQBOT_DELIVERY=str
   dashboards/prometheus/workers/rules.yml, which must load and evaluate without error.
 
 Then every query of the Workers row (template variables as Grafana sends them, ``$instance``
-the two targets) must return data within a bounded time, and the counters the row plots must
+the target that exports the metric, and the stream's state from each target alone) must return
+data within a bounded time, and the counters the row plots must
 show what was produced (failures, claims, a dead letter).
 
 ``qqbot_gateway_stream_append_blocked_total`` is on the row too: its rate is data (0) here. A
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,8 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_RULES = ROOT / "dashboards" / "prometheus" / "workers" / "rules.yml"
 ROW = "Workers"
+#: The stream's state, which the gateway and every worker export alike.
+_SHARED_GAUGE = re.compile(r"qqbot_gateway_stream_(length|group_lag|group_pending|dead_letters)\b")
 #: Generous for a loaded 2-core machine: data needs a few scrapes once events flow.
 DATA_WITHIN = 45.0
 
@@ -107,10 +111,26 @@ async def test_the_workers_row_returns_data_off_real_workers(
             poison = await sim.emit_event("C2C_MESSAGE_CREATE", {"content": "poison", "id": "p"})
             assert poison
 
-            # Grafana's multi-value $instance: both targets (the row's stream gauges come from
-            # either, appends from the gateway only, the worker_* series from the worker only).
-            instances = "|".join(targets)
-            checks = dashboard_queries(lambda e: instances, row=ROW)
+            # Each query with $instance one target: the one that exports its metric (appends
+            # and the bound: the gateway; worker_*: the worker). The stream's state is exported
+            # by both (docs/workers.md), so those queries must return data from each alone.
+            gw, wk = targets
+
+            def exporter(expr: str) -> str:
+                return wk if "qqbot_gateway_worker_" in expr else gw
+
+            checks = {
+                f"{k} @{'worker' if exporter(e) == wk else 'gateway'}": e
+                for k, e in dashboard_queries(exporter, row=ROW).items()
+            }
+            checks.update(
+                {
+                    f"{k} @worker": e
+                    for k, e in dashboard_queries(lambda e: wk, row=ROW).items()
+                    if _SHARED_GAUGE.search(e)
+                }
+            )
+            assert len(checks) > len(row)
             # What the panels must show, beyond "some series": the failures, the retries the
             # claims are, the dead letter, and the handled events.
             checks.update(
