@@ -2,8 +2,9 @@
 
 Debian's ``prometheus`` and ``prometheus-alertmanager`` binaries (or upstream's, on PATH). Each
 process gets a temporary data directory, logs to a file in it (shown when a wait times out)
-and is always stopped by :func:`stop`. Shared by tests/test_prometheus_e2e.py and
-tests/test_alertmanager_e2e.py.
+and is always stopped by :func:`stop`. Shared by tests/test_prometheus_e2e.py,
+tests/test_workers_dashboard_e2e.py and tests/test_alertmanager_e2e.py; so are the dashboard's
+queries with their template variables replaced (:func:`dashboard_queries`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import shutil
 import socket
 import sys
@@ -26,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 JOB = "qqbot-gateway"
+RATE_INTERVAL = "4s"  # Grafana's $__rate_interval floor: 4 x the 1 s scrape interval
 
 
 def gen_slo_rules() -> Any:
@@ -192,3 +195,38 @@ async def query(http: aiohttp.ClientSession, prom: str, expr: str) -> list[dict[
     result = body["data"]["result"]
     assert isinstance(result, list)
     return result
+
+
+def substitute(expr: str, instance: str) -> str:
+    """A dashboard query as Grafana sends it: ``$job`` is JOB, ``$instance`` is ``instance`` (a
+    regex: several targets are ``a|b``, as a multi-value selection), ``$shard`` 0, every
+    transport, ``$__rate_interval`` RATE_INTERVAL."""
+    out = expr.replace("$__rate_interval", RATE_INTERVAL)
+    values = (("job", JOB), ("instance", instance), ("shard", "0"), ("transport", ".*"))
+    for name, value in values:
+        out = out.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    assert "$" not in out, out
+    return out
+
+
+def dashboard_queries(
+    instance_for: Callable[[str], str], *, row: str | None = None
+) -> dict[str, str]:
+    """Every panel query of the Grafana dashboard (only the panels of ``row``, if given), keyed
+    ``"panel title [refId]"``, substituted with the instance ``instance_for(expr)`` returns."""
+    from .test_dashboard_lint import DASHBOARD
+
+    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    queries: dict[str, str] = {}
+    current: str | None = None
+    for top in dash["panels"]:
+        if top["type"] == "row":
+            current = top["title"]
+        # A collapsed row keeps its panels inside; an open one is followed by them.
+        for panel in (top, *top.get("panels", [])):
+            if row is not None and current != row:
+                continue
+            for target in panel.get("targets", []):
+                key = f"{panel['title']} [{target['refId']}]"
+                queries[key] = substitute(target["expr"], instance_for(target["expr"]))
+    return queries
