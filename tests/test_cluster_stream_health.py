@@ -19,7 +19,8 @@ import pytest
 
 from tests.redis_harness import needs_redis
 
-from .test_cluster_stream_e2e import START_TIMEOUT, Fleet, Proc, fleet, sample, side
+from .stream_harness import START_TIMEOUT, Fleet, Proc, sample, side
+from .test_cluster_stream_e2e import fleet
 
 __all__ = ["fleet"]  # the fixture, imported for pytest
 

@@ -17,8 +17,9 @@ import pytest
 from qqbot_gateway.simulator.webhook import DeliveryPolicy, WebhookDeliverer
 from tests.redis_harness import needs_redis
 
+from .stream_harness import START_TIMEOUT, Fleet, Proc, sample, side
 from .test_cli import APP_ID, SECRET, free_port
-from .test_cluster_stream_e2e import START_TIMEOUT, Fleet, Proc, fleet, sample, side
+from .test_cluster_stream_e2e import fleet
 
 __all__ = ["fleet"]  # the fixture, imported for pytest
 
