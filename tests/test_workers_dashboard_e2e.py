@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,13 @@ from qqbot_gateway.simulator import Simulator
 
 from .gateway_harness import sim_config
 from .prometheus_harness import (
+    JOB,
     PROMETHEUS,
+    WORKER_JOB,
     dashboard_queries,
     start_prometheus,
     stop,
+    substitute,
     until,
 )
 from .prometheus_harness import query as prom_query
@@ -71,11 +75,36 @@ ROW = "Workers"
 _SHARED_GAUGE = re.compile(r"qqbot_gateway_stream_(length|group_lag|group_pending|dead_letters)\b")
 #: Generous for a loaded 2-core machine: data needs a few scrapes once events flow.
 DATA_WITHIN = 45.0
+#: $job as Grafana sends both selected: the gateway's job and the workers'.
+JOBS = f"{JOB}|{WORKER_JOB}"
 
 
 def _rule_names() -> set[str]:
     data = yaml.safe_load(WORKER_RULES.read_text(encoding="utf-8"))
     return {r.get("alert") or r["record"] for g in data["groups"] for r in g["rules"]}
+
+
+def _variable_series(name: str, instance: str) -> str:
+    """The series selector of the dashboard variable ``name``'s ``label_values`` query."""
+    from .test_dashboard_lint import DASHBOARD
+
+    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    (var,) = [v for v in dash["templating"]["list"] if v["name"] == name]
+    m = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"]["query"])
+    assert m, var["query"]
+    return substitute(m.group(1), instance, JOBS)
+
+
+def _row_for_worker(consumer: str, instance: str) -> str:
+    """Every per-worker query of the Workers row with $worker = ``consumer``: each must return
+    data (``and``-ed together, so one query string)."""
+    exprs = [
+        e.replace('consumer=~".*"', f'consumer=~"{consumer}"')
+        for e in dashboard_queries(lambda e: instance, row=ROW, job=JOBS).values()
+        if "qqbot_gateway_worker_" in e
+    ]
+    assert exprs and all(f'consumer=~"{consumer}"' in e for e in exprs), exprs
+    return " and ".join(f"count({e}) > 0" for e in exprs)
 
 
 async def _feed(sim: Simulator) -> None:
@@ -106,7 +135,10 @@ async def test_the_workers_row_returns_data_off_real_workers(
                 "w1", "--handler", "tests.stream_handlers:flaky", QQBOT_STREAM_MAX_ATTEMPTS="2"
             )
             targets = [p.env["QQBOT_HTTP_ADDR"] for p in (gateway, worker)]
-            proc, prom = await start_prometheus(tmp_path, *targets, rule_files=[WORKER_RULES])
+            # Each scraped under its documented job (deploy/prometheus/scrape-static.yml).
+            proc, prom = await start_prometheus(
+                tmp_path, targets[0], worker_targets=(targets[1],), rule_files=[WORKER_RULES]
+            )
             feeder = asyncio.create_task(_feed(sim))
             poison = await sim.emit_event("C2C_MESSAGE_CREATE", {"content": "poison", "id": "p"})
             assert poison
@@ -121,12 +153,12 @@ async def test_the_workers_row_returns_data_off_real_workers(
 
             checks = {
                 f"{k} @{'worker' if exporter(e) == wk else 'gateway'}": e
-                for k, e in dashboard_queries(exporter, row=ROW).items()
+                for k, e in dashboard_queries(exporter, row=ROW, job=JOBS).items()
             }
             checks.update(
                 {
                     f"{k} @worker": e
-                    for k, e in dashboard_queries(lambda e: wk, row=ROW).items()
+                    for k, e in dashboard_queries(lambda e: wk, row=ROW, job=JOBS).items()
                     if _SHARED_GAUGE.search(e)
                 }
             )
@@ -143,6 +175,16 @@ async def test_the_workers_row_returns_data_off_real_workers(
                         "count(qqbot_gateway_stream_dead_letters == 1) == 2"
                     ),
                     "appends": "qqbot_gateway_stream_appended_total > 0",
+                    # The filters reach a worker: it exports build_info (the $job variable's
+                    # source) and the $worker variable's series names it by its consumer name.
+                    "build_info (worker)": (
+                        f'qqbot_gateway_build_info{{job="{WORKER_JOB}", instance="{wk}"}} == 1'
+                    ),
+                    "worker target up": f'up{{job="{WORKER_JOB}", instance="{wk}"}} == 1',
+                    "$worker lists w1": _variable_series("worker", wk).replace(
+                        "}", ', consumer="w1"}', 1
+                    ),
+                    "the row narrowed to w1": _row_for_worker("w1", wk),
                 }
             )
 

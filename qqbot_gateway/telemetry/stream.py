@@ -8,17 +8,21 @@ is on an event's path, and a scrape never waits on Redis.
   and blocked appends, the stream's length and bound, every group's lag and pending entries,
   dead letters).
 * ``worker``: ``worker=`` (the same stream gauges, plus this consumer's handled / failed /
-  duplicate events, claims, dead letters, handler duration, end-to-end latency, in flight).
+  duplicate events, claims, dead letters, handler duration, end-to-end latency, in flight, and
+  ``build_info`` like the gateway's, so that a worker's job shows in the dashboard's ``$job``).
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+
+from qqbot_gateway._version import __version__
 
 from .metric_spec import counter_family, gauge_family, histogram_family
 
@@ -108,7 +112,9 @@ def _worker_families(worker: StreamWorker) -> Iterable[Metric]:
     latency.add_metric(
         labels, _buckets(s.latency_buckets, HANDLER_SECONDS_BUCKETS), s.latency_seconds
     )
-    yield from (events, claims, dead, in_flight, up, duration, latency)
+    build = gauge_family("build_info")
+    build.add_metric([__version__, platform.python_version()], 1)
+    yield from (events, claims, dead, in_flight, up, duration, latency, build)
 
 
 def _buckets(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[str, float]]:
