@@ -525,8 +525,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         300.0,
         "`300`",
         (
-            "seconds without a live session before `/healthz` fails (a QQ outage must not become a "
-            "restart storm)"
+            "seconds without a live session (with `QQBOT_DELIVERY=stream`: of failing appends to "
+            "Redis) before `/healthz` fails (a QQ or Redis outage must not become a restart storm)"
         ),
     ),
     Setting(

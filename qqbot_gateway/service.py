@@ -259,6 +259,8 @@ async def run_service(
             from qqbot_gateway.telemetry.stream import StreamMetrics
 
             StreamMetrics(telemetry.registry, publisher=publisher)
+            # /healthz and /readyz: the stream/append check (failing, unanswered, full).
+            telemetry.health.stream_status = publisher.append_health
         try:
             await client.start()
         except StoreLockedError as exc:

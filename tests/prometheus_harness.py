@@ -2,8 +2,9 @@
 
 Debian's ``prometheus`` and ``prometheus-alertmanager`` binaries (or upstream's, on PATH). Each
 process gets a temporary data directory, logs to a file in it (shown when a wait times out)
-and is always stopped by :func:`stop`. Shared by tests/test_prometheus_e2e.py and
-tests/test_alertmanager_e2e.py.
+and is always stopped by :func:`stop`. Shared by tests/test_prometheus_e2e.py,
+tests/test_workers_dashboard_e2e.py and tests/test_alertmanager_e2e.py; so are the dashboard's
+queries with their template variables replaced (:func:`dashboard_queries`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import shutil
 import socket
 import sys
@@ -26,6 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 JOB = "qqbot-gateway"
+#: The workers' job (deploy/prometheus/scrape-static.yml, the PodMonitor of
+#: deploy/kubernetes/workers/prometheus-operator).
+WORKER_JOB = "qqbot-gateway-worker"
+RATE_INTERVAL = "4s"  # Grafana's $__rate_interval floor: 4 x the 1 s scrape interval
 
 
 def gen_slo_rules() -> Any:
@@ -57,11 +63,14 @@ async def _spawn(binary: str, log_path: Path, *args: str) -> asyncio.subprocess.
         log.close()
 
 
-def documented_job() -> dict[str, Any]:
-    """The scrape job of deploy/prometheus/scrape-static.yml (it must yield ``job=JOB``)."""
+def documented_job(name: str = JOB) -> dict[str, Any]:
+    """The scrape job ``name`` of deploy/prometheus/scrape-static.yml (it yields ``job=name``)."""
     path = ROOT / "deploy" / "prometheus" / "scrape-static.yml"
-    (job,) = yaml.safe_load(path.read_text(encoding="utf-8"))["scrape_configs"]
-    assert job["job_name"] == JOB
+    (job,) = [
+        j
+        for j in yaml.safe_load(path.read_text(encoding="utf-8"))["scrape_configs"]
+        if j["job_name"] == name
+    ]
     return job  # type: ignore[no-any-return]
 
 
@@ -72,10 +81,12 @@ async def start_prometheus(
     alertmanager: str | None = None,
     interval: str = "1s",
     extra_args: tuple[str, ...] = (),
+    worker_targets: tuple[str, ...] = (),
 ) -> tuple[asyncio.subprocess.Process, str]:
-    """Prometheus scraping ``targets`` (job ``qqbot-gateway``) and evaluating ``rule_files``
-    every ``interval``, sending alerts to ``alertmanager`` (``host:port``) if given. Returns
-    the process and its base URL; the log is ``tmp/prometheus.log``."""
+    """Prometheus scraping ``targets`` (job ``qqbot-gateway``) and ``worker_targets`` (job
+    ``qqbot-gateway-worker``) and evaluating ``rule_files`` every ``interval``, sending alerts
+    to ``alertmanager`` (``host:port``) if given. Returns the process and its base URL; the log
+    is ``tmp/prometheus.log``."""
     assert PROMETHEUS is not None
     config: dict[str, Any] = {
         "global": {
@@ -84,15 +95,17 @@ async def start_prometheus(
             "scrape_timeout": interval,
         },
         "rule_files": [str(p) for p in rule_files],
-        # The job a plain-Prometheus user merges in (deploy/prometheus/scrape-static.yml),
+        # The jobs a plain-Prometheus user merges in (deploy/prometheus/scrape-static.yml),
         # pointed at this run's targets and scraped every ``interval``.
         "scrape_configs": [
             {
-                **documented_job(),
+                **documented_job(name),
                 "scrape_interval": interval,
                 "scrape_timeout": interval,
-                "static_configs": [{"targets": list(targets)}],
+                "static_configs": [{"targets": list(jobs_targets)}],
             }
+            for name, jobs_targets in ((JOB, targets), (WORKER_JOB, worker_targets))
+            if jobs_targets
         ],
     }
     if alertmanager is not None:
@@ -192,3 +205,44 @@ async def query(http: aiohttp.ClientSession, prom: str, expr: str) -> list[dict[
     result = body["data"]["result"]
     assert isinstance(result, list)
     return result
+
+
+def substitute(expr: str, instance: str, job: str = JOB) -> str:
+    """A dashboard query as Grafana sends it: ``$job`` is ``job`` and ``$instance`` is
+    ``instance`` (regexes: several targets are ``a|b``, as a multi-value selection),
+    ``$shard`` 0, every transport and every worker, ``$__rate_interval`` RATE_INTERVAL."""
+    out = expr.replace("$__rate_interval", RATE_INTERVAL)
+    values = (
+        ("job", job),
+        ("instance", instance),
+        ("shard", "0"),
+        ("transport", ".*"),
+        ("worker", ".*"),
+    )
+    for name, value in values:
+        out = out.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    assert "$" not in out, out
+    return out
+
+
+def dashboard_queries(
+    instance_for: Callable[[str], str], *, row: str | None = None, job: str = JOB
+) -> dict[str, str]:
+    """Every panel query of the Grafana dashboard (only the panels of ``row``, if given), keyed
+    ``"panel title [refId]"``, substituted with the instance ``instance_for(expr)`` returns."""
+    from .test_dashboard_lint import DASHBOARD
+
+    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    queries: dict[str, str] = {}
+    current: str | None = None
+    for top in dash["panels"]:
+        if top["type"] == "row":
+            current = top["title"]
+        # A collapsed row keeps its panels inside; an open one is followed by them.
+        for panel in (top, *top.get("panels", [])):
+            if row is not None and current != row:
+                continue
+            for target in panel.get("targets", []):
+                key = f"{panel['title']} [{target['refId']}]"
+                queries[key] = substitute(target["expr"], instance_for(target["expr"]), job)
+    return queries

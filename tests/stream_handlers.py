@@ -23,3 +23,19 @@ def poison(event: Any) -> None:
     data = event.data if isinstance(event.data, dict) else {}
     if data.get("content") == "poison":
         raise ValueError("this handler cannot take poison")
+
+
+_first_deliveries: set[str] = set()
+
+
+def flaky(event: Any) -> None:
+    """Fails the first delivery of every fifth event this process sees (a claim runs the entry
+    again, and then it succeeds), and every delivery of an event whose content is ``poison``
+    (it ends in the dead-letter stream)."""
+    poison(event)
+    key = str(event.event_id)
+    if key in _first_deliveries:
+        return
+    _first_deliveries.add(key)
+    if len(_first_deliveries) % 5 == 0:
+        raise RuntimeError("a flaky handler failed on a first delivery")

@@ -16,6 +16,7 @@ image the rendered manifests use.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
 import shutil
@@ -37,7 +38,7 @@ OPERATOR = K8S / "prometheus-operator"
 GUIDE = ROOT / "docs" / "kubernetes.md"
 SCRAPE = ROOT / "deploy" / "prometheus"
 MIN_VERSION = "1.28.0"  # the pod-index label on StatefulSet pods is on by default from 1.28
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "PodMonitor"}
 ENV_NAMES = {
     "QQBOT_APP_ID",
     "QQBOT_CLIENT_SECRET",
@@ -536,9 +537,20 @@ def _render(directory: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
+def _is_component(directory: Path) -> bool:
+    k = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
+    return bool(k["kind"] == "Component")
+
+
 def _kustomize_dirs() -> list[Path]:
     dirs = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
-    return [d for d in dirs if d != OPERATOR]  # a component renders only inside an overlay
+    # A component renders only inside an overlay.
+    return [d for d in dirs if not _is_component(d)]
+
+
+def test_the_components_are_the_known_ones() -> None:
+    components = {p.parent for p in K8S.rglob("kustomization.yaml") if _is_component(p.parent)}
+    assert components == {OPERATOR, WORKER_OPERATOR}
 
 
 @pytest.mark.slow
@@ -664,7 +676,7 @@ def test_the_shard_guide_and_the_operator_component() -> None:
     committed = (K8S / "examples" / "two-shards" / "kustomization.yaml").read_text()
     assert shown.strip() in committed
     operator = {d["kind"]: d for d in docs if d["kind"] in CRD_KINDS}
-    assert set(operator) == CRD_KINDS
+    assert set(operator) == CRD_KINDS - {"PodMonitor"}  # the workers' is a component of theirs
     for doc in operator.values():
         assert doc["metadata"]["namespace"] == "qqbot-gateway"
         assert doc["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -680,15 +692,21 @@ def _promtool() -> str | None:
 
 @pytest.mark.parametrize("name", ["scrape-static.yml", "scrape-kubernetes.yml"])
 def test_plain_prometheus_scrape_configs(name: str) -> None:
-    """Each file is one job named qqbot-gateway, the job the alert rules select on."""
+    """Each file has the job qqbot-gateway, the job the gateway's alert rules select on, and
+    the workers' job qqbot-gateway-worker (their rules select no job)."""
     config = yaml.safe_load((SCRAPE / name).read_text(encoding="utf-8"))
-    (job,) = config["scrape_configs"]
-    assert job["job_name"] == "qqbot-gateway"
-    assert "job_name" not in str(job.get("relabel_configs", [])), "nothing renames the job"
-    assert all(r.get("target_label") != "job" for r in job.get("relabel_configs", []))
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert list(jobs) == ["qqbot-gateway", WORKER_JOB]
+    for job in jobs.values():
+        assert all(r.get("target_label") != "job" for r in job.get("relabel_configs", []))
+        assert job["metrics_path"] == "/metrics"
+    job = jobs["qqbot-gateway"]
     rules = (ROOT / "dashboards" / "prometheus" / "rules.yml").read_text(encoding="utf-8")
     assert set(re.findall(r'job="([^"]+)"', rules)) == {job["job_name"]}
-    assert job["metrics_path"] == "/metrics"
+    worker_rules = (WORKER_RULES).read_text(encoding="utf-8")
+    assert not re.findall(r"\bjob\s*[=!]", worker_rules), "the workers' rules select no job"
+    if name == "scrape-kubernetes.yml":
+        _check_worker_pod_scrape(jobs[WORKER_JOB])
     if name == "scrape-kubernetes.yml":
         svc = _by_kind("Service")
         keeps = {
@@ -713,7 +731,10 @@ def test_promtool_accepts_the_scrape_configs(name: str, tmp_path: Path) -> None:
     if promtool is None:
         pytest.skip("promtool is not installed")
     config = yaml.safe_load((SCRAPE / name).read_text(encoding="utf-8"))
-    config["rule_files"] = [str(ROOT / "dashboards" / "prometheus" / "rules.yml")]
+    config["rule_files"] = [
+        str(ROOT / "dashboards" / "prometheus" / "rules.yml"),
+        str(WORKER_RULES),
+    ]
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     result = subprocess.run(
@@ -794,3 +815,94 @@ def test_the_worker_autoscaler_targets_the_deployment_on_a_real_metric() -> None
         metric["external"]["metric"]["selector"]["matchLabels"]["group"]
         == group["QQBOT_STREAM_GROUP"]
     )
+
+
+# ----------------------------------------------------------- scraping the workers
+
+WORKER_OPERATOR = WORKERS / "prometheus-operator"
+WORKER_EXAMPLE = K8S / "examples" / "workers"
+WORKER_RULES = ROOT / "dashboards" / "prometheus" / "workers" / "rules.yml"
+#: The workers' Prometheus job: scrape configs, PodMonitor, dashboard and tests agree on it.
+WORKER_JOB = "qqbot-gateway-worker"
+
+
+def _worker_pod() -> tuple[dict[str, str], set[str]]:
+    """The worker pods' labels and the names of their container ports (the Deployment)."""
+    template = _worker_docs()["Deployment"]["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    return template["metadata"]["labels"], {p["name"] for p in container["ports"]}
+
+
+def _check_worker_pod_scrape(job: dict[str, Any]) -> None:
+    """The plain job finds the worker pods by their label and scrapes their port by name."""
+    labels, ports = _worker_pod()
+    (sd,) = job["kubernetes_sd_configs"]
+    assert sd["role"] == "pod"
+    keeps = {
+        r["source_labels"][0]: r["regex"]
+        for r in job["relabel_configs"]
+        if r.get("action") == "keep"
+    }
+    assert keeps == {
+        "__meta_kubernetes_pod_label_app_kubernetes_io_name": labels["app.kubernetes.io/name"],
+        "__meta_kubernetes_pod_container_port_name": "http",
+    }
+    assert "http" in ports
+    assert labels["app.kubernetes.io/name"] == WORKER_JOB
+    example = yaml.safe_load((WORKER_EXAMPLE / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert sd["namespaces"]["names"] == [example["namespace"]]
+
+
+def test_the_worker_pod_monitor_selects_the_worker_pods_and_port() -> None:
+    (pm,) = _documents(WORKER_OPERATOR / "podmonitor.yaml")
+    k = yaml.safe_load((WORKER_OPERATOR / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert k["resources"] == ["podmonitor.yaml"]
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1" and pm["kind"] == "PodMonitor"
+    assert set(pm) == {"apiVersion", "kind", "metadata", "spec"}
+    labels, ports = _worker_pod()
+    assert pm["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in ports
+    assert endpoint["path"] == "/metrics"
+    assert int(endpoint["scrapeTimeout"][:-1]) < int(endpoint["interval"][:-1])
+    # job = the value of the pods' label jobLabel names: the job of the plain scrape config.
+    assert labels[pm["spec"]["jobLabel"]] == WORKER_JOB
+    assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+@pytest.mark.slow
+def test_the_workers_example_with_the_pod_monitor_renders(tmp_path: Path) -> None:
+    """examples/workers with the component added as its comment says (a copy of it whose
+    paths point back into deploy/): the rendered PodMonitor selects the rendered worker pods
+    and their port by name, in the example's namespace."""
+    committed = (WORKER_EXAMPLE / "kustomization.yaml").read_text(encoding="utf-8")
+    assert "# components:\n#   - ../../workers/prometheus-operator\n" in committed
+    assert (WORKER_EXAMPLE / "../../workers/prometheus-operator").resolve() == WORKER_OPERATOR
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    kustomization = yaml.safe_load(committed)
+    # kustomize loads other directories by a relative path.
+    kustomization["resources"] = [
+        os.path.relpath((WORKER_EXAMPLE / r).resolve(), overlay) for r in kustomization["resources"]
+    ]
+    kustomization["components"] = [os.path.relpath(WORKER_OPERATOR, overlay)]
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    docs = _render(overlay)
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+        assert doc["metadata"]["namespace"] == "qqbot-gateway"
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "qqbot-gateway"
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, MIN_VERSION, strict=True)
+    assert set(by_kind) == {"Deployment", "HorizontalPodAutoscaler", "PodMonitor"}
+    (deploy,), (pm,) = by_kind["Deployment"], by_kind["PodMonitor"]
+    template = deploy["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    (port,) = [p for p in container["ports"] if p["name"] == endpoint["port"]]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["QQBOT_HTTP_ADDR"].endswith(f":{port['containerPort']}")
+    assert template["metadata"]["labels"][pm["spec"]["jobLabel"]] == WORKER_JOB
+    assert container["image"] == "registry.example.com/you/qqbot-gateway-handlers:0.1.0"

@@ -68,10 +68,20 @@ def documented_metrics() -> set[str]:
     return set(re.findall(r"`(qqbot_gateway_[a-z0-9_]+)`", text))
 
 
+#: A bound against a hung promtool, not a speed check: the SLO unit tests evaluate days of
+#: rules (about 40 s of CPU here) and took over 60 s with two suites on a 2-core machine.
+PROMTOOL_TIMEOUT = 600
+
+
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     assert PROMTOOL is not None
     return subprocess.run(
-        [PROMTOOL, *args], capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
+        [PROMTOOL, *args],
+        capture_output=True,
+        text=True,
+        timeout=PROMTOOL_TIMEOUT,
+        cwd=ROOT,
+        check=False,
     )
 
 
@@ -87,6 +97,7 @@ def test_promtool_check_rules() -> None:
 
 @needs_promtool
 @pytest.mark.slow
+@pytest.mark.timeout(PROMTOOL_TIMEOUT + 60)
 def test_promtool_unit_tests_pass() -> None:
     assert RULE_TESTS, "no promtool unit tests found"
     result = _run("test", "rules", *map(str, RULE_TESTS))
@@ -96,6 +107,7 @@ def test_promtool_unit_tests_pass() -> None:
 
 @needs_promtool
 @pytest.mark.slow
+@pytest.mark.timeout(PROMTOOL_TIMEOUT + 60)
 def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     """A rules file with a wrong threshold makes the unit tests fail: they test something."""
     broken = RULES.read_text(encoding="utf-8").replace(
@@ -387,6 +399,7 @@ def test_promtool_check_slo_rules() -> None:
 
 @needs_promtool
 @pytest.mark.slow
+@pytest.mark.timeout(PROMTOOL_TIMEOUT + 60)
 def test_promtool_slo_unit_tests_pass() -> None:
     assert len(SLO_TESTS) >= 3, SLO_TESTS
     result = _run("test", "rules", *map(str, SLO_TESTS))
@@ -396,6 +409,7 @@ def test_promtool_slo_unit_tests_pass() -> None:
 
 @needs_promtool
 @pytest.mark.slow
+@pytest.mark.timeout(PROMTOOL_TIMEOUT + 60)
 def test_promtool_burn_rate_tests_can_fail(tmp_path: Path) -> None:
     """A page alert at 16x instead of 14.4x fails the generated test of the 1 h pair."""
     text = SLO_RULES.read_text(encoding="utf-8")

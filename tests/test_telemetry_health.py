@@ -314,3 +314,106 @@ def test_liveness_layers_are_reported_one_line_each() -> None:
     assert not r.healthy
     assert check(r, "shard/0/liveness/ping")[0] is False
     assert check(r, "shard/0/liveness/ack")[0] is True
+
+
+def _stream(**overrides: Any) -> Any:
+    from qqbot_gateway.cluster.stream import AppendHealth
+
+    fields: dict[str, Any] = {
+        "failing_for": None,
+        "error": None,
+        "failures": 0,
+        "in_flight_for": None,
+        "blocked_for": None,
+        "length": 12,
+        "max_len": 100,
+        "last_append_ago": 0.5,
+    }
+    fields.update(overrides)
+    return AppendHealth(**fields)
+
+
+def _stream_checks(w: World, now: float) -> tuple[tuple[bool, str], tuple[bool, str]]:
+    r = w.at(now)
+    live = [c for c in r.checks if c.name == "stream/append"]
+    ready = [c for c in r.readiness if c.name == "stream/append"]
+    assert len(live) == len(ready) == 1, r
+    assert r.healthy == all(c.ok for c in r.checks)
+    assert r.ready == all(c.ok for c in r.readiness)
+    return (live[0].ok, live[0].reason), (ready[0].ok, ready[0].reason)
+
+
+def test_stream_append_fails_readiness_at_once_and_liveness_only_past_the_grace() -> None:
+    w = World()
+    w.live(0.0)
+    state = {"now": _stream()}
+    w.health.stream_status = lambda: state["now"]
+    live, ready = _stream_checks(w, 0.5)
+    assert live == ready == (True, "last append 0.5s ago (12 of 100 entries)")
+    assert w.at(0.5).ready
+    error = "append: ConnectionError: Error 111 connecting to 127.0.0.1:6379. Connection refused."
+    state["now"] = _stream(failing_for=GRACE - 1, error=error, failures=4)
+    live, ready = _stream_checks(w, 0.5)
+    assert not ready[0] and "appends failing for 29.0s (4 attempt(s)" in ready[1]
+    assert "Connection refused" in ready[1]
+    assert live[0] and "a restart cannot fix Redis" in live[1]
+    r = w.at(0.5)
+    assert r.healthy and not r.ready
+    assert r.shard_ready == {0: True}, "the ready{shard} gauge stays the session's"
+    state["now"] = _stream(failing_for=GRACE + 1, error=error, failures=60)
+    live, ready = _stream_checks(w, 0.5)
+    assert not live[0] and f"(grace {GRACE:g}s)" in live[1] and "restart" not in live[1]
+    assert not w.at(0.5).healthy
+
+
+def test_stream_append_unanswered_and_full() -> None:
+    w = World()
+    w.live(0.0)
+    state = {"now": _stream(in_flight_for=4.0)}
+    w.health.stream_status = lambda: state["now"]
+    live, ready = _stream_checks(w, 0.5)  # within the stall margin (5 s here): a busy Redis
+    assert live[0] and ready[0]
+    state["now"] = _stream(in_flight_for=6.0)
+    live, ready = _stream_checks(w, 0.5)
+    assert not ready[0] and "an append unanswered by Redis for 6.0s" in ready[1]
+    assert live[0]
+    state["now"] = _stream(in_flight_for=GRACE + 0.5)
+    assert not _stream_checks(w, 0.5)[0][0]
+    # Full: readiness fails, liveness never (the workers are behind, not this process).
+    state["now"] = _stream(blocked_for=GRACE * 10, length=100)
+    live, ready = _stream_checks(w, 0.5)
+    assert not ready[0] and "stream full: 100 of 100 entries" in ready[1]
+    assert "QQBOT_STREAM_MAX_LEN" in ready[1]
+    assert live[0] and live[1] == ready[1]
+    state["now"] = _stream(length=100)  # full, no append waiting yet: the next one will
+    live, ready = _stream_checks(w, 0.5)
+    assert not ready[0] and ready[1].endswith("the next append waits for room"), ready
+    assert live[0]
+    # Failing while full: the failure is what the check says.
+    state["now"] = _stream(blocked_for=3.0, failing_for=2.0, error="poll: TimeoutError")
+    assert "appends failing" in _stream_checks(w, 0.5)[1][1]
+
+
+def test_stream_append_with_the_webhook_transport_and_a_broken_provider() -> None:
+    from qqbot_gateway.adapter.types import WebhookStatus
+
+    w = World()
+    w.health.webhook_status = lambda: WebhookStatus(
+        listening=True,
+        listening_since=0.0,
+        closing=False,
+        stopped=None,
+        handlers_alive=True,
+        validated_at=None,
+        last_valid_at=None,
+    )
+    w.health.stream_status = lambda: _stream(failing_for=1.0, error="append: TimeoutError")
+    live, ready = _stream_checks(w, 0.5)
+    assert live[0] and not ready[0]
+
+    def broken() -> Any:
+        raise RuntimeError("boom")
+
+    w.health.stream_status = broken
+    live, ready = _stream_checks(w, 0.5)
+    assert live == ready == (False, "stream status unavailable: RuntimeError")

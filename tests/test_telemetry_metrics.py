@@ -344,6 +344,7 @@ class _Publisher:
     """What StreamMetrics reads of a StreamPublisher, with a state of one group."""
 
     appended = 3
+    append_failures = 0
     blocked = 0
     max_len = 100
 

@@ -235,3 +235,54 @@ def test_sampling_settings_are_validated() -> None:
         TelemetryConfig(trace_sample_ratio=1.5)
     with pytest.raises(ValueError, match="trace_slow_handler"):
         TelemetryConfig(trace_slow_handler=0)
+
+
+async def test_stream_delivery_ends_each_event_span_once_its_append_is_durable() -> None:
+    """The batch sink path (``QQBOT_DELIVERY=stream``): no handler runs here, and each sampled
+    event's span ends once the sink returned (not left pending until the bound drops it as
+    unhandled); the "handler duration" is the batch's append, counted once per event."""
+    import asyncio
+
+    from qqbot_gateway.adapter.dispatch import Dispatcher
+    from qqbot_gateway.adapter.session import GatewaySession
+
+    tel, client, f, exporter = rig()
+    assert tel.tracing is not None and client.handler_context is not None
+    session = GatewaySession(shard_id=0, shard_count=1, intents=1)
+    release = asyncio.Event()
+    appended: list[int | None] = []
+    ended_before_release: list[int] = []
+
+    async def sink(events: list[GatewayEvent]) -> None:
+        await release.wait()
+        ended_before_release.append(len(exporter.get_finished_spans()))
+        appended.extend(e.seq for e in events)
+
+    completed: list[ev.HandlerCompleted] = []
+    client.events.subscribe_to(ev.HandlerCompleted, completed.append)
+    context = client.handler_context
+    dispatcher = Dispatcher(
+        session,
+        bus=client.events,
+        handlers=lambda t: [],
+        capacity=100,
+        sink=sink,
+        around_event=lambda: context,
+    )
+    dispatcher.start()
+    for seq in range(1, 6):
+        dispatcher.put(_dispatch(f, seq))
+    await asyncio.sleep(0.05)
+    assert tel.tracing.pending_events == 5, "accepted, not durable yet: the spans are open"
+    release.set()
+    async with asyncio.timeout(10):
+        while len(appended) < 5:  # noqa: ASYNC110 - the dispatcher's task appends
+            await asyncio.sleep(0.01)
+    assert await dispatcher.close(1.0) == 0
+    assert ended_before_release == [0]
+    spans = [s for s in exporter.get_finished_spans() if s.name == "qqbot.event C"]
+    assert sorted(attrs(s)["qqbot.event.seq"] for s in spans) == [1, 2, 3, 4, 5]
+    assert all("qqbot.event.unhandled" not in attrs(s) for s in spans)
+    assert tel.tracing.pending_events == 0
+    assert session.stats.handled == 5, "each event counted once"
+    assert [c.event_type for c in completed] == ["C"] * 5

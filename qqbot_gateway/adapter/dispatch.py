@@ -19,7 +19,10 @@ An event cut short by a shutdown is not handled.
 awaits ``sink(events)`` (one append of the batch) and only then marks all of them handled, in
 order, so the watermark passes an event only once the sink has made it durable. A sink that
 raises is logged and called again with the same events after a pause; meanwhile the queue fills
-and the backpressure above applies. Handlers are not called on this path.
+and the backpressure above applies. Handlers are not called on this path. What the telemetry
+means here: an event's "handler duration" (``ShardStats``, ``HandlerCompleted``) is the time its
+batch's sink call took, retries included; ``around_event`` (the event's tracing span) is entered
+and left for each event once the sink returned, so the span ends when the event is durable.
 
 The queue depth and each handler's duration are kept in the shard's
 :class:`~.events.ShardStats`; ``HandlerQueueDepth`` and ``HandlerCompleted`` events are built
@@ -317,7 +320,8 @@ class Dispatcher:
                         failures,
                     )
                 # Each event's "handler duration" is its batch's append (retries included).
-                elapsed = self._clock() - started
+                now = self._clock()
+                elapsed = now - started
                 stats = self._stats
                 for event in batch:
                     stats.count_handled(elapsed)
@@ -327,9 +331,23 @@ class Dispatcher:
                             progress.last = event
                         if event.event_id is not None:
                             progress.remember(event.event_id)
-                if self._interest.handled:
+                around = self._around_event()
+                if around is not None:
+                    # Tracing: each event's span (from its acceptance) ends here, once its
+                    # append is durable; no handler runs in this process.
                     for event in batch:
-                        self._completed(event, started)
+                        with around(event):
+                            pass
+                if self._interest.handled:  # counted above: only the events here
+                    for event in batch:
+                        self._bus.emit(
+                            ev.HandlerCompleted(
+                                shard=event.shard,
+                                monotonic=now,
+                                event_type=event.type,
+                                duration=elapsed,
+                            )
+                        )
             finally:
                 self._busy = False
                 self._in_hand = 1

@@ -54,6 +54,7 @@ __all__ = [
     "open_redis",
     "parse_redis_url",
     "redact_url",
+    "sentinel_options",
     "stop_task",
 ]
 
@@ -244,6 +245,31 @@ def _client_options(target: RedisTarget, timeout: float) -> dict[str, Any]:
     }
 
 
+def sentinel_options(
+    target: RedisTarget, options: dict[str, Any], timeout: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """For a ``+sentinel`` target: the options of the connections to the sentinels, and those of
+    the master's (``options`` plus the database, the credentials and TLS). One place for the
+    async client of :func:`open_redis` and the synchronous one of the session store."""
+    query = dict(target.query)
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+    }
+    if "sentinel_password" in query:
+        sentinel_kwargs["password"] = query["sentinel_password"]
+    if target.tls:
+        sentinel_kwargs["ssl"] = True
+    master: dict[str, Any] = dict(options, db=target.db)
+    if target.username:
+        master["username"] = target.username
+    if target.password:
+        master["password"] = target.password
+    if target.tls:
+        master["ssl"] = True
+    return sentinel_kwargs, master
+
+
 async def open_redis(
     target: RedisTarget | str, *, timeout: float = DEFAULT_CONNECT_TIMEOUT
 ) -> Redis:
@@ -265,22 +291,7 @@ async def open_redis(
     if target.sentinel:
         from redis.asyncio.sentinel import Sentinel
 
-        query = dict(target.query)
-        sentinel_kwargs: dict[str, Any] = {
-            "socket_connect_timeout": timeout,
-            "socket_timeout": timeout,
-        }
-        if "sentinel_password" in query:
-            sentinel_kwargs["password"] = query["sentinel_password"]
-        if target.tls:
-            sentinel_kwargs["ssl"] = True
-        master_options = dict(options, db=target.db)
-        if target.username:
-            master_options["username"] = target.username
-        if target.password:
-            master_options["password"] = target.password
-        if target.tls:
-            master_options["ssl"] = True
+        sentinel_kwargs, master_options = sentinel_options(target, options, timeout)
         sentinel = Sentinel(
             list(target.sentinels), sentinel_kwargs=sentinel_kwargs, **master_options
         )

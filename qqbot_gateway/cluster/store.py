@@ -38,6 +38,7 @@ from .connect import (
     _client_options,
     keyspace,
     parse_redis_url,
+    sentinel_options,
 )
 from .lease import lease_keys
 
@@ -90,22 +91,7 @@ def open_sync_redis(
     if target.sentinel:
         from redis.sentinel import Sentinel
 
-        query = dict(target.query)
-        sentinel_kwargs: dict[str, Any] = {
-            "socket_connect_timeout": timeout,
-            "socket_timeout": timeout,
-        }
-        if "sentinel_password" in query:
-            sentinel_kwargs["password"] = query["sentinel_password"]
-        if target.tls:
-            sentinel_kwargs["ssl"] = True
-        master: dict[str, Any] = dict(options, db=target.db)
-        if target.username:
-            master["username"] = target.username
-        if target.password:
-            master["password"] = target.password
-        if target.tls:
-            master["ssl"] = True
+        sentinel_kwargs, master = sentinel_options(target, options, timeout)
         assert target.service is not None
         sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs, **master)
         client: redis.Redis = sentinel.master_for(target.service)

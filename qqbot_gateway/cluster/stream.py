@@ -30,6 +30,12 @@ intake and resumes later, the same backpressure as a full handler queue with ``l
 An entry some group has not acknowledged is never trimmed, and a stream nobody reads (no group
 yet) is never trimmed at all.
 
+**Health.** :meth:`StreamPublisher.append_health` tells the health evaluator (the
+``stream/append`` check of ``/healthz`` and ``/readyz``) whether appends are failing (the last
+append, or the last poll, raised: Redis down, stopped, read-only, out of memory), how long an
+unanswered append has waited, and whether appends are held by a full stream. An append failure
+streak ends only with an append Redis accepted; a poll failure streak with a poll that answered.
+
 Errors::
 
     ClusterError
@@ -42,6 +48,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -56,6 +63,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT",
+    "AppendHealth",
     "GroupState",
     "StreamError",
     "StreamKeys",
@@ -272,6 +280,28 @@ async def stream_state(redis: Redis, keys: StreamKeys) -> StreamState:
     return StreamState(int(length), tuple(groups), int(dead))
 
 
+@dataclass(frozen=True, slots=True)
+class AppendHealth:
+    """The publisher's state for the health evaluator; durations in seconds on its own clock
+    (so the evaluator needs no shared clock)."""
+
+    #: How long appends (or polls) have been failing: since the first failure of the current
+    #: streak; None while the last attempt succeeded.
+    failing_for: float | None
+    #: The last failure, ``"append: TimeoutError: ..."`` / ``"poll: ..."`` (None: none).
+    error: str | None
+    #: Failed attempts in the current streak (appends and polls together).
+    failures: int
+    #: How long the append in flight has waited for Redis's answer (None: none in flight).
+    in_flight_for: float | None
+    #: How long appends have been held by a full stream (None: not held).
+    blocked_for: float | None
+    length: int
+    max_len: int
+    #: Seconds since Redis last accepted an append by this process (None: none yet).
+    last_append_ago: float | None
+
+
 class StreamPublisher:
     """Appends accepted events to the app's stream; see the module docstring.
 
@@ -287,8 +317,10 @@ class StreamPublisher:
         max_len: int,
         group: str | None,
         poll: float = DEFAULT_POLL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
+        self.clock = clock
         self.keys = StreamKeys(app_id)
         self.max_len = max_len
         self.group = group
@@ -300,8 +332,51 @@ class StreamPublisher:
         self.length = 0
         #: The last state read (None before the first poll).
         self.state: StreamState | None = None
+        #: Failed appends and polls (each retry counts).
+        self.append_failures = 0
+        self.poll_failures = 0
         self._task: asyncio.Task[None] | None = None
         self._append = redis.register_script(_APPEND)
+        # Health (see AppendHealth), on self.clock.
+        self._append_failing: tuple[float, int, str] | None = None  # (since, count, error)
+        self._poll_failing: tuple[float, int, str] | None = None
+        self._in_flight_since: float | None = None
+        self._blocked_since: float | None = None
+        self._last_append_at: float | None = None
+
+    def append_health(self) -> AppendHealth:
+        now = self.clock()
+        streaks = [f for f in (self._append_failing, self._poll_failing) if f is not None]
+        failing_for = max(0.0, now - min(f[0] for f in streaks)) if streaks else None
+        error: str | None = None
+        if self._append_failing is not None:  # the append's own error says most
+            error = "append: " + self._append_failing[2]
+        elif self._poll_failing is not None:
+            error = "poll: " + self._poll_failing[2]
+        return AppendHealth(
+            failing_for=failing_for,
+            error=error,
+            failures=sum(f[1] for f in streaks),
+            in_flight_for=(
+                None if self._in_flight_since is None else max(0.0, now - self._in_flight_since)
+            ),
+            blocked_for=(
+                None if self._blocked_since is None else max(0.0, now - self._blocked_since)
+            ),
+            length=self.length,
+            max_len=self.max_len,
+            last_append_ago=(
+                None if self._last_append_at is None else max(0.0, now - self._last_append_at)
+            ),
+        )
+
+    def _failure(
+        self, streak: tuple[float, int, str] | None, exc: BaseException
+    ) -> tuple[float, int, str]:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if streak is None:
+            return (self.clock(), 1, text)
+        return (streak[0], streak[1] + 1, text)
 
     async def start(self) -> None:
         await check_owner(self.redis, self.keys, claim=True)
@@ -319,12 +394,20 @@ class StreamPublisher:
 
     async def refresh(self) -> StreamState:
         """Trim what every group acknowledged; read the state (length, groups, dead letters)."""
-        state = await stream_state(self.redis, self.keys)
-        point = state.trim_point()
-        if point is not None and state.length:
-            trimmed = await self.redis.xtrim(self.keys.stream, minid=point, approximate=False)
-            if trimmed:
-                state = StreamState(state.length - int(trimmed), state.groups, state.dead_letters)
+        try:
+            state = await stream_state(self.redis, self.keys)
+            point = state.trim_point()
+            if point is not None and state.length:
+                trimmed = await self.redis.xtrim(self.keys.stream, minid=point, approximate=False)
+                if trimmed:
+                    state = StreamState(
+                        state.length - int(trimmed), state.groups, state.dead_letters
+                    )
+        except Exception as exc:
+            self.poll_failures += 1
+            self._poll_failing = self._failure(self._poll_failing, exc)
+            raise
+        self._poll_failing = None
         self.state = state
         self.length = state.length
         return state
@@ -343,16 +426,35 @@ class StreamPublisher:
         if self.length >= self.max_len:
             await self._wait_for_room()
         app, now = self.keys.app_id, time.time()
-        # One script call per batch: one command to pack and parse instead of one per event
-        # (a third of the gateway's cost per event at a flood), applied atomically.
-        await self._append(
-            keys=[self.keys.stream], args=[encode_event(e, app, now) for e in events]
-        )
+        clock = self.clock
+        self._in_flight_since = clock()
+        try:
+            # One script call per batch: one command to pack and parse instead of one per event
+            # (a third of the gateway's cost per event at a flood), applied atomically.
+            await self._append(
+                keys=[self.keys.stream], args=[encode_event(e, app, now) for e in events]
+            )
+        except Exception as exc:
+            self.append_failures += 1
+            self._append_failing = self._failure(self._append_failing, exc)
+            raise
+        finally:
+            self._in_flight_since = None
+        self._append_failing = None
+        self._last_append_at = clock()
         self.appended += count
         self.length += count
 
     async def _wait_for_room(self) -> None:
         self.blocked += 1
+        if self._blocked_since is None:
+            self._blocked_since = self.clock()
+        try:
+            await self._wait_loop()
+        finally:
+            self._blocked_since = None
+
+    async def _wait_loop(self) -> None:
         warned = False
         while True:
             state = await self.refresh()

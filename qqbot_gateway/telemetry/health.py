@@ -35,6 +35,19 @@ and the shard checks are replaced by:
   the start of listening before the first). Silence is off by default: a quiet bot is not a
   broken bot; the last-callback metrics and the alert rules show it either way.
 
+With stream delivery (``QQBOT_DELIVERY=stream``, ``stream_status`` set), both transports add
+``stream/append`` (the Redis stream the events are appended to, see
+:mod:`qqbot_gateway.cluster.stream`):
+
+* liveness: fails only when appends (or the publisher's polls) have been failing, or one append
+  has waited for Redis's answer, for longer than ``liveness_grace``. A Redis outage is not this
+  process's fault and a restart cannot fix it (the reasoning of the QQ-outage grace): within
+  the grace the check is ok and its reason says what fails and for how long;
+* readiness: fails while appends are failing (the reason: since when, how many attempts, the
+  last error), while an append has waited for Redis longer than ``stall_margin``, and while
+  the stream is full (``QQBOT_STREAM_MAX_LEN`` entries some consumer group has not
+  acknowledged: the workers are behind; the next append waits for room).
+
 Readiness (``/readyz``) is ``ok`` only while every shard of this process is READY with a recent
 ACK (``shard/<n>/ready``) and :meth:`begin_shutdown` has not been called (``shutdown``). "Recent"
 is ``(1 + ack_timeout_max + 0.5) x interval`` since the last ACK (or since the session went
@@ -46,10 +59,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.types import LivenessConfig, ShardStatus, TransportConfig, WebhookStatus
+
+if TYPE_CHECKING:
+    from qqbot_gateway.cluster.stream import AppendHealth
 
 __all__ = ["Check", "HealthConfig", "HealthEvaluator", "HealthReport"]
 
@@ -169,6 +185,8 @@ class HealthEvaluator:
         #: Cluster mode (``QQBOT_REDIS_URL``): shard -> ("owner" | "standby", detail). A standby
         #: shard is owned by another process: this process is healthy and ready without it.
         self.roles: Callable[[], Mapping[int, tuple[str, str]]] | None = None
+        #: Stream delivery: the publisher's :meth:`append_health` (see the module docstring).
+        self.stream_status: Callable[[], AppendHealth] | None = None
         self._shutting_down = False
         self._started_at = started_at if started_at is not None else (clock() if clock else 0.0)
         for shard in shards:
@@ -262,7 +280,75 @@ class HealthEvaluator:
                 raise ValueError("evaluate() needs now= when the evaluator has no clock")
             now = self.clock()
         if self.webhook_status is not None:
-            return self._evaluate_webhook(self.webhook_status, now)
+            report = self._evaluate_webhook(self.webhook_status, now)
+        else:
+            report = self._evaluate_shards(now)
+        if self.stream_status is None:
+            return report
+        live, ready = self._stream_checks(self.stream_status)
+        checks = [*report.checks, live]
+        readiness = [*report.readiness, ready]
+        return HealthReport(
+            healthy=report.healthy and live.ok,
+            ready=report.ready and ready.ok,
+            checks=checks,
+            readiness=readiness,
+            shard_ready=report.shard_ready,
+            evaluated_at=report.evaluated_at,
+        )
+
+    def _stream_checks(self, provider: Callable[[], AppendHealth]) -> tuple[Check, Check]:
+        """``stream/append``: (liveness, readiness); see the module docstring."""
+        name = "stream/append"
+        try:
+            st = provider()
+        except Exception as exc:  # noqa: BLE001 - a broken provider is a failing check
+            why = f"stream status unavailable: {type(exc).__name__}"
+            return Check(name, False, why), Check(name, False, why)
+        grace = self.config.liveness_grace
+        fill = f"{st.length} of {st.max_len} entries"
+        problems: list[str] = []
+        worst = 0.0  # how long the oldest problem has lasted
+        if st.failing_for is not None:
+            worst = st.failing_for
+            problems.append(
+                f"appends failing for {st.failing_for:.1f}s ({st.failures} attempt(s); "
+                f"last error {st.error})"
+            )
+        if st.in_flight_for is not None and st.in_flight_for > self.config.stall_margin:
+            worst = max(worst, st.in_flight_for)
+            problems.append(f"an append unanswered by Redis for {st.in_flight_for:.1f}s")
+        if problems:
+            text = "; ".join(problems)
+            ready = Check(name, False, self._clean(text))
+            if worst > grace:
+                live = Check(name, False, self._clean(f"{text} (grace {grace:g}s)"))
+            else:
+                live = Check(
+                    name,
+                    True,
+                    self._clean(f"{text} (grace {grace:g}s; a restart cannot fix Redis)"),
+                )
+            return live, ready
+        if st.blocked_for is not None or st.length >= st.max_len:
+            # The workers are behind: not this process's fault, never a restart.
+            held = (
+                f"appends held for {st.blocked_for:.1f}s, the session pauses its intake"
+                if st.blocked_for is not None
+                else "the next append waits for room"
+            )
+            text = (
+                f"stream full: {fill} not acknowledged by every group (QQBOT_STREAM_MAX_LEN); "
+                f"{held}"
+            )
+            return Check(name, True, text), Check(name, False, text)
+        if st.last_append_ago is None:
+            text = f"Redis answers; nothing appended yet ({fill})"
+        else:
+            text = f"last append {st.last_append_ago:.1f}s ago ({fill})"
+        return Check(name, True, text), Check(name, True, text)
+
+    def _evaluate_shards(self, now: float) -> HealthReport:
         checks: list[Check] = []
         readiness: list[Check] = []
         shard_ready: dict[int, bool] = {}

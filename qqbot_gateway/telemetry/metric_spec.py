@@ -354,7 +354,10 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "histogram",
         ("shard",),
         "Time spent in handlers per event.",
-        "time spent in handlers per event",
+        (
+            "time spent in handlers per event; with `QQBOT_DELIVERY=stream` the append of the "
+            "event's batch to Redis, retries included (docs/workers.md)"
+        ),
     ),
     MetricSpec(
         "token_refreshes_total",
@@ -520,6 +523,17 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         (
             "`run` with `QQBOT_DELIVERY=stream`: events appended to the app's stream (each "
             "counted once Redis answered its `XADD`; only then does the checkpoint pass it)"
+        ),
+    ),
+    MetricSpec(
+        "stream_append_failures_total",
+        "counter",
+        (),
+        "Appends to the app's Redis stream that failed (each retry counted).",
+        (
+            "appends that failed (Redis down, timed out, read-only, out of memory), each retry "
+            "counted: the batch is retried every 0.5 s and `/readyz` fails (`stream/append`) "
+            "meanwhile; nothing is lost"
         ),
     ),
     MetricSpec(

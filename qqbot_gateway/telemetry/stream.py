@@ -4,20 +4,25 @@ Everything is computed at scrape time from counters the publisher and the worker
 and from the stream state they last read from Redis (every poll, a few commands): nothing here
 is on an event's path, and a scrape never waits on Redis.
 
-* ``run`` with stream delivery: :class:`StreamMetrics` with ``publisher=`` (appends, blocked
-  appends, the stream's length and bound, every group's lag and pending entries, dead letters).
+* ``run`` with stream delivery: :class:`StreamMetrics` with ``publisher=`` (appends, failed
+  and blocked appends, the stream's length and bound, every group's lag and pending entries,
+  dead letters).
 * ``worker``: ``worker=`` (the same stream gauges, plus this consumer's handled / failed /
-  duplicate events, claims, dead letters, handler duration, end-to-end latency, in flight).
+  duplicate events, claims, dead letters, handler duration, end-to-end latency, in flight, and
+  ``build_info`` like the gateway's, so that a worker's job shows in the dashboard's ``$job``).
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+
+from qqbot_gateway._version import __version__
 
 from .metric_spec import counter_family, gauge_family, histogram_family
 
@@ -55,11 +60,13 @@ class StreamMetrics(Collector):
             state = publisher.state
             appended = counter_family("stream_appended_total")
             appended.add_metric([], publisher.appended)
+            failures = counter_family("stream_append_failures_total")
+            failures.add_metric([], publisher.append_failures)
             blocked = counter_family("stream_append_blocked_total")
             blocked.add_metric([], publisher.blocked)
             bound = gauge_family("stream_max_length")
             bound.add_metric([], publisher.max_len)
-            yield from (appended, blocked, bound)
+            yield from (appended, failures, blocked, bound)
         if worker is not None and state is None:
             state = worker.stats.state
         length = gauge_family("stream_length")
@@ -105,7 +112,9 @@ def _worker_families(worker: StreamWorker) -> Iterable[Metric]:
     latency.add_metric(
         labels, _buckets(s.latency_buckets, HANDLER_SECONDS_BUCKETS), s.latency_seconds
     )
-    yield from (events, claims, dead, in_flight, up, duration, latency)
+    build = gauge_family("build_info")
+    build.add_metric([__version__, platform.python_version()], 1)
+    yield from (events, claims, dead, in_flight, up, duration, latency, build)
 
 
 def _buckets(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[str, float]]:

@@ -18,8 +18,10 @@ The secret comes from ``QQBOT_CLIENT_SECRET`` or ``QQBOT_CLIENT_SECRET_FILE``, o
 ``client_secret`` / ``client_secret_file`` in ``extra`` (hermes's ``QQ_CLIENT_SECRET`` is read as
 a last resort).
 Every ``QQBOT_*`` setting of the service (see :mod:`qqbot_gateway.config`) is accepted in
-``extra`` under its lowercase name; ``extra`` wins over the environment. ``docs/hermes.md`` has
-the full list, the differences from hermes's built-in QQ adapter and a migration path.
+``extra`` under its lowercase name, except cluster mode's (``CLUSTER_SETTINGS``: refused with one
+line, they belong to ``qqbot-gateway run`` and ``worker``); ``extra`` wins over the
+environment. ``docs/hermes.md`` has the full list, the differences from hermes's built-in QQ
+adapter and a migration path.
 
 What hermes gets from this adapter instead of its built-in one: layered liveness (ACK tracking,
 receive-idle deadline, WebSocket ping, TCP keepalive) so a half-open link is replaced within a

@@ -1,40 +1,8 @@
 """The hermes platform adapter: a hermes QQ bot on this project's client.
 
-hermes-agent loads it through its own plugin discovery (entry point group
-``hermes_agent.plugins``, name ``qqbot-gateway``) once it is listed in ``config.yaml``::
-
-    plugins:
-      enabled: [qqbot-gateway]
-    platforms:
-      qqbot_gateway:
-        enabled: true
-        extra:
-          app_id: "102000000"          # or QQ_APP_ID / QQBOT_APP_ID in the environment
-          http_addr: "0.0.0.0:9464"    # optional: /healthz, /readyz, /metrics in this process
-          transport: webhook           # optional: QQ's HTTP callbacks instead of the WebSocket
-          webhook_addr: "127.0.0.1:8080"   # required with webhook (behind a TLS reverse proxy)
-
-The secret comes from ``QQ_CLIENT_SECRET`` (hermes's name), ``QQBOT_CLIENT_SECRET`` or
-``QQBOT_CLIENT_SECRET_FILE``, or ``client_secret`` / ``client_secret_file`` in ``extra``.
-Every ``QQBOT_*`` setting of the service (see :mod:`qqbot_gateway.config`) is accepted in
-``extra`` under its lowercase name; ``extra`` wins over the environment. ``docs/hermes.md`` has
-the full list, the differences from hermes's built-in QQ adapter and a migration path.
-
-What hermes gets from this adapter instead of its built-in one: layered liveness (ACK tracking,
-receive-idle deadline, WebSocket ping, TCP keepalive) so a half-open link is replaced within a
-fraction of a heartbeat interval (about 1.4 against a server that ignores pings); resume with
-replayed events delivered exactly once, across a restart of hermes too (the session store,
-``QQBOT_STATE_DIR``); a bounded handler queue; and a connected state that tells the truth:
-``_mark_disconnected`` as soon as a zombie is detected or a shard backs off, ``_mark_connected``
-on READY/RESUMED, and a fatal error (``_set_fatal_error`` + ``_notify_fatal_error``, once) only
-when a shard stopped for good.
-
-With ``transport: webhook`` there is no connection: the service's webhook receiver
-(:func:`qqbot_gateway.service.start_receiver`, the code ``qqbot-gateway run`` uses) runs in the
-hermes process on ``webhook_addr``, callbacks go through the intake journal and the dedupe
-window into the same handler, and hermes is connected while the receiver listens (with
-``webhook_require_validation``: once QQ's op 13 arrived). A receiver that cannot listen makes
-``connect()`` fail with the error set, as hermes's own servers do.
+How hermes loads it, the configuration it reads and what hermes gets from it instead of its
+built-in QQ adapter are in the package's docstring (:mod:`qqbot_gateway.integrations.hermes`)
+and in docs/hermes.md.
 """
 
 from __future__ import annotations
