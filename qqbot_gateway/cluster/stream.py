@@ -45,7 +45,6 @@ Errors::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -56,7 +55,7 @@ import orjson
 
 from qqbot_gateway.adapter.protocol import GatewayEvent, new_event
 
-from .connect import ClusterError, keyspace
+from .connect import ClusterError, keyspace, stop_task
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -388,9 +387,8 @@ class StreamPublisher:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Not one cancel(): redis-py on Python 3.11 can drop it mid-command (see stop_task).
+            await stop_task(task)
 
     async def refresh(self) -> StreamState:
         """Trim what every group acknowledged; read the state (length, groups, dead letters)."""
