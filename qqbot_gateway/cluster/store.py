@@ -19,7 +19,7 @@ interval, the handled-sequence watermark and the recent event ids, exactly as wi
 **Who wrote it.** Each write also records its fencing token (``...:session:writer``, set in
 the same atomic step): a process that takes a shard again compares it with the token of its own
 last term, to tell a later owner's state from its own or an older one (:meth:`load_fenced`,
-used by ``QQBotClient``; see docs/cluster.md, "Guarantees").
+used by ``QQBotClient``; docs/cluster.md, "Taking a shard again").
 
 **Ownership** is the lease's business, not the store's: ``acquire`` only checks that a token is
 set (the process owns the lease), ``close`` does nothing (the lease is released by its owner).
