@@ -563,13 +563,6 @@ class QQBotClient:
         await self.close()
 
 
-def _load_quietly(store: SessionStore) -> StoredSession | StoreError | None:
-    try:
-        return store.load()
-    except StoreError as exc:
-        return exc
-
-
 def _load_fenced_quietly(
     store: SessionStore,
 ) -> tuple[StoredSession | StoreError | None, int | None]:
