@@ -73,6 +73,8 @@ _log = logging.getLogger("qqbot_gateway.checkpoint")
 DEFAULT_INTERVAL: Final = DEFAULT_CHECKPOINT_INTERVAL
 #: The writer never polls faster than this, whatever the window (``interval`` 0 in tests).
 _MIN_POLL: Final = 0.005
+#: How soon a new session's first checkpoint is written, whatever the interval (see _writer).
+_FIRST_POLL: Final = 0.05
 #: Re-write an unchanged state this often while a session is live (keeps ``written_at`` fresh,
 #: so the next process can tell a recent session from a stale one even on a quiet bot).
 DEFAULT_REFRESH: Final = 30.0
@@ -265,7 +267,11 @@ class Checkpointer:
         cpu, wall = self._cpu_clock(), time.monotonic()
         held_since: float | None = None  # when the loop first held a write back (MAX_HOLD)
         while True:
-            await self._sleep(poll)
+            # A session with no checkpoint yet (just identified) is written at the first poll
+            # after _FIRST_POLL, not after a whole interval: until then another process taking
+            # the shard over would find nothing to resume and identify afresh.
+            first = self._current_session()[0] not in (None, self._written[0])
+            await self._sleep(min(poll, _FIRST_POLL) if first else poll)
             cpu_now, wall_now = self._cpu_clock(), time.monotonic()
             window = wall_now - wall  # judged on windows of a real poll's length only
             saturated = window >= _MIN_POLL and (cpu_now - cpu) >= SATURATED * window

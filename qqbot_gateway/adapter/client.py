@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Protocol, TypeVar
@@ -186,6 +187,9 @@ class QQBotClient:
         self._end_session = False
         #: Cluster mode: the ids a shard's last term here handled, for its next term's window.
         self._handled_ids: dict[int, list[str]] = {}
+        #: Cluster mode: per shard, the fencing token of its last term here and the session it
+        #: held at the end (its watermark: only ever what was handled), for the next term.
+        self._last_terms: dict[int, tuple[int | None, StoredSession | None]] = {}
         #: Optional hook wrapping the handling of each event (telemetry sets a tracing span).
         self.handler_context: HandlerContext | None = None
         #: Set before ``start()``: accepted events go to this sink in batches instead of the
@@ -372,9 +376,12 @@ class QQBotClient:
                 raise LeaseLost(f"shard {sid}: the lease is no longer this process's")
 
         shard = self._make_shard(sid, guard=guard, may_send=term.valid)
-        # The store is Redis: read it off the loop thread, then adopt what it held.
-        loaded = await asyncio.to_thread(_load_quietly, store)
-        shard.restore(loaded)
+        # The store is Redis: read it off the loop thread, then adopt the newer of what it held
+        # and what this process still holds from its own last term of this shard.
+        loaded, writer = await asyncio.to_thread(_load_fenced_quietly, store)
+        last_token, mine = self._last_terms.pop(sid, (None, None))
+        chosen = _newer_session(sid, loaded, writer, mine, last_token, getattr(term, "token", None))
+        shard.restore(chosen)
         # This process owned the shard before (Redis was gone, the lease ran out): what it
         # handled then but could not checkpoint is dropped from the replay, not handled twice.
         handled_here = self._handled_ids.pop(sid, None)
@@ -410,6 +417,7 @@ class QQBotClient:
         progress = shard.dispatcher.progress
         if progress is not None:
             self._handled_ids[sid] = list(progress.ids)
+        self._last_terms[sid] = (getattr(term, "token", None), _held_session(shard))
         if getattr(term, "kind", None) != "fatal":
             self._shards.pop(sid, None)  # a fatal shard stays: its state is the health verdict
 
@@ -555,8 +563,90 @@ class QQBotClient:
         await self.close()
 
 
-def _load_quietly(store: SessionStore) -> StoredSession | StoreError | None:
+def _load_fenced_quietly(
+    store: SessionStore,
+) -> tuple[StoredSession | StoreError | None, int | None]:
+    """The stored state and the fencing token of the term that wrote it, when the store records
+    it (the Redis store's ``load_fenced``); else the token is unknown (None)."""
+    load_fenced: Callable[[], tuple[StoredSession | None, int | None]] | None = getattr(
+        store, "load_fenced", None
+    )
     try:
-        return store.load()
+        if load_fenced is None:
+            return store.load(), None
+        return load_fenced()
     except StoreError as exc:
-        return exc
+        return exc, None
+
+
+def _held_session(shard: Shard) -> StoredSession | None:
+    """What ``shard`` holds in memory at the end of its term: its session and handled
+    watermark (as a checkpoint would write it), or the session at seq 0 when nothing with a
+    sequence number was handled yet (resuming from 0 replays everything: nothing is skipped)."""
+    ckpt = shard.checkpointer
+    if ckpt is None:
+        return None
+    state = ckpt.snapshot()
+    if state is not None:
+        return state
+    session_id = shard.session.session_id
+    if session_id is None:
+        return None
+    config = shard.config
+    return StoredSession(
+        app_id=config.app_id,
+        shard_id=shard.shard_id,
+        shard_count=config.shard_count,
+        session_id=session_id,
+        seq=0,
+        event_ids=tuple(ckpt.progress.ids),
+        written_at=time.time(),
+    )
+
+
+def _newer_session(
+    shard_id: int,
+    stored: StoredSession | StoreError | None,
+    writer: int | None,
+    mine: StoredSession | None,
+    last_token: int | None,
+    token: int | None,
+) -> StoredSession | StoreError | None:
+    """Cluster mode, a new term of a shard this process ran before: resume from the newer of
+    the store (``stored``, written under fencing token ``writer``) and the session this
+    process held at the end of its last term (``mine``, under ``last_token``); ``token`` is the
+    new term's. Its own state wins when nobody else can have written a later one: the store is
+    empty, or was written by our last term or an older one (its watermark only ever reaches
+    what was handled, so ours is at least as far). A state written by another process's later
+    term wins. When that cannot be told (the store unreadable, the writer unknown, the fence
+    counter restarted: Redis lost its data), ours wins only if no other term can have been in
+    between (the new token follows ours directly)."""
+    if mine is None or last_token is None or token is None:
+        return stored
+    restarted = token <= last_token
+    nobody_between = token == last_token + 1
+    if isinstance(stored, StoreError):
+        keep_mine = nobody_between
+    elif stored is None:
+        keep_mine = True
+    elif writer is None or restarted:
+        keep_mine = nobody_between
+    else:
+        keep_mine = writer <= last_token
+    if not keep_mine:
+        return stored
+    if isinstance(stored, StoredSession) and stored.session_id == mine.session_id:
+        if stored.seq > mine.seq:  # cannot happen (ours is what was handled): be safe anyway
+            return stored
+    _log.warning(
+        "shard %d: resuming this process's own session from its last term (fencing token %d): "
+        "the store holds %s",
+        shard_id,
+        last_token,
+        "nothing"
+        if stored is None
+        else "a state that cannot be read"
+        if isinstance(stored, StoreError)
+        else "no later owner's state",
+    )
+    return mine

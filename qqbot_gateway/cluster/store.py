@@ -16,6 +16,11 @@ held before is refused too.
 :class:`~qqbot_gateway.adapter.checkpoint.Checkpointer` hands it: one write per checkpoint
 interval, the handled-sequence watermark and the recent event ids, exactly as with files.
 
+**Who wrote it.** Each write also records its fencing token (``...:session:writer``, set in
+the same atomic step): a process that takes a shard again compares it with the token of its own
+last term, to tell a later owner's state from its own or an older one (:meth:`load_fenced`,
+used by ``QQBotClient``; docs/cluster.md, "Taking a shard again").
+
 **Ownership** is the lease's business, not the store's: ``acquire`` only checks that a token is
 set (the process owns the lease), ``close`` does nothing (the lease is released by its owner).
 
@@ -45,23 +50,31 @@ from .lease import lease_keys
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["FencedOut", "RedisSessionStore", "close_sync_redis", "open_sync_redis", "session_key"]
+__all__ = [
+    "FencedOut",
+    "RedisSessionStore",
+    "close_sync_redis",
+    "open_sync_redis",
+    "session_key",
+    "writer_key",
+]
 
 #: Clients made through a Sentinel -> the Sentinel (whose own connections close with them).
 _SENTINELS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 #: A stored document larger than this is not one of ours (the file store's bound).
 _MAX_SIZE: Final = 4 << 20
 
-# KEYS: fence, session. ARGV: token, document. 1 written, 0 refused (stale token).
+# KEYS: fence, session, writer. ARGV: token, document. 1 written, 0 refused (stale token).
 _SAVE: Final = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[1])
 return 1
 """
-# KEYS: fence, session. ARGV: token.
+# KEYS: fence, session, writer. ARGV: token.
 _CLEAR: Final = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 return 1
 """
 
@@ -76,6 +89,11 @@ class FencedOut(StoreError):
 
 def session_key(app_id: str, shard_id: int) -> str:
     return f"{keyspace(app_id)}shard:{shard_id}:session"
+
+
+def writer_key(app_id: str, shard_id: int) -> str:
+    """The fencing token of the term that wrote the shard's session (absent: unknown)."""
+    return f"{session_key(app_id, shard_id)}:writer"
 
 
 def open_sync_redis(
@@ -133,6 +151,7 @@ class RedisSessionStore:
         self.shard_id = shard_id
         self._token = token
         self.key = session_key(app_id, shard_id)
+        self._writer = writer_key(app_id, shard_id)
         self._fence = lease_keys(app_id, shard_id).fence
         self._shown = shown
         self._save = client.register_script(_SAVE)
@@ -153,9 +172,18 @@ class RedisSessionStore:
         """Nothing to release: ownership is the lease's (see the module docstring)."""
 
     def load(self) -> StoredSession | None:
-        raw = self._run(lambda: self._client.get(self.key), "read")
+        return self.load_fenced()[0]
+
+    def load_fenced(self) -> tuple[StoredSession | None, int | None]:
+        """The stored state and the fencing token of the term that wrote it (None: no state,
+        or written before the token was recorded). Read together, in one command."""
+        reply = self._run(lambda: self._client.mget([self.key, self._writer]), "read")
+        raw, writer = reply
         if raw is None:
-            return None
+            return None, None
+        return self._parse(raw), _token_of(writer)
+
+    def _parse(self, raw: Any) -> StoredSession:
         if not isinstance(raw, bytes | str):
             raise StoreError(f"{self.location}: unexpected reply type {type(raw).__name__}")
         data = raw.encode() if isinstance(raw, str) else raw
@@ -170,14 +198,17 @@ class RedisSessionStore:
         token = self._checked_token("write")
         document = state.to_json()
         ok = self._run(
-            lambda: self._save(keys=[self._fence, self.key], args=[token, document]), "write"
+            lambda: self._save(keys=[self._fence, self.key, self._writer], args=[token, document]),
+            "write",
         )
         if int(ok) != 1:
             self._refused(token, "write")
 
     def clear(self) -> None:
         token = self._checked_token("delete")
-        ok = self._run(lambda: self._clear(keys=[self._fence, self.key], args=[token]), "delete")
+        ok = self._run(
+            lambda: self._clear(keys=[self._fence, self.key, self._writer], args=[token]), "delete"
+        )
         if int(ok) != 1:
             self._refused(token, "delete")
 
@@ -215,3 +246,12 @@ class RedisSessionStore:
         except (RedisError, OSError) as exc:
             text = " ".join((str(exc).strip() or type(exc).__name__).split())
             raise StoreError(f"cannot {what} {self.location}: {text}") from None
+
+
+def _token_of(raw: Any) -> int | None:
+    if not isinstance(raw, bytes | str):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
