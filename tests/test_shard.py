@@ -175,20 +175,8 @@ class GuardedClient(QQBotClient):
         guard: Callable[[], Awaitable[None]] | None = None,
         may_send: Callable[[], bool] | None = None,
     ) -> Shard:
-        assert self._ws_http is not None and self._tokens is not None
-        return Shard(
-            shard_id,
-            config=self.config,
-            bus=self.events,
-            stats=self.stats[shard_id],
-            tokens=self._tokens,
-            gateway_url=self._gateway_url,
-            ws_http=self._ws_http,
-            handlers=self._handlers_for,
-            around_event=self._around_event,
-            store=self._stores.get(shard_id),
-            guard=self.guard,
-        )
+        # The client's own wiring, with this guard in place of the lease's.
+        return super()._make_shard(shard_id, guard=self.guard, may_send=may_send)
 
 
 @pytest.mark.slow
