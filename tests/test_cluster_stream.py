@@ -391,3 +391,121 @@ async def test_a_worker_of_concurrency_1_claims_more_entries_than_it_has_slots(
     await until(lambda: len(seen) == 4, 20, "all 4 claimed, one slot at a time")
     assert sorted(seen) == sorted(f"ev-{i}" for i in range(4))
     await pub.close()
+
+
+class RefusedAcks:
+    """Fault injection: the worker's acknowledgement script fails (as when Redis does not
+    answer) while ``refusing`` is set; Redis itself stays up for everyone else."""
+
+    def __init__(self, worker: StreamWorker) -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        self.refusing = True
+        self.refused = 0
+        self._error = RedisConnectionError
+        self._script = worker._finish_script
+        worker._finish_script = self
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        if self.refusing:
+            self.refused += 1
+            raise self._error("refused by the test")
+        return await self._script(**kwargs)
+
+
+async def test_a_worker_never_claims_the_entries_it_holds_while_its_acks_fail(
+    redis: Any, running: Running
+) -> None:
+    """Handled, not yet acknowledged (Redis failing for this worker longer than claim_idle):
+    idle in Redis's eyes, but this worker's own claim scans leave them to its acknowledgement."""
+    pub = StreamPublisher(redis, APP, max_len=1000, group="handlers")
+    await pub.start()
+    calls: collections.Counter[str] = collections.Counter()
+    worker = await running.start(
+        StreamWorker(redis, config(claim_idle=0.2), [lambda e: calls.update([str(e.event_id)])])
+    )
+    acks = RefusedAcks(worker)  # (the worker's loops have not run yet)
+    await pub.append([event(i) for i in range(10)])
+    await until(lambda: len(calls) == 10 and acks.refused >= 2, 20, "handled, acks refused")
+    # Idle far past claim_idle plus the confirmation: every scan finds them idle, its own.
+    await asyncio.sleep(0.2 + 2.0 + 1.0)
+    acks.refusing = False
+    await until(lambda: not worker._held, 20, "the acknowledgements applied")
+    state = await stream_state(redis, StreamKeys(APP))
+    assert state.groups[0].pending == 0
+    assert set(calls.values()) == {1}, f"handed again: {calls}"
+    assert worker.stats.claimed == 0
+    await pub.close()
+
+
+async def test_a_live_workers_late_acknowledgement_wins_over_another_workers_claim(
+    redis: Any, running: Running
+) -> None:
+    """Worker a's acknowledgements fail past claim_idle (as when Redis stopped for everyone);
+    b finds a's entries idle, and a's acknowledgement lands before b's second look: no claim,
+    no second handling. (Without the second look b claims them within a scan and a blocking
+    read, about a second.)"""
+    pub = StreamPublisher(redis, APP, max_len=1000, group="handlers")
+    await pub.start()
+    calls: collections.Counter[str] = collections.Counter()
+    a = await running.start(
+        StreamWorker(redis, config(claim_idle=0.2), [lambda e: calls.update([str(e.event_id)])])
+    )
+    acks = RefusedAcks(a)  # (the worker's loops have not run yet)
+    await pub.append([event(i) for i in range(10)])
+    await until(lambda: len(calls) == 10 and acks.refused >= 1, 20, "a handled them")
+    b = await running.start(
+        StreamWorker(
+            redis,
+            config(consumer="w2", claim_idle=0.2, claim_confirm=6.0),
+            [lambda e: calls.update([str(e.event_id)])],
+        )
+    )
+    await until(lambda: len(b._suspects) == 10, 20, "b finds a's entries idle")
+    first_look = asyncio.get_running_loop().time()
+    await asyncio.sleep(2.5)
+    assert b.stats.claimed == 0, "claimed at the first look"
+    acks.refusing = False
+    await until(lambda: not a._held, 20, "a's acknowledgements applied")
+    assert asyncio.get_running_loop().time() - first_look < 6.0, "(too slow to show it)"
+    await asyncio.sleep(max(0.0, first_look + 6.5 - asyncio.get_running_loop().time()))
+    assert set(calls.values()) == {1}, f"handed again: {calls}"
+    assert b.stats.claimed == 0 and not b._suspects
+    await pub.close()
+
+
+async def test_a_retried_append_that_redis_had_applied_is_not_appended_twice(
+    redis_server: Any,
+) -> None:
+    """An append whose call timed out (Redis stopped) is applied when Redis answers again;
+    the dispatcher's retry of that batch (the same list) finds its token: no second copy."""
+    client = await open_redis(redis_server.url, timeout=0.5)
+    try:
+        pub = StreamPublisher(client, APP, max_len=1000, group="handlers")
+        await pub.start()
+        await pub.append([event(100)])  # the script is loaded (EVALSHA finds it)
+        batch = [event(i) for i in range(5)]
+        redis_server.pause()
+        try:
+            with pytest.raises(Exception, match="Timeout"):
+                await pub.append(batch)
+        finally:
+            redis_server.resume()
+        keys = StreamKeys(APP)
+
+        async def length() -> int:
+            return int(await client.xlen(keys.stream))
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while await length() < 6:  # the stopped server applies the call it had received
+            assert loop.time() < deadline, "the timed-out append was not applied"
+            await asyncio.sleep(0.05)
+        await pub.append(batch)  # the dispatcher's retry
+        assert pub.reapplied == 1
+        assert await length() == 6
+        await pub.append([event(i) for i in range(5)])  # another batch, the same events
+        assert await length() == 11, "only a retry of the same batch is recognised"
+        await pub.close()
+    finally:
+        await client.aclose()

@@ -11,6 +11,8 @@ more than once.
 from __future__ import annotations
 
 import asyncio
+import collections
+from typing import Any
 
 import pytest
 
@@ -51,6 +53,38 @@ async def webhook_gateway(fleet: Fleet, port: int) -> Proc:
         assert gateway.proc is not None and gateway.proc.returncode is None, gateway.stderr[-20:]
         assert loop.time() < deadline, f"webhook gateway not ready: {gateway.stderr[-20:]}"
         await asyncio.sleep(0.1)
+
+
+async def where_are(fleet: Fleet, missing: set[str]) -> str:
+    """For a failure: where the missing callbacks are (the event stream and who holds them,
+    the dead-letter stream, the intake stream), and the consumer groups."""
+    from qqbot_gateway.cluster.connect import open_redis
+    from qqbot_gateway.cluster.intake import intake_keys
+    from qqbot_gateway.cluster.stream import StreamKeys
+
+    client: Any = await open_redis(fleet.redis.url)
+    keys = StreamKeys(APP_ID)
+    intake, _seen = intake_keys(APP_ID)
+    out = []
+    try:
+        for name, key in (("events", keys.stream), ("dead", keys.dead), ("intake", intake)):
+            entries = await client.xrange(key)
+            found = {
+                entry_id.decode(): i
+                for entry_id, fields in entries
+                for i in missing
+                if i.encode() in fields.get(b"e", fields.get(b"body", b""))
+            }
+            out.append(f"{name}: {len(entries)} entries; the missing ones: {found}")
+            group = {"events": "handlers", "intake": "gateway"}.get(name)
+            if group is not None and found:
+                pending = await client.xpending_range(key, group, "-", "+", 10_000)
+                held = [p for p in pending if p["message_id"].decode() in found]
+                out.append(f"  pending: {held}")
+        out.append(f"groups: {await client.xinfo_groups(keys.stream)}")
+    finally:
+        await client.aclose()
+    return "\n".join(out)
 
 
 def counts(fleet: Fleet) -> dict[str, int]:
@@ -110,14 +144,6 @@ async def test_webhook_callbacks_through_the_stream_to_workers_gateway_sigkilled
         assert await worker.stop() == 0
 
 
-@pytest.mark.skip(
-    reason=(
-        "open (issue 19): with webhooks + stream delivery and Redis SIGSTOPped mid-flood, 1 run "
-        "in about 8 left callbacks unhandled 90 s after Redis came back, and another handed one "
-        "callback twice (its acknowledgement stalled past claim_idle); not yet explained, so not "
-        "run in CI until it is. The WebSocket path's Redis-stop test runs (test_cluster_stream_e2e)"
-    )
-)
 async def test_webhook_callbacks_through_the_stream_redis_stopped_mid_flood(fleet: Fleet) -> None:
     """Redis (the intake's and the stream's) stops answering for longer than the clients' 5 s
     timeout: callbacks are refused or time out and the platform retries them, appends are
@@ -154,6 +180,7 @@ async def test_webhook_callbacks_through_the_stream_redis_stopped_mid_flood(flee
             print("gateway stderr tail:\n" + "\n".join(gateway.stderr[-40:]), flush=True)
             for w in fleet.workers:
                 print("worker stderr tail:\n" + "\n".join(w.stderr[-15:]), flush=True)
+            print(await where_are(fleet, set(missing)), flush=True)
             raise
         await asyncio.sleep(2.0)  # a late copy (a retried append, a claim) would show by now
     printed = counts(fleet)
@@ -164,6 +191,13 @@ async def test_webhook_callbacks_through_the_stream_redis_stopped_mid_flood(flee
         f"handed twice {len(twice)}, platform statuses {dict(qq.stats.statuses)}",
         flush=True,
     )
+    if twice:  # who handed them out, after how many claims
+        for w in fleet.workers:
+            mine = collections.Counter(str(e["id"]) for e in w.events)
+            text = await side(w, "/metrics")
+            claims = sample(text, "qqbot_gateway_worker_claims_total")
+            print(f"worker {w.env['QQBOT_WORKER_NAME']}: {[mine[i] for i in twice]}, {claims=}")
+            print("\n".join(line for line in w.stderr if "claimed" in line or "failed" in line))
     assert not lost
     assert twice == []
     assert await side(gateway, "/readyz", status=True) == "200"

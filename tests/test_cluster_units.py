@@ -17,7 +17,7 @@ import pytest
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.cluster import worker as worker_module
 from qqbot_gateway.cluster.connect import open_redis, stop_task
-from qqbot_gateway.cluster.intake import GROUP, RedisIntake, intake_keys
+from qqbot_gateway.cluster.intake import DEDUPE_TTL, GROUP, RedisIntake, intake_keys
 from qqbot_gateway.cluster.lease import lease_keys
 from qqbot_gateway.cluster.shards import ShardOwnership, ShardTerm
 from qqbot_gateway.cluster.worker import forget_idle_consumers
@@ -317,3 +317,44 @@ async def test_shards_are_owned_independently_and_exactly_once(redis_server: Red
             await stop_task(task)
         await redis.aclose()
     assert not hanging, f"hold loops still running 15 s after stop(): {hanging}"
+
+
+async def test_an_append_redis_applied_after_its_timeout_is_handed_on_once(
+    redis_server: RedisServer,
+) -> None:
+    """A callback's append times out (Redis stopped: a 503, the id leaves the local window)
+    and Redis applies it when it answers again. The platform's retry then finds the id taken
+    and delivers nothing; the entry (pending to this replica, unknown to it) is handed on by a
+    claim round, even one that runs while the retry is in flight, and is never acknowledged
+    unhandled (it was, as a "local duplicate" of the retry: the callback was lost)."""
+    redis = await open_redis(redis_server.url)
+    r = Replica(redis, "a", claim_idle=0.2)  # not started: the test drives the claim rounds
+    stream, seen = intake_keys(APP)
+    try:
+        await r.intake._ensure_group()
+        # What the timed-out call leaves once Redis applied it: the id taken by this replica,
+        # the entry pending to it; and nothing in this process (it answered 503).
+        entry_id = await r.intake._append(
+            keys=[stream, seen + "e1"], args=["e1", _body("e1"), "a", DEDUPE_TTL]
+        )
+        await asyncio.sleep(0.3)  # idle past claim_idle
+        # The platform's retry is on its way (its append not yet answered) as a round claims.
+        r.window.add("e1")
+        retry = r.intake.submit(_event("e1"), _body("e1"))
+        found: Any = await redis.xrange(stream, entry_id, entry_id)
+        assert not r.intake._adopt(_text(entry_id), found[0][1])
+        assert _text(entry_id) not in r.intake._to_ack, "acknowledged without a handler"
+        assert await bounded("the retry", retry), "the retry is ACKed (the id is taken)"
+        assert r.delivered == [], "the retry delivered nothing"
+        assert r.intake.shared_duplicates == 1
+        await asyncio.sleep(0.3)
+        await bounded("claim round", r.intake._claim(200))
+        assert r.delivered == ["e1"], "handed on by the claim round, once"
+        assert r.intake.claimed == 1
+    finally:
+        await bounded("close", r.intake.close())
+        await bounded("aclose", redis.aclose())
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

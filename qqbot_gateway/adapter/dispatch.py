@@ -53,7 +53,9 @@ Handler = Callable[[GatewayEvent], Awaitable[Any] | Any]
 #: A handler that returned an awaitable: (the awaitable, the handler, when it started, the
 #: index of the next handler).
 _Pending = tuple[Awaitable[Any], Handler, float, int]
-#: Takes a batch of accepted events and returns once they are durable elsewhere.
+#: Takes a batch of accepted events and returns once they are durable elsewhere. A call that
+#: raised is retried with the same list object (a sink may recognise the retry by it: the
+#: failed call may have been applied after all, e.g. a timeout during a Redis outage).
 BatchSink = Callable[[list[GatewayEvent]], Awaitable[None]]
 #: A failed sink call is retried after this pause (a Redis failover takes seconds; a tight loop
 #: would flood the log and the server).

@@ -394,6 +394,13 @@ class RedisIntake:
         event_id = payload.get("id") if isinstance(payload, dict) else None
         if isinstance(event_id, str) and event_id in self._entries:
             return False  # this process's own entry, waiting for its handler: keep it pending
+        if isinstance(event_id, str) and event_id in self._in_flight:
+            # The platform's retry of this callback is being appended right now, and this
+            # entry is an earlier append of it that Redis applied after its caller had given
+            # up (a timeout: the callback got a 503). That append will find the id taken and
+            # deliver nothing, so this entry must not be acknowledged as a local duplicate:
+            # leave it pending; the next round hands it on.
+            return False
         event = self._redeliver(payload) if isinstance(payload, dict) else None
         if event is None or event.event_id is None:
             self._to_ack.append(entry)  # unusable, or handled here already: done with it

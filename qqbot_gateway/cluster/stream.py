@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -87,12 +88,17 @@ DEFAULT_POLL: Final = 0.5
 
 
 # KEYS[1]: the stream; ARGV: one encoded event each, appended in order.
+# KEYS[1]: the stream, KEYS[2]: this writer's last-batch key. ARGV[1]: the batch's token,
+# ARGV[2..]: the entries. A retry of a batch Redis applied after the writer had given up on
+# the call (a timeout during an outage) finds its token and appends nothing: -1.
 _APPEND: Final = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then return -1 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', 86400)
 local stream = KEYS[1]
-for i = 1, #ARGV do
+for i = 2, #ARGV do
   redis.call('XADD', stream, '*', 'e', ARGV[i])
 end
-return #ARGV
+return #ARGV - 1
 """
 
 
@@ -106,6 +112,8 @@ class StreamKeys:
     stream: str = field(init=False)
     meta: str = field(init=False)
     dead: str = field(init=False)
+    #: Prefix of the writers' last-batch keys (one per gateway process and shard, 1 day).
+    batches: str = field(init=False)
     prefix: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -114,6 +122,7 @@ class StreamKeys:
         object.__setattr__(self, "stream", prefix + "events")
         object.__setattr__(self, "meta", prefix + "events:meta")
         object.__setattr__(self, "dead", prefix + "events:dead")
+        object.__setattr__(self, "batches", prefix + "events:batch:")
 
     def done(self, group: str, key: str) -> str:
         return f"{self.prefix}done:{group}:{key}"
@@ -336,6 +345,13 @@ class StreamPublisher:
         self.poll_failures = 0
         self._task: asyncio.Task[None] | None = None
         self._append = redis.register_script(_APPEND)
+        #: This process's writer id: the last batch's token is kept per writer and shard.
+        self._writer = uuid.uuid4().hex[:16]
+        #: Ghost appends recognised (a retried batch Redis had applied already).
+        self.reapplied = 0
+        #: Per shard: the last batch handed to ``append`` and its token.
+        self._last_batch: dict[int, tuple[list[GatewayEvent], str]] = {}
+        self._batches = 0
         # Health (see AppendHealth), on self.clock.
         self._append_failing: tuple[float, int, str] | None = None  # (since, count, error)
         self._poll_failing: tuple[float, int, str] | None = None
@@ -426,11 +442,23 @@ class StreamPublisher:
         app, now = self.keys.app_id, time.time()
         clock = self.clock
         self._in_flight_since = clock()
+        # The batch's token, kept per shard: the dispatcher retries a failed batch with the same
+        # list, so a retry of a call that timed out but was applied later finds its token in
+        # Redis (no second copy); every other batch gets a new one.
+        shard = events[0].shard
+        last = self._last_batch.get(shard)
+        if last is not None and last[0] is events:
+            token = last[1]
+        else:
+            self._batches += 1
+            token = str(self._batches)
+            self._last_batch[shard] = (events, token)
         try:
             # One script call per batch: one command to pack and parse instead of one per event
             # (a third of the gateway's cost per event at a flood), applied atomically.
-            await self._append(
-                keys=[self.keys.stream], args=[encode_event(e, app, now) for e in events]
+            appended = await self._append(
+                keys=[self.keys.stream, f"{self.keys.batches}{self._writer}:{shard}"],
+                args=[token, *(encode_event(e, app, now) for e in events)],
             )
         except Exception as exc:
             self.append_failures += 1
@@ -440,6 +468,13 @@ class StreamPublisher:
             self._in_flight_since = None
         self._append_failing = None
         self._last_append_at = clock()
+        if appended == -1:
+            self.reapplied += 1
+            _log.info(
+                "a retried append of %d events had reached the stream already (its reply was "
+                "lost); not appended again",
+                count,
+            )
         self.appended += count
         self.length += count
 

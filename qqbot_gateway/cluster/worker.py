@@ -10,22 +10,34 @@ access token).
 The life of an entry::
 
     XREADGROUP >            delivered (delivery 1), pending in the group under this consumer
-    begin (Lua, per batch)  the event's dedupe key: unset -> "<consumer>" with expiry
-                            claim_idle (run it); "done" -> duplicate (ack, no handler);
+    begin (Lua, per batch)  the event's dedupe key: unset -> "<consumer>" (the in-flight
+                            mark, kept as long as a "done" one: a copy read meanwhile waits
+                            for a claim, however long the first copy's acknowledgement
+                            takes) -> run it; "done" -> duplicate (ack, no handler);
                             another live consumer's -> leave it pending (a copy in flight)
     handlers                every handler returned -> done; one raised -> not acknowledged
     finish (Lua): SET key done EX window; XACK    (after the handlers, one call a batch, atomic)
 
-    pending >= claim_idle   another worker's scan (XPENDING IDLE) finds it: deliveries below
+    pending >= claim_idle   a worker's scan (XPENDING IDLE) finds it and, if a second scan
+                            at least CLAIM_CONFIRM s later (this worker's clock) still finds it
+                            pending, undelivered since: deliveries below
                             QQBOT_STREAM_MAX_ATTEMPTS -> XCLAIM (delivery n+1) and handled;
                             at the bound -> the dead-letter stream (XADD + XACK in one MULTI),
-                            counted; never dropped
+                            counted; never dropped. A worker never claims an entry it holds
+                            itself (running, or handled and waiting for its acknowledgement).
+
+Idle times are Redis's clock, which runs on while Redis is stopped or unreachable: after an
+outage longer than ``claim_idle`` every pending entry looks abandoned at once, although the
+live workers holding them are about to acknowledge them. The second scan gives them that
+moment (their acknowledgements were retried all along), so an outage of Redis alone makes no
+second handling.
 
 **Effectively once per group.** An event reaches a handler of a group a second time only if
 
-1. a worker died (or lost Redis) after its handlers returned and before its ``SET done`` +
-   ``XACK`` script was applied: the entry is claimed after ``claim_idle`` and handled
-   again (at most the events in flight in that worker: ``QQBOT_WORKER_CONCURRENCY``);
+1. a worker died, or lost Redis while the others kept it (a network partition), for longer
+   than ``claim_idle``, after its handlers returned and before its ``SET done`` + ``XACK``
+   script was applied: the entry is claimed and handled again (at most the events in flight
+   in that worker: ``QQBOT_WORKER_CONCURRENCY``);
 2. a handler ran longer than ``claim_idle``: another worker claims the entry and runs it too;
 3. a handler raised: the entry is retried (every handler of the worker runs again) until it
    succeeds or goes to the dead-letter stream;
@@ -83,6 +95,10 @@ _MAX_READ: Final = 500
 _BLOCK_MS: Final = 1000
 #: XPENDING looks at this many idle entries per scan.
 _SCAN: Final = 100
+#: An idle entry is claimed only if a scan at least this long after the first (this process's
+#: monotonic clock) still finds it pending with the same delivery count: a live holder whose
+#: acknowledgement waited out a Redis outage gets it applied first (it retries every _RETRY).
+CLAIM_CONFIRM: Final = 2.0
 #: After a Redis error the loops pause this long (a failover takes seconds; no tight loop).
 _RETRY: Final = 0.5
 #: A stop (SIGTERM) lets handlers finish for QQBOT_DRAIN_TIMEOUT (10 s by default); the whole
@@ -163,6 +179,8 @@ class WorkerConfig:
     drain_timeout: float = 10.0
     #: Consumers idle this long (and at least 20 claim_idle) with nothing pending are deleted.
     forget_idle: float = 3600.0
+    #: An idle entry is claimed at a second look this much later (see CLAIM_CONFIRM).
+    claim_confirm: float = CLAIM_CONFIRM
 
 
 @dataclass(slots=True)
@@ -221,6 +239,11 @@ class StreamWorker:
         self.stats = WorkerStats()
         self._slots = asyncio.Semaphore(config.concurrency)
         self._done: list[_Entry] = []
+        #: Entry ids this worker holds: handlers running, or done and not yet acknowledged.
+        #: Its own claim scans skip them (they are idle in Redis's eyes, not abandoned).
+        self._held: set[str] = set()
+        #: Idle entries seen by a claim scan: id -> (deliveries then, first seen on our clock).
+        self._suspects: dict[str, tuple[int, float]] = {}
         self._done_ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._begin: Any = None
@@ -325,9 +348,10 @@ class StreamWorker:
 
     async def _claim_once(self, idle_ms: int) -> None:
         cfg = self.config
-        stale = await self.redis.xpending_range(
+        found: Any = await self.redis.xpending_range(
             self.keys.stream, cfg.group, "-", "+", _SCAN, idle=idle_ms
         )
+        stale = self._confirmed(found)
         if not stale:
             return
         dead = [
@@ -371,6 +395,26 @@ class StreamWorker:
         self.stats.claimed += len(claimed)
         _log.info("claimed %d entries idle for %gs or more", len(claimed), cfg.claim_idle)
         await self._process(claimed, claimed=True)
+
+    def _confirmed(self, found: list[Any]) -> list[Any]:
+        """The idle entries also seen idle by a scan at least ``claim_confirm`` s ago, with the same
+        delivery count, and not held by this worker (see the module docstring)."""
+        now = self._loop.time()
+        suspects: dict[str, tuple[int, float]] = {}
+        confirmed = []
+        for p in found:
+            entry_id = _text(p["message_id"])
+            if entry_id in self._held:
+                continue
+            deliveries = int(p["times_delivered"])
+            seen = self._suspects.get(entry_id)
+            if seen is None or seen[0] != deliveries:
+                seen = (deliveries, now)
+            suspects[entry_id] = seen
+            if now - seen[1] >= self.config.claim_confirm:
+                confirmed.append(p)
+        self._suspects = suspects
+        return confirmed
 
     async def _dead_letter(
         self, entry_id: str, deliveries: int, reason: str | None = None, raw: bytes | None = None
@@ -430,7 +474,9 @@ class StreamWorker:
             batch.append(_Entry(entry_id, raw, event, dedupe_key(event, entry_id), published))
         if not batch:
             return
-        ttl_ms = max(1000, int(cfg.claim_idle * 1000))
+        # The in-flight mark outlives any wait for an acknowledgement (a Redis outage included):
+        # a claim (force) takes it over from a dead holder; a fresh copy never does.
+        ttl_ms = max(1000, int(max(cfg.claim_idle, cfg.dedupe_window) * 1000))
         try:
             verdicts = await self._begin(
                 keys=[self.keys.done(cfg.group, e.key) for e in batch],
@@ -443,6 +489,7 @@ class StreamWorker:
             return
         for entry, verdict in zip(batch, verdicts, strict=True):
             if verdict == 1:
+                self._held.add(entry.entry_id)
                 self._run(entry)
             elif verdict == 0:
                 self.stats.duplicates += 1
@@ -454,6 +501,7 @@ class StreamWorker:
                     entry.event.type,
                     entry.key,
                 )
+                self._held.add(entry.entry_id)
                 self._finish(entry, ok=None)
             else:
                 self.stats.busy_skipped += 1
@@ -491,6 +539,7 @@ class StreamWorker:
                 if result is not None and inspect.isawaitable(result):
                     await result
         except asyncio.CancelledError:
+            self._held.discard(entry.entry_id)
             self.stats.in_flight -= 1
             self._slots.release()
             raise
@@ -514,6 +563,7 @@ class StreamWorker:
         self._finish(entry, ok=True)
 
     def _failed(self, entry: _Entry, handler: Handler, exc: Exception) -> None:
+        self._held.discard(entry.entry_id)  # pending for a retry: claimable, by this worker too
         self.stats.in_flight -= 1
         self.stats.failed += 1
         name = getattr(handler, "__qualname__", repr(handler))
@@ -575,7 +625,9 @@ class StreamWorker:
         except BaseException:
             self._done[:0] = done
             raise
-        for _ in done:
+        held = self._held
+        for entry in done:
+            held.discard(entry.entry_id)
             self._slots.release()
 
     # --- state ---------------------------------------------------------------------------
