@@ -17,7 +17,7 @@ from qqbot_gateway.simulator import Simulator
 from tests.redis_harness import RedisServer
 
 from .proc_harness import CliProcess
-from .test_cli import APP_ID, SECRET, clean_env, free_port
+from .test_cli import APP_ID, bot_env, free_port
 
 #: Interpreter start plus imports on a loaded 2-core machine.
 START_TIMEOUT = 60.0
@@ -42,13 +42,7 @@ class Fleet:
         self.workers: list[Proc] = []
 
     def env(self, **overrides: str) -> dict[str, str]:
-        base = self.sim.base_url
         settings = {
-            "QQBOT_APP_ID": APP_ID,
-            "QQBOT_CLIENT_SECRET": SECRET,
-            "QQBOT_API_BASE": base,
-            "QQBOT_TOKEN_URL": f"{base}/app/getAppAccessToken",
-            "QQBOT_HTTP_ADDR": f"127.0.0.1:{free_port()}",
             "QQBOT_STATE_DIR": str(self.state_dir),
             "QQBOT_LOG_FORMAT": "console",
             "QQBOT_REDIS_URL": self.redis.url,
@@ -56,7 +50,7 @@ class Fleet:
             "QQBOT_STREAM_CLAIM_IDLE": CLAIM_IDLE,
             "QQBOT_CHECKPOINT_INTERVAL": "0.2",
         }
-        return clean_env(**{**settings, **overrides})
+        return bot_env(self.sim.base_url, free_port(), **{**settings, **overrides})
 
     async def gateway(self) -> Proc:
         proc = await Proc(self.env(), "run").start()

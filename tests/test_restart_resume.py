@@ -28,7 +28,7 @@ import pytest
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
 
 from .proc_harness import CliProcess
-from .test_cli import APP_ID, SECRET, clean_env, free_port
+from .test_cli import APP_ID, SECRET, bot_env, free_port
 
 #: Every test here runs the service in subprocesses and kills them.
 pytestmark = pytest.mark.slow
@@ -61,18 +61,12 @@ class Case:
         self.bots: list[Bot] = []
 
     def env(self, **overrides: str) -> dict[str, str]:
-        base = self.sim.base_url
         settings = {
-            "QQBOT_APP_ID": APP_ID,
-            "QQBOT_CLIENT_SECRET": SECRET,
-            "QQBOT_API_BASE": base,
-            "QQBOT_TOKEN_URL": f"{base}/app/getAppAccessToken",
-            "QQBOT_HTTP_ADDR": f"127.0.0.1:{free_port()}",
             "QQBOT_STATE_DIR": str(self.state_dir),
             "QQBOT_DRAIN_TIMEOUT": "10",
             "QQBOT_LOG_FORMAT": "console",
         }
-        return clean_env(**{**settings, **overrides})
+        return bot_env(self.sim.base_url, free_port(), **{**settings, **overrides})
 
     async def bot(self, *args: str, **env: str) -> Bot:
         bot = Bot(self.env(**env), *args)
