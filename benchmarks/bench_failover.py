@@ -39,19 +39,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._inproc import Reader, executor, open_session
+from benchmarks._inproc import APP_ID, Pipeline, file_store, store_rounds
 from benchmarks.bench_store import frames
-from qqbot_gateway.adapter import events as ev
-from qqbot_gateway.adapter.checkpoint import DEFAULT_DEDUPE_IDS, Checkpointer
-from qqbot_gateway.adapter.dispatch import Dispatcher, Progress
-from qqbot_gateway.adapter.protocol import GatewayEvent
-from qqbot_gateway.adapter.session import GatewaySession
-from qqbot_gateway.adapter.store import FileSessionStore, SessionStore
+from qqbot_gateway.adapter.store import SessionStore
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
 
 REPORT = Path(__file__).with_name("bench_failover.md")
 ROOT = Path(__file__).resolve().parents[1]
-APP_ID, SECRET = "1024", "s3cret"
+SECRET = "s3cret"
 STORE_APP = "2048"
 
 
@@ -186,92 +181,14 @@ async def failover_trial(redis_url: str, interval_ms: int, lease: str, rng: rand
 # ------------------------------------------------------------------------------ store cost
 
 
-async def store_flood(
-    kind: str, payloads: list[bytes], make: Callable[[], SessionStore]
-) -> tuple[float, float]:
-    """(events/s of wall time, ns of the loop thread's CPU per event)."""
-    bus = ev.EventBus()
-    session = GatewaySession(intents=1 << 25)
-    session.interest = bus.interest(0)
-    handled = 0
-
-    def handler(event: GatewayEvent) -> None:
-        nonlocal handled
-        handled += 1
-
-    dispatcher = Dispatcher(
-        session,
-        bus=bus,
-        handlers=lambda t: [handler],
-        capacity=len(payloads) + 10,
-        progress=Progress(DEFAULT_DEDUPE_IDS) if kind != "off" else None,
-    )
-    ckpt = None
-    if kind != "off":
-        store = make()
-        progress = dispatcher.progress
-        assert progress is not None
-        ckpt = Checkpointer(
-            store,
-            app_id=APP_ID,
-            shard_id=0,
-            shard_count=1,
-            bus=bus,
-            current_session=lambda: (session.session_id, session.seq),
-            accepted_count=lambda: progress.handled + dispatcher.outstanding,
-            progress=progress,
-        )
-    dispatcher.start()
-    if ckpt is not None:
-        ckpt.start()
-    executor(dispatcher, bus)(open_session(session))
-    # The driver's own per-frame path (benchmarks/_inproc.py), not a copy of it.
-    reader = Reader(session, dispatcher, bus)
-    start, cpu = time.perf_counter(), time.thread_time()
-    for i in range(0, len(payloads), 200):
-        reader.push(payloads[i : i + 200])
-        while not (reader.idle and dispatcher.idle):  # noqa: ASYNC110 - no drained event
-            await asyncio.sleep(0)
-    elapsed, cpu = time.perf_counter() - start, time.thread_time() - cpu
-    await reader.close()
-    await dispatcher.close(5.0)
-    if ckpt is not None:
-        await ckpt.close()
-    return len(payloads) / elapsed, cpu * 1e9 / len(payloads)
-
-
 async def store_lag(
     payloads: list[bytes], make: Callable[[], SessionStore], seconds: float
 ) -> dict[str, float]:
     """Checkpoint lag (events handled, not yet durable) at 1,000 events/s, in ms."""
-    bus = ev.EventBus()
-    session = GatewaySession(intents=1 << 25)
-    session.interest = bus.interest(0)
-    dispatcher = Dispatcher(
-        session,
-        bus=bus,
-        handlers=lambda t: [lambda e: None],
-        capacity=len(payloads) + 10,
-        progress=Progress(DEFAULT_DEDUPE_IDS),
-    )
-    progress = dispatcher.progress
-    assert progress is not None
-    writes: list[float] = []
-    bus.subscribe_to(ev.CheckpointWritten, lambda e: writes.append(e.duration))
-    ckpt = Checkpointer(
-        make(),
-        app_id=APP_ID,
-        shard_id=0,
-        shard_count=1,
-        bus=bus,
-        current_session=lambda: (session.session_id, session.seq),
-        accepted_count=lambda: progress.handled + dispatcher.outstanding,
-        progress=progress,
-    )
-    dispatcher.start()
-    ckpt.start()
-    executor(dispatcher, bus)(open_session(session))
-    reader = Reader(session, dispatcher, bus)
+    pipe = Pipeline(len(payloads) + 10, make())
+    await pipe.start()
+    ckpt, reader, writes = pipe.checkpointer, pipe.reader, pipe.writes
+    assert ckpt is not None
     loop = asyncio.get_running_loop()
     samples: list[int] = []
     rate = 1000.0
@@ -287,9 +204,7 @@ async def store_lag(
             samples.append(ckpt.lag)
             next_sample += 0.005
         await asyncio.sleep(0.005)
-    await reader.close()
-    await dispatcher.close(5.0)
-    await ckpt.close()
+    await pipe.close()
     lag_ms = sorted(s / rate * 1000 for s in samples)
     return {
         "p50": lag_ms[len(lag_ms) // 2],
@@ -372,24 +287,15 @@ async def run(args: argparse.Namespace) -> str:
             assert await lease.try_acquire() is not None
             token = lease.token
 
-            def file_store() -> SessionStore:
-                d = tempfile.mkdtemp(dir=tmp)
-                s = FileSessionStore(d, APP_ID, 0)
-                s.acquire()
-                return s
+            def a_file_store() -> SessionStore:
+                return file_store(tmp)
 
             payloads = frames(args.events)
-            rates: dict[str, list[float]] = {"off": [], "file": [], "redis": []}
-            cpu_ns: dict[str, list[float]] = {"off": [], "file": [], "redis": []}
-            makers = {"off": file_store, "file": file_store, "redis": redis_store}
-            for _ in range(args.rounds):
-                order = ["off", "file", "redis"]
-                rng.shuffle(order)
-                for kind in order:
-                    rate, ns = await store_flood(kind, payloads, makers[kind])
-                    rates[kind].append(rate)
-                    cpu_ns[kind].append(ns)
-            lag_file = await store_lag(payloads, file_store, 4.0)
+            stores = {"off": lambda: None, "file": a_file_store, "redis": redis_store}
+            floods = await store_rounds(payloads, stores, args.rounds, rng)
+            rates = {k: [f.rate for f in runs] for k, runs in floods.items()}
+            cpu_ns = {k: [f.cpu_ns for f in runs] for k, runs in floods.items()}
+            lag_file = await store_lag(payloads, a_file_store, 4.0)
             lag_redis = await store_lag(payloads, redis_store, 4.0)
             await aio.aclose()
             sync.close()

@@ -5,9 +5,10 @@ Both parts run the adapter's real per-event path in process, without sockets, th
 ``GatewaySession`` (parse, dedupe, counters) read by the connection's own read loop
 (``GatewayConnection._read_loop`` over a stand-in socket, ``benchmarks/_inproc.py``), and a real
 ``Dispatcher`` (bounded queue, handler task, a no-op handler: the worst case for a relative
-cost). "On" wires a :class:`~qqbot_gateway.adapter.checkpoint.Checkpointer` exactly as
-a shard does (``adapter/shard.py``: the dispatcher keeps its progress per handled event, the
-checkpointer reads it) over the real
+cost); the pipeline and the flood are ``benchmarks/_inproc.py``'s, shared with
+``bench_failover``. "On" wires a :class:`~qqbot_gateway.adapter.checkpoint.Checkpointer`
+exactly as a shard does (``adapter/shard.py``: the dispatcher keeps its progress per handled
+event, the checkpointer reads it) over the real
 :class:`~qqbot_gateway.adapter.store.FileSessionStore` in a temporary directory: atomic
 writes with ``fsync`` of the file and the directory, batched by the default 100 ms window,
 in a worker thread.
@@ -35,12 +36,12 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks._inproc import Reader, executor, open_session
+from benchmarks._inproc import APP_ID, Flood, Pipeline, file_store, store_rounds
 from qqbot_gateway.adapter import events as ev
-from qqbot_gateway.adapter.checkpoint import DEFAULT_DEDUPE_IDS, MAX_HOLD, Checkpointer
+from qqbot_gateway.adapter.checkpoint import DEFAULT_DEDUPE_IDS, MAX_HOLD
 from qqbot_gateway.adapter.dispatch import Dispatcher, Progress
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.adapter.session import GatewaySession
@@ -56,99 +57,6 @@ def frames(n: int) -> list[bytes]:
 
 
 @dataclass
-class Pipeline:
-    """Session + the driver's read loop + dispatcher (+ checkpointer when ``store``)."""
-
-    store: bool
-    capacity: int
-    directory: str = ""
-    handled: int = 0
-    session: GatewaySession = field(init=False)
-    dispatcher: Dispatcher = field(init=False)
-    checkpointer: Checkpointer | None = field(init=False, default=None)
-    writes: list[float] = field(default_factory=list)
-    #: The connection's own read loop, reading the frames pushed to it.
-    reader: Reader = field(init=False)
-
-    async def start(self) -> None:
-        bus = ev.EventBus()
-        self.bus = bus
-        session = GatewaySession(intents=1 << 25)
-        session.interest = bus.interest(0)
-        self.session = session
-        ckpt: Checkpointer | None = None
-
-        def handler(event: GatewayEvent) -> None:
-            self.handled += 1
-
-        # Wired as the shard wires them (adapter/shard.py): the dispatcher keeps its Progress,
-        # the checkpointer reads it.
-        self.dispatcher = dispatcher = Dispatcher(
-            session,
-            bus=bus,
-            handlers=lambda t: [handler],
-            capacity=self.capacity,
-            progress=Progress(DEFAULT_DEDUPE_IDS) if self.store else None,
-        )
-        if self.store:
-            store = FileSessionStore(self.directory, "1024", 0)
-            store.acquire()
-            progress = dispatcher.progress
-            assert progress is not None
-            ckpt = Checkpointer(
-                store,
-                app_id="1024",
-                shard_id=0,
-                shard_count=1,
-                bus=bus,
-                current_session=lambda: (session.session_id, session.seq),
-                accepted_count=lambda: progress.handled + dispatcher.outstanding,
-                progress=progress,
-            )
-            bus.subscribe_to(ev.CheckpointWritten, lambda e: self.writes.append(e.duration))
-        self.checkpointer = ckpt
-        self.dispatcher.start()
-        if ckpt is not None:
-            ckpt.start()
-        executor(self.dispatcher, bus)(open_session(session))
-        self.reader = Reader(session, self.dispatcher, bus)
-
-    async def close(self) -> None:
-        await self.reader.close()
-        await self.dispatcher.close(5.0)
-        if self.checkpointer is not None:
-            await self.checkpointer.close()
-
-
-@dataclass
-class Flood:
-    rate: float  # handled events per second of wall time
-    cpu_ns: float  # the event loop thread's CPU time per event (what bounds a shard's rate)
-    all_ns: float  # the process's CPU time per event, every thread and the kernel's fsync work
-    writes: int
-
-
-async def flood(store: bool, payloads: list[bytes], directory: str) -> Flood:
-    """Handled events per second, flooding as fast as the loop takes them."""
-    pipe = Pipeline(store=store, capacity=len(payloads) + 10, directory=directory)
-    await pipe.start()
-    gc.collect()
-    start, cpu, all_cpu = time.perf_counter(), time.thread_time(), time.process_time()
-    batch = 200
-    for i in range(0, len(payloads), batch):
-        pipe.reader.push(payloads[i : i + batch])
-        while not (pipe.reader.idle and pipe.dispatcher.idle):  # noqa: ASYNC110 - no event
-            await asyncio.sleep(0)
-    elapsed, cpu = time.perf_counter() - start, time.thread_time() - cpu
-    all_cpu = time.process_time() - all_cpu
-    writes = len(pipe.writes)
-    await pipe.close()
-    assert pipe.handled == len(payloads) + 1  # + READY
-    n = len(payloads)
-    return Flood(n / elapsed, cpu * 1e9 / n, all_cpu * 1e9 / n, writes)
-
-
-@dataclass
 class LagResult:
     rate: float
     seconds: float
@@ -160,7 +68,9 @@ class LagResult:
 
 async def paced(payloads: list[bytes], rate: float, seconds: float, directory: str) -> LagResult:
     """Feed ``rate`` events/s; sample the checkpoint lag every 5 ms."""
-    pipe = Pipeline(store=True, capacity=len(payloads) + 10, directory=directory)
+    store = FileSessionStore(directory, APP_ID, 0)
+    store.acquire()
+    pipe = Pipeline(len(payloads) + 10, store)
     await pipe.start()
     ckpt = pipe.checkpointer
     assert ckpt is not None
@@ -188,7 +98,7 @@ async def paced(payloads: list[bytes], rate: float, seconds: float, directory: s
     stop.set()
     await task
     await pipe.close()
-    state = FileSessionStore(directory, "1024", 0).load()
+    state = FileSessionStore(directory, APP_ID, 0).load()
     return LagResult(
         rate=n / elapsed,
         seconds=elapsed,
@@ -203,10 +113,10 @@ def write_cpu(directory: str, n: int = 50) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of one atomic write of a full state (all ids), alone."""
     from qqbot_gateway.adapter.store import StoredSession
 
-    store = FileSessionStore(directory, "1024", 0)
+    store = FileSessionStore(directory, APP_ID, 0)
     store.acquire()
     ids = tuple(f"C2C_MESSAGE_CREATE:{i:010d}" for i in range(DEFAULT_DEDUPE_IDS))
-    state = StoredSession("1024", 0, 1, "bench", 5, ids, time.time())
+    state = StoredSession(APP_ID, 0, 1, "bench", 5, ids, time.time())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, wall0 = usage.ru_utime + usage.ru_stime, time.perf_counter()
     for _ in range(n):
@@ -271,14 +181,11 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def interleaved(payloads: list[bytes], rounds: int, prefix: str) -> dict[str, list[Flood]]:
-    """``rounds`` floods with the store off and on, the order alternating each round."""
-    runs: dict[str, list[Flood]] = {"off": [], "on": []}
-    for r in range(rounds):
-        for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
-            directory = f"{prefix}-{mode}-{r}"
-            runs[mode].append(asyncio.run(flood(mode == "on", payloads, directory)))
-    return runs
+def interleaved(payloads: list[bytes], rounds: int, parent: str) -> dict[str, list[Flood]]:
+    """``rounds`` floods with the store off and on (a new file store in ``parent`` each time),
+    the order alternating each round."""
+    stores = {"off": lambda: None, "on": lambda: file_store(parent)}
+    return asyncio.run(store_rounds(payloads, stores, rounds))
 
 
 def main() -> None:
@@ -292,11 +199,9 @@ def main() -> None:
     args = parser.parse_args()
     payloads = frames(args.events)
     with tempfile.TemporaryDirectory(prefix="qqbot-bench-store-") as tmp:
-        runs = interleaved(payloads, args.rounds, os.path.join(tmp, "short"))
+        runs = interleaved(payloads, args.rounds, tmp)
         # Sustained floods, longer than checkpoint.MAX_HOLD: writes must still complete.
-        long_runs = interleaved(
-            frames(args.long_events), args.long_rounds, os.path.join(tmp, "long")
-        )
+        long_runs = interleaved(frames(args.long_events), args.long_rounds, tmp)
         lag = asyncio.run(paced(payloads, 1000.0, args.seconds, os.path.join(tmp, "lag")))
         one_write_cpu, one_write_wall = write_cpu(os.path.join(tmp, "cpu"))
     per_event_inline = inline_cost()

@@ -2,7 +2,8 @@
 
 Debian's ``prometheus`` and ``prometheus-alertmanager`` binaries (or upstream's, on PATH). Each
 process gets a temporary data directory, logs to a file in it (shown when a wait times out)
-and is always stopped by :func:`stop`. Shared by tests/test_prometheus_e2e.py,
+and is always stopped by :func:`stop` (:func:`scraping` does all of it for one Prometheus,
+waiting until it is ready, with a session to query it). Shared by tests/test_prometheus_e2e.py,
 tests/test_workers_dashboard_e2e.py and tests/test_alertmanager_e2e.py; so are the dashboard's
 queries with their template variables replaced (:func:`dashboard_queries`).
 """
@@ -16,7 +17,7 @@ import json
 import shutil
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,13 @@ JOB = "qqbot-gateway"
 #: deploy/kubernetes/workers/prometheus-operator).
 WORKER_JOB = "qqbot-gateway-worker"
 RATE_INTERVAL = "4s"  # Grafana's $__rate_interval floor: 4 x the 1 s scrape interval
+
+
+#: Skips a test where the ``prometheus`` binary is not installed.
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None,
+    reason="the prometheus binary is not installed (Debian: apt-get install prometheus)",
+)
 
 
 def gen_slo_rules() -> Any:
@@ -205,6 +213,65 @@ async def query(http: aiohttp.ClientSession, prom: str, expr: str) -> list[dict[
     result = body["data"]["result"]
     assert isinstance(result, list)
     return result
+
+
+class Prometheus:
+    """A running Prometheus (see :func:`scraping`) and an HTTP session to query it."""
+
+    def __init__(
+        self, http: aiohttp.ClientSession, proc: asyncio.subprocess.Process, url: str, tmp: Path
+    ) -> None:
+        self.http = http
+        self.proc = proc
+        self.url = url
+        self.tmp = tmp
+
+    async def query(self, expr: str) -> list[dict[str, Any]]:
+        return await query(self.http, self.url, expr)
+
+    async def ready(self) -> bool:
+        return await ready(self.http, self.proc, self.url, self.tmp)
+
+    async def rules(self) -> list[dict[str, Any]]:
+        """Every rule of every loaded group, as /api/v1/rules reports it (health, lastError)."""
+        async with self.http.get(f"{self.url}/api/v1/rules") as resp:
+            body = await resp.json()
+        return [r for g in body["data"]["groups"] for r in g["rules"]]
+
+    async def without_data(self, checks: dict[str, str], within: float) -> dict[str, str]:
+        """The ``checks`` (name -> expression) whose query still returns nothing after
+        ``within`` seconds of polling them all every 0.5 s (empty when all returned data)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        pending = dict(checks)
+        while pending and loop.time() < deadline:
+            for key, expr in list(pending.items()):
+                if await self.query(expr):
+                    del pending[key]
+            if pending:
+                await asyncio.sleep(0.5)
+        return pending
+
+
+@contextlib.asynccontextmanager
+async def scraping(
+    tmp: Path,
+    *targets: str,
+    rule_files: list[Path],
+    worker_targets: tuple[str, ...] = (),
+) -> AsyncIterator[Prometheus]:
+    """:func:`start_prometheus` with these arguments, ready (``/-/ready`` within 30 s) when it is
+    entered, stopped when it is left."""
+    proc, url = await start_prometheus(
+        tmp, *targets, rule_files=rule_files, worker_targets=worker_targets
+    )
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            prom = Prometheus(http, proc, url, tmp)
+            await until(prom.ready, 30, "Prometheus /-/ready", tmp)
+            yield prom
+    finally:
+        await stop(proc)
 
 
 def substitute(expr: str, instance: str, job: str = JOB) -> str:

@@ -10,18 +10,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
-import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from qqbot_gateway.simulator import Simulator
 from tests.redis_harness import RedisServer
 
-from .test_cli import APP_ID, CLI, ROOT, SECRET, clean_env, free_port
+from .proc_harness import CliProcess
+from .test_cli import APP_ID, bot_env, free_port
 
 #: Interpreter start plus imports on a loaded 2-core machine.
 START_TIMEOUT = 60.0
@@ -31,78 +27,8 @@ CLAIM_IDLE = "1"
 LIFECYCLE = {"READY", "RESUMED"}
 
 
-class Proc:
+class Proc(CliProcess):
     """One ``run`` or ``worker`` process; stdout parsed as JSON lines as it comes."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.env = env
-        self.args = args
-        self.events: list[dict[str, Any]] = []
-        self.stderr: list[str] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> Proc:
-        self.proc = await asyncio.create_subprocess_exec(
-            *CLI,
-            *self.args,
-            env=self.env,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self._tasks = [
-            asyncio.create_task(self._read(self.proc.stdout, self._on_out)),
-            asyncio.create_task(self._read(self.proc.stderr, self.stderr.append)),
-        ]
-        return self
-
-    @staticmethod
-    async def _read(stream: asyncio.StreamReader | None, sink: Callable[[str], None]) -> None:
-        assert stream is not None
-        while line := await stream.readline():
-            sink(line.decode(errors="replace").rstrip("\n"))
-
-    def _on_out(self, line: str) -> None:
-        with contextlib.suppress(ValueError):
-            self.events.append(json.loads(line))
-
-    async def wait(self, predicate: Callable[[], Any], what: str, timeout: float) -> None:
-        assert self.proc is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not predicate():
-            if self.proc.returncode is not None or loop.time() > deadline:
-                tail = "\n".join(self.stderr[-30:])
-                pytest.fail(f"{what}: not within {timeout}s (rc {self.proc.returncode}):\n{tail}")
-            await asyncio.sleep(0.05)
-
-    def logged(self, text: str) -> bool:
-        return any(text in line for line in self.stderr)
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-
-    async def stop(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(timeout):
-            rc = await self.proc.wait()
-            await asyncio.gather(*self._tasks)
-        return rc
-
-    async def cleanup(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            with contextlib.suppress(Exception):
-                await self.proc.wait()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 class Fleet:
@@ -116,13 +42,7 @@ class Fleet:
         self.workers: list[Proc] = []
 
     def env(self, **overrides: str) -> dict[str, str]:
-        base = self.sim.base_url
         settings = {
-            "QQBOT_APP_ID": APP_ID,
-            "QQBOT_CLIENT_SECRET": SECRET,
-            "QQBOT_API_BASE": base,
-            "QQBOT_TOKEN_URL": f"{base}/app/getAppAccessToken",
-            "QQBOT_HTTP_ADDR": f"127.0.0.1:{free_port()}",
             "QQBOT_STATE_DIR": str(self.state_dir),
             "QQBOT_LOG_FORMAT": "console",
             "QQBOT_REDIS_URL": self.redis.url,
@@ -130,7 +50,7 @@ class Fleet:
             "QQBOT_STREAM_CLAIM_IDLE": CLAIM_IDLE,
             "QQBOT_CHECKPOINT_INTERVAL": "0.2",
         }
-        return clean_env(**{**settings, **overrides})
+        return bot_env(self.sim.base_url, free_port(), **{**settings, **overrides})
 
     async def gateway(self) -> Proc:
         proc = await Proc(self.env(), "run").start()

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
@@ -46,22 +45,16 @@ from qqbot_gateway.webhook_demo import webhook_stack
 from .gateway_harness import INTERVAL, client_config, sim_config
 from .prometheus_harness import (
     JOB,
-    PROMETHEUS,
     dashboard_queries,
-    start_prometheus,
-    stop,
+    needs_prometheus,
+    scraping,
     substitute,
     until,
 )
-from .prometheus_harness import query as prom_query
-from .prometheus_harness import ready as process_ready
 from .test_dashboard_lint import DASHBOARD
 
 pytestmark = [
-    pytest.mark.skipif(
-        PROMETHEUS is None,
-        reason="the prometheus binary is not installed (Debian: apt-get install prometheus)",
-    ),
+    needs_prometheus,
     pytest.mark.timeout(150),
     pytest.mark.slow,
 ]
@@ -127,7 +120,6 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
         registry=CollectorRegistry(),
     )
     tel.attach(client)
-    proc: asyncio.subprocess.Process | None = None
     # The intake journal on, as in the service: its panels need its series.
     hook_cm = webhook_stack(WEBHOOK_SECRET, path="/cb", state_dir=str(tmp_path / "state"))
     feeder: asyncio.Task[None] | None = None
@@ -138,25 +130,11 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
         feeder = asyncio.create_task(_feed_webhooks(hook.platform_url))
         target = str(urlsplit(str(tel.http_url)).netloc)
         hook_target = str(urlsplit(str(hook.telemetry.http_url)).netloc)
-        proc, prom = await start_prometheus(
-            tmp_path, target, hook_target, rule_files=[RULES, SLO_RULES]
-        )
-
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-
-            async def query(expr: str) -> list[dict[str, Any]]:
-                return await prom_query(http, prom, expr)
-
-            async def prometheus_ready() -> bool:
-                assert proc is not None
-                return await process_ready(http, proc, prom, tmp_path)
-
-            await until(prometheus_ready, 30, "Prometheus /-/ready", tmp_path)
+        async with scraping(tmp_path, target, hook_target, rule_files=[RULES, SLO_RULES]) as prom:
+            query = prom.query
 
             async def rules_loaded() -> bool:
-                async with http.get(f"{prom}/api/v1/rules") as resp:
-                    body = await resp.json()
-                names = {r.get("name") for g in body["data"]["groups"] for r in g["rules"]}
+                names = {r.get("name") for r in await prom.rules()}
                 return {r.get("alert") or r.get("record") for r in _rules()} <= names
 
             await until(rules_loaded, 15, "the rules to load", tmp_path)
@@ -204,17 +182,7 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
             for key, expr in stream_only.items():
                 await query(expr)  # asserts status success
                 del checks[key]
-            missing: dict[str, str] = {}
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 20
-            pending = dict(checks)
-            while pending and loop.time() < deadline:
-                for key, expr in list(pending.items()):
-                    if await query(expr):
-                        del pending[key]
-                if pending:
-                    await asyncio.sleep(0.5)
-            missing = pending
+            missing = await prom.without_data(checks, 20)
             assert missing == {}, "queries without data"
 
             for name, (selector, label) in _variable_selectors(target).items():
@@ -242,8 +210,6 @@ async def test_dashboard_and_rules_against_a_real_prometheus(tmp_path: Path) -> 
             assert seen_reasons <= silent_death, seen_reasons
             sim.unblackhole()
     finally:
-        if proc is not None:
-            await stop(proc)
         if feeder is not None:
             feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):

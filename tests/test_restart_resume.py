@@ -17,8 +17,7 @@ import collections
 import contextlib
 import json
 import signal
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,55 +27,22 @@ import pytest
 
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
 
-from .test_cli import APP_ID, ROOT, SECRET, clean_env, free_port
+from .proc_harness import CliProcess
+from .test_cli import APP_ID, SECRET, bot_env, free_port
 
 #: Every test here runs the service in subprocesses and kills them.
 pytestmark = pytest.mark.slow
 
-CLI = [sys.executable, "-m", "qqbot_gateway.cli"]
 RATE = 20.0
 #: Interpreter start plus imports on a loaded 2-core machine.
 START_TIMEOUT = 60.0
 LIFECYCLE = {"READY", "RESUMED"}
 
 
-class Bot:
+class Bot(CliProcess):
     """One ``run --print-events`` process; stdout parsed as it comes."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.env = env
-        self.args = args
-        self.events: list[dict[str, Any]] = []
-        self.stderr: list[str] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> Bot:
-        self.proc = await asyncio.create_subprocess_exec(
-            *CLI,
-            "run",
-            "--print-events",
-            *self.args,
-            env=self.env,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self._tasks = [
-            asyncio.create_task(self._read(self.proc.stdout, self._on_out)),
-            asyncio.create_task(self._read(self.proc.stderr, self.stderr.append)),
-        ]
-        return self
-
-    @staticmethod
-    async def _read(stream: asyncio.StreamReader | None, sink: Callable[[str], None]) -> None:
-        assert stream is not None
-        while line := await stream.readline():
-            sink(line.decode(errors="replace").rstrip("\n"))
-
-    def _on_out(self, line: str) -> None:
-        with contextlib.suppress(ValueError):
-            self.events.append(json.loads(line))
+    prefix = ("run", "--print-events")
 
     @property
     def handled(self) -> list[dict[str, Any]]:
@@ -84,61 +50,6 @@ class Bot:
 
     def saw(self, event_type: str) -> bool:
         return any(e["type"] == event_type for e in self.events)
-
-    async def wait(self, predicate: Callable[[], bool], what: str, timeout: float) -> None:
-        assert self.proc is not None
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    if self.proc.returncode is not None:
-                        break
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            pass
-        if not predicate():
-            tail = "\n".join(self.stderr[-30:])
-            pytest.fail(f"{what}: not within {timeout}s (rc {self.proc.returncode}):\n{tail}")
-
-    async def stderr_lines(self, text: str, timeout: float = 15.0) -> list[str]:
-        """The stderr lines containing ``text``, once there is one or the process has ended.
-
-        stderr is read by its own task, so a line written before an event on stdout can still
-        be on its way when the test has seen that event."""
-        assert self.proc is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not any(text in line for line in self.stderr) and loop.time() < deadline:
-            if self.proc.returncode is not None:
-                await asyncio.gather(*self._tasks)
-                break
-            await asyncio.sleep(0.05)
-        return [line for line in self.stderr if text in line]
-
-    async def signal(self, sig: signal.Signals, timeout: float = 60.0) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        async with asyncio.timeout(timeout):
-            rc = await self.proc.wait()
-            await asyncio.gather(*self._tasks)
-        return rc
-
-    async def exit_code(self, timeout: float) -> int:
-        assert self.proc is not None
-        async with asyncio.timeout(timeout):
-            rc = await self.proc.wait()
-            await asyncio.gather(*self._tasks)
-        return rc
-
-    async def cleanup(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            with contextlib.suppress(Exception):
-                await self.proc.wait()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 class Case:
@@ -150,18 +61,12 @@ class Case:
         self.bots: list[Bot] = []
 
     def env(self, **overrides: str) -> dict[str, str]:
-        base = self.sim.base_url
         settings = {
-            "QQBOT_APP_ID": APP_ID,
-            "QQBOT_CLIENT_SECRET": SECRET,
-            "QQBOT_API_BASE": base,
-            "QQBOT_TOKEN_URL": f"{base}/app/getAppAccessToken",
-            "QQBOT_HTTP_ADDR": f"127.0.0.1:{free_port()}",
             "QQBOT_STATE_DIR": str(self.state_dir),
             "QQBOT_DRAIN_TIMEOUT": "10",
             "QQBOT_LOG_FORMAT": "console",
         }
-        return clean_env(**{**settings, **overrides})
+        return bot_env(self.sim.base_url, free_port(), **{**settings, **overrides})
 
     async def bot(self, *args: str, **env: str) -> Bot:
         bot = Bot(self.env(**env), *args)

@@ -34,7 +34,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
 
@@ -43,26 +42,20 @@ from qqbot_gateway.simulator import Simulator
 from .gateway_harness import sim_config
 from .prometheus_harness import (
     JOB,
-    PROMETHEUS,
     WORKER_JOB,
     dashboard_queries,
-    start_prometheus,
-    stop,
+    needs_prometheus,
+    scraping,
     substitute,
     until,
 )
-from .prometheus_harness import query as prom_query
-from .prometheus_harness import ready as process_ready
 from .redis_harness import RedisServer, needs_redis
 from .stream_harness import Fleet
 from .test_cli import APP_ID, SECRET
 from .test_prometheus_e2e import _STREAM_METRIC
 
 pytestmark = [
-    pytest.mark.skipif(
-        PROMETHEUS is None,
-        reason="the prometheus binary is not installed (Debian: apt-get install prometheus)",
-    ),
+    needs_prometheus,
     needs_redis,
     pytest.mark.slow,
     pytest.mark.timeout(180),
@@ -124,7 +117,6 @@ async def test_the_workers_row_returns_data_off_real_workers(
     assert set(row) == {k for k, e in everything.items() if _STREAM_METRIC.search(e)}
 
     config = sim_config(app_id=APP_ID, client_secret=SECRET, heartbeat_interval_ms=1000)
-    proc: asyncio.subprocess.Process | None = None
     feeder: asyncio.Task[None] | None = None
     async with Simulator(config) as sim:
         fleet = Fleet(sim, redis_server, tmp_path / "state")
@@ -135,10 +127,6 @@ async def test_the_workers_row_returns_data_off_real_workers(
                 "w1", "--handler", "tests.stream_handlers:flaky", QQBOT_STREAM_MAX_ATTEMPTS="2"
             )
             targets = [p.env["QQBOT_HTTP_ADDR"] for p in (gateway, worker)]
-            # Each scraped under its documented job (deploy/prometheus/scrape-static.yml).
-            proc, prom = await start_prometheus(
-                tmp_path, targets[0], worker_targets=(targets[1],), rule_files=[WORKER_RULES]
-            )
             feeder = asyncio.create_task(_feed(sim))
             poison = await sim.emit_event("C2C_MESSAGE_CREATE", {"content": "poison", "id": "p"})
             assert poison
@@ -188,36 +176,20 @@ async def test_the_workers_row_returns_data_off_real_workers(
                 }
             )
 
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-
-                async def query(expr: str) -> list[dict[str, Any]]:
-                    return await prom_query(http, prom, expr)
-
-                async def prometheus_ready() -> bool:
-                    assert proc is not None
-                    return await process_ready(http, proc, prom, tmp_path)
-
-                await until(prometheus_ready, 30, "Prometheus /-/ready", tmp_path)
-
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + DATA_WITHIN
-                pending = dict(checks)
-                while pending and loop.time() < deadline:
-                    for key, expr in list(pending.items()):
-                        if await query(expr):
-                            del pending[key]
-                    if pending:
-                        await asyncio.sleep(0.5)
+            # Each scraped under its documented job (deploy/prometheus/scrape-static.yml).
+            async with scraping(
+                tmp_path, gw, worker_targets=(wk,), rule_files=[WORKER_RULES]
+            ) as prom:
+                pending = await prom.without_data(checks, DATA_WITHIN)
                 assert pending == {}, f"no data within {DATA_WITHIN:g}s"
 
                 # The workers' alert rules loaded, and every one evaluates without error.
                 rules: dict[str, dict[str, Any]] = {}
 
                 async def rules_evaluated() -> bool:
-                    async with http.get(f"{prom}/api/v1/rules") as resp:
-                        body = await resp.json()
+                    loaded = await prom.rules()
                     rules.clear()
-                    rules.update({r["name"]: r for g in body["data"]["groups"] for r in g["rules"]})
+                    rules.update({r["name"]: r for r in loaded})
                     return set(rules) == _rule_names() and all(
                         r.get("health") == "ok" for r in rules.values()
                     )
@@ -233,12 +205,10 @@ async def test_the_workers_row_returns_data_off_real_workers(
                     for r in g["rules"]
                     if r.get("alert") == "QQBotGatewayDeadLetters"
                 ]
-                assert await query(expr)
+                assert await prom.query(expr)
 
             assert worker.logged("moved to the dead-letter stream")
         finally:
-            if proc is not None:
-                await stop(proc)
             if feeder is not None:
                 feeder.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
