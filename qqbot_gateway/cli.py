@@ -292,7 +292,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     if args.print_events:
         handlers.append(print_event)
     _configure_logging(settings)
-    from qqbot_gateway.cluster.worker import run_worker
+    from qqbot_gateway.cluster.worker_service import run_worker
 
     return asyncio.run(run_worker(settings, handlers))
 
