@@ -130,6 +130,13 @@ async def test_the_workers_row_returns_data_off_real_workers(
             feeder = asyncio.create_task(_feed(sim))
             poison = await sim.emit_event("C2C_MESSAGE_CREATE", {"content": "poison", "id": "p"})
             assert poison
+            # Dead-lettered before the first scrape: the alert below looks at the minimum over
+            # 2 minutes, which a scrape from before the dead letter would hold at 0.
+            await worker.wait(
+                lambda: worker.logged("moved to the dead-letter stream"),
+                "the poison event dead-lettered",
+                60,
+            )
 
             # Each query with $instance one target: the one that exports its metric (appends
             # and the bound: the gateway; worker_*: the worker). The stream's state is exported
