@@ -688,7 +688,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         f"`{DEFAULT_STREAM_CLAIM_IDLE:g}`",
         (
             "workers, and webhook replicas on Redis: seconds an entry stays pending with a dead "
-            "or stuck consumer before another one claims it"
+            "or stuck consumer before another one claims it (a worker claims at a second look "
+            "2 s later)"
         ),
     ),
     Setting(

@@ -31,7 +31,8 @@ about 1.33 x ``claim_idle``: 0 lost.
 **The documented window for a second handling**: an entry whose handler completed on a replica
 that died before the ``XACK`` reached Redis (the handler in progress at the death, plus at most
 ``_ACK_EVERY`` of completed ones), and an entry of a replica that stops refreshing its entries
-for ``claim_idle`` while alive (its process paused, or its event loop blocked, that long). Ids
+for ``claim_idle`` while alive (its process paused, or its event loop blocked, that long; or
+Redis unreachable for every replica that long: Redis's idle times run on meanwhile). Ids
 in the shared window drop every re-delivery by the platform for ``DEDUPE_TTL`` seconds.
 """
 
