@@ -127,7 +127,7 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 def free_port() -> int:
-    from tests.redis_harness import free_port as fp
+    from tests.ports import free_port as fp
 
     return fp()
 

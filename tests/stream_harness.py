@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from qqbot_gateway.simulator import Simulator
+from tests.ports import free_port
 from tests.redis_harness import RedisServer
 
 from .proc_harness import CliProcess
-from .test_cli import APP_ID, bot_env, free_port
+from .test_cli import APP_ID, bot_env
 
 #: Interpreter start plus imports on a loaded 2-core machine.
 START_TIMEOUT = 60.0

@@ -56,13 +56,13 @@ from prometheus_client import CollectorRegistry
 from qqbot_gateway.adapter.client import QQBotClient
 from qqbot_gateway.simulator import Simulator
 from qqbot_gateway.telemetry import Telemetry, TelemetryConfig
+from tests.ports import free_port
 
 from .gateway_harness import INTERVAL, client_config, sim_config
 from .prometheus_harness import (
     ALERTMANAGER,
     JOB,
     PROMETHEUS,
-    free_port,
     gen_slo_rules,
     query,
     ready,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ from qqbot_gateway.adapter.errors import (
 )
 from qqbot_gateway.adapter.protocol import GatewayEvent
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -167,9 +167,7 @@ async def test_gateway_bot_faults_are_typed(api: OpenAPIClient, sim: Simulator, 
 async def test_refused_connection_is_an_api_connection_error(
     http: aiohttp.ClientSession,
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens on it
     sleeps = Sleeps()
     api = OpenAPIClient(
         base_url=f"http://127.0.0.1:{port}",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import Any
 
 import aiohttp
@@ -14,6 +13,7 @@ from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.auth import TokenManager, parse_expires_in, refresh_margin
 from qqbot_gateway.adapter.errors import InvalidCredentialsError, TokenFetchError
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
+from tests.ports import free_port
 
 from .conftest import StartSim
 from .gateway_harness import Recorder
@@ -219,9 +219,7 @@ async def test_bad_credentials_fail_start_clearly_without_the_secret(
 async def test_unreachable_token_url_fails_start_after_a_few_attempts(
     http: aiohttp.ClientSession,
 ) -> None:
-    with socket.socket() as s:  # a port with nothing listening on it
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens on it
     tm = TokenManager(
         APP_ID,
         SECRET,
@@ -325,9 +323,7 @@ class FakeTime:
 
 
 async def test_startup_retries_sleep_with_the_injected_sleep(http: aiohttp.ClientSession) -> None:
-    with socket.socket() as s:  # a port with nothing listening on it
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens on it
     fake = FakeTime(limit=10)
     tm = TokenManager(
         APP_ID,

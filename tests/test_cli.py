@@ -29,6 +29,7 @@ import pytest
 from qqbot_gateway.adapter.protocol import Intents
 from qqbot_gateway.demo import minimum_duration
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "qqbot_gateway.cli"]
@@ -58,12 +59,6 @@ def clean_env(**overrides: str) -> dict[str, str]:
     env["QQBOT_STATE_DIR"] = os.path.join(_STATE_ROOT.name, str(next(_state_dirs)))
     env.update(overrides)
     return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bot_env(base_url: str, http_port: int, **overrides: str) -> dict[str, str]:

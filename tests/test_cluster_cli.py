@@ -9,6 +9,7 @@ import pytest
 
 from qqbot_gateway.adapter.protocol import Intents
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
+from tests.ports import free_port
 from tests.redis_harness import RedisServer, needs_redis
 
 from .test_cli import (
@@ -18,7 +19,6 @@ from .test_cli import (
     bot_env,
     clean_env,
     error_lines,
-    free_port,
     run_cli,
     spawn_cli,
 )
@@ -41,6 +41,7 @@ def _env(url: str) -> dict[str, str]:
         (f"redis://:hunter2@127.0.0.1:{free_port()}/0", "cannot use Redis (QQBOT_REDIS_URL)"),
         ("http://:hunter2@example/0", "QQBOT_REDIS_URL"),
     ],
+    ids=["unreachable", "not-redis"],  # (the port is chosen at collection: ids stay stable)
 )
 def test_unreachable_or_wrong_redis_url_is_one_line_and_exit_2(url: str, says: str) -> None:
     result = run_cli(["run"], _env(url))

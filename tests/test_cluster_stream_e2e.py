@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
+from tests.ports import free_port
 from tests.redis_harness import RedisServer, needs_redis
 
 from .stream_harness import LIFECYCLE, START_TIMEOUT, Fleet, Proc, flood, sample, side
-from .test_cli import APP_ID, SECRET, free_port
+from .test_cli import APP_ID, SECRET
 
 pytestmark = [pytest.mark.slow, needs_redis, pytest.mark.timeout(240)]
 

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from qqbot_gateway.simulator.webhook import DeliveryPolicy, WebhookDeliverer
+from tests.ports import free_port
 from tests.redis_harness import needs_redis
 
 from .stream_harness import START_TIMEOUT, Fleet, Proc, sample, side
-from .test_cli import APP_ID, SECRET, free_port
+from .test_cli import APP_ID, SECRET
 from .test_cluster_stream_e2e import fleet
 
 __all__ = ["fleet"]  # the fixture, imported for pytest

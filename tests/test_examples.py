@@ -16,7 +16,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import sys
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from qqbot_gateway.simulator.records import DispatchRecord
 from qqbot_gateway.simulator.webhook import WebhookDeliverer
 from tests import nonebot_harness
 from tests.gateway_harness import APP_ID, INTERVAL, SECRET, poll_until, sim_config
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -48,12 +48,6 @@ STOP = 30.0
 
 def test_every_example_is_run() -> None:
     assert {p.name for p in EXAMPLES.glob("*.py")} == set(CASES)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -87,7 +81,7 @@ async def test_example_runs_against_the_simulator(
     name: str, sim: Simulator, tmp_path: Path
 ) -> None:
     transport = CASES[name]
-    http_port, webhook_port = _free_port(), _free_port()
+    http_port, webhook_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QQBOT_", "OTEL_"))} | {
         "QQBOT_APP_ID": APP_ID,
         "QQBOT_CLIENT_SECRET": SECRET,
@@ -212,7 +206,7 @@ async def test_the_readme_quick_start_against_the_simulator(sim: Simulator, tmp_
             "QQBOT_API_BASE": qq.base_url,
             "QQBOT_TOKEN_URL": qq.token_url,
             "QQBOT_STATE_DIR": str(tmp_path / "state"),
-            "QQBOT_HTTP_ADDR": f"127.0.0.1:{_free_port()}",
+            "QQBOT_HTTP_ADDR": f"127.0.0.1:{free_port()}",
         }
         cli = [sys.executable, "-m", "qqbot_gateway"]
         proc = await asyncio.create_subprocess_exec(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.nonebot_harness import (
     message,
     replied_to,
 )
+from tests.ports import free_port
 
 # --- settings (no NoneBot process) ----------------------------------------------------------
 
@@ -139,13 +139,6 @@ async def _listening(port: int, within: float = 30.0) -> None:
         return
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def _all_handled_and_replied(bot: NoneBotProcess, sim: Simulator, ids: list[str]) -> None:
     want = set(ids)
     msg_ids = {i.split(":", 1)[1] for i in ids}
@@ -166,7 +159,7 @@ async def test_plugin_for_the_original_runs_unchanged(
     """C2C, group @, guild @ and DM messages reach the plugin's matcher, whose ``send`` replies
     passively (msg_id of the message, msg_seq) in the right place; with QQBOT_HTTP_ADDR the
     side server answers in the NoneBot process."""
-    port = _free_port()
+    port = free_port()
     env = bot_env(
         sim,
         driver=DRIVERS[driver],
@@ -317,7 +310,7 @@ async def test_bad_credentials_are_one_error_line(sim: Simulator) -> None:
 
 @pytest.mark.slow
 async def test_fatal_close_code_stops_the_bot_with_one_line(sim: Simulator) -> None:
-    port = _free_port()
+    port = free_port()
     bot = await NoneBotProcess(bot_env(sim, extra={"QQBOT_HTTP_ADDR": f"127.0.0.1:{port}"})).start()
     try:
         await bot.connected()
@@ -344,7 +337,7 @@ async def test_webhook_bot_on_nonebots_own_server(sim: Simulator, tmp_path: Path
     """``use_websocket: false``: QQ's callbacks on the original's route of NoneBot's server
     (~fastapi), through the client's intake: validation answered, forged copies refused,
     replays and duplicate storms handled once, every message answered by the plugin."""
-    port = _free_port()
+    port = free_port()
     env = bot_env(
         sim,
         driver="~fastapi+~httpx",

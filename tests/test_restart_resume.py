@@ -26,9 +26,10 @@ import aiohttp
 import pytest
 
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
+from tests.ports import free_port
 
 from .proc_harness import CliProcess
-from .test_cli import APP_ID, SECRET, bot_env, free_port
+from .test_cli import APP_ID, SECRET, bot_env
 
 #: Every test here runs the service in subprocesses and kills them.
 pytestmark = pytest.mark.slow

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,17 +19,12 @@ import pytest
 from qqbot_gateway.config import Settings, load_settings
 from qqbot_gateway.service import EXIT_CONFIG, EXIT_OK, ServiceError, check, run_service
 from qqbot_gateway.simulator import Simulator, SimulatorConfig, standalone
+from tests.ports import free_port
 
 from .test_cli import async_status
 
 APP_ID = "4242"
 SECRET = "service-test-secret-Zp3"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def settings_for(sim: Simulator, state_dir: Path, **extra: str) -> Settings:

@@ -30,7 +30,8 @@ from qqbot_gateway.simulator.webhook import (
 )
 from qqbot_gateway.telemetry import Telemetry
 from qqbot_gateway.webhook_demo import webhook_stack
-from tests.test_cli import async_status, await_ready, bot_env, free_port, spawn_cli
+from tests.ports import free_port
+from tests.test_cli import async_status, await_ready, bot_env, spawn_cli
 
 SECRET = "e2e-secret"  # 10 characters: the seed needs four repetitions
 EVENTS = 1000

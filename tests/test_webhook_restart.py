@@ -25,8 +25,9 @@ import pytest
 from qqbot_gateway.adapter.journal import JournalFile
 from qqbot_gateway.simulator import Simulator, SimulatorConfig
 from qqbot_gateway.simulator.webhook import DeliveryPolicy, WebhookDeliverer
+from tests.ports import free_port
 
-from .test_cli import APP_ID, SECRET, clean_env, free_port
+from .test_cli import APP_ID, SECRET, clean_env
 from .test_restart_resume import START_TIMEOUT, Bot
 
 pytestmark = pytest.mark.slow

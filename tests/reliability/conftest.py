@@ -20,8 +20,13 @@ def pytest_terminal_summary(
         return
     missing = report.missing()
     if not report.rows():
+        hint = (
+            " (the rows ran in xdist workers: add -n 0)"
+            if config.getoption("numprocesses", None)
+            else ""
+        )
         terminalreporter.write_line(
-            f"--update-report: no fault-matrix row ran, {REPORT_PATH} left alone"
+            f"--update-report: no fault-matrix row ran{hint}, {REPORT_PATH} left alone"
         )
         return
     if missing:

@@ -2,9 +2,9 @@
 
 Each test of ``test_fault_matrix.py`` records one :class:`Row` (what was injected, how and when it
 was detected, how long recovery took, and the delivery books). Only when asked
-(``pytest tests/reliability/test_fault_matrix.py --update-report``) does ``conftest.py`` write the
-table at the end of the session, sorted in the matrix's order, and only when every row
-ran.
+(``pytest -n 0 tests/reliability/test_fault_matrix.py --update-report``: in one process) does
+``conftest.py`` write the table at the end of the session, sorted in the matrix's order, and
+only when every row ran.
 """
 
 from __future__ import annotations

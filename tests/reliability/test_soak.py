@@ -3,7 +3,7 @@
 A short version runs in CI (about 40 s at a 0.3 s heartbeat interval). The long version runs on
 demand and prints its counts::
 
-    .venv/bin/pytest tests/reliability/test_soak.py --soak-minutes 10 -s
+    .venv/bin/pytest -n 0 tests/reliability/test_soak.py --soak-minutes 10 -s
 
 Afterwards: every event the simulator emitted (and did not drop with a session it
 invalidated) was delivered exactly once, in seq order per session; no task leaked; the
