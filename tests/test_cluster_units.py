@@ -347,9 +347,12 @@ async def test_an_append_redis_applied_after_its_timeout_is_handed_on_once(
         assert await bounded("the retry", retry), "the retry is ACKed (the id is taken)"
         assert r.delivered == [], "the retry delivered nothing"
         assert r.intake.shared_duplicates == 1
-        await asyncio.sleep(0.3)
-        await bounded("claim round", r.intake._claim(200))
-        assert r.delivered == ["e1"], "handed on by the claim round, once"
+        for _ in range(100):  # claim rounds (the second look takes 2 s), bounded
+            await asyncio.sleep(0.1)
+            await bounded("claim round", r.intake._claim(200))
+            if r.delivered:
+                break
+        assert r.delivered == ["e1"], "handed on by a claim round, once"
         assert r.intake.claimed == 1
     finally:
         await bounded("close", r.intake.close())
@@ -358,3 +361,46 @@ async def test_an_append_redis_applied_after_its_timeout_is_handed_on_once(
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def test_a_redis_outage_past_the_claim_bound_hands_no_live_replicas_entry_to_another(
+    redis_server: RedisServer,
+) -> None:
+    """Redis stops for longer than the claim bound: when it answers, every pending entry looks
+    abandoned (its idle time ran on). The live holder refreshes its own at once and the other
+    replica's second look finds them taken back: nothing is handled twice. A dead holder's
+    entries are still taken over."""
+    # A 1 s client timeout: the outage fails commands (they are retried), as a long one does.
+    clients = [await open_redis(redis_server.url, timeout=1.0) for _ in range(2)]
+    # claim_idle 3 s: a round every second, as at the default 30 s a round every 10 s: a
+    # replica that waited a whole round before refreshing lost its entries to the other.
+    a, b = Replica(clients[0], "a", claim_idle=3.0), Replica(clients[1], "b", claim_idle=3.0)
+    try:
+        await bounded("a.start", a.intake.start())
+        await asyncio.sleep(0.5)  # b's rounds half a round after a's (started together, a
+        # refreshed just before each of b's looks, which hid what this test is about)
+        await bounded("b.start", b.intake.start())
+        for i in range(5):
+            assert await a.accept(f"a{i}")  # in a's handler queue, not handled yet
+        redis_server.pause()
+        try:
+            await asyncio.sleep(4.5)  # past the claim bound and the clients' timeout
+        finally:
+            redis_server.resume()
+        await asyncio.sleep(5.0)  # b's rounds, its second looks included
+        assert b.delivered == [], "a live replica's entries were taken over after the outage"
+        assert b.intake.claimed == 0
+        assert sorted(a.delivered) == [f"a{i}" for i in range(5)]
+        # a dies (its loops stop: no refresh, no ack): b takes its entries over.
+        for task in a.intake._tasks:
+            await bounded("stop a's loops", stop_task(task))
+        async with asyncio.timeout(30):
+            while len(b.delivered) < 5:  # noqa: ASYNC110 - polls the claim loop's effect
+                await asyncio.sleep(0.05)
+        assert sorted(b.delivered) == [f"a{i}" for i in range(5)]
+    finally:
+        with contextlib.suppress(Exception):
+            await bounded("a.close", a.intake.close())
+        await bounded("b.close", b.intake.close())
+        for client in clients:
+            await client.aclose()

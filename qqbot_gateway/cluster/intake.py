@@ -23,16 +23,20 @@ every ``_ACK_EVERY``).
 time of its own pending entries (``XCLAIM`` to itself, ``JUSTID``: an entry waiting in a long
 handler queue of a live replica never looks abandoned), then asks ``XPENDING ... IDLE`` for
 entries pending longer than ``claim_idle`` (``QQBOT_STREAM_CLAIM_IDLE``; one round trip when
-there are none), claims them (``XAUTOCLAIM``) and hands them to its own handlers: one WARNING
-per claim round (how many, from which consumers, how idle), each callback at DEBUG. So an
-ACKed callback whose replica died before handling it is handled by another replica within
-about 1.33 x ``claim_idle``: 0 lost.
+there are none), claims those a scan at least ``CLAIM_CONFIRM`` (2 s, this process's clock)
+earlier found idle too (``XCLAIM``; the stream workers' second look) and hands them to its own
+handlers: one WARNING per claim round (how many, from which consumers, how idle), each
+callback at DEBUG. So an ACKed callback whose replica died before handling it is handled by
+another replica within about 1.33 x ``claim_idle`` + 2 s: 0 lost. The second look is for a
+Redis outage: Redis's idle times run on meanwhile, so every live replica's entries look
+abandoned when it answers again, until their holder refreshes them; a replica refreshes at
+once after a round that failed or waited on Redis.
 
 **The documented window for a second handling**: an entry whose handler completed on a replica
 that died before the ``XACK`` reached Redis (the handler in progress at the death, plus at most
 ``_ACK_EVERY`` of completed ones), and an entry of a replica that stops refreshing its entries
-for ``claim_idle`` while alive (its process paused, or its event loop blocked, that long; or
-Redis unreachable for every replica that long: Redis's idle times run on meanwhile). Ids
+for ``claim_idle`` + 2 s while alive (its process paused, or its event loop blocked, that
+long; or cut off from Redis while the others are not). Ids
 in the shared window drop every re-delivery by the platform for ``DEDUPE_TTL`` seconds.
 """
 
@@ -48,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Final
 from qqbot_gateway.adapter.protocol import GatewayEvent
 
 from .connect import keyspace, stop_task
+from .worker import CLAIM_CONFIRM
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -65,10 +70,12 @@ DEDUPE_TTL: Final = 3600
 _BATCH: Final = 256
 #: Handled entries are acknowledged in batches this often (one round trip for many events).
 _ACK_EVERY: Final = 0.05
-#: Entries claimed from other consumers per XAUTOCLAIM call, and calls per round at most
-#: (100,000 pending entries scanned per round: far past a replica's handler queue).
+#: Idle entries listed per XPENDING call and claimed per XCLAIM call, and pages per round at
+#: most (100,000 pending entries scanned per round: far past a replica's handler queue).
 _CLAIM_COUNT: Final = 100
 _CLAIM_ROUNDS: Final = 1000
+#: After a failed or held-up claim round, the next one comes this soon (it refreshes first).
+_RETRY: Final = 0.5
 #: Own pending entries refreshed per XCLAIM call.
 _REFRESH_CHUNK: Final = 500
 #: A consumer (a stopped replica's holder id: a new one per process start) holding nothing
@@ -139,6 +146,8 @@ class RedisIntake:
         self._to_ack: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
+        #: Idle entries a claim round found: id -> (deliveries then, first seen; loop clock).
+        self._suspects: dict[str, tuple[int, float]] = {}
         #: Counters for logs and tests.
         self.appended = self.shared_duplicates = self.claimed = self.acked = 0
         #: Stopped replicas' consumer names deleted from the group by this process.
@@ -300,16 +309,25 @@ class RedisIntake:
         idle_ms = max(1, int(self.claim_idle * 1000))
         loop = asyncio.get_running_loop()
         forget_at = loop.time() + self.forget_every
+        period = max(0.05, self.claim_idle / 3)
+        pause = period
         while True:
-            await asyncio.sleep(max(0.05, self.claim_idle / 3))
+            await asyncio.sleep(pause)
+            started = loop.time()
             try:
                 await self._refresh()
                 await self._claim(idle_ms)
                 if loop.time() >= forget_at:
                     forget_at = loop.time() + self.forget_every
                     await self._forget_stopped()
+                held_up = loop.time() - started > period
             except Exception as exc:  # noqa: BLE001 - retried on the next round
                 self._error("claim", exc)
+                held_up = True
+            # A round that failed or waited on Redis (stopped, unreachable): this replica's
+            # entries went unrefreshed meanwhile; refresh them as soon as Redis answers, before
+            # the others' second look (CLAIM_CONFIRM) takes them for abandoned.
+            pause = min(period, _RETRY) if held_up else period
 
     async def _forget_stopped(self) -> None:
         """Delete stopped replicas' consumers from the group once they hold nothing (their
@@ -334,34 +352,68 @@ class RedisIntake:
                 self.stream, GROUP, self.consumer, 0, mine[i : i + _REFRESH_CHUNK], justid=True
             )
 
+    async def _idle(self, idle_ms: int) -> list[Any]:
+        """The pending entries idle past the bound (XPENDING IDLE, page by page, bounded)."""
+        found: list[Any] = []
+        start = "-"
+        for _ in range(_CLAIM_ROUNDS):
+            page: Any = await self._redis.xpending_range(
+                self.stream, GROUP, min=start, max="+", count=_CLAIM_COUNT, idle=idle_ms
+            )
+            found += page
+            if len(page) < _CLAIM_COUNT:
+                break
+            start = "(" + _text(page[-1]["message_id"])
+        return found
+
+    def _confirmed(self, idle: list[Any]) -> list[str]:
+        """The idle entries a scan at least CLAIM_CONFIRM s ago found idle too, undelivered
+        since (the stream workers' second look: see ``worker``); not this replica's own."""
+        now = asyncio.get_running_loop().time()
+        mine = set(self._entries.values())
+        suspects: dict[str, tuple[int, float]] = {}
+        confirmed = []
+        for p in idle:
+            entry = _text(p["message_id"])
+            if entry in mine:
+                continue
+            deliveries = int(p["times_delivered"])
+            seen = self._suspects.get(entry)
+            if seen is None or seen[0] != deliveries:
+                seen = (deliveries, now)
+            suspects[entry] = seen
+            if now - seen[1] >= CLAIM_CONFIRM:
+                confirmed.append(entry)
+        self._suspects = suspects
+        return confirmed
+
     async def _claim(self, idle_ms: int) -> None:
         # One round trip when nothing is abandoned (the usual case): which entries are idle
-        # past the bound, and whose they were (for the one log line of a takeover).
-        idle = await self._redis.xpending_range(
-            self.stream, GROUP, min="-", max="+", count=_CLAIM_COUNT, idle=idle_ms
-        )
-        if not idle:
+        # past the bound, and whose they were (for the one log line of a takeover). They are
+        # claimed at a second look: Redis's idle times run on while it is stopped or cut off,
+        # so right after an outage a live replica's entries look abandoned until it refreshes
+        # them (the first thing it does when Redis answers again).
+        idle = await self._idle(idle_ms)
+        confirmed = self._confirmed(idle)
+        if not confirmed:
             return
         owners = {
             _text(p["message_id"]): (_text(p["consumer"]), int(p["time_since_delivered"]))
             for p in idle
         }
         taken: list[str] = []
-        start = "0-0"
         try:
-            # XAUTOCLAIM scans a bounded part of the pending list per call: follow its cursor
-            # to the end (a batch may be empty while later entries are claimable), bounded.
-            for _ in range(_CLAIM_ROUNDS):
-                reply = await self._redis.xautoclaim(
-                    self.stream, GROUP, self.consumer, idle_ms, start_id=start, count=_CLAIM_COUNT
+            for i in range(0, len(confirmed), _CLAIM_COUNT):
+                # XCLAIM's own bound skips an entry its holder refreshed since (or another
+                # replica claimed); an entry deleted meanwhile is not returned.
+                ids: list[Any] = confirmed[i : i + _CLAIM_COUNT]
+                reply: Any = await self._redis.xclaim(
+                    self.stream, GROUP, self.consumer, idle_ms, ids
                 )
-                for entry_id, fields in reply[1]:
+                for entry_id, fields in reply:
                     entry = _text(entry_id)
                     if self._adopt(entry, fields):
                         taken.append(entry)
-                start = _text(reply[0])
-                if start == "0-0":
-                    break
         finally:
             if taken:
                 self._log_takeover(taken, owners)

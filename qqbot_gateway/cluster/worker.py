@@ -342,8 +342,9 @@ class StreamWorker:
 
     async def _claim_once(self, idle_ms: int) -> None:
         cfg = self.config
+        # (Plus the entries this worker holds: they are skipped, and must not hide others.)
         found: Any = await self.redis.xpending_range(
-            self.keys.stream, cfg.group, "-", "+", _SCAN, idle=idle_ms
+            self.keys.stream, cfg.group, "-", "+", _SCAN + len(self._held), idle=idle_ms
         )
         stale = self._confirmed(found)
         if not stale:
