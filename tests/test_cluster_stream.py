@@ -413,11 +413,10 @@ class RefusedAcks:
         return await self._script(**kwargs)
 
 
-async def test_a_worker_never_claims_the_entries_it_holds_while_its_acks_fail(
+async def handled_with_acks_refused(
     redis: Any, running: Running
-) -> None:
-    """Handled, not yet acknowledged (Redis failing for this worker longer than claim_idle):
-    idle in Redis's eyes, but this worker's own claim scans leave them to its acknowledgement."""
+) -> tuple[StreamPublisher, collections.Counter[str], StreamWorker, RefusedAcks]:
+    """10 events handled by worker "w1" (claim_idle 0.2 s) whose acknowledgements fail."""
     pub = StreamPublisher(redis, APP, max_len=1000, group="handlers")
     await pub.start()
     calls: collections.Counter[str] = collections.Counter()
@@ -427,6 +426,15 @@ async def test_a_worker_never_claims_the_entries_it_holds_while_its_acks_fail(
     acks = RefusedAcks(worker)  # (the worker's loops have not run yet)
     await pub.append([event(i) for i in range(10)])
     await until(lambda: len(calls) == 10 and acks.refused >= 2, 20, "handled, acks refused")
+    return pub, calls, worker, acks
+
+
+async def test_a_worker_never_claims_the_entries_it_holds_while_its_acks_fail(
+    redis: Any, running: Running
+) -> None:
+    """Handled, not yet acknowledged (Redis failing for this worker longer than claim_idle):
+    idle in Redis's eyes, but this worker's own claim scans leave them to its acknowledgement."""
+    pub, calls, worker, acks = await handled_with_acks_refused(redis, running)
     # Idle far past claim_idle plus the confirmation: every scan finds them idle, its own.
     await asyncio.sleep(0.2 + 2.0 + 1.0)
     acks.refusing = False
@@ -445,15 +453,7 @@ async def test_a_live_workers_late_acknowledgement_wins_over_another_workers_cla
     b finds a's entries idle, and a's acknowledgement lands before b's second look: no claim,
     no second handling. (Without the second look b claims them within a scan and a blocking
     read, about a second.)"""
-    pub = StreamPublisher(redis, APP, max_len=1000, group="handlers")
-    await pub.start()
-    calls: collections.Counter[str] = collections.Counter()
-    a = await running.start(
-        StreamWorker(redis, config(claim_idle=0.2), [lambda e: calls.update([str(e.event_id)])])
-    )
-    acks = RefusedAcks(a)  # (the worker's loops have not run yet)
-    await pub.append([event(i) for i in range(10)])
-    await until(lambda: len(calls) == 10 and acks.refused >= 1, 20, "a handled them")
+    pub, calls, a, acks = await handled_with_acks_refused(redis, running)
     b = await running.start(
         StreamWorker(
             redis,

@@ -46,13 +46,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from qqbot_gateway.adapter.protocol import GatewayEvent
 
 from .connect import keyspace, stop_task
-from .worker import CLAIM_CONFIRM
+from .worker import CLAIM_CONFIRM, SecondLook
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -146,8 +147,8 @@ class RedisIntake:
         self._to_ack: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
-        #: Idle entries a claim round found: id -> (deliveries then, first seen; loop clock).
-        self._suspects: dict[str, tuple[int, float]] = {}
+        #: The idle entries claim rounds found: claimed at a second look.
+        self._suspects = SecondLook(CLAIM_CONFIRM, time.monotonic)
         #: Counters for logs and tests.
         self.appended = self.shared_duplicates = self.claimed = self.acked = 0
         #: Stopped replicas' consumer names deleted from the group by this process.
@@ -366,27 +367,6 @@ class RedisIntake:
             start = "(" + _text(page[-1]["message_id"])
         return found
 
-    def _confirmed(self, idle: list[Any]) -> list[str]:
-        """The idle entries a scan at least CLAIM_CONFIRM s ago found idle too, undelivered
-        since (the stream workers' second look: see ``worker``); not this replica's own."""
-        now = asyncio.get_running_loop().time()
-        mine = set(self._entries.values())
-        suspects: dict[str, tuple[int, float]] = {}
-        confirmed = []
-        for p in idle:
-            entry = _text(p["message_id"])
-            if entry in mine:
-                continue
-            deliveries = int(p["times_delivered"])
-            seen = self._suspects.get(entry)
-            if seen is None or seen[0] != deliveries:
-                seen = (deliveries, now)
-            suspects[entry] = seen
-            if now - seen[1] >= CLAIM_CONFIRM:
-                confirmed.append(entry)
-        self._suspects = suspects
-        return confirmed
-
     async def _claim(self, idle_ms: int) -> None:
         # One round trip when nothing is abandoned (the usual case): which entries are idle
         # past the bound, and whose they were (for the one log line of a takeover). They are
@@ -394,9 +374,10 @@ class RedisIntake:
         # so right after an outage a live replica's entries look abandoned until it refreshes
         # them (the first thing it does when Redis answers again).
         idle = await self._idle(idle_ms)
-        confirmed = self._confirmed(idle)
-        if not confirmed:
+        rows = self._suspects.confirmed(idle, skip=set(self._entries.values()))
+        if not rows:
             return
+        confirmed = [_text(p["message_id"]) for p in rows]
         owners = {
             _text(p["message_id"]): (_text(p["consumer"]), int(p["time_since_delivered"]))
             for p in idle

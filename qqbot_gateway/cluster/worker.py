@@ -62,7 +62,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,7 +75,9 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 __all__ = [
+    "CLAIM_CONFIRM",
     "HANDLER_SECONDS_BUCKETS",
+    "SecondLook",
     "StreamWorker",
     "WorkerConfig",
     "WorkerStats",
@@ -154,6 +156,45 @@ for i = 2, #KEYS do
 end
 return redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
 """
+
+
+class SecondLook:
+    """Which idle pending entries (``XPENDING ... IDLE`` rows) to claim: those a scan at least
+    ``confirm`` s earlier (``clock``: this process's monotonic clock) found idle too, with the
+    same delivery count. Redis measures idle time on its own clock, which runs on while Redis
+    is stopped or cut off: right after an outage every entry looks abandoned, and this gives
+    the live holders the moment to acknowledge or refresh theirs. Used by the stream workers
+    and the webhook replicas' intake."""
+
+    def __init__(self, confirm: float, clock: Callable[[], float]) -> None:
+        self.confirm = confirm
+        self.clock = clock
+        #: Entry id -> (deliveries, first seen idle), as of the last scan.
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def confirmed(self, found: list[Any], *, skip: Container[str] = ()) -> list[Any]:
+        """The rows of ``found`` (this scan) to claim now; ids in ``skip`` (this process's own
+        entries) are never claimed. Remembers this scan's idle entries for the next one."""
+        now = self.clock()
+        seen_before = self._seen
+        seen: dict[str, tuple[int, float]] = {}
+        confirmed = []
+        for row in found:
+            entry_id = _text(row["message_id"])
+            if entry_id in skip:
+                continue
+            deliveries = int(row["times_delivered"])
+            first = seen_before.get(entry_id)
+            if first is None or first[0] != deliveries:
+                first = (deliveries, now)
+            seen[entry_id] = first
+            if now - first[1] >= self.confirm:
+                confirmed.append(row)
+        self._seen = seen
+        return confirmed
 
 
 def default_consumer() -> str:
@@ -236,8 +277,8 @@ class StreamWorker:
         #: Entry ids this worker holds: handlers running, or done and not yet acknowledged.
         #: Its own claim scans skip them (they are idle in Redis's eyes, not abandoned).
         self._held: set[str] = set()
-        #: Idle entries seen by a claim scan: id -> (deliveries then, first seen on our clock).
-        self._suspects: dict[str, tuple[int, float]] = {}
+        #: The idle entries claim scans found: claimed at a second look.
+        self._suspects = SecondLook(config.claim_confirm, time.monotonic)
         self._done_ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._begin: Any = None
@@ -346,7 +387,7 @@ class StreamWorker:
         found: Any = await self.redis.xpending_range(
             self.keys.stream, cfg.group, "-", "+", _SCAN + len(self._held), idle=idle_ms
         )
-        stale = self._confirmed(found)
+        stale = self._suspects.confirmed(found, skip=self._held)
         if not stale:
             return
         dead = [
@@ -390,26 +431,6 @@ class StreamWorker:
         self.stats.claimed += len(claimed)
         _log.info("claimed %d entries idle for %gs or more", len(claimed), cfg.claim_idle)
         await self._process(claimed, claimed=True)
-
-    def _confirmed(self, found: list[Any]) -> list[Any]:
-        """The idle entries also seen idle by a scan at least ``claim_confirm`` s ago, with the same
-        delivery count, and not held by this worker (see the module docstring)."""
-        now = self._loop.time()
-        suspects: dict[str, tuple[int, float]] = {}
-        confirmed = []
-        for p in found:
-            entry_id = _text(p["message_id"])
-            if entry_id in self._held:
-                continue
-            deliveries = int(p["times_delivered"])
-            seen = self._suspects.get(entry_id)
-            if seen is None or seen[0] != deliveries:
-                seen = (deliveries, now)
-            suspects[entry_id] = seen
-            if now - seen[1] >= self.config.claim_confirm:
-                confirmed.append(p)
-        self._suspects = suspects
-        return confirmed
 
     async def _dead_letter(
         self, entry_id: str, deliveries: int, reason: str | None = None, raw: bytes | None = None
