@@ -33,10 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import re
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from qqbot_gateway.adapter.errors import QQBotError
 
@@ -111,10 +112,26 @@ class RedisTarget:
         return self.scheme.startswith("rediss")
 
 
+_SPLIT: Final = re.compile(r"([^/?#]*)([^?#]*)(?:\?([^#]*))?(?:#.*)?", re.S)
+
+
+def _split(url: str) -> SplitResult:
+    """``urlsplit``, but a ``+sentinel`` URL's netloc (several hosts, bracketed IPv6 ones among
+    them) is split by hand: Python 3.11.2, Debian 12's, refuses ``s1,[::1]:26380`` as an
+    "Invalid IPv6 URL" where 3.11.7 takes it."""
+    head, sep, rest = url.partition("://")
+    if sep and head.lower().endswith("+sentinel"):
+        match = _SPLIT.fullmatch(rest)
+        assert match is not None  # every part of the pattern is optional
+        netloc, path, query = match.groups()
+        return SplitResult(head, netloc, path, query or "", "")
+    return urlsplit(url)
+
+
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (user names are kept)."""
     try:
-        parts = urlsplit(url)
+        parts = _split(url)
     except ValueError:
         return "<unparsable URL>"
     netloc = parts.netloc
@@ -136,7 +153,7 @@ def parse_redis_url(raw: str) -> RedisTarget:
     if not url:
         raise ValueError("empty")
     try:
-        parts = urlsplit(url)
+        parts = _split(url)
     except ValueError:
         raise ValueError("not a URL") from None
     scheme = parts.scheme.lower()
