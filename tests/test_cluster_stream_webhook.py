@@ -56,6 +56,15 @@ async def webhook_gateway(fleet: Fleet, port: int) -> Proc:
         await asyncio.sleep(0.1)
 
 
+async def gateway_and_two_workers(fleet: Fleet) -> tuple[Proc, Proc, int]:
+    """The webhook gateway and workers "a" and "b": (gateway, a, the webhook's port)."""
+    port = free_port()
+    gateway = await webhook_gateway(fleet, port)
+    a = await fleet.worker("a")
+    await fleet.worker("b")
+    return gateway, a, port
+
+
 async def where_are(fleet: Fleet, missing: set[str]) -> str:
     """For a failure: where the missing callbacks are (the event stream and who holds them,
     the dead-letter stream, the intake stream), and the consumer groups."""
@@ -95,10 +104,7 @@ def counts(fleet: Fleet) -> dict[str, int]:
 async def test_webhook_callbacks_through_the_stream_to_workers_gateway_sigkilled_mid_flood(
     fleet: Fleet,
 ) -> None:
-    port = free_port()
-    gateway = await webhook_gateway(fleet, port)
-    a = await fleet.worker("a")
-    await fleet.worker("b")
+    gateway, a, port = await gateway_and_two_workers(fleet)
     url = f"http://127.0.0.1:{port}/qq"
     async with WebhookDeliverer(url, secret=SECRET, app_id=APP_ID, policy=RETRY, seed=19) as qq:
         payloads = qq.make_events(CALLBACKS)
@@ -149,10 +155,7 @@ async def test_webhook_callbacks_through_the_stream_redis_stopped_mid_flood(flee
     """Redis (the intake's and the stream's) stops answering for longer than the clients' 5 s
     timeout: callbacks are refused or time out and the platform retries them, appends are
     retried, readiness says so; afterwards every callback is handled once."""
-    port = free_port()
-    gateway = await webhook_gateway(fleet, port)
-    a = await fleet.worker("a")
-    await fleet.worker("b")
+    gateway, a, port = await gateway_and_two_workers(fleet)
     url = f"http://127.0.0.1:{port}/qq"
     async with WebhookDeliverer(url, secret=SECRET, app_id=APP_ID, policy=RETRY, seed=20) as qq:
         payloads = qq.make_events(1000)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,21 +55,24 @@ class Rig:
             pytest.fail(f"{what}: not within {WAIT}s")
 
 
+def sim_client_config(sim: Simulator, state_dir: Path, **overrides: Any) -> ClientConfig:
+    """The client of the simulator's app, its state in ``state_dir``."""
+    base: dict[str, Any] = {
+        "app_id": sim.config.app_id,
+        "client_secret": Secret(sim.config.client_secret),
+        "api_base": sim.base_url,
+        "token_url": sim.token_url,
+        "gateway_url": sim.ws_url,
+        "state_dir": str(state_dir),
+    }
+    return ClientConfig(**{**base, **overrides})
+
+
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     config = SimulatorConfig(app_id="1024", heartbeat_interval_ms=1000, event_rate=0.0)
     async with Simulator(config) as sim:
-        client = QQBotClient(
-            ClientConfig(
-                app_id=sim.config.app_id,
-                client_secret=Secret(sim.config.client_secret),
-                api_base=sim.base_url,
-                token_url=sim.token_url,
-                gateway_url=sim.ws_url,
-                state_dir=str(tmp_path),
-                checkpoint_interval=0.01,
-            )
-        )
+        client = QQBotClient(sim_client_config(sim, tmp_path, checkpoint_interval=0.01))
         r = Rig(sim, client)
         await client.start()
         try:
@@ -185,16 +189,7 @@ async def test_an_ownership_guard_that_refuses_stops_the_shard_before_it_connect
 ) -> None:
     config = SimulatorConfig(app_id="1024", heartbeat_interval_ms=1000)
     async with Simulator(config) as sim:
-        client = GuardedClient(
-            ClientConfig(
-                app_id=sim.config.app_id,
-                client_secret=Secret(sim.config.client_secret),
-                api_base=sim.base_url,
-                token_url=sim.token_url,
-                gateway_url=sim.ws_url,
-                state_dir=str(tmp_path),
-            )
-        )
+        client = GuardedClient(sim_client_config(sim, tmp_path))
         stopped: list[ev.SupervisorStopped] = []
         client.events.subscribe_to(ev.SupervisorStopped, stopped.append)
         await client.start()
@@ -218,14 +213,8 @@ async def test_webhook_mode_a_broken_checkpoint_writer_turns_the_handlers_red(
     config = SimulatorConfig(app_id="1024", heartbeat_interval_ms=1000)
     async with Simulator(config) as sim:
         client = QQBotClient(
-            ClientConfig(
-                app_id=sim.config.app_id,
-                client_secret=Secret(sim.config.client_secret),
-                api_base=sim.base_url,
-                token_url=sim.token_url,
-                state_dir=str(tmp_path),
-                mode="webhook",
-                checkpoint_interval=0.01,
+            sim_client_config(
+                sim, tmp_path, gateway_url=None, mode="webhook", checkpoint_interval=0.01
             )
         )
         await client.start()
