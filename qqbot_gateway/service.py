@@ -242,7 +242,6 @@ async def run_service(
 
     started = False
     receiver: Any = None
-    redis: Any = None
     publisher: Any = None
     try:
         try:
@@ -254,7 +253,9 @@ async def run_service(
                 f"{exc.strerror or exc}"
             ) from None
         if settings.delivery == "stream":
-            redis, publisher = await start_stream(settings)
+            # (load_settings refuses stream delivery without QQBOT_REDIS_URL: cluster mode)
+            assert cluster is not None
+            publisher = await start_stream(settings, cluster.redis)
             client.event_sink = publisher.append
             from qqbot_gateway.telemetry.stream import StreamMetrics
 
@@ -342,9 +343,6 @@ async def run_service(
             _log.warning("shutdown: the client did not close in time; exiting anyway")
         if publisher is not None:
             await publisher.close()
-        if redis is not None:
-            with contextlib.suppress(Exception):
-                await redis.aclose()
         if receiver is not None:
             await receiver.stop()
         if cluster is not None:
@@ -357,27 +355,21 @@ async def run_service(
             loop.remove_signal_handler(sig)
 
 
-async def start_stream(settings: Settings) -> tuple[Any, Any]:
-    """``QQBOT_DELIVERY=stream``: a connected Redis and a started
-    :class:`~qqbot_gateway.cluster.stream.StreamPublisher`, or a ServiceError (exit 2) with one
-    line: Redis does not answer, or the stream is another app's."""
-    from qqbot_gateway.cluster.connect import ClusterError, open_redis
+async def start_stream(settings: Settings, redis: Any) -> Any:
+    """``QQBOT_DELIVERY=stream``: a started
+    :class:`~qqbot_gateway.cluster.stream.StreamPublisher` on cluster mode's Redis client
+    (``redis``, connected; its owner closes it), or a ServiceError (exit 2) with one line: the
+    stream is another app's, or Redis refuses."""
+    from qqbot_gateway.cluster.connect import ClusterError
     from qqbot_gateway.cluster.stream import StreamPublisher
 
-    assert settings.redis_url is not None  # load_settings refuses stream without it
     app_id, _secret = settings.require_credentials()
-    try:
-        redis = await open_redis(settings.redis_url.get())
-    except ClusterError as exc:
-        raise ServiceError(f"{settings.source('redis_url')}: {exc}", EXIT_CONFIG) from None
     publisher = StreamPublisher(
         redis, app_id, max_len=settings.stream_max_len, group=settings.stream_group
     )
     try:
         await publisher.start()
     except Exception as exc:
-        with contextlib.suppress(Exception):
-            await redis.aclose()
         if isinstance(exc, ClusterError):
             raise ServiceError(f"stream delivery: {exc}", EXIT_CONFIG) from None
         from redis.exceptions import RedisError
@@ -391,7 +383,7 @@ async def start_stream(settings: Settings) -> tuple[Any, Any]:
         settings.stream_max_len,
         settings.stream_group,
     )
-    return redis, publisher
+    return publisher
 
 
 async def _open_cluster(settings: Settings, app_id: str) -> Any:

@@ -250,7 +250,7 @@ def missing_redis() -> str | None:
     return None if importlib.util.find_spec("redis") is not None else NEEDS_REDIS
 
 
-def _client_options(target: RedisTarget, timeout: float) -> dict[str, Any]:
+def _client_options(timeout: float) -> dict[str, Any]:
     # health_check_interval: a pooled connection idle this long is PINGed before use, so a
     # connection a NAT or failover silently dropped is noticed before a lease renewal needs it.
     return {
@@ -293,7 +293,7 @@ async def open_redis(
     """A connected ``redis.asyncio.Redis`` for ``target``, after one PING within ``timeout``.
 
     Raises :class:`RedisUnavailable` with one line naming the (redacted) URL and the cause.
-    The caller closes the client (``await client.aclose()``).
+    The caller closes the client with :func:`close_redis`.
     """
     if isinstance(target, str):
         target = parse_redis_url(target)
@@ -303,7 +303,7 @@ async def open_redis(
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
-    options = _client_options(target, timeout)
+    options = _client_options(timeout)
     client: Redis
     if target.sentinel:
         from redis.asyncio.sentinel import Sentinel
@@ -326,14 +326,20 @@ async def open_redis(
         raise RedisUnavailable(f"{target.shown}: no answer within {timeout:g}s") from None
     except (RedisError, OSError) as exc:
         await _close_quietly(client)
-        raise RedisUnavailable(f"{target.shown}: {_cause(exc)}") from None
+        raise RedisUnavailable(f"{target.shown}: {error_text(exc)}") from None
     return client
 
 
-def _cause(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """An error's message on one line (its type's name when it has none)."""
     text = str(exc).strip() or type(exc).__name__
     # redis-py puts "Error N connecting to host:port. <strerror>." in its messages: keep one line.
     return " ".join(text.split())
+
+
+def as_text(value: Any) -> str:
+    """A Redis reply's bytes (or anything) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def close_redis(client: Redis) -> None:

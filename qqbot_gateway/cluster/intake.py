@@ -52,7 +52,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from qqbot_gateway.adapter.protocol import GatewayEvent
 
-from .connect import keyspace, stop_task
+from .connect import as_text, keyspace, stop_task
+from .stream import ensure_group
 from .worker import CLAIM_CONFIRM, SecondLook
 
 if TYPE_CHECKING:
@@ -184,13 +185,7 @@ class RedisIntake:
             await self._ack_now()
 
     async def _ensure_group(self) -> None:
-        from redis.exceptions import ResponseError
-
-        try:
-            await self._redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await ensure_group(self._redis, self.stream, GROUP)
 
     # --- DispatchJournal -----------------------------------------------------------------
     def submit(self, event: GatewayEvent, body: bytes) -> asyncio.Future[bool]:
@@ -255,7 +250,7 @@ class RedisIntake:
                 done.set_result(True)
                 continue
             self.appended += 1
-            self._entries[event_id] = _text(entry)
+            self._entries[event_id] = as_text(entry)
             self._deliver(event)
             done.set_result(True)
 
@@ -364,7 +359,7 @@ class RedisIntake:
             found += page
             if len(page) < _CLAIM_COUNT:
                 break
-            start = "(" + _text(page[-1]["message_id"])
+            start = "(" + as_text(page[-1]["message_id"])
         return found
 
     async def _claim(self, idle_ms: int) -> None:
@@ -377,9 +372,9 @@ class RedisIntake:
         rows = self._suspects.confirmed(idle, skip=set(self._entries.values()))
         if not rows:
             return
-        confirmed = [_text(p["message_id"]) for p in rows]
+        confirmed = [as_text(p["message_id"]) for p in rows]
         owners = {
-            _text(p["message_id"]): (_text(p["consumer"]), int(p["time_since_delivered"]))
+            as_text(p["message_id"]): (as_text(p["consumer"]), int(p["time_since_delivered"]))
             for p in idle
         }
         taken: list[str] = []
@@ -392,7 +387,7 @@ class RedisIntake:
                     self.stream, GROUP, self.consumer, idle_ms, ids
                 )
                 for entry_id, fields in reply:
-                    entry = _text(entry_id)
+                    entry = as_text(entry_id)
                     if self._adopt(entry, fields):
                         taken.append(entry)
         finally:
@@ -457,7 +452,3 @@ class RedisIntake:
                 " ".join(str(exc).split()),
             )
             self._failing = True
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

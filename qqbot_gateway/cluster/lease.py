@@ -34,7 +34,6 @@ Errors: Redis failures surface as :class:`~.connect.RedisUnavailable`.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import time
@@ -43,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from .connect import RedisUnavailable, keyspace
+from .connect import RedisUnavailable, as_text, error_text, keyspace
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -143,7 +142,6 @@ class ShardLease:
     ) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
-        self._redis = redis
         self.app_id = app_id
         self.shard_id = shard_id
         self.ttl = ttl
@@ -191,12 +189,12 @@ class ShardLease:
         )
         token = int(reply[0])
         if token == 0:
-            self.held_by = (_text(reply[2]), int(reply[1]))
+            self.held_by = (as_text(reply[2]), int(reply[1]))
             return None
         self.held_by = None
         self.token = token
         self.valid_until = t0 + self._usable
-        return Acquired(token, _text(reply[1]))
+        return Acquired(token, as_text(reply[1]))
 
     async def renew(self) -> bool:
         """Extend the lease. True: renewed (validity moved on). False: it is not ours any more
@@ -236,15 +234,4 @@ class ShardLease:
         try:
             return await script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            raise RedisUnavailable(_cause(exc)) from None
-        except asyncio.CancelledError:
-            raise
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _cause(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {' '.join(text.split())}"
+            raise RedisUnavailable(f"{type(exc).__name__}: {error_text(exc)}") from None

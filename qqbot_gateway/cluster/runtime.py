@@ -46,7 +46,6 @@ class Cluster:
         self._sync = sync
         self.app_id = app_id
         self.ownership = ShardOwnership(aio, app_id, ttl=ttl, observer=observer)
-        self.intake: RedisIntake | None = None
 
     def store_factory(self, shard_id: int) -> SessionStore:
         """The fenced store of ``shard_id`` for the term that starts now: it writes under that
@@ -78,7 +77,7 @@ class Cluster:
             redeliver: Callable[[Mapping[str, Any]], GatewayEvent | None],
         ) -> SharedIntake:
             observer = self.ownership.observer
-            self.intake = RedisIntake(
+            return RedisIntake(
                 self.redis,
                 self.app_id,
                 consumer=self.ownership.holder,
@@ -88,7 +87,6 @@ class Cluster:
                 redeliver=redeliver,
                 on_error=observer.redis_error,
             )
-            return self.intake
 
         return make
 

@@ -155,10 +155,6 @@ class ShardOwnership:
                 out[shard] = ("standby", f"{who}; taking over when its lease ends{err}")
         return out
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     async def hold(self, shard_id: int, run_term: RunTerm) -> None:
         """Stand by for ``shard_id``, own it when its lease is free, run ``run_term`` for each
         term; until :meth:`stop`."""

@@ -41,6 +41,7 @@ from .connect import (
     DEFAULT_CONNECT_TIMEOUT,
     RedisTarget,
     _client_options,
+    error_text,
     keyspace,
     parse_redis_url,
     sentinel_options,
@@ -105,7 +106,7 @@ def open_sync_redis(
 
     if isinstance(target, str):
         target = parse_redis_url(target)
-    options = _client_options(target, timeout)
+    options = _client_options(timeout)
     if target.sentinel:
         from redis.sentinel import Sentinel
 
@@ -244,8 +245,7 @@ class RedisSessionStore:
         try:
             return command()
         except (RedisError, OSError) as exc:
-            text = " ".join((str(exc).strip() or type(exc).__name__).split())
-            raise StoreError(f"cannot {what} {self.location}: {text}") from None
+            raise StoreError(f"cannot {what} {self.location}: {error_text(exc)}") from None
 
 
 def _token_of(raw: Any) -> int | None:

@@ -56,7 +56,7 @@ import orjson
 
 from qqbot_gateway.adapter.protocol import GatewayEvent, new_event
 
-from .connect import ClusterError, keyspace, stop_task
+from .connect import ClusterError, as_text, keyspace, stop_task
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -87,7 +87,6 @@ FORMAT: Final = "1"
 DEFAULT_POLL: Final = 0.5
 
 
-# KEYS[1]: the stream; ARGV: one encoded event each, appended in order.
 # KEYS[1]: the stream, KEYS[2]: this writer's last-batch key. ARGV[1]: the batch's token,
 # ARGV[2..]: the entries. A retry of a batch Redis applied after the writer had given up on
 # the call (a timeout during an outage) finds its token and appends nothing: -1.
@@ -112,6 +111,8 @@ class StreamKeys:
     stream: str = field(init=False)
     meta: str = field(init=False)
     dead: str = field(init=False)
+    #: Hash: ``<group>:<entry id>`` -> the last handler error (for the dead letter).
+    errors: str = field(init=False)
     #: Prefix of the writers' last-batch keys (one per gateway process and shard, 1 day).
     batches: str = field(init=False)
     prefix: str = field(init=False)
@@ -122,6 +123,7 @@ class StreamKeys:
         object.__setattr__(self, "stream", prefix + "events")
         object.__setattr__(self, "meta", prefix + "events:meta")
         object.__setattr__(self, "dead", prefix + "events:dead")
+        object.__setattr__(self, "errors", prefix + "events:errors")
         object.__setattr__(self, "batches", prefix + "events:batch:")
 
     def done(self, group: str, key: str) -> str:
@@ -197,12 +199,13 @@ async def check_owner(redis: Redis, keys: StreamKeys, *, claim: bool) -> None:
         )
 
 
-async def ensure_group(redis: Redis, keys: StreamKeys, group: str) -> bool:
-    """Create ``group`` reading from the stream's start (and the stream); True if created."""
+async def ensure_group(redis: Redis, stream: str, group: str) -> bool:
+    """Create ``group`` of ``stream`` reading from its start (and the stream); True if
+    created. (The event stream's groups, and the webhook intake's.)"""
     from redis.exceptions import ResponseError
 
     try:
-        await redis.xgroup_create(keys.stream, group, id="0", mkstream=True)
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" in str(exc):
             return False
@@ -211,9 +214,7 @@ async def ensure_group(redis: Redis, keys: StreamKeys, group: str) -> bool:
 
 
 def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return None if value is None else as_text(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +397,7 @@ class StreamPublisher:
     async def start(self) -> None:
         await check_owner(self.redis, self.keys, claim=True)
         if self.group is not None:
-            await ensure_group(self.redis, self.keys, self.group)
+            await ensure_group(self.redis, self.keys.stream, self.group)
         await self.refresh()
         self._task = asyncio.create_task(self._trimmer(), name="qqbot stream trimmer")
 

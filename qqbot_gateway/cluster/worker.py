@@ -62,12 +62,14 @@ import logging
 import os
 import socket
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from qqbot_gateway.adapter.protocol import GatewayEvent
 
+from .connect import as_text
 from .stream import StreamKeys, StreamState, check_owner, decode_entry, dedupe_key, ensure_group
 from .stream import stream_state as read_state
 
@@ -183,7 +185,7 @@ class SecondLook:
         seen: dict[str, tuple[int, float]] = {}
         confirmed = []
         for row in found:
-            entry_id = _text(row["message_id"])
+            entry_id = as_text(row["message_id"])
             if entry_id in skip:
                 continue
             deliveries = int(row["times_delivered"])
@@ -242,14 +244,6 @@ class WorkerStats:
     #: The last state read from Redis (None before the first read) and when (monotonic).
     state: StreamState | None = None
     redis_ok: bool = False
-    last_read_at: float = 0.0
-
-
-def _bucket(value: float) -> int:
-    for index, bound in enumerate(HANDLER_SECONDS_BUCKETS):
-        if value <= bound:
-            return index
-    return len(HANDLER_SECONDS_BUCKETS)
 
 
 @dataclass(slots=True)
@@ -289,7 +283,7 @@ class StreamWorker:
     async def start(self) -> None:
         """Check the stream is this app's and create the group; errors are ClusterErrors."""
         await check_owner(self.redis, self.keys, claim=True)
-        created = await ensure_group(self.redis, self.keys, self.config.group)
+        created = await ensure_group(self.redis, self.keys.stream, self.config.group)
         if created:
             _log.info("created consumer group %s on %s", self.config.group, self.keys.stream)
         self._begin = self.redis.register_script(_BEGIN)
@@ -391,12 +385,12 @@ class StreamWorker:
         if not stale:
             return
         dead = [
-            (_text(p["message_id"]), int(p["times_delivered"]))
+            (as_text(p["message_id"]), int(p["times_delivered"]))
             for p in stale
             if int(p["times_delivered"]) >= cfg.max_attempts
         ]
         retry = [
-            _text(p["message_id"]) for p in stale if int(p["times_delivered"]) < cfg.max_attempts
+            as_text(p["message_id"]) for p in stale if int(p["times_delivered"]) < cfg.max_attempts
         ]
         if dead:
             # Only the consumer whose XCLAIM wins (it resets the idle time) moves an entry.
@@ -404,7 +398,7 @@ class StreamWorker:
             won: Any = await self.redis.xclaim(
                 self.keys.stream, cfg.group, cfg.consumer, idle_ms, ids, justid=True
             )
-            mine = {_text(i) for i in won}
+            mine = {as_text(i) for i in won}
             for entry_id, deliveries in dead:
                 if entry_id in mine:
                     await self._dead_letter(entry_id, deliveries)
@@ -439,10 +433,10 @@ class StreamWorker:
         if raw is None:
             found: Any = await self.redis.xrange(keys.stream, entry_id, entry_id)
             raw = found[0][1].get(b"e", b"") if found else b""
-        errors = keys.prefix + "events:errors"
+        errors = keys.errors
         if reason is None:
             last: Any = await self.redis.hget(errors, f"{cfg.group}:{entry_id}")
-            reason = _text(last) if last else "no handler completed"
+            reason = as_text(last) if last else "no handler completed"
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 keys.dead,
@@ -474,7 +468,7 @@ class StreamWorker:
         cfg = self.config
         batch: list[_Entry] = []
         for entry_id_raw, fields in entries:
-            entry_id = _text(entry_id_raw)
+            entry_id = as_text(entry_id_raw)
             raw = fields.get(b"e", b"")
             try:
                 event, app, published = decode_entry(raw)
@@ -570,12 +564,12 @@ class StreamWorker:
         duration = self._loop.time() - started
         stats.handled += 1
         stats.handler_seconds += duration
-        stats.handler_buckets[_bucket(duration)] += 1
+        stats.handler_buckets[bisect_left(HANDLER_SECONDS_BUCKETS, duration)] += 1
         if entry.published:
             latency = max(0.0, time.time() - entry.published)
             stats.latency_count += 1
             stats.latency_seconds += latency
-            stats.latency_buckets[_bucket(latency)] += 1
+            stats.latency_buckets[bisect_left(HANDLER_SECONDS_BUCKETS, latency)] += 1
         self._finish(entry, ok=True)
 
     def _failed(self, entry: _Entry, handler: Handler, exc: Exception) -> None:
@@ -599,7 +593,7 @@ class StreamWorker:
         self._slots.release()
 
     async def _record_error(self, entry_id: str, error: str) -> None:
-        errors = self.keys.prefix + "events:errors"
+        errors = self.keys.errors
         with contextlib.suppress(Exception):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hset(errors, f"{self.config.group}:{entry_id}", error)
@@ -655,7 +649,6 @@ class StreamWorker:
             try:
                 await self.refresh_state()
                 self.stats.redis_ok = True
-                self.stats.last_read_at = self._loop.time()
                 if polls % _FORGET_EVERY == 0:
                     await self.forget_consumers()
             except Exception as exc:  # noqa: BLE001 - reported, retried
@@ -713,9 +706,9 @@ async def forget_idle_consumers(
     idle_ms = int(idle * 1000)
     consumers: Any = await redis.xinfo_consumers(stream, group)
     candidates = [
-        _text(c.get("name"))
+        as_text(c.get("name"))
         for c in consumers
-        if _text(c.get("name")) != keep
+        if as_text(c.get("name")) != keep
         and not int(c.get("pending") or 0)
         and int(c.get("idle") or 0) > idle_ms
     ]
@@ -726,7 +719,3 @@ async def forget_idle_consumers(
     if gone:
         _log.info("forgot %d idle consumers of group %s: %s", len(gone), group, gone)
     return gone
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -105,7 +105,7 @@ async def run_worker(
     from qqbot_gateway.telemetry.server import SideServer
     from qqbot_gateway.telemetry.stream import StreamMetrics
 
-    from .connect import ClusterError, open_redis
+    from .connect import ClusterError, close_redis, open_redis
 
     app_id, secret = settings.require_credentials()
     if settings.redis_url is None:
@@ -233,4 +233,4 @@ async def run_worker(
         if http is not None:
             await http.close()
         with contextlib.suppress(Exception):
-            await redis.aclose()
+            await close_redis(redis)
