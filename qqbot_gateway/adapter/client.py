@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Protocol, TypeVar
@@ -590,18 +589,7 @@ def _held_session(shard: Shard) -> StoredSession | None:
     if state is not None:
         return state
     session_id = shard.session.session_id
-    if session_id is None:
-        return None
-    config = shard.config
-    return StoredSession(
-        app_id=config.app_id,
-        shard_id=shard.shard_id,
-        shard_count=config.shard_count,
-        session_id=session_id,
-        seq=0,
-        event_ids=tuple(ckpt.progress.ids),
-        written_at=time.time(),
-    )
+    return None if session_id is None else ckpt.snapshot((session_id, 0))
 
 
 def _newer_session(

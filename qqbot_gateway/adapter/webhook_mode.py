@@ -162,10 +162,16 @@ class WebhookMode:
         progress = self.dispatcher.progress
         return progress.handled if progress is not None else 0
 
-    def _redeliver(self, payload: Mapping[str, Any]) -> GatewayEvent | None:
-        """A callback another replica accepted and did not handle, claimed by this one."""
+    def _redeliver(
+        self, payload: Mapping[str, Any], now: float | None = None
+    ) -> GatewayEvent | None:
+        """A callback accepted before and not handled (another replica's, claimed by this one;
+        or the previous process's, from its journal): the event to hand on, or None (a
+        duplicate, or not an event)."""
+        if now is None:
+            now = asyncio.get_running_loop().time()
         event = None
-        for action in self.acceptor.accept_callback(payload, asyncio.get_running_loop().time()):
+        for action in self.acceptor.accept_callback(payload, now):
             if isinstance(action, Deliver):
                 event = action.event
             elif isinstance(action, Emit):
@@ -284,15 +290,7 @@ class WebhookMode:
                 payload = record.payload()
             except ValueError:
                 payload = None
-            actions = (
-                self.acceptor.accept_callback(payload, now) if isinstance(payload, dict) else []
-            )
-            event = None
-            for action in actions:
-                if isinstance(action, Deliver):
-                    event = action.event
-                elif isinstance(action, Emit):
-                    self._bus.emit(action.event)
+            event = self._redeliver(payload, now) if isinstance(payload, dict) else None
             if event is not None:
                 journal.replayed(record, event)
                 replayed += 1
