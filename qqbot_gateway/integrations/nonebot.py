@@ -76,6 +76,7 @@ from typing_extensions import override
 from qqbot_gateway.adapter import events as ev
 from qqbot_gateway.adapter.api import OpenAPIClient
 from qqbot_gateway.adapter.auth import TokenManager
+from qqbot_gateway.adapter.backoff import Backoff
 from qqbot_gateway.adapter.client import QQBotClient
 from qqbot_gateway.adapter.errors import AuthError, InvalidCredentialsError
 from qqbot_gateway.adapter.protocol import GatewayEvent
@@ -118,8 +119,7 @@ _ME_RETRY: Final = 30.0
 #: A start that failed on something that may pass (the token endpoint down) is tried again
 #: after 2, 4, 8, ... seconds, at most a minute apart (the client's own token retries come
 #: first: TokenManager tries 3 times at startup).
-_RETRY_BASE: Final = 2.0
-_RETRY_CAP: Final = 60.0
+_RETRY: Final = Backoff(base=2.0, cap=60.0)
 
 
 def _text(value: Any) -> str:
@@ -338,7 +338,7 @@ class BotRunner:
     async def _failed(self, message: str, *, retry: bool = False) -> bool:
         await self._close()
         if retry and not self._stopping:
-            delay = min(_RETRY_CAP, _RETRY_BASE * 2**self._attempts)
+            delay = _RETRY.ceiling(self._attempts)
             self._attempts += 1
             logger.opt(colors=False).warning(f"{self.name}: {message}; trying again in {delay:g}s")
             self._retry = asyncio.create_task(self._start_later(delay), name=f"{self.name} start")
