@@ -234,6 +234,24 @@ async def test_429_is_retried_after_the_advised_delay(
     assert headers["Authorization"] == "QQBot tok-1" and headers["X-Union-Appid"] == APP_ID
 
 
+async def test_send_by_kind_posts_where_the_named_method_does(
+    scripted: tuple[Script, list[Any], str], http: aiohttp.ClientSession
+) -> None:
+    _script, seen, url = scripted
+    api = OpenAPIClient(base_url=url, tokens=StaticTokens(), http=http, app_id=APP_ID)
+    for kind in ("c2c", "group", "channel", "dms"):
+        assert (await api.send(kind, "T1", "hi")).id == "ok"
+    await api.send_c2c("T1", "hi")
+    await api.send_group("T1", "hi")
+    await api.send_channel("T1", "hi")
+    await api.send_dm("T1", "hi")
+    paths = [(method, path) for method, path, _headers in seen]
+    assert paths[:4] == paths[4:] and len(paths) == 8
+    with pytest.raises(ValueError, match="unknown message kind 'guild'"):
+        await api.send("guild", "T1", "hi")
+    assert len(seen) == 8, "nothing sent for an unknown kind"
+
+
 async def test_rate_limit_that_persists_raises_with_retry_after(
     scripted: tuple[Script, list[Any], str], http: aiohttp.ClientSession
 ) -> None:

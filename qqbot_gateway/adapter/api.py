@@ -296,6 +296,15 @@ class OpenAPIClient:
         """``POST /dms/{guild_id}/messages`` (guild direct message session)."""
         return await self._send("dms", guild_id, content, fields)
 
+    async def send(
+        self, kind: str, target: str, content: str | None = None, **fields: Any
+    ) -> MessageResult:
+        """A message to ``target`` of ``kind``: ``c2c`` (a user's openid), ``group``,
+        ``channel`` or ``dms`` (a guild id), as the four methods above."""
+        if kind not in _SEND_PATHS:
+            raise ValueError(f"unknown message kind {kind!r}; one of {', '.join(_SEND_PATHS)}")
+        return await self._send(kind, target, content, fields)
+
     async def reply(
         self, event: GatewayEvent, content: str | None = None, **fields: Any
     ) -> MessageResult:

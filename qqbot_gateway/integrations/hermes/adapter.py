@@ -51,7 +51,7 @@ from qqbot_gateway.service import ReceiverError, start_receiver
 from qqbot_gateway.telemetry import Telemetry
 
 from .inbound import MESSAGE_KINDS, Inbound, env_true, inbound, matches
-from .sender import guess_kind, post_message, split_chat_id
+from .sender import guess_kind, split_chat_id
 from .settings import ALLOW_ALL_ENV, HermesSettings, hermes_settings, platform_name
 
 __all__ = ["MAX_REPLIES_PER_MESSAGE", "TRUNCATED_NOTE", "QQBotGatewayAdapter", "url_is_safe"]
@@ -491,11 +491,11 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         for index, chunk in enumerate(chunks):
             try:
                 if markdown:
-                    result = await post_message(
-                        client.api, kind, target, None, msg_id=msg_id, markdown={"content": chunk}
+                    result = await client.api.send(
+                        kind, target, None, msg_id=msg_id, markdown={"content": chunk}
                     )
                 else:
-                    result = await post_message(client.api, kind, target, chunk, msg_id=msg_id)
+                    result = await client.api.send(kind, target, chunk, msg_id=msg_id)
             except (APIError, APIConnectionError, ValueError) as exc:
                 _log.warning(
                     "qqbot-gateway: send to %s %s failed at chunk %d/%d: %s",
@@ -582,8 +582,7 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
                 file_info = upload.get("file_info") if isinstance(upload, dict) else None
                 if not isinstance(file_info, str) or not file_info:
                     raise ValueError("the upload answered no file_info")
-                result = await post_message(
-                    client.api,
+                result = await client.api.send(
                     kind,
                     target,
                     caption or None,

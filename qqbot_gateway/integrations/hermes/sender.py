@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from qqbot_gateway.adapter.api import MessageResult, OpenAPIClient
+from qqbot_gateway.adapter.api import OpenAPIClient
 from qqbot_gateway.adapter.auth import TokenManager
 from qqbot_gateway.adapter.connection import tcp_connector
 from qqbot_gateway.adapter.errors import APIConnectionError, APIError, AuthError
@@ -40,7 +40,7 @@ from qqbot_gateway.config import ConfigError
 
 from .settings import hermes_settings, platform_name
 
-__all__ = ["CHAT_KINDS", "post_message", "split_chat_id", "standalone_send"]
+__all__ = ["CHAT_KINDS", "split_chat_id", "standalone_send"]
 
 _log = logging.getLogger("qqbot_gateway.hermes")
 
@@ -62,19 +62,6 @@ def split_chat_id(chat_id: str) -> tuple[str | None, str]:
 def guess_kind(target: str) -> str:
     """A chat never seen: openids are hex (a user), guild channel ids are numeric."""
     return "channel" if target.isdigit() else "c2c"
-
-
-async def post_message(
-    api: OpenAPIClient, kind: str, target: str, content: str | None, **fields: Any
-) -> MessageResult:
-    """One message to ``target`` of ``kind`` (``c2c``, ``group``, ``channel`` or ``dms``)."""
-    if kind == "c2c":
-        return await api.send_c2c(target, content, **fields)
-    if kind == "group":
-        return await api.send_group(target, content, **fields)
-    if kind == "channel":
-        return await api.send_channel(target, content, **fields)
-    return await api.send_dm(target, content, **fields)
 
 
 async def standalone_send(
@@ -139,7 +126,7 @@ async def standalone_send(
                 app_id=cfg.app_id,
                 timeout=cfg.request_timeout,
             )
-            result = await post_message(api, kind, target, text)
+            result = await api.send(kind, target, text)
         except (APIError, APIConnectionError, AuthError) as exc:
             _log.warning("qqbot-gateway: standalone send to %s %s failed: %s", kind, target, exc)
             return {"error": f"qqbot-gateway: {kind} {target}: {exc}"}
