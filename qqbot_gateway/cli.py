@@ -82,14 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # (run's and worker's help: every setting, wrapped once)
+    settings_epilog = (
+        "settings (environment variables; in a TOML file the lowercase names without "
+        "QQBOT_):\n" + settings_help()
+    )
 
     run = sub.add_parser(
         "run",
         help="run the gateway service (side server with /healthz, /readyz, /metrics)",
         description="Run the gateway service. Secrets come from QQBOT_CLIENT_SECRET or "
         "QQBOT_CLIENT_SECRET_FILE, never from the command line.",
-        epilog="settings (environment variables; in a TOML file the lowercase names without "
-        "QQBOT_):\n" + settings_help(),
+        epilog=settings_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--config", metavar="FILE", help="TOML settings (env vars override it)")
@@ -118,8 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run handlers on the app's Redis stream as one consumer of a consumer group "
         "(QQBOT_STREAM_GROUP). Needs QQBOT_REDIS_URL and the bot's credentials (handlers reply "
         "through client.api on this process's own token).",
-        epilog="settings (environment variables; in a TOML file the lowercase names without "
-        "QQBOT_):\n" + settings_help(),
+        epilog=settings_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     worker.add_argument("--config", metavar="FILE", help="TOML settings (env vars override it)")

@@ -212,7 +212,10 @@ class QQBotGatewayAdapter(BasePlatformAdapter):
         if self.telemetry is not None:
             return self.telemetry.evaluate().healthy
         intake = self.client.webhook if self.client is not None else None
-        return intake is not None and intake.status().listening and intake.status().handlers_alive
+        if intake is None:
+            return False
+        status = intake.status()
+        return status.listening and status.handlers_alive
 
     async def _wait_ready(self, timeout: float) -> bool:
         loop = asyncio.get_running_loop()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from qqbot_gateway.adapter.protocol import GatewayEvent
+from qqbot_gateway.adapter.protocol import GROUP_MEMBER_EVENT_TYPES, GatewayEvent
 
 from .settings import _TRUE
 
@@ -30,7 +30,7 @@ MESSAGE_KINDS: Final[dict[str, str]] = {
 #: Events hermes has no place for (hermes 0.19 has no member-join/leave event): not handed to
 #: hermes; they are still dispatched, counted in ``events_dispatched_total{type}`` and reach any
 #: library handler registered for them.
-NOT_MAPPED: Final = ("GROUP_MEMBER_ADD", "GROUP_MEMBER_REMOVE")
+NOT_MAPPED: Final = GROUP_MEMBER_EVENT_TYPES
 _MENTION = re.compile(r"^\s*(?:<@!?\d+>\s*)+")
 _GROUP_MENTION = re.compile(r"^\s*@\S+\s+")
 
